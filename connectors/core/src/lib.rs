@@ -1,0 +1,196 @@
+//! The vocabulary every Switchboard connector shares: ticket events that sources emit and
+//! the trait a webhook source implements. Connectors depend on this crate, never on the service.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What happened to a ticket, as far as the rules are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// The ticket was created (or seen for the first time).
+    Opened,
+    /// The ticket changed or got a new message.
+    Updated,
+    /// The ticket was closed.
+    Closed,
+}
+
+impl EventKind {
+    /// The name used in config files, logs and metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Opened => "opened",
+            EventKind::Updated => "updated",
+            EventKind::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A normalized event about one ticket. Sources produce these; the engine turns them into
+/// actions by the configured rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TicketEvent {
+    /// The ticket's key in the external system (e.g. a ticket number).
+    pub ticket: String,
+    pub kind: EventKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// Matrix user IDs to invite.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<String>,
+    /// Matrix user ID of the ticket's owner; made room admin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// A message to post into the ticket's room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// The payload the event came from, for templates and rule conditions.
+    #[serde(default)]
+    pub payload: serde_json::Value,
+}
+
+impl TicketEvent {
+    /// A bare event for `ticket`, everything else empty.
+    pub fn new(ticket: impl Into<String>, kind: EventKind) -> Self {
+        TicketEvent {
+            ticket: ticket.into(),
+            kind,
+            title: None,
+            url: None,
+            status: None,
+            participants: Vec::new(),
+            owner: None,
+            body: None,
+            payload: serde_json::Value::Null,
+        }
+    }
+}
+
+/// One accepted delivery: the events it carries and the key that makes a redelivery a no-op.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub dedupe_key: String,
+    pub events: Vec<TicketEvent>,
+}
+
+/// Why a webhook was refused. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The signature is missing or wrong (401).
+    #[error("signature: {0}")]
+    Signature(String),
+    /// The body is not valid JSON (400).
+    #[error("malformed JSON: {0}")]
+    Malformed(String),
+    /// The JSON is valid but does not map to a ticket event (422).
+    #[error("payload does not map: {0}")]
+    Unmapped(String),
+}
+
+/// A source that turns webhook requests into ticket events. Implementations validate
+/// everything here, at the edge, so nothing past intake has to distrust the events.
+pub trait WebhookSource: Send + Sync {
+    /// Checks authenticity and maps the body. Must not panic on any input.
+    fn accept(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, RejectReason>;
+}
+
+/// Whether `s` looks like a Matrix user ID (`@localpart:server`).
+pub fn is_matrix_user_id(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix('@') else {
+        return false;
+    };
+    let Some((local, server)) = rest.split_once(':') else {
+        return false;
+    };
+    !local.is_empty()
+        && !server.is_empty()
+        && s.len() <= 255
+        && local
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._=-/+".contains(c))
+        && server
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
+}
+
+/// Looks up a dot-separated path in JSON; numeric segments index arrays.
+pub fn lookup<'a>(value: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    use serde_json::Value;
+    if path.is_empty() {
+        return None;
+    }
+    path.split('.').try_fold(value, |v, seg| match v {
+        Value::Object(map) => map.get(seg),
+        Value::Array(items) => seg.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// What the engine asks the Matrix sink to do for one ticket. Stored in the outbox as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the ticket's room if it has none; otherwise invite users not yet invited.
+    OpenRoom(RoomSpec),
+    /// Post a message into the ticket's room.
+    Post { body: String, notice: bool },
+    /// Post a closing notice and rename the room.
+    Close {
+        notice: Option<String>,
+        rename: Option<String>,
+    },
+}
+
+impl Action {
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::OpenRoom(_) => "open_room",
+            Action::Post { .. } => "post",
+            Action::Close { .. } => "close",
+        }
+    }
+}
+
+/// Everything needed to create a ticket's room in one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomSpec {
+    pub name: String,
+    pub topic: String,
+    /// `private_chat`, `trusted_private_chat` or `public_chat`.
+    pub preset: String,
+    pub encrypted: bool,
+    /// Users to invite.
+    pub invite: Vec<String>,
+    /// Users to give power level 100.
+    pub admins: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matrix_ids() {
+        assert!(is_matrix_user_id("@alice:example.org"));
+        assert!(is_matrix_user_id("@a.b_c=d-e/f+g:localhost:8448"));
+        assert!(!is_matrix_user_id("alice:example.org"));
+        assert!(!is_matrix_user_id("@Alice:example.org"));
+        assert!(!is_matrix_user_id("@alice"));
+        assert!(!is_matrix_user_id("@:example.org"));
+        assert!(!is_matrix_user_id("@alice:"));
+    }
+}

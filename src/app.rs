@@ -1,0 +1,162 @@
+//! Wires the parts together: store, engine, HTTP intake, Matrix sink and outbox worker.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::config::{Loaded, SourceKind};
+use crate::engine::{self, Engine};
+use crate::http::{self, HttpState, Source};
+use crate::matrix::MatrixSink;
+use crate::metrics::Metrics;
+use crate::store::{Dialect, Store};
+use crate::worker::Worker;
+
+/// Errors that stop Switchboard from starting.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AppError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running Switchboard.
+pub struct Running {
+    /// Where the HTTP listener is bound (useful with port 0).
+    pub addr: SocketAddr,
+    pub store: Store,
+    pub server: tokio::task::JoinHandle<()>,
+}
+
+/// Builds the sources from the config: one registration per connector kind.
+fn sources(loaded: &Loaded) -> HashMap<String, Source> {
+    loaded
+        .config
+        .sources
+        .iter()
+        .map(|(id, cfg)| {
+            let hook: Box<dyn switchboard_connector::WebhookSource> = match cfg.kind {
+                SourceKind::Webhook => Box::new(cfg.webhook.clone().unwrap_or_default()),
+            };
+            let signature = cfg.signature.clone().and_then(|s| {
+                loaded
+                    .secrets
+                    .signatures
+                    .get(id)
+                    .map(|secret| (s, secret.clone()))
+            });
+            (
+                id.clone(),
+                Source {
+                    id: id.clone(),
+                    hook,
+                    signature,
+                    link_create: cfg.link_create,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Starts everything. The HTTP listener and the engine start at once, so webhooks are
+/// accepted even while the homeserver is unreachable; the Matrix side connects in the
+/// background and catches up.
+pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
+    let cfg = &loaded.config;
+    let url = match &loaded.secrets.database_url {
+        Some(u) => u.expose().to_string(),
+        None => Store::sqlite_url(&cfg.data_dir),
+    };
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| AppError::Store(crate::store::StoreError::Db(e.into())))?;
+    let store = Store::connect(&url, cfg.database.max_connections).await?;
+    if store.dialect() == Dialect::Sqlite {
+        // SQLite is never shared between processes, so any lease is left from a crash.
+        let freed = store.release_leases().await?;
+        if freed > 0 {
+            info!(actions = freed, "resuming actions claimed before a restart");
+        }
+    }
+    let metrics = Metrics::new();
+    let engine_wake = Arc::new(Notify::new());
+    let outbox_wake = Arc::new(Notify::new());
+
+    let state = Arc::new(HttpState {
+        store: store.clone(),
+        sources: sources(&loaded),
+        metrics: metrics.clone(),
+        engine_wake: engine_wake.clone(),
+        body_limit: cfg.http.body_limit,
+        link_base: cfg.http.link_base.clone(),
+        link_wait: Duration::from_secs(cfg.http.link_wait_seconds),
+        metrics_enabled: cfg.metrics.enabled,
+        metrics_auth: cfg
+            .metrics
+            .username
+            .clone()
+            .zip(loaded.secrets.metrics_password.clone()),
+        metrics_allow: cfg.metrics.allow_ips.clone(),
+    });
+    let (addr, server) = http::serve(state, cfg.http.listen)
+        .await
+        .map_err(|source| AppError::Listen {
+            addr: cfg.http.listen,
+            source,
+        })?;
+    info!(%addr, "listening");
+    let server = tokio::spawn(server);
+
+    let engine = Arc::new(Engine::new(cfg));
+    tokio::spawn(engine::run(
+        engine,
+        store.clone(),
+        engine_wake,
+        outbox_wake.clone(),
+        metrics.clone(),
+    ));
+
+    let matrix_cfg = cfg.matrix.clone();
+    let login = loaded.secrets.matrix_login.clone();
+    let data_dir = cfg.data_dir.clone();
+    let concurrency = cfg.matrix.concurrency;
+    let store2 = store.clone();
+    tokio::spawn(async move {
+        let Some(login) = login else { return };
+        let mut backoff = Duration::from_secs(1);
+        let sink = loop {
+            match MatrixSink::connect(&matrix_cfg, &login, &data_dir, store2.clone()).await {
+                Ok(s) => break Arc::new(s),
+                Err(error) => {
+                    warn!(%error, "cannot connect to the homeserver; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        };
+        info!(user = %sink.user_id(), "connected to the homeserver");
+        tokio::spawn(sink.clone().sync_forever(metrics.clone()));
+        let worker = Arc::new(Worker {
+            store: store2,
+            sink,
+            metrics,
+            concurrency,
+            wake: outbox_wake,
+        });
+        worker.run().await;
+    });
+
+    Ok(Running {
+        addr,
+        store,
+        server,
+    })
+}

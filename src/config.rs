@@ -1,0 +1,960 @@
+//! The configuration file: its types (which are also its JSON Schema) and loading with errors
+//! that name the key and the line, so a typo never surfaces as a runtime surprise.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Deserializer};
+use switchboard_connector::EventKind;
+use switchboard_webhook::WebhookConfig;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory for the SQLite database, the Matrix session and the crypto store.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The HTTP listener (webhooks, links, metrics, health).
+    #[serde(default)]
+    pub http: HttpConfig,
+    /// Where Switchboard keeps its state.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// The homeserver and the bot account.
+    pub matrix: MatrixConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Ticket sources, keyed by source ID (the `{source}` in `/hooks/{source}`).
+    #[serde(default)]
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Rules that turn ticket events into actions, tried in order. Without any rule, every
+    /// source gets the default rules (see the configuration reference).
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+/// The HTTP listener.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address and port to listen on.
+    #[schemars(with = "String")]
+    pub listen: SocketAddr,
+    /// Largest accepted webhook body, in bytes. Larger bodies get 413.
+    pub body_limit: u64,
+    /// Prefix of the links `/link/...` redirects to; the room ID is appended.
+    pub link_base: String,
+    /// How long `/link` waits for a room being created before answering 504, in seconds.
+    pub link_wait_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            body_limit: 1024 * 1024,
+            link_base: "https://matrix.to/#/".into(),
+            link_wait_seconds: 20,
+        }
+    }
+}
+
+/// Where state is kept.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// `sqlite://PATH` or `postgres://...`. Default: `switchboard.db` in the data directory.
+    pub url: Option<Secret>,
+    /// Read the URL from this file instead.
+    pub url_file: Option<PathBuf>,
+    /// Largest number of pooled connections (default 8 for PostgreSQL, 4 for SQLite).
+    pub max_connections: Option<u32>,
+}
+
+/// The homeserver and the bot account. Give exactly one of `password`, `access_token`
+/// or `shared_secret` (each also as `*_file`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixConfig {
+    /// Base URL of the homeserver's client API, e.g. `https://matrix.example.org`.
+    #[schemars(with = "String")]
+    pub homeserver: url::Url,
+    /// The bot's user ID (`@bot:example.org`) or localpart.
+    pub user: String,
+    /// Password for `m.login.password`.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// An existing access token (the device ID is then asked from the homeserver).
+    pub access_token: Option<Secret>,
+    pub access_token_file: Option<PathBuf>,
+    /// Shared secret of the homeserver's shared-secret authenticator module.
+    pub shared_secret: Option<Secret>,
+    pub shared_secret_file: Option<PathBuf>,
+    /// End-to-end encryption for the rooms Switchboard creates and in rooms that use it.
+    #[serde(default = "yes")]
+    pub encryption: bool,
+    /// Display name of the bot's device.
+    #[serde(default = "default_device_name")]
+    pub device_name: String,
+    /// How many Matrix actions run at once (different tickets; one ticket is always in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Timeout of one homeserver request, in seconds.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_device_name() -> String {
+    "Switchboard".into()
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+
+/// The Prometheus endpoint `/metrics`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics` at all.
+    pub enabled: bool,
+    /// Require HTTP basic auth with this user name (and `password`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// Only these client networks may read metrics (e.g. `127.0.0.1/32`); empty = all.
+    #[schemars(with = "Vec<String>")]
+    pub allow_ips: Vec<ipnet::IpNet>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            username: None,
+            password: None,
+            password_file: None,
+            allow_ips: Vec::new(),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `switchboard=debug`. `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The kinds of source Switchboard has.
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// A generic JSON webhook; options under `webhook`.
+    Webhook,
+}
+
+/// One ticket source.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Which connector reads this source.
+    pub kind: SourceKind,
+    /// Verify an HMAC signature on every webhook before reading its body.
+    pub signature: Option<SignatureConfig>,
+    /// Whether `/link/{source}/{key}` may create the room of a ticket that has none yet.
+    #[serde(default)]
+    pub link_create: bool,
+    /// Options of the generic webhook connector (`kind = "webhook"`).
+    pub webhook: Option<WebhookConfig>,
+}
+
+/// HMAC signature of webhook bodies.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureConfig {
+    /// The shared secret.
+    pub secret: Option<Secret>,
+    pub secret_file: Option<PathBuf>,
+    /// Header that carries the signature.
+    #[serde(default = "default_signature_header")]
+    pub header: String,
+    /// Text before the hex digest in the header, e.g. `sha256=`.
+    #[serde(default = "default_signature_prefix")]
+    pub prefix: String,
+    /// The hash: `sha256` (default) or `sha1`.
+    #[serde(default)]
+    pub algorithm: SignatureAlgorithm,
+}
+
+fn default_signature_header() -> String {
+    "X-Signature-256".into()
+}
+fn default_signature_prefix() -> String {
+    "sha256=".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SignatureAlgorithm {
+    #[default]
+    Sha256,
+    Sha1,
+}
+
+/// A rule: when an event matches, its actions are queued in order.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Only events of this source (default: every source).
+    pub source: Option<String>,
+    /// Only these event kinds (default: all).
+    #[serde(default)]
+    pub on: Vec<EventKind>,
+    /// Field conditions: a path into the event (`ticket.status`, `payload.x.y`) and the value
+    /// it must equal (as text, case-insensitive); `*` only asks the field to be present.
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
+    /// What to do, in order.
+    pub actions: Vec<ActionConfig>,
+    /// Do not try later rules once this one matched.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// An action template. Text fields are templates (`{{ ticket.title }}`; see the reference).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionConfig {
+    /// Make sure the ticket has a room: create it (one request) if missing, otherwise
+    /// invite participants who are new.
+    OpenRoom {
+        /// Room name template.
+        #[serde(default = "default_room_name")]
+        name: String,
+        /// Room topic template.
+        #[serde(default = "default_room_topic")]
+        topic: String,
+        /// `private_chat` (default), `trusted_private_chat` or `public_chat`.
+        #[serde(default)]
+        preset: RoomPreset,
+        /// Encrypt the room (default: `matrix.encryption`).
+        encrypted: Option<bool>,
+        /// More users to invite (templates), besides the ticket's participants and owner.
+        #[serde(default)]
+        invite: Vec<String>,
+    },
+    /// Post a message into the ticket's room. Nothing is posted when it renders empty.
+    Post {
+        /// Message template (plain text).
+        message: String,
+        /// Send as `m.notice` (what bots usually send) instead of `m.text`.
+        #[serde(default)]
+        notice: bool,
+    },
+    /// Close: post a notice and rename the room.
+    Close {
+        /// Notice template.
+        #[serde(default = "default_close_notice")]
+        notice: String,
+        /// New room name template; empty keeps the name.
+        #[serde(default = "default_close_name")]
+        rename: String,
+    },
+}
+
+pub fn default_room_name() -> String {
+    "{{ ticket.title or ('Ticket ' ~ ticket.key) }}".into()
+}
+pub fn default_room_topic() -> String {
+    "{{ ticket.title or ticket.key }}{% if ticket.url %} · {{ ticket.url }}{% endif %}".into()
+}
+pub fn default_close_notice() -> String {
+    "Ticket {{ ticket.key }} was closed{% if ticket.status %} ({{ ticket.status }}){% endif %}."
+        .into()
+}
+pub fn default_close_name() -> String {
+    "[closed] {{ ticket.title or ('Ticket ' ~ ticket.key) }}".into()
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, JsonSchema, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomPreset {
+    #[default]
+    PrivateChat,
+    TrustedPrivateChat,
+    PublicChat,
+}
+
+/// A secret value: `${VAR}` parts are replaced from the environment when the file is read.
+/// Never printed.
+#[derive(Clone, PartialEq, Eq, JsonSchema)]
+#[schemars(with = "String")]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw)
+            .map(Secret)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Replaces `${VAR}` with the variable's value; an unset variable is an error.
+fn expand_env(raw: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in value".to_string())?;
+        let name = &after[..end];
+        let value =
+            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        out.push_str(&value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `sources.tickets.signature.secret`.
+    pub key: String,
+    /// 1-based line, when the key (or its nearest parent) is in the file.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.key.is_empty(), self.line) {
+            (true, Some(l)) => write!(f, "line {l}: {}", self.message),
+            (true, None) => write!(f, "{}", self.message),
+            (false, Some(l)) => write!(f, "line {l}: `{}`: {}", self.key, self.message),
+            (false, None) => write!(f, "`{}`: {}", self.key, self.message),
+        }
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub path: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for e in &self.errors {
+            writeln!(f, "{}: {e}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A config with secrets resolved, validated as a whole.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub secrets: Secrets,
+}
+
+/// Secrets read from values or `*_file` keys.
+#[derive(Debug, Default)]
+pub struct Secrets {
+    pub database_url: Option<Secret>,
+    pub matrix_login: Option<MatrixLogin>,
+    pub metrics_password: Option<Secret>,
+    /// Signature secret per source ID.
+    pub signatures: BTreeMap<String, Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub enum MatrixLogin {
+    Password(Secret),
+    AccessToken(Secret),
+    SharedSecret(Secret),
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        path: path.to_owned(),
+        errors: vec![ConfigError {
+            key: String::new(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&text).map_err(|errors| ConfigErrors {
+        path: path.to_owned(),
+        errors,
+    })
+}
+
+/// Parses and validates config text, reporting every problem it can find.
+pub fn parse(text: &str) -> Result<Loaded, Vec<ConfigError>> {
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    if !syntax.is_empty() {
+        return Err(syntax
+            .iter()
+            .map(|e| ConfigError {
+                key: String::new(),
+                line: e.span().map(|s| line_of(text, s.start)),
+                message: e.message().trim().to_string(),
+            })
+            .collect());
+    }
+    let lines = KeyLines::new(text, &doc);
+    // The schema sees every structural problem at once; serde would stop at the first.
+    let mut errors = schema_errors(&doc, &lines);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let de = toml::Deserializer::from(doc.clone());
+    let config: Config = match serde_path_to_error::deserialize(de) {
+        Ok(c) => c,
+        Err(e) => {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .span()
+                .map(|s| line_of(text, s.start))
+                .or_else(|| lines.line(&key));
+            return Err(vec![ConfigError {
+                key: if key == "." { String::new() } else { key },
+                line,
+                message: inner.message().trim().to_string(),
+            }]);
+        }
+    };
+    let secrets = validate(&config, &mut |key: &str, message: String| {
+        errors.push(ConfigError {
+            key: key.to_string(),
+            line: lines.line(key),
+            message,
+        })
+    });
+    if errors.is_empty() {
+        Ok(Loaded { config, secrets })
+    } else {
+        Err(errors)
+    }
+}
+
+/// The config's JSON Schema, as `switchboard schema` prints it and `schemas/` keeps it.
+pub fn json_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+}
+
+fn schema_errors(doc: &Spanned<DeTable<'_>>, lines: &KeyLines) -> Vec<ConfigError> {
+    let schema = json_schema();
+    let instance = table_to_json(doc.get_ref());
+    let Ok(validator) = jsonschema::validator_for(&schema) else {
+        return Vec::new();
+    };
+    validator
+        .iter_errors(&instance)
+        .map(|e| {
+            let key = e
+                .instance_path()
+                .as_str()
+                .trim_start_matches('/')
+                .replace('/', ".");
+            let message = e.to_string();
+            ConfigError {
+                line: lines.line(&key),
+                key,
+                message,
+            }
+        })
+        .collect()
+}
+
+fn table_to_json(t: &DeTable<'_>) -> serde_json::Value {
+    serde_json::Value::Object(
+        t.iter()
+            .map(|(k, v)| (k.get_ref().to_string(), value_to_json(v.get_ref())))
+            .collect(),
+    )
+}
+
+fn value_to_json(v: &DeValue<'_>) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        DeValue::String(s) => J::String(s.to_string()),
+        DeValue::Integer(i) => i
+            .as_str()
+            .replace('_', "")
+            .parse::<i64>()
+            .map(J::from)
+            .unwrap_or_else(|_| J::String(i.as_str().to_string())),
+        DeValue::Float(f) => f
+            .as_str()
+            .replace('_', "")
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        DeValue::Boolean(b) => J::Bool(*b),
+        DeValue::Datetime(d) => J::String(d.to_string()),
+        DeValue::Array(a) => J::Array(a.iter().map(|x| value_to_json(x.get_ref())).collect()),
+        DeValue::Table(t) => table_to_json(t),
+    }
+}
+
+/// Line numbers of every key path in the document, for error messages.
+struct KeyLines(BTreeMap<String, usize>);
+
+impl KeyLines {
+    fn new(text: &str, doc: &Spanned<DeTable<'_>>) -> Self {
+        let mut map = BTreeMap::new();
+        fn walk(text: &str, prefix: &str, t: &DeTable<'_>, map: &mut BTreeMap<String, usize>) {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.get_ref().to_string()
+                } else {
+                    format!("{prefix}.{}", k.get_ref())
+                };
+                map.insert(key.clone(), line_of(text, k.span().start));
+                walk_value(text, &key, v.get_ref(), map);
+            }
+        }
+        fn walk_value(text: &str, key: &str, v: &DeValue<'_>, map: &mut BTreeMap<String, usize>) {
+            match v {
+                DeValue::Table(t) => walk(text, key, t, map),
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        let k = format!("{key}.{i}");
+                        map.insert(k.clone(), line_of(text, item.span().start));
+                        walk_value(text, &k, item.get_ref(), map);
+                    }
+                }
+                _ => {}
+            }
+        }
+        walk(text, "", doc.get_ref(), &mut map);
+        KeyLines(map)
+    }
+
+    /// The line of `key`, or of its nearest ancestor that is in the file.
+    fn line(&self, key: &str) -> Option<usize> {
+        let mut k = key.trim_matches('.');
+        loop {
+            if let Some(l) = self.0.get(k) {
+                return Some(*l);
+            }
+            k = k.rsplit_once('.')?.0;
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Checks what the schema cannot (cross-references, exclusive choices, files) and reads
+/// `*_file` secrets.
+fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
+    let mut s = Secrets {
+        database_url: secret_or_file(
+            "database.url",
+            c.database.url.as_ref(),
+            c.database.url_file.as_deref(),
+            err,
+        ),
+        ..Secrets::default()
+    };
+    if let Some(url) = &s.database_url {
+        let u = url.expose();
+        if !(u.starts_with("sqlite:") || u.starts_with("postgres:") || u.starts_with("postgresql:"))
+        {
+            err(
+                "database.url",
+                "must start with sqlite: or postgres:".into(),
+            );
+        }
+    }
+
+    let m = &c.matrix;
+    if !matches!(m.homeserver.scheme(), "http" | "https") {
+        err("matrix.homeserver", "must be an http or https URL".into());
+    }
+    let user_ok = if m.user.starts_with('@') {
+        switchboard_connector::is_matrix_user_id(&m.user)
+    } else {
+        !m.user.is_empty() && !m.user.contains(':')
+    };
+    if !user_ok {
+        err(
+            "matrix.user",
+            format!(
+                "`{}` is neither a user ID (@bot:example.org) nor a localpart",
+                m.user
+            ),
+        );
+    }
+    let logins = [
+        (
+            "matrix.password",
+            secret_or_file(
+                "matrix.password",
+                m.password.as_ref(),
+                m.password_file.as_deref(),
+                err,
+            )
+            .map(MatrixLogin::Password),
+        ),
+        (
+            "matrix.access_token",
+            secret_or_file(
+                "matrix.access_token",
+                m.access_token.as_ref(),
+                m.access_token_file.as_deref(),
+                err,
+            )
+            .map(MatrixLogin::AccessToken),
+        ),
+        (
+            "matrix.shared_secret",
+            secret_or_file(
+                "matrix.shared_secret",
+                m.shared_secret.as_ref(),
+                m.shared_secret_file.as_deref(),
+                err,
+            )
+            .map(MatrixLogin::SharedSecret),
+        ),
+    ];
+    let given: Vec<_> = logins.into_iter().filter(|(_, l)| l.is_some()).collect();
+    match given.len() {
+        0 => err(
+            "matrix",
+            "give one of `password`, `access_token` or `shared_secret` (or its `*_file`)".into(),
+        ),
+        1 => s.matrix_login = given.into_iter().next().and_then(|(_, l)| l),
+        _ => err(
+            given[1].0,
+            format!("give only one way to log in; `{}` is set too", given[0].0),
+        ),
+    }
+    if matches!(s.matrix_login, Some(MatrixLogin::SharedSecret(_))) && !m.user.starts_with('@') {
+        err(
+            "matrix.user",
+            "shared-secret login needs the full user ID (@bot:example.org)".into(),
+        );
+    }
+    if m.concurrency == 0 {
+        err("matrix.concurrency", "must be at least 1".into());
+    }
+
+    s.metrics_password = secret_or_file(
+        "metrics.password",
+        c.metrics.password.as_ref(),
+        c.metrics.password_file.as_deref(),
+        err,
+    );
+    if c.metrics.username.is_some() != s.metrics_password.is_some() {
+        err("metrics", "`username` and `password` go together".into());
+    }
+    if c.http.body_limit == 0 {
+        err("http.body_limit", "must be more than 0".into());
+    }
+
+    for (id, src) in &c.sources {
+        let key = format!("sources.{id}");
+        if id.is_empty()
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+        {
+            err(
+                &key,
+                "a source ID may hold only letters, digits, `-` and `_`".into(),
+            );
+        }
+        if let Some(sig) = &src.signature {
+            let k = format!("{key}.signature.secret");
+            match secret_or_file(&k, sig.secret.as_ref(), sig.secret_file.as_deref(), err) {
+                Some(secret) if secret.expose().is_empty() => {
+                    err(&k, "must not be empty".into());
+                }
+                Some(secret) => {
+                    s.signatures.insert(id.clone(), secret);
+                }
+                None => err(
+                    &format!("{key}.signature"),
+                    "needs `secret` or `secret_file`".into(),
+                ),
+            }
+            if http::HeaderName::from_bytes(sig.header.as_bytes()).is_err() {
+                err(
+                    &format!("{key}.signature.header"),
+                    "not a valid header name".into(),
+                );
+            }
+        }
+        match src.kind {
+            SourceKind::Webhook => {
+                if let Some(w) = &src.webhook
+                    && w.fields.ticket.is_empty()
+                {
+                    err(
+                        &format!("{key}.webhook.fields.ticket"),
+                        "must not be empty".into(),
+                    );
+                }
+            }
+        }
+    }
+
+    let env = minijinja::Environment::new();
+    for (i, rule) in c.rules.iter().enumerate() {
+        let key = format!("rules.{i}");
+        if let Some(src) = &rule.source
+            && !c.sources.contains_key(src)
+        {
+            err(
+                &format!("{key}.source"),
+                format!("no source `{src}` is configured"),
+            );
+        }
+        if rule.actions.is_empty() {
+            err(
+                &format!("{key}.actions"),
+                "a rule needs at least one action".into(),
+            );
+        }
+        for (j, action) in rule.actions.iter().enumerate() {
+            let akey = format!("{key}.actions.{j}");
+            for (field, tpl) in action.templates() {
+                if let Err(e) = env.template_from_str(tpl) {
+                    err(&format!("{akey}.{field}"), format!("bad template: {e}"));
+                }
+            }
+        }
+    }
+    s
+}
+
+impl ActionConfig {
+    /// Every template of the action, with its key.
+    pub fn templates(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            ActionConfig::OpenRoom {
+                name,
+                topic,
+                invite,
+                ..
+            } => {
+                let mut v = vec![("name", name.as_str()), ("topic", topic.as_str())];
+                v.extend(invite.iter().map(|t| ("invite", t.as_str())));
+                v
+            }
+            ActionConfig::Post { message, .. } => vec![("message", message.as_str())],
+            ActionConfig::Close { notice, rename } => {
+                vec![("notice", notice.as_str()), ("rename", rename.as_str())]
+            }
+        }
+    }
+}
+
+fn secret_or_file(
+    key: &str,
+    value: Option<&Secret>,
+    file: Option<&Path>,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<Secret> {
+    match (value, file) {
+        (Some(_), Some(_)) => {
+            err(key, format!("give `{key}` or `{key}_file`, not both"));
+            None
+        }
+        (Some(v), None) => Some(v.clone()),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_string())),
+            Err(e) => {
+                err(
+                    &format!("{key}_file"),
+                    format!("cannot read {}: {e}", path.display()),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[matrix]
+homeserver = "http://127.0.0.1:8008"
+user = "@bot:localhost"
+password = "pw"
+
+[sources.tickets]
+kind = "webhook"
+"#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let l = parse(MINIMAL).expect("valid");
+        assert_eq!(l.config.http.listen.port(), 8080);
+        assert!(l.config.matrix.encryption);
+        assert!(matches!(
+            l.secrets.matrix_login,
+            Some(MatrixLogin::Password(_))
+        ));
+        assert_eq!(l.config.sources["tickets"].kind, SourceKind::Webhook);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = MINIMAL.replace("kind = \"webhook\"", "kind = \"webhook\"\nsecrett = \"x\"");
+        let errs = parse(&text).expect_err("invalid");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "sources.tickets");
+        assert!(errs[0].message.contains("secrett"), "{}", errs[0].message);
+        assert_eq!(errs[0].line, Some(7));
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let text = r#"
+[http]
+listen = 8080
+body_limit = "big"
+
+[matrix]
+homeserver = "http://127.0.0.1:8008"
+"#;
+        let errs = parse(text).expect_err("invalid");
+        let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(keys.contains(&("http.listen", Some(3))), "{errs:?}");
+        assert!(keys.contains(&("http.body_limit", Some(4))), "{errs:?}");
+        assert!(keys.iter().any(|(k, _)| *k == "matrix"), "{errs:?}");
+    }
+
+    #[test]
+    fn syntax_errors_have_lines() {
+        let errs = parse("[matrix]\nuser = \n").expect_err("invalid");
+        assert_eq!(errs[0].line, Some(2), "{errs:?}");
+    }
+
+    #[test]
+    fn semantic_errors_name_key_and_line() {
+        let text = format!(
+            "{MINIMAL}access_token = \"t\"\n\n[[rules]]\nsource = \"nope\"\nactions = [{{ type = \"post\", message = \"{{{{ x\" }}]\n"
+        );
+        let text = text.replace(
+            "kind = \"webhook\"\naccess_token = \"t\"",
+            "kind = \"webhook\"",
+        );
+        let text = text.replace(
+            "password = \"pw\"",
+            "password = \"pw\"\naccess_token = \"t\"",
+        );
+        let errs = parse(&text).expect_err("invalid");
+        let find = |k: &str| errs.iter().find(|e| e.key == k).map(|e| e.line);
+        assert_eq!(find("matrix.access_token"), Some(Some(6)), "{errs:?}");
+        assert_eq!(find("rules.0.source"), Some(Some(12)), "{errs:?}");
+        assert!(find("rules.0.actions.0.message").is_some(), "{errs:?}");
+    }
+
+    #[test]
+    fn env_secrets_expand_and_missing_ones_are_errors() {
+        let text = MINIMAL.replace("\"pw\"", "\"${SWITCHBOARD_TEST_UNSET_VAR}\"");
+        let errs = parse(&text).expect_err("invalid");
+        assert!(
+            errs[0].message.contains("SWITCHBOARD_TEST_UNSET_VAR"),
+            "{errs:?}"
+        );
+        assert_eq!(errs[0].key, "matrix.password");
+        let path = std::env::var("PATH").expect("PATH is set");
+        assert_eq!(expand_env("a${PATH}b").expect("set"), format!("a{path}b"));
+    }
+
+    #[test]
+    fn secrets_are_never_printed() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "Secret(***)");
+    }
+
+    #[test]
+    fn committed_schema_is_current() {
+        let committed = include_str!("../schemas/config.schema.json");
+        let current = serde_json::to_string_pretty(&json_schema()).expect("json") + "\n";
+        assert!(
+            committed == current,
+            "schemas/config.schema.json is stale: run `switchboard schema > schemas/config.schema.json`"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Rules: turn accepted ticket events into actions, and move deliveries from the inbox to the
+//! outbox in one transaction each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use minijinja::Environment;
+use serde_json::{Value, json};
+use switchboard_connector::{Action, EventKind, RoomSpec, TicketEvent, lookup};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use crate::config::{self, ActionConfig, Config, RuleConfig};
+use crate::metrics::Metrics;
+use crate::store::{NewAction, Store};
+
+/// The compiled rules.
+pub struct Engine {
+    rules: Vec<RuleConfig>,
+    env: Environment<'static>,
+    encryption: bool,
+}
+
+/// The rules used when the config has none: a room per ticket, messages posted into it,
+/// and a notice plus a rename on close.
+pub fn default_rules() -> Vec<RuleConfig> {
+    vec![
+        RuleConfig {
+            source: None,
+            on: vec![EventKind::Opened, EventKind::Updated],
+            when: Default::default(),
+            actions: vec![
+                ActionConfig::OpenRoom {
+                    name: config::default_room_name(),
+                    topic: config::default_room_topic(),
+                    preset: Default::default(),
+                    encrypted: None,
+                    invite: Vec::new(),
+                },
+                ActionConfig::Post {
+                    message: "{{ ticket.body }}".into(),
+                    notice: false,
+                },
+            ],
+            stop: false,
+        },
+        RuleConfig {
+            source: None,
+            on: vec![EventKind::Closed],
+            when: Default::default(),
+            actions: vec![
+                ActionConfig::Post {
+                    message: "{{ ticket.body }}".into(),
+                    notice: false,
+                },
+                ActionConfig::Close {
+                    notice: config::default_close_notice(),
+                    rename: config::default_close_name(),
+                },
+            ],
+            stop: false,
+        },
+    ]
+}
+
+impl Engine {
+    pub fn new(config: &Config) -> Engine {
+        let rules = if config.rules.is_empty() {
+            default_rules()
+        } else {
+            config.rules.clone()
+        };
+        // Templates are named by their own text, so each is compiled once however often
+        // it appears.
+        let mut env = Environment::new();
+        for t in rules
+            .iter()
+            .flat_map(|r| &r.actions)
+            .flat_map(|a| a.templates())
+        {
+            if env.get_template(t.1).is_err()
+                && let Err(error) = env.add_template_owned(t.1.to_string(), t.1.to_string())
+            {
+                warn!(%error, template = t.1, "template does not compile");
+            }
+        }
+        Engine {
+            rules,
+            env,
+            encryption: config.matrix.encryption,
+        }
+    }
+
+    /// The actions for one event, in order.
+    pub fn actions(&self, source_id: &str, event: &TicketEvent) -> Vec<Action> {
+        let ctx = context(source_id, event);
+        let mut out = Vec::new();
+        for rule in &self.rules {
+            if !matches(rule, source_id, event, &ctx) {
+                continue;
+            }
+            for a in &rule.actions {
+                match self.action(a, event, &ctx) {
+                    Ok(Some(action)) => out.push(action),
+                    Ok(None) => {}
+                    Err(error) => {
+                        warn!(source = source_id, ticket = %event.ticket, %error, "template failed; action skipped")
+                    }
+                }
+            }
+            if rule.stop {
+                break;
+            }
+        }
+        out
+    }
+
+    fn render(&self, tpl: &str, ctx: &Value) -> Result<String, minijinja::Error> {
+        let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+        Ok(self.env.get_template(tpl)?.render(ctx)?.trim().to_string())
+    }
+
+    fn action(
+        &self,
+        a: &ActionConfig,
+        event: &TicketEvent,
+        ctx: &Value,
+    ) -> Result<Option<Action>, minijinja::Error> {
+        Ok(match a {
+            ActionConfig::OpenRoom {
+                name,
+                topic,
+                preset,
+                encrypted,
+                invite,
+            } => {
+                let mut users: Vec<String> = event.participants.clone();
+                for t in invite {
+                    let u = self.render(t, ctx)?;
+                    if switchboard_connector::is_matrix_user_id(&u) {
+                        users.push(u);
+                    } else if !u.is_empty() {
+                        warn!(user = %u, "invite template did not render a Matrix user ID");
+                    }
+                }
+                users.extend(event.owner.iter().cloned());
+                let mut seen = std::collections::HashSet::new();
+                users.retain(|u| seen.insert(u.clone()));
+                Some(Action::OpenRoom(RoomSpec {
+                    name: self.render(name, ctx)?,
+                    topic: self.render(topic, ctx)?,
+                    preset: serde_json::to_value(preset)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_else(|| "private_chat".into()),
+                    encrypted: encrypted.unwrap_or(self.encryption),
+                    invite: users,
+                    admins: event.owner.iter().cloned().collect(),
+                }))
+            }
+            ActionConfig::Post { message, notice } => {
+                let body = self.render(message, ctx)?;
+                (!body.is_empty()).then_some(Action::Post {
+                    body,
+                    notice: *notice,
+                })
+            }
+            ActionConfig::Close { notice, rename } => {
+                let notice = self.render(notice, ctx)?;
+                let rename = self.render(rename, ctx)?;
+                Some(Action::Close {
+                    notice: (!notice.is_empty()).then_some(notice),
+                    rename: (!rename.is_empty()).then_some(rename),
+                })
+            }
+        })
+    }
+}
+
+/// The template context: `ticket`, `event`, `source` and the raw `payload`. Absent ticket
+/// fields are left out (undefined renders empty; `null` would render as "none").
+fn context(source_id: &str, e: &TicketEvent) -> Value {
+    let mut ticket = json!({
+        "key": e.ticket,
+        "title": e.title,
+        "url": e.url,
+        "status": e.status,
+        "owner": e.owner,
+        "participants": e.participants,
+        "body": e.body,
+    });
+    if let Value::Object(map) = &mut ticket {
+        map.retain(|_, v| !v.is_null());
+    }
+    json!({
+        "ticket": ticket,
+        "event": { "kind": e.kind.as_str() },
+        "source": { "id": source_id },
+        "payload": e.payload,
+    })
+}
+
+fn matches(rule: &RuleConfig, source_id: &str, event: &TicketEvent, ctx: &Value) -> bool {
+    if rule.source.as_deref().is_some_and(|s| s != source_id) {
+        return false;
+    }
+    if !rule.on.is_empty() && !rule.on.contains(&event.kind) {
+        return false;
+    }
+    rule.when.iter().all(|(path, want)| {
+        let got = match lookup(ctx, path) {
+            None | Some(Value::Null) => return false,
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+        };
+        want == "*" || got.eq_ignore_ascii_case(want)
+    })
+}
+
+/// Moves deliveries from the inbox to the outbox until the process stops.
+pub async fn run(
+    engine: Arc<Engine>,
+    store: Store,
+    wake: Arc<Notify>,
+    outbox_wake: Arc<Notify>,
+    metrics: Metrics,
+) {
+    loop {
+        match drain(&engine, &store, &metrics).await {
+            Ok(0) => {
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Ok(n) => {
+                debug!(deliveries = n, "queued actions");
+                outbox_wake.notify_one();
+            }
+            Err(error) => {
+                warn!(%error, "engine cannot reach the database; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Processes one batch of deliveries; returns how many.
+pub async fn drain(
+    engine: &Engine,
+    store: &Store,
+    metrics: &Metrics,
+) -> crate::store::Result<usize> {
+    let rows = store.unprocessed(200).await?;
+    for row in &rows {
+        let events: Vec<TicketEvent> = match serde_json::from_str(&row.events) {
+            Ok(e) => e,
+            Err(error) => {
+                // Intake wrote this; a row that does not parse is a bug, not something to retry.
+                warn!(inbox_id = row.id, %error, "stored delivery does not parse; skipped");
+                Vec::new()
+            }
+        };
+        let mut actions = Vec::new();
+        for ev in &events {
+            for a in engine.actions(&row.source_id, ev) {
+                metrics.actions_queued.with_label_values(&[a.kind()]).inc();
+                actions.push(NewAction {
+                    source_id: row.source_id.clone(),
+                    ticket_key: ev.ticket.clone(),
+                    action: serde_json::to_string(&a)?,
+                });
+            }
+        }
+        store.commit_actions(row.id, &actions).await?;
+    }
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(rules: &str) -> Engine {
+        let text = format!(
+            "[matrix]\nhomeserver = \"http://h\"\nuser = \"bot\"\npassword = \"p\"\n\
+             [sources.t]\nkind = \"webhook\"\n{rules}"
+        );
+        let loaded = crate::config::parse(&text).expect("valid config");
+        Engine::new(&loaded.config)
+    }
+
+    fn event(kind: EventKind) -> TicketEvent {
+        TicketEvent {
+            title: Some("Printer on fire".into()),
+            url: Some("https://t/7".into()),
+            owner: Some("@o:hs".into()),
+            participants: vec!["@a:hs".into(), "@o:hs".into()],
+            body: Some("It smokes".into()),
+            payload: json!({"queue": "IT"}),
+            ..TicketEvent::new("7", kind)
+        }
+    }
+
+    #[test]
+    fn default_rules_open_post_and_close() {
+        let e = engine("");
+        let acts = e.actions("t", &event(EventKind::Opened));
+        assert_eq!(acts.len(), 2);
+        let Action::OpenRoom(spec) = &acts[0] else {
+            panic!("expected open_room, got {acts:?}")
+        };
+        assert_eq!(spec.name, "Printer on fire");
+        assert_eq!(spec.topic, "Printer on fire · https://t/7");
+        assert_eq!(spec.invite, vec!["@a:hs", "@o:hs"]);
+        assert_eq!(spec.admins, vec!["@o:hs"]);
+        assert!(spec.encrypted);
+        assert_eq!(
+            acts[1],
+            Action::Post {
+                body: "It smokes".into(),
+                notice: false
+            }
+        );
+        let closed = e.actions("t", &event(EventKind::Closed));
+        assert!(
+            matches!(&closed[1], Action::Close { rename: Some(n), .. } if n == "[closed] Printer on fire")
+        );
+    }
+
+    #[test]
+    fn empty_messages_are_not_posted() {
+        let e = engine("");
+        let mut ev = event(EventKind::Updated);
+        ev.body = None;
+        let acts = e.actions("t", &ev);
+        assert_eq!(acts.len(), 1, "{acts:?}");
+    }
+
+    #[test]
+    fn conditions_and_sources_filter_rules() {
+        let e = engine(
+            "[[rules]]\nsource = \"t\"\nwhen = { \"payload.queue\" = \"it\" }\n\
+             actions = [{ type = \"post\", message = \"IT: {{ ticket.title }}\", notice = true }]\n\
+             [[rules]]\nwhen = { \"payload.queue\" = \"sales\" }\n\
+             actions = [{ type = \"post\", message = \"sales\" }]\n",
+        );
+        let acts = e.actions("t", &event(EventKind::Updated));
+        assert_eq!(
+            acts,
+            vec![Action::Post {
+                body: "IT: Printer on fire".into(),
+                notice: true
+            }]
+        );
+        assert!(e.actions("other", &event(EventKind::Updated)).is_empty());
+    }
+}

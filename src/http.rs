@@ -1,0 +1,469 @@
+//! The HTTP listener: webhook intake, `/link` redirects, metrics and health. A webhook is
+//! answered 2xx only after its delivery is in the store.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, StreamExt};
+use hmac::{Hmac, Mac};
+use http::{HeaderMap, StatusCode};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use switchboard_connector::{EventKind, RejectReason, TicketEvent, WebhookSource};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+use warp::Filter;
+use warp::reply::Response;
+
+use crate::config::{Secret, SignatureAlgorithm, SignatureConfig};
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// One configured source as intake sees it.
+pub struct Source {
+    pub id: String,
+    pub hook: Box<dyn WebhookSource>,
+    pub signature: Option<(SignatureConfig, Secret)>,
+    pub link_create: bool,
+}
+
+/// Shared state of the handlers.
+pub struct HttpState {
+    pub store: Store,
+    pub sources: HashMap<String, Source>,
+    pub metrics: Metrics,
+    /// Wakes the engine after a delivery is stored.
+    pub engine_wake: Arc<Notify>,
+    pub body_limit: u64,
+    pub link_base: String,
+    pub link_wait: Duration,
+    pub metrics_enabled: bool,
+    pub metrics_auth: Option<(String, Secret)>,
+    pub metrics_allow: Vec<ipnet::IpNet>,
+}
+
+/// An error answer: a status and a reason for the caller, as JSON.
+struct Reject(StatusCode, String);
+
+impl Reject {
+    fn reply(self) -> Response {
+        json_reply(self.0, json!({ "error": self.1 }))
+    }
+}
+
+fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
+    warp::reply::with_status(warp::reply::json(&body), status).into_response_()
+}
+
+trait IntoResponse {
+    fn into_response_(self) -> Response;
+}
+impl<T: warp::Reply> IntoResponse for T {
+    fn into_response_(self) -> Response {
+        self.into_response()
+    }
+}
+
+/// All routes.
+pub fn routes(
+    state: Arc<HttpState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let with_state = {
+        let s = state.clone();
+        warp::any().map(move || s.clone())
+    };
+    let hooks = warp::post()
+        .and(warp::path!("hooks" / String))
+        .and(with_state.clone())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            |source: String, state: Arc<HttpState>, headers: HeaderMap, body| async move {
+                let limit = state.body_limit;
+                hook(&state, &source, &headers, body, limit)
+                    .await
+                    .unwrap_or_else(Reject::reply)
+            },
+        );
+    let link = warp::get()
+        .and(warp::path!("link" / String / String))
+        .and(with_state.clone())
+        .then(
+            |source: String, key: String, state: Arc<HttpState>| async move {
+                link(&state, &source, &key)
+                    .await
+                    .unwrap_or_else(Reject::reply)
+            },
+        );
+    let metrics = warp::get()
+        .and(warp::path!("metrics"))
+        .and(with_state.clone())
+        .and(warp::addr::remote())
+        .and(warp::header::optional::<String>("authorization"))
+        .map(
+            |state: Arc<HttpState>, remote: Option<SocketAddr>, auth: Option<String>| {
+                metrics(&state, remote, auth.as_deref()).unwrap_or_else(Reject::reply)
+            },
+        );
+    let health = warp::get()
+        .and(warp::path!("health"))
+        .map(|| json_reply(StatusCode::OK, json!({ "status": "ok" })));
+    let ready = warp::get().and(warp::path!("ready")).and(with_state).then(
+        |state: Arc<HttpState>| async move {
+            let db = state.store.ping().await;
+            let hs = state.metrics.homeserver_up.get() == 1;
+            let status = if db && hs {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            json_reply(status, json!({ "database": db, "homeserver": hs }))
+        },
+    );
+    hooks
+        .or(link)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(health)
+        .unify()
+        .or(ready)
+        .unify()
+        .recover(|rej: warp::Rejection| async move {
+            let (status, reason) = if rej.is_not_found() {
+                (StatusCode::NOT_FOUND, "no such path".to_string())
+            } else if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+                (StatusCode::METHOD_NOT_ALLOWED, "method not allowed".into())
+            } else {
+                (StatusCode::BAD_REQUEST, "bad request".into())
+            };
+            Ok::<_, Infallible>(json_reply(status, json!({ "error": reason })))
+        })
+        .unify()
+}
+
+/// Binds the listener; returns the bound address and the server future.
+pub async fn serve(
+    state: Arc<HttpState>,
+    addr: SocketAddr,
+) -> std::io::Result<(SocketAddr, impl std::future::Future<Output = ()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let server = warp::serve(routes(state)).incoming(listener).run();
+    Ok((bound, server))
+}
+
+async fn hook<S, B>(
+    state: &HttpState,
+    source_id: &str,
+    headers: &HeaderMap,
+    body: S,
+    limit: u64,
+) -> Result<Response, Reject>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let Some(source) = state.sources.get(source_id) else {
+        return Err(Reject(
+            StatusCode::NOT_FOUND,
+            format!("no source `{source_id}`"),
+        ));
+    };
+    let count = |outcome: &str| {
+        state
+            .metrics
+            .webhooks
+            .with_label_values(&[source_id, outcome])
+            .inc()
+    };
+    let body = match read_body(headers, body, limit).await {
+        Ok(b) => b,
+        Err(r) => {
+            count("rejected_size");
+            return Err(r);
+        }
+    };
+    if let Some((sig, secret)) = &source.signature
+        && let Err(reason) = verify_signature(sig, secret, headers, &body)
+    {
+        count("rejected_signature");
+        return Err(Reject(StatusCode::UNAUTHORIZED, reason));
+    }
+    let delivery = source.hook.accept(headers, &body).map_err(|r| {
+        let (status, outcome) = match &r {
+            RejectReason::Signature(_) => (StatusCode::UNAUTHORIZED, "rejected_signature"),
+            RejectReason::Malformed(_) => (StatusCode::BAD_REQUEST, "rejected_malformed"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected_unmapped"),
+        };
+        count(outcome);
+        Reject(status, r.to_string())
+    })?;
+    let events = serde_json::to_string(&delivery.events)
+        .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match state
+        .store
+        .accept(source_id, &delivery.dedupe_key, &events)
+        .await
+    {
+        Ok(acc) => {
+            if !acc.duplicate {
+                state.engine_wake.notify_one();
+            }
+            count(if acc.duplicate {
+                "duplicate"
+            } else {
+                "accepted"
+            });
+            Ok(json_reply(
+                StatusCode::OK,
+                json!({ "id": acc.id, "duplicate": acc.duplicate }),
+            ))
+        }
+        Err(error) => {
+            warn!(source = source_id, %error, "cannot store a webhook");
+            count("unavailable");
+            Err(Reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable; retry later".into(),
+            ))
+        }
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes whether or not a length was announced.
+async fn read_body<S, B>(headers: &HeaderMap, mut body: S, limit: u64) -> Result<Bytes, Reject>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let too_large = || {
+        Reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {limit} bytes"),
+        )
+    };
+    let announced = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut buf = BytesMut::with_capacity(announced.unwrap_or(4096).min(limit) as usize);
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
+        if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Checks an HMAC over the raw body in constant time, before anything parses it.
+fn verify_signature(
+    sig: &SignatureConfig,
+    secret: &Secret,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), String> {
+    let value = headers
+        .get(sig.header.as_str())
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("missing signature header `{}`", sig.header))?;
+    let hex_part = value
+        .trim()
+        .strip_prefix(sig.prefix.as_str())
+        .ok_or_else(|| format!("the signature must start with `{}`", sig.prefix))?;
+    let given = hex::decode(hex_part).map_err(|_| "the signature is not hex".to_string())?;
+    let ok = match sig.algorithm {
+        SignatureAlgorithm::Sha256 => {
+            Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()).map(|mut m| {
+                m.update(body);
+                m.verify_slice(&given).is_ok()
+            })
+        }
+        SignatureAlgorithm::Sha1 => Hmac::<sha1::Sha1>::new_from_slice(secret.expose().as_bytes())
+            .map(|mut m| {
+                m.update(body);
+                m.verify_slice(&given).is_ok()
+            }),
+    }
+    .unwrap_or(false);
+    if ok {
+        Ok(())
+    } else {
+        Err("the signature does not match".into())
+    }
+}
+
+async fn link(state: &HttpState, source_id: &str, raw_key: &str) -> Result<Response, Reject> {
+    let key = percent_encoding::percent_decode_str(raw_key)
+        .decode_utf8()
+        .map_err(|_| Reject(StatusCode::BAD_REQUEST, "the key is not UTF-8".into()))?
+        .into_owned();
+    let Some(source) = state.sources.get(source_id) else {
+        return Err(Reject(
+            StatusCode::NOT_FOUND,
+            format!("no source `{source_id}`"),
+        ));
+    };
+    let db_err = |error: crate::store::StoreError| {
+        warn!(%error, "link lookup failed");
+        Reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable".into(),
+        )
+    };
+    if let Some(l) = state.store.link(source_id, &key).await.map_err(db_err)? {
+        return Ok(redirect(&state.link_base, &l.room_id));
+    }
+    if !source.link_create {
+        return Err(Reject(
+            StatusCode::NOT_FOUND,
+            format!("ticket `{key}` has no room yet"),
+        ));
+    }
+    // Ask for the room the same way a webhook would, so the rules decide what it looks like.
+    let mut event = TicketEvent::new(key.clone(), EventKind::Opened);
+    event.payload = json!({ "via": "link" });
+    let events = serde_json::to_string(&[event])
+        .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    state
+        .store
+        .accept(source_id, &format!("link:{key}"), &events)
+        .await
+        .map_err(db_err)?;
+    state.engine_wake.notify_one();
+    let deadline = tokio::time::Instant::now() + state.link_wait;
+    while tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(l) = state.store.link(source_id, &key).await.map_err(db_err)? {
+            return Ok(redirect(&state.link_base, &l.room_id));
+        }
+    }
+    debug!(source = source_id, "room not ready within the link wait");
+    Err(Reject(
+        StatusCode::GATEWAY_TIMEOUT,
+        "the room is being created; try again in a moment".into(),
+    ))
+}
+
+fn redirect(base: &str, room_id: &str) -> Response {
+    let target = format!("{base}{room_id}");
+    let mut resp = json_reply(
+        StatusCode::FOUND,
+        json!({ "room_id": room_id, "location": target }),
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&target) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
+}
+
+fn metrics(
+    state: &HttpState,
+    remote: Option<SocketAddr>,
+    auth: Option<&str>,
+) -> Result<Response, Reject> {
+    if !state.metrics_enabled {
+        return Err(Reject(StatusCode::NOT_FOUND, "metrics are disabled".into()));
+    }
+    if !state.metrics_allow.is_empty() {
+        let allowed =
+            remote.is_some_and(|r| state.metrics_allow.iter().any(|n| n.contains(&r.ip())));
+        if !allowed {
+            return Err(Reject(
+                StatusCode::FORBIDDEN,
+                "not allowed from this address".into(),
+            ));
+        }
+    }
+    if let Some((user, password)) = &state.metrics_auth {
+        let expected = base64::engine::general_purpose::STANDARD
+            .encode(format!("{user}:{}", password.expose()));
+        let given = auth.and_then(|a| a.strip_prefix("Basic ")).unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            let mut resp =
+                Reject(StatusCode::UNAUTHORIZED, "authentication required".into()).reply();
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Basic realm=\"metrics\""),
+            );
+            return Ok(resp);
+        }
+    }
+    let mut resp =
+        warp::reply::with_status(state.metrics.render(), StatusCode::OK).into_response_();
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sig() -> (SignatureConfig, Secret) {
+        (
+            SignatureConfig {
+                secret: None,
+                secret_file: None,
+                header: "X-Signature-256".into(),
+                prefix: "sha256=".into(),
+                algorithm: SignatureAlgorithm::Sha256,
+            },
+            Secret::new("s3cret"),
+        )
+    }
+
+    fn signed(body: &[u8]) -> HeaderMap {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"s3cret").expect("key");
+        m.update(body);
+        let mut h = HeaderMap::new();
+        let v = format!("sha256={}", hex::encode(m.finalize().into_bytes()));
+        h.insert("x-signature-256", v.parse().expect("header"));
+        h
+    }
+
+    #[test]
+    fn signatures_are_checked() {
+        let (cfg, secret) = sig();
+        let body = br#"{"ticket":{"id":1}}"#;
+        assert!(verify_signature(&cfg, &secret, &signed(body), body).is_ok());
+        assert!(verify_signature(&cfg, &secret, &signed(body), b"{}").is_err());
+        assert!(verify_signature(&cfg, &secret, &HeaderMap::new(), body).is_err());
+        let mut bad = HeaderMap::new();
+        bad.insert("x-signature-256", "sha256=zz".parse().expect("header"));
+        assert!(verify_signature(&cfg, &secret, &bad, body).is_err());
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_even_without_a_length() {
+        let chunks = futures::stream::iter(vec![
+            Ok::<_, warp::Error>(Bytes::from_static(b"12345")),
+            Ok(Bytes::from_static(b"67890")),
+        ]);
+        let r = read_body(&HeaderMap::new(), chunks, 8).await;
+        assert!(matches!(r, Err(Reject(StatusCode::PAYLOAD_TOO_LARGE, _))));
+        let ok = futures::stream::iter(vec![Ok::<_, warp::Error>(Bytes::from_static(b"1234"))]);
+        assert_eq!(
+            read_body(&HeaderMap::new(), ok, 8).await.ok().as_deref(),
+            Some(&b"1234"[..])
+        );
+    }
+}

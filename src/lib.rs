@@ -1,0 +1,11 @@
+//! Switchboard connects tickets to chat: sources turn what they hear into ticket events,
+//! rules turn events into actions, and the Matrix sink carries them out, durably.
+
+pub mod app;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod matrix;
+pub mod metrics;
+pub mod store;
+pub mod worker;

@@ -1,0 +1,563 @@
+//! The Matrix sink: the only part of Switchboard that talks to the homeserver. It logs in,
+//! keeps a sync running, and executes outbox actions with stable transaction IDs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use matrix_sdk::authentication::matrix::MatrixSession;
+use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
+use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
+use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+use matrix_sdk::ruma::serde::Raw;
+use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
+use serde_json::json;
+use sha2::{Digest, Sha256, Sha512};
+use switchboard_connector::{Action, RoomSpec};
+use tracing::{info, warn};
+
+use crate::config::{MatrixConfig, MatrixLogin};
+use crate::metrics::Metrics;
+use crate::store::{Link, OutboxRow, Store};
+
+const SESSION_KEY: &str = "matrix.session";
+
+/// Errors of the Matrix side.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MatrixError {
+    /// Logging in or restoring the session failed.
+    #[error("login: {0}")]
+    Login(String),
+    /// Building the client (store, homeserver URL) failed.
+    #[error("client: {0}")]
+    Client(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// How an action failed, which decides whether it is tried again.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth another try (network, 5xx, 429); `retry_after` when the server said when.
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will never work (4xx other than 429): recorded, not retried.
+    Permanent(String),
+}
+
+impl Failure {
+    fn from_sdk(e: &matrix_sdk::Error) -> Failure {
+        classify(e.as_client_api_error(), e.to_string())
+    }
+
+    fn from_http(e: &matrix_sdk::HttpError) -> Failure {
+        classify(e.as_client_api_error(), e.to_string())
+    }
+}
+
+/// 429 and 5xx are transient, other HTTP errors permanent; anything that is not an HTTP
+/// answer (network, timeout, a store hiccup) is transient.
+fn classify(api: Option<&matrix_sdk::ruma::api::error::Error>, message: String) -> Failure {
+    let Some(api) = api else {
+        return Failure::Transient {
+            message,
+            retry_after: None,
+        };
+    };
+    let status = api.status_code;
+    if status.as_u16() == 429 {
+        let retry_after = match api.error_kind() {
+            Some(ErrorKind::LimitExceeded(LimitExceededErrorData {
+                retry_after: Some(RetryAfter::Delay(d)),
+                ..
+            })) => Some(*d),
+            Some(ErrorKind::LimitExceeded(LimitExceededErrorData {
+                retry_after: Some(RetryAfter::DateTime(t)),
+                ..
+            })) => Some(
+                t.duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default(),
+            ),
+            _ => None,
+        };
+        return Failure::Transient {
+            message,
+            retry_after,
+        };
+    }
+    if status.is_server_error() {
+        return Failure::Transient {
+            message,
+            retry_after: None,
+        };
+    }
+    let code = api
+        .error_kind()
+        .map(|k| k.errcode().to_string())
+        .unwrap_or_default();
+    Failure::Permanent(format!("{message} ({code})"))
+}
+
+/// What the worker needs from a sink. The Matrix sink implements it; its tests drive it.
+pub struct MatrixSink {
+    client: Client,
+    store: Store,
+    user_id: OwnedUserId,
+    /// Rooms of version 12 and later must not list their creator in power levels.
+    creator_in_power_levels: bool,
+}
+
+impl MatrixSink {
+    /// Logs in (or restores the stored session) and prepares the client.
+    pub async fn connect(
+        cfg: &MatrixConfig,
+        login: &MatrixLogin,
+        data_dir: &Path,
+        store: Store,
+    ) -> Result<MatrixSink, MatrixError> {
+        let store_dir = data_dir.join("matrix");
+        let stored: Option<MatrixSession> = store
+            .setting(SESSION_KEY)
+            .await?
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .filter(|s: &MatrixSession| same_user(&cfg.user, &s.meta.user_id));
+
+        let client = match stored {
+            Some(session) => {
+                let client = build(cfg, &store_dir).await?;
+                let restored =
+                    client.restore_session(session).await.is_ok() && client.whoami().await.is_ok();
+                if restored {
+                    info!(user = %cfg.user, "restored Matrix session");
+                    client
+                } else {
+                    warn!(user = %cfg.user, "stored Matrix session is no longer valid; logging in again");
+                    drop(client);
+                    login_fresh(cfg, login, &store_dir, &store).await?
+                }
+            }
+            None => login_fresh(cfg, login, &store_dir, &store).await?,
+        };
+        let user_id = client
+            .user_id()
+            .ok_or_else(|| MatrixError::Login("no user ID after login".into()))?
+            .to_owned();
+
+        let creator_in_power_levels = match client
+            .send(matrix_sdk::ruma::api::client::discovery::get_capabilities::v3::Request::new())
+            .await
+        {
+            Ok(caps) => {
+                let v = caps.capabilities.room_versions.default.to_string();
+                v.parse::<u32>().map(|n| n < 12).unwrap_or(false)
+            }
+            Err(_) => false,
+        };
+        Ok(MatrixSink {
+            client,
+            store,
+            user_id,
+            creator_in_power_levels,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn user_id(&self) -> &UserId {
+        &self.user_id
+    }
+
+    /// Keeps syncing (for encryption keys, room state and later for incoming messages).
+    pub async fn sync_forever(self: Arc<Self>, metrics: Metrics) {
+        let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.client.sync_once(settings.clone()).await {
+                Ok(resp) => {
+                    metrics.homeserver_up.set(1);
+                    settings = settings.token(resp.next_batch);
+                    backoff = Duration::from_millis(500);
+                }
+                Err(error) => {
+                    metrics.homeserver_up.set(0);
+                    warn!(%error, "sync failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(15));
+                }
+            }
+        }
+    }
+
+    /// Executes one outbox action. Returns a short result to record (an event or room ID).
+    pub async fn execute(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
+        match action {
+            Action::OpenRoom(spec) => self.open_room(row, spec).await,
+            Action::Post { body, notice } => {
+                let Some(link) = self.link(row).await? else {
+                    return Ok("skipped: the ticket has no room".into());
+                };
+                let room = self.room(&link.room_id).await?;
+                let content = if *notice {
+                    RoomMessageEventContent::notice_plain(body)
+                } else {
+                    RoomMessageEventContent::text_plain(body)
+                };
+                let resp = room
+                    .send(content)
+                    .with_transaction_id(txn_id(row.id, ""))
+                    .await
+                    .map_err(|e| Failure::from_sdk(&e))?;
+                Ok(resp.response.event_id.to_string())
+            }
+            Action::Close { notice, rename } => {
+                let Some(link) = self.link(row).await? else {
+                    return Ok("skipped: the ticket has no room".into());
+                };
+                let room = self.room(&link.room_id).await?;
+                let mut result = String::new();
+                if let Some(text) = notice {
+                    let resp = room
+                        .send(RoomMessageEventContent::notice_plain(text))
+                        .with_transaction_id(txn_id(row.id, "n"))
+                        .await
+                        .map_err(|e| Failure::from_sdk(&e))?;
+                    result = resp.response.event_id.to_string();
+                }
+                if let Some(name) = rename {
+                    room.set_name(name.clone())
+                        .await
+                        .map_err(|e| Failure::from_sdk(&e))?;
+                }
+                self.store
+                    .close_link(&row.source_id, &row.ticket_key)
+                    .await
+                    .map_err(db_failure)?;
+                Ok(result)
+            }
+        }
+    }
+
+    async fn link(&self, row: &OutboxRow) -> Result<Option<Link>, Failure> {
+        self.store
+            .link(&row.source_id, &row.ticket_key)
+            .await
+            .map_err(db_failure)
+    }
+
+    async fn room(&self, room_id: &str) -> Result<Room, Failure> {
+        let id = RoomId::parse(room_id)
+            .map_err(|e| Failure::Permanent(format!("stored room ID {room_id}: {e}")))?;
+        match self.client.get_room(&id) {
+            Some(room) => Ok(room),
+            // Not synced yet (e.g. right after a restart): joining a room we are in is a no-op
+            // that hands us the room.
+            None => self
+                .client
+                .join_room_by_id(&id)
+                .await
+                .map_err(|e| Failure::from_sdk(&e)),
+        }
+    }
+
+    async fn open_room(&self, row: &OutboxRow, spec: &RoomSpec) -> Result<String, Failure> {
+        if let Some(link) = self.link(row).await? {
+            return self.invite_new(row, &link, &spec.invite).await;
+        }
+        // The alias is this action's idempotency key: if an earlier try created the room but
+        // died before recording it, creating again fails with M_ROOM_IN_USE and the alias
+        // leads to the room.
+        let alias_local = alias_localpart(row);
+        let room_id = match self.create_room(spec, &alias_local).await {
+            Ok(id) => id,
+            Err(Failure::Permanent(msg)) if msg.contains("M_ROOM_IN_USE") => {
+                let alias = format!("#{alias_local}:{}", self.user_id.server_name());
+                let alias = RoomAliasId::parse(&alias)
+                    .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
+                let resp = self
+                    .client
+                    .resolve_room_alias(&alias)
+                    .await
+                    .map_err(|e| Failure::from_http(&e))?;
+                info!(room = %resp.room_id, "room was created by an earlier try");
+                resp.room_id
+            }
+            Err(e) => return Err(e),
+        };
+        let link = Link {
+            source_id: row.source_id.clone(),
+            ticket_key: row.ticket_key.clone(),
+            room_id: room_id.to_string(),
+            thread_id: None,
+            invited: spec.invite.clone(),
+            closed: false,
+        };
+        let stored = self.store.insert_link(&link).await.map_err(db_failure)?;
+        Ok(stored.room_id)
+    }
+
+    async fn create_room(
+        &self,
+        spec: &RoomSpec,
+        alias_local: &str,
+    ) -> Result<OwnedRoomId, Failure> {
+        let mut req = CreateRoom::new();
+        req.name = Some(spec.name.clone()).filter(|s| !s.is_empty());
+        req.topic = Some(spec.topic.clone()).filter(|s| !s.is_empty());
+        req.preset = Some(match spec.preset.as_str() {
+            "public_chat" => RoomPreset::PublicChat,
+            "trusted_private_chat" => RoomPreset::TrustedPrivateChat,
+            _ => RoomPreset::PrivateChat,
+        });
+        req.room_alias_name = Some(alias_local.to_string());
+        req.invite = spec
+            .invite
+            .iter()
+            .filter_map(|u| UserId::parse(u).ok())
+            .filter(|u| *u != self.user_id)
+            .collect();
+        let mut users = serde_json::Map::new();
+        if self.creator_in_power_levels {
+            users.insert(self.user_id.to_string(), json!(100));
+        }
+        for admin in &spec.admins {
+            if admin != self.user_id.as_str() {
+                users.insert(admin.clone(), json!(100));
+            }
+        }
+        if !users.is_empty() {
+            req.power_level_content_override = Some(
+                Raw::from_json_string(json!({ "users": users }).to_string())
+                    .map_err(|e| Failure::Permanent(e.to_string()))?,
+            );
+        }
+        let mut state = vec![json!({
+            "type": "org.switchboard.ticket",
+            "state_key": "",
+            "content": { "alias": alias_local },
+        })];
+        if spec.encrypted {
+            state.push(json!({
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": { "algorithm": "m.megolm.v1.aes-sha2" },
+            }));
+        }
+        req.initial_state = state
+            .into_iter()
+            .map(|s| Raw::from_json_string(s.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| Failure::Permanent(e.to_string()))?;
+        let room = self
+            .client
+            .create_room(req)
+            .await
+            .map_err(|e| match Failure::from_sdk(&e) {
+                Failure::Permanent(m) => Failure::Permanent(format!(
+                    "{m}{}",
+                    if e.client_api_error_kind() == Some(&ErrorKind::RoomInUse) {
+                        " (M_ROOM_IN_USE)"
+                    } else {
+                        ""
+                    }
+                )),
+                other => other,
+            })?;
+        Ok(room.room_id().to_owned())
+    }
+
+    async fn invite_new(
+        &self,
+        row: &OutboxRow,
+        link: &Link,
+        users: &[String],
+    ) -> Result<String, Failure> {
+        let new: Vec<&String> = users.iter().filter(|u| !link.invited.contains(u)).collect();
+        if new.is_empty() {
+            return Ok(link.room_id.clone());
+        }
+        let room = self.room(&link.room_id).await?;
+        let mut invited = link.invited.clone();
+        for u in new {
+            let Ok(uid) = UserId::parse(u) else { continue };
+            match room.invite_user_by_id(&uid).await {
+                Ok(()) => {}
+                // Already joined or invited: the goal is reached.
+                Err(e)
+                    if e.client_api_error_kind() == Some(&ErrorKind::Forbidden)
+                        && e.to_string().contains("already") => {}
+                Err(e) => {
+                    // Record progress so a retry does not re-invite.
+                    let _ = self
+                        .store
+                        .set_invited(&row.source_id, &row.ticket_key, &invited)
+                        .await;
+                    return Err(Failure::from_sdk(&e));
+                }
+            }
+            invited.push(u.clone());
+        }
+        self.store
+            .set_invited(&row.source_id, &row.ticket_key, &invited)
+            .await
+            .map_err(db_failure)?;
+        Ok(link.room_id.clone())
+    }
+}
+
+fn db_failure(e: crate::store::StoreError) -> Failure {
+    Failure::Transient {
+        message: e.to_string(),
+        retry_after: None,
+    }
+}
+
+/// One transaction ID per outbox entry (and part): the homeserver answers a repeated send with
+/// the first event instead of posting again.
+fn txn_id(outbox_id: i64, part: &str) -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("switchboard.{outbox_id}{part}"))
+}
+
+fn alias_localpart(row: &OutboxRow) -> String {
+    let mut h = Sha256::new();
+    h.update(row.source_id.as_bytes());
+    h.update([0]);
+    h.update(row.ticket_key.as_bytes());
+    h.update([0]);
+    h.update(row.id.to_be_bytes());
+    format!("switchboard_{}", &hex::encode(h.finalize())[..24])
+}
+
+async fn build(cfg: &MatrixConfig, store_dir: &Path) -> Result<Client, MatrixError> {
+    std::fs::create_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
+    Client::builder()
+        .homeserver_url(cfg.homeserver.as_str())
+        .sqlite_store(store_dir, None)
+        // The outbox decides about retries; the SDK must not retry behind its back.
+        .request_config(
+            RequestConfig::new()
+                .disable_retry()
+                .timeout(Duration::from_secs(cfg.request_timeout_seconds)),
+        )
+        .build()
+        .await
+        .map_err(|e| MatrixError::Client(e.to_string()))
+}
+
+async fn login_fresh(
+    cfg: &MatrixConfig,
+    login: &MatrixLogin,
+    store_dir: &PathBuf,
+    store: &Store,
+) -> Result<Client, MatrixError> {
+    // A new device needs a new crypto store: the old one belongs to another device.
+    if store_dir.exists() {
+        std::fs::remove_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
+    }
+    let client = build(cfg, store_dir).await?;
+    let auth = client.matrix_auth();
+    let err = |e: matrix_sdk::Error| MatrixError::Login(e.to_string());
+    match login {
+        MatrixLogin::Password(pw) => {
+            auth.login_username(&cfg.user, pw.expose())
+                .initial_device_display_name(&cfg.device_name)
+                .send()
+                .await
+                .map_err(err)?;
+        }
+        MatrixLogin::SharedSecret(secret) => {
+            // The authenticator's token is HMAC-SHA512(secret, full user ID), so the config
+            // must name the full ID (check-config enforces it).
+            let user_id = cfg.user.as_str();
+            let mut mac = Hmac::<Sha512>::new_from_slice(secret.expose().as_bytes())
+                .map_err(|e| MatrixError::Login(e.to_string()))?;
+            mac.update(user_id.as_bytes());
+            let token = hex::encode(mac.finalize().into_bytes());
+            let data = json!({
+                "identifier": { "type": "m.id.user", "user": user_id },
+                "token": token,
+            });
+            let serde_json::Value::Object(data) = data else {
+                return Err(MatrixError::Login("bad login body".into()));
+            };
+            auth.login_custom("com.devture.shared_secret_auth", data)
+                .map_err(|e| MatrixError::Login(e.to_string()))?
+                .initial_device_display_name(&cfg.device_name)
+                .send()
+                .await
+                .map_err(err)?;
+        }
+        MatrixLogin::AccessToken(token) => {
+            let (uid, device_id) = whoami(&cfg.homeserver, token.expose()).await?;
+            let session = MatrixSession {
+                meta: SessionMeta {
+                    user_id: uid,
+                    device_id,
+                },
+                tokens: SessionTokens {
+                    access_token: token.expose().to_string(),
+                    refresh_token: None,
+                },
+            };
+            client.restore_session(session).await.map_err(err)?;
+        }
+    }
+    let session = auth
+        .session()
+        .ok_or_else(|| MatrixError::Login("no session after login".into()))?;
+    let json = serde_json::to_string(&session).map_err(|e| MatrixError::Login(e.to_string()))?;
+    store.set_setting(SESSION_KEY, &json).await?;
+    info!(user = %session.meta.user_id, device = %session.meta.device_id, "logged in to Matrix");
+    Ok(client)
+}
+
+/// Whether a stored session belongs to the configured user (full ID or localpart).
+fn same_user(configured: &str, stored: &UserId) -> bool {
+    if configured.starts_with('@') {
+        stored.as_str() == configured
+    } else {
+        stored.localpart() == configured
+    }
+}
+
+async fn whoami(
+    homeserver: &url::Url,
+    token: &str,
+) -> Result<(OwnedUserId, matrix_sdk::ruma::OwnedDeviceId), MatrixError> {
+    #[derive(serde::Deserialize)]
+    struct WhoAmI {
+        user_id: OwnedUserId,
+        device_id: Option<matrix_sdk::ruma::OwnedDeviceId>,
+    }
+    let url = homeserver
+        .join("_matrix/client/v3/account/whoami")
+        .map_err(|e| MatrixError::Login(e.to_string()))?;
+    let resp = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(30))
+        .send()
+        .await
+        .map_err(|e| MatrixError::Login(format!("whoami: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(MatrixError::Login(format!(
+            "the access token was refused ({})",
+            resp.status()
+        )));
+    }
+    let w: WhoAmI = resp
+        .json()
+        .await
+        .map_err(|e| MatrixError::Login(format!("whoami: {e}")))?;
+    let device = w
+        .device_id
+        .ok_or_else(|| MatrixError::Login("the access token has no device".into()))?;
+    Ok((w.user_id, device))
+}

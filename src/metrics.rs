@@ -1,0 +1,78 @@
+//! Prometheus metrics. Labels are bounded sets (source IDs from the config, action kinds,
+//! outcomes); never user IDs, room IDs or ticket keys.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Webhooks by source and outcome (accepted, duplicate, rejected_401, ...).
+    pub webhooks: IntCounterVec,
+    /// Actions queued by kind.
+    pub actions_queued: IntCounterVec,
+    /// Actions finished by kind and outcome (done, retry, failed).
+    pub actions: IntCounterVec,
+    /// Seconds one action took against the homeserver.
+    pub action_seconds: HistogramVec,
+    /// Whether the last sync with the homeserver succeeded.
+    pub homeserver_up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new_custom(Some("switchboard".into()), None)
+            .unwrap_or_else(|_| Registry::new());
+        let webhooks = IntCounterVec::new(
+            Opts::new("webhooks_total", "Webhook requests by source and outcome"),
+            &["source", "outcome"],
+        )
+        .expect("valid metric");
+        let actions_queued = IntCounterVec::new(
+            Opts::new("actions_queued_total", "Actions queued by kind"),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let actions = IntCounterVec::new(
+            Opts::new("actions_total", "Actions executed by kind and outcome"),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let action_seconds = HistogramVec::new(
+            HistogramOpts::new("action_seconds", "Time to execute one action").buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let homeserver_up =
+            IntGauge::new("homeserver_up", "1 when the last sync succeeded").expect("valid metric");
+        for c in [&webhooks, &actions_queued, &actions] {
+            let _ = registry.register(Box::new(c.clone()));
+        }
+        let _ = registry.register(Box::new(action_seconds.clone()));
+        let _ = registry.register(Box::new(homeserver_up.clone()));
+        Metrics {
+            registry,
+            webhooks,
+            actions_queued,
+            actions,
+            action_seconds,
+            homeserver_up,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,551 @@
+//! Durable state: inbox, outbox, links, cursors and settings, on SQLite or PostgreSQL.
+//! The same queries serve both databases; only migrations and row locking differ.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The database answered with an error or could not be reached.
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A migration failed at start.
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored JSON value does not parse (a bug or a hand-edited row).
+    #[error("stored JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The URL names no supported database.
+    #[error("unsupported database URL (use sqlite: or postgres:)")]
+    Url,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/postgres");
+
+/// The store: a pool and the dialect it speaks.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+/// What intake learned when it stored a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: i64,
+    /// The same dedupe key was accepted before; nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// An accepted delivery the engine has not turned into actions yet.
+#[derive(Debug, Clone)]
+pub struct InboxRow {
+    pub id: i64,
+    pub source_id: String,
+    pub events: String,
+}
+
+/// An action for the outbox, before it has an ID.
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub source_id: String,
+    pub ticket_key: String,
+    pub action: String,
+}
+
+/// A claimed outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub source_id: String,
+    pub ticket_key: String,
+    pub action: String,
+    /// Claims so far, this one included: more than 1 means an earlier try may have done
+    /// part of the work.
+    pub attempts: i64,
+}
+
+/// A ticket's room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub source_id: String,
+    pub ticket_key: String,
+    pub room_id: String,
+    pub thread_id: Option<String>,
+    /// Users invited so far (JSON list).
+    pub invited: Vec<String>,
+    pub closed: bool,
+}
+
+/// Counts of outbox entries by state, for readiness, metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Connects, creating a SQLite file if needed, and runs the migrations.
+    pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let dialect = if url.starts_with("sqlite:") {
+            Dialect::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Dialect::Postgres
+        } else {
+            return Err(StoreError::Url);
+        };
+        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let url = match dialect {
+            Dialect::Sqlite => {
+                // Create the file (and WAL mode, which persists in it) with a plain connection.
+                let sopts = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+                    .create_if_missing(true)
+                    .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+                if let Some(dir) = sopts.get_filename().parent()
+                    && !dir.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(dir).map_err(|e| StoreError::Db(e.into()))?;
+                }
+                use sqlx::ConnectOptions;
+                sopts.connect().await?;
+                opts = opts
+                    .max_connections(max_connections.unwrap_or(4))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            use sqlx::Executor;
+                            // FULL: a commit is on disk before intake answers 2xx.
+                            conn.execute(
+                                "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; \
+                                 PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    });
+                url.to_string()
+            }
+            Dialect::Postgres => {
+                opts = opts.max_connections(max_connections.unwrap_or(8));
+                url.to_string()
+            }
+        };
+        let pool = opts.connect(&url).await?;
+        match dialect {
+            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
+        }
+        Ok(Store { pool, dialect })
+    }
+
+    /// The default SQLite URL for a data directory.
+    pub fn sqlite_url(data_dir: &Path) -> String {
+        format!("sqlite://{}", data_dir.join("switchboard.db").display())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Stores a delivery unless its dedupe key was seen before. Durable when this returns.
+    pub async fn accept(
+        &self,
+        source_id: &str,
+        dedupe_key: &str,
+        events: &str,
+    ) -> Result<Accepted> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (source_id, dedupe_key) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(source_id)
+        .bind(dedupe_key)
+        .bind(events)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(row) = row {
+            return Ok(Accepted {
+                id: row.try_get(0)?,
+                duplicate: false,
+            });
+        }
+        let id: i64 = sqlx::query("SELECT id FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
+            .bind(source_id)
+            .bind(dedupe_key)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(Accepted {
+            id,
+            duplicate: true,
+        })
+    }
+
+    /// The oldest deliveries not yet turned into actions.
+    pub async fn unprocessed(&self, limit: i64) -> Result<Vec<InboxRow>> {
+        let rows = sqlx::query(
+            "SELECT id, source_id, events FROM inbox WHERE processed_at IS NULL \
+             ORDER BY id LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(InboxRow {
+                    id: r.try_get(0)?,
+                    source_id: r.try_get(1)?,
+                    events: r.try_get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Queues a delivery's actions and marks it processed, in one transaction, so a crash
+    /// leaves either both or neither.
+    pub async fn commit_actions(&self, inbox_id: i64, actions: &[NewAction]) -> Result<()> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let marked = sqlx::query(
+            "UPDATE inbox SET processed_at = $1, updated_at = $1 \
+             WHERE id = $2 AND processed_at IS NULL",
+        )
+        .bind(now)
+        .bind(inbox_id)
+        .execute(&mut *tx)
+        .await?;
+        if marked.rows_affected() == 0 {
+            // Another engine got here first.
+            return Ok(());
+        }
+        for a in actions {
+            sqlx::query(
+                "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, next_attempt_at, \
+                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5, $5)",
+            )
+            .bind(inbox_id)
+            .bind(&a.source_id)
+            .bind(&a.ticket_key)
+            .bind(&a.action)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due actions that are first in line for their ticket, leasing
+    /// them for `lease` so no other worker takes them meanwhile.
+    pub async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxRow>> {
+        self.claim_where("", None, limit, lease).await
+    }
+
+    /// Claims the next due action of one ticket, if it is first in line.
+    pub async fn claim_lane(
+        &self,
+        source_id: &str,
+        ticket_key: &str,
+        lease: Duration,
+    ) -> Result<Option<OutboxRow>> {
+        let rows = self
+            .claim_where(
+                "AND o.source_id = $4 AND o.ticket_key = $5",
+                Some((source_id, ticket_key)),
+                1,
+                lease,
+            )
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    async fn claim_where(
+        &self,
+        extra: &str,
+        lane: Option<(&str, &str)>,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<OutboxRow>> {
+        let now = now_ms();
+        let lock = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE OF o SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
+             WHERE id IN (SELECT o.id FROM outbox o WHERE o.state = 'pending' \
+               AND o.next_attempt_at <= $2 AND (o.locked_until IS NULL OR o.locked_until < $2) \
+               {extra} \
+               AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
+                 AND p.source_id = o.source_id AND p.ticket_key = o.ticket_key AND p.id < o.id) \
+               ORDER BY o.id LIMIT $3 {lock}) \
+             RETURNING id, source_id, ticket_key, action, attempts"
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(limit);
+        if let Some((s, t)) = lane {
+            q = q.bind(s).bind(t);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Marks an action done.
+    pub async fn complete(&self, id: i64, result: Option<&str>) -> Result<()> {
+        self.finish(id, "done", None, result).await
+    }
+
+    /// Marks an action failed for good (a permanent error).
+    pub async fn fail(&self, id: i64, error: &str) -> Result<()> {
+        self.finish(id, "failed", Some(error), None).await
+    }
+
+    async fn finish(
+        &self,
+        id: i64,
+        state: &str,
+        error: Option<&str>,
+        result: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE outbox SET state = $1, last_error = $2, result = $3, locked_until = NULL, \
+             updated_at = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(result)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts an action back for a later try.
+    pub async fn retry(&self, id: i64, after: Duration, error: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $1, last_error = $2, locked_until = NULL, \
+             updated_at = $3 WHERE id = $4",
+        )
+        .bind(now + after.as_millis() as i64)
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Frees every lease. Only for a store no other process shares (SQLite): after a crash
+    /// the claimed actions are due at once instead of when their lease runs out.
+    pub async fn release_leases(&self) -> Result<u64> {
+        let r = sqlx::query("UPDATE outbox SET locked_until = NULL WHERE state = 'pending' AND locked_until IS NOT NULL")
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// When the next pending action becomes due (ms), if any.
+    pub async fn next_due(&self) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at \
+             THEN locked_until ELSE next_attempt_at END) FROM outbox WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get::<Option<i64>, _>(0)?)
+    }
+
+    pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM outbox GROUP BY state")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut c = OutboxCounts::default();
+        for r in rows {
+            let state: String = r.try_get(0)?;
+            let n: i64 = r.try_get(1)?;
+            match state.as_str() {
+                "pending" => c.pending = n,
+                "done" => c.done = n,
+                "failed" => c.failed = n,
+                _ => {}
+            }
+        }
+        Ok(c)
+    }
+
+    /// The last error of failed actions, newest first (for operators and tests).
+    pub async fn failures(&self, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, COALESCE(last_error, '') FROM outbox WHERE state = 'failed' \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    pub async fn link(&self, source_id: &str, ticket_key: &str) -> Result<Option<Link>> {
+        let row = sqlx::query(
+            "SELECT source_id, ticket_key, room_id, thread_id, invited, closed_at FROM links \
+             WHERE source_id = $1 AND ticket_key = $2",
+        )
+        .bind(source_id)
+        .bind(ticket_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let invited: String = r.try_get(4)?;
+            Ok(Link {
+                source_id: r.try_get(0)?,
+                ticket_key: r.try_get(1)?,
+                room_id: r.try_get(2)?,
+                thread_id: r.try_get(3)?,
+                invited: serde_json::from_str(&invited)?,
+                closed: r.try_get::<Option<i64>, _>(5)?.is_some(),
+            })
+        })
+        .transpose()
+    }
+
+    /// Records a ticket's room. An existing link wins (and is returned).
+    pub async fn insert_link(&self, link: &Link) -> Result<Link> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO links (source_id, ticket_key, room_id, thread_id, invited, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
+             ON CONFLICT (source_id, ticket_key) DO NOTHING",
+        )
+        .bind(&link.source_id)
+        .bind(&link.ticket_key)
+        .bind(&link.room_id)
+        .bind(&link.thread_id)
+        .bind(serde_json::to_string(&link.invited)?)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .link(&link.source_id, &link.ticket_key)
+            .await?
+            .unwrap_or_else(|| link.clone()))
+    }
+
+    pub async fn set_invited(
+        &self,
+        source_id: &str,
+        ticket_key: &str,
+        invited: &[String],
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE links SET invited = $1, updated_at = $2 WHERE source_id = $3 AND ticket_key = $4",
+        )
+        .bind(serde_json::to_string(invited)?)
+        .bind(now_ms())
+        .bind(source_id)
+        .bind(ticket_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn close_link(&self, source_id: &str, ticket_key: &str) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE links SET closed_at = $1, updated_at = $1 WHERE source_id = $2 AND ticket_key = $3",
+        )
+        .bind(now)
+        .bind(source_id)
+        .bind(ticket_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn setting(&self, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
+        upsert(&self.pool, "settings", "key", key, value).await
+    }
+
+    pub async fn cursor(&self, name: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
+    }
+
+    pub async fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
+        upsert(&self.pool, "cursors", "name", name, value).await
+    }
+}
+
+async fn upsert(pool: &AnyPool, table: &str, key_col: &str, key: &str, value: &str) -> Result<()> {
+    let now = now_ms();
+    let sql = format!(
+        "INSERT INTO {table} ({key_col}, value, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+         ON CONFLICT ({key_col}) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key)
+        .bind(value)
+        .bind(now)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn outbox_row(r: &AnyRow) -> Result<OutboxRow> {
+    Ok(OutboxRow {
+        id: r.try_get(0)?,
+        source_id: r.try_get(1)?,
+        ticket_key: r.try_get(2)?,
+        action: r.try_get(3)?,
+        attempts: r.try_get(4)?,
+    })
+}
