@@ -24,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::store::{Link, OutboxRow, Store};
 
 const SESSION_KEY: &str = "matrix.session";
+const INSTANCE_KEY: &str = "instance.id";
 
 /// Errors of the Matrix side.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +112,8 @@ pub struct MatrixSink {
     user_id: OwnedUserId,
     /// Rooms of version 12 and later must not list their creator in power levels.
     creator_in_power_levels: bool,
+    /// Random per database, so two installations sharing a bot never share aliases.
+    instance: String,
 }
 
 impl MatrixSink {
@@ -159,11 +162,20 @@ impl MatrixSink {
             }
             Err(_) => false,
         };
+        let instance = match store.setting(INSTANCE_KEY).await? {
+            Some(id) => id,
+            None => {
+                let id = format!("{:016x}", rand::random::<u64>());
+                store.set_setting(INSTANCE_KEY, &id).await?;
+                id
+            }
+        };
         Ok(MatrixSink {
             client,
             store,
             user_id,
             creator_in_power_levels,
+            instance,
         })
     }
 
@@ -274,7 +286,7 @@ impl MatrixSink {
         // The alias is this action's idempotency key: if an earlier try created the room but
         // died before recording it, creating again fails with M_ROOM_IN_USE and the alias
         // leads to the room.
-        let alias_local = alias_localpart(row);
+        let alias_local = alias_localpart(&self.instance, row);
         let room_id = match self.create_room(spec, &alias_local).await {
             Ok(id) => id,
             Err(Failure::Permanent(msg)) if msg.contains("M_ROOM_IN_USE") => {
@@ -425,8 +437,10 @@ fn txn_id(outbox_id: i64, part: &str) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("switchboard.{outbox_id}{part}"))
 }
 
-fn alias_localpart(row: &OutboxRow) -> String {
+fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
     let mut h = Sha256::new();
+    h.update(instance.as_bytes());
+    h.update([0]);
     h.update(row.source_id.as_bytes());
     h.update([0]);
     h.update(row.ticket_key.as_bytes());

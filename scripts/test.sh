@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, and the end-to-end suite against a real Synapse (installed from
+# PyPI into ~/.cache/switchboard on first use) and the local PostgreSQL.
+#   SWITCHBOARD_TEST_POSTGRES  server URL without a database (postgres://postgres@127.0.0.1:5432)
+#   SWITCHBOARD_TEST_THREADS   tests run at once (default 4)
+#   extra arguments go to `cargo test` (e.g. a test name filter)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchboard/target}
+export SWITCHBOARD_TEST_POSTGRES=${SWITCHBOARD_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432}
+
+log() { echo "test.sh: $*" >&2; }
+
+command -v cargo >/dev/null || { log "cargo is needed (https://rustup.rs)"; exit 1; }
+command -v python3 >/dev/null || { log "python3 is needed for the test homeserver"; exit 1; }
+
+# PostgreSQL: start the local cluster if it is installed but down.
+pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+if ! pg_up && command -v pg_ctlcluster >/dev/null; then
+  log "starting the local PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  for _ in $(seq 1 50); do pg_up && break; sleep 0.2; done
+fi
+pg_up || { log "PostgreSQL is not reachable at 127.0.0.1:5432"; exit 1; }
+
+# A throwaway Synapse for this run.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+work=$(mktemp -d -t switchboard-test.XXXXXX)
+trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" >/dev/null
+export SWITCHBOARD_TEST_SYNAPSE_DIR=$work/synapse
+
+cargo test --workspace --all-targets "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

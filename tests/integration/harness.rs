@@ -1,0 +1,459 @@
+//! Real servers for the integration tests: a Synapse started by `scripts/synapse.sh`, users
+//! registered through its shared-secret admin API, PostgreSQL databases made per test, and
+//! Switchboard itself run as the binary a user runs.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hmac::{Hmac, Mac};
+use rand::Rng;
+use serde_json::{Value, json};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn suffix() -> String {
+    let n: u64 = rand::rng().random();
+    format!("{n:012x}")[..10].to_string()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A Synapse on loopback.
+pub struct Synapse {
+    pub base_url: String,
+    pub data_dir: PathBuf,
+    secret: String,
+    /// Stop it when dropped (dedicated instances only).
+    owned: bool,
+}
+
+/// The Synapse shared by all tests: the one `scripts/test.sh` started (named by
+/// `SWITCHBOARD_TEST_SYNAPSE_DIR`), or one started here and left running for the next run.
+pub fn synapse() -> &'static Synapse {
+    static S: OnceLock<Synapse> = OnceLock::new();
+    S.get_or_init(|| {
+        let dir = std::env::var("SWITCHBOARD_TEST_SYNAPSE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| std::env::temp_dir().join("switchboard-test-synapse"));
+        if let Some(s) = Synapse::attach(&dir) {
+            return s;
+        }
+        Synapse::start(&dir, free_port(), false).expect("start the shared Synapse")
+    })
+}
+
+impl Synapse {
+    /// Uses an instance that already runs on `dir`.
+    fn attach(dir: &Path) -> Option<Synapse> {
+        let base_url = std::fs::read_to_string(dir.join("base_url")).ok()?;
+        let base_url = base_url.trim().to_string();
+        let addr = base_url.strip_prefix("http://")?;
+        std::net::TcpStream::connect(addr).ok()?;
+        Some(Synapse {
+            base_url,
+            secret: read_secret(dir).ok()?,
+            data_dir: dir.to_owned(),
+            owned: false,
+        })
+    }
+
+    /// Starts an instance (fresh data) on `port`.
+    pub fn start(dir: &Path, port: u16, owned: bool) -> Result<Synapse> {
+        let out = Command::new(repo().join("scripts/synapse.sh"))
+            .args(["start", "--fresh", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run scripts/synapse.sh")?;
+        if !out.status.success() {
+            bail!("scripts/synapse.sh start failed");
+        }
+        let info: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(Synapse {
+            base_url: info["base_url"].as_str().context("base_url")?.to_string(),
+            secret: info["registration_shared_secret"]
+                .as_str()
+                .context("secret")?
+                .to_string(),
+            data_dir: dir.to_owned(),
+            owned,
+        })
+    }
+
+    /// Starts it again on the same data (after `stop`).
+    pub fn restart(&self) -> Result<()> {
+        let port = self.base_url.rsplit(':').next().context("port")?;
+        let ok = Command::new(repo().join("scripts/synapse.sh"))
+            .args(["start", "--port", port, "--data-dir"])
+            .arg(&self.data_dir)
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("restart failed");
+        }
+        Ok(())
+    }
+
+    pub fn stop(&self) {
+        let _ = Command::new(repo().join("scripts/synapse.sh"))
+            .args(["stop", "--data-dir"])
+            .arg(&self.data_dir)
+            .status();
+    }
+
+    /// Registers a user with a random suffix and logs it in.
+    pub async fn user(&self, prefix: &str) -> Result<User> {
+        let localpart = format!("{prefix}_{}", suffix());
+        let password = format!("pw-{}", suffix());
+        let http = reqwest::Client::new();
+        let nonce: Value = http
+            .get(format!("{}/_synapse/admin/v1/register", self.base_url))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let nonce = nonce["nonce"].as_str().context("nonce")?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())?;
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let resp = http
+            .post(format!("{}/_synapse/admin/v1/register", self.base_url))
+            .json(&json!({
+                "nonce": nonce, "username": localpart, "password": password, "admin": false,
+                "mac": hex::encode(mac.finalize().into_bytes()),
+            }))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("register {localpart}: {}", resp.text().await?);
+        }
+        let login: Value = http
+            .post(format!("{}/_matrix/client/v3/login", self.base_url))
+            .json(&json!({
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": localpart},
+                "password": password,
+            }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(User {
+            user_id: login["user_id"].as_str().context("user_id")?.to_string(),
+            token: login["access_token"].as_str().context("token")?.to_string(),
+            password,
+            base_url: self.base_url.clone(),
+            http,
+        })
+    }
+}
+
+impl Drop for Synapse {
+    fn drop(&mut self) {
+        if self.owned {
+            self.stop();
+            let _ = std::fs::remove_dir_all(&self.data_dir);
+        }
+    }
+}
+
+fn read_secret(dir: &Path) -> Result<String> {
+    let env = std::fs::read_to_string(dir.join("secrets.env"))?;
+    env.lines()
+        .find_map(|l| l.strip_prefix("REG_SECRET="))
+        .map(|s| s.trim().to_string())
+        .context("REG_SECRET in secrets.env")
+}
+
+/// A Matrix user the test acts as, through the plain client-server API.
+pub struct User {
+    pub user_id: String,
+    pub token: String,
+    pub password: String,
+    base_url: String,
+    http: reqwest::Client,
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+impl User {
+    async fn get(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self
+            .http
+            .get(format!("{}/_matrix/client{path}", self.base_url))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// A state event's content, if set.
+    pub async fn state(&self, room: &str, kind: &str) -> Result<Option<Value>> {
+        let (status, v) = self
+            .get(&format!("/v3/rooms/{}/state/{kind}/", enc(room)))
+            .await?;
+        Ok((status == 200).then_some(v))
+    }
+
+    /// All events of a room's timeline, oldest first.
+    pub async fn timeline(&self, room: &str) -> Result<Vec<Value>> {
+        let mut events = Vec::new();
+        let mut from: Option<String> = None;
+        loop {
+            let mut path = format!("/v3/rooms/{}/messages?dir=f&limit=1000", enc(room));
+            if let Some(f) = &from {
+                path.push_str(&format!("&from={}", enc(f)));
+            }
+            let (status, v) = self.get(&path).await?;
+            if status != 200 {
+                bail!("messages: {status} {v}");
+            }
+            let chunk = v["chunk"].as_array().cloned().unwrap_or_default();
+            if chunk.is_empty() {
+                break;
+            }
+            events.extend(chunk);
+            match v["end"].as_str() {
+                Some(e) => from = Some(e.to_string()),
+                None => break,
+            }
+        }
+        Ok(events)
+    }
+
+    /// Bodies of the `m.room.message` events in a room, oldest first.
+    pub async fn messages(&self, room: &str) -> Result<Vec<String>> {
+        Ok(self
+            .timeline(room)
+            .await?
+            .iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+            .collect())
+    }
+
+    /// Rooms this user is invited to.
+    pub async fn invites(&self) -> Result<Vec<String>> {
+        let (_, v) = self.get("/v3/sync?timeout=0").await?;
+        Ok(v["rooms"]["invite"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Rooms this user has joined.
+    pub async fn joined_rooms(&self) -> Result<Vec<String>> {
+        let (_, v) = self.get("/v3/joined_rooms").await?;
+        Ok(v["joined_rooms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect())
+            .unwrap_or_default())
+    }
+}
+
+/// Where a test's Switchboard keeps its state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database; its URL.
+pub async fn postgres_db() -> Result<String> {
+    use sqlx::Connection;
+    let base = std::env::var("SWITCHBOARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("switchboard_test_{}", suffix());
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// A Switchboard process run from a config file, as a user runs it.
+pub struct Switchboard {
+    pub dir: PathBuf,
+    pub base: String,
+    config: PathBuf,
+    child: Option<Child>,
+    http: reqwest::Client,
+}
+
+/// A test's setup: the bot, the config's database and extra TOML.
+pub struct Setup<'a> {
+    pub synapse: &'a Synapse,
+    pub bot: &'a User,
+    pub db: Db,
+    /// TOML appended after `[matrix]`'s keys and the default source `tickets`.
+    pub extra: String,
+    pub encryption: bool,
+}
+
+impl Switchboard {
+    pub async fn start(setup: Setup<'_>) -> Result<Switchboard> {
+        let dir = std::env::temp_dir().join(format!("switchboard-it-{}", suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port();
+        let db_line = match setup.db {
+            Db::Sqlite => String::new(),
+            Db::Postgres => format!("[database]\nurl = \"{}\"\n", postgres_db().await?),
+        };
+        let config = format!(
+            "data_dir = \"{data}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nlink_base = \"https://matrix.to/#/\"\n\n{db_line}\n\
+             [matrix]\nhomeserver = \"{hs}\"\nuser = \"{user}\"\npassword = \"{pw}\"\nencryption = {enc}\n\n\
+             [sources.tickets]\nkind = \"webhook\"\n{extra}\n",
+            data = dir.join("data").display(),
+            hs = setup.synapse.base_url,
+            user = setup.bot.user_id,
+            pw = setup.bot.password,
+            enc = setup.encryption,
+            extra = setup.extra,
+        );
+        let config_path = dir.join("switchboard.toml");
+        std::fs::write(&config_path, config)?;
+        let mut sb = Switchboard {
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            config: config_path,
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        sb.spawn().await?;
+        Ok(sb)
+    }
+
+    /// Starts the process (again) and waits until it listens.
+    pub async fn spawn(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("switchboard.log"))?;
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "switchboard=debug,matrix_sdk=warn,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.http.get(format!("{}/health", self.base)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("switchboard did not listen; log: {}", self.log())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("switchboard.log")).unwrap_or_default()
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// POSTs a JSON webhook to the default source.
+    pub async fn hook(&self, body: &Value) -> Result<(u16, Value)> {
+        self.hook_raw("tickets", body.to_string().into_bytes(), &[]).await
+    }
+
+    pub async fn hook_raw(
+        &self,
+        source: &str,
+        body: Vec<u8>,
+        headers: &[(&str, String)],
+    ) -> Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .post(format!("{}/hooks/{source}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// The ticket's room, via `/link` (404 while there is none).
+    pub async fn room_of(&self, key: &str) -> Result<Option<String>> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let r = client
+            .get(format!("{}/link/tickets/{}", self.base, enc(key)))
+            .send()
+            .await?;
+        if r.status().as_u16() != 302 {
+            return Ok(None);
+        }
+        let v: Value = r.json().await?;
+        Ok(v["room_id"].as_str().map(String::from))
+    }
+
+    /// Waits until the ticket has a room.
+    pub async fn wait_room(&self, key: &str) -> Result<String> {
+        wait_for(&format!("a room for {key}"), || async {
+            self.room_of(key).await.ok().flatten()
+        })
+        .await
+        .with_context(|| self.log())
+    }
+}
+
+impl Drop for Switchboard {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("switchboard log kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, for at most two minutes.
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,459 @@
+//! End-to-end tests: Switchboard as a user runs it, against a real Synapse, on SQLite and on
+//! PostgreSQL. Each test has its own bot, users and rooms.
+
+mod harness;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Result;
+use futures::StreamExt;
+use harness::{Db, Setup, Switchboard, synapse, wait_for};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+
+async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
+    Switchboard::start(Setup {
+        synapse: synapse(),
+        bot,
+        db,
+        extra: extra.to_string(),
+        encryption: false,
+    })
+    .await
+}
+
+fn ticket(key: &str, status: &str, body: Option<&str>, people: &[&str], owner: &str) -> Value {
+    json!({
+        "ticket": {
+            "id": key, "title": format!("Ticket {key} title"), "url": format!("https://desk.example/t/{key}"),
+            "status": status, "participants": people, "owner": owner,
+        },
+        "message": body.map(|b| json!({"body": b})),
+    })
+}
+
+/// Messages the bot posted, waiting until there are `n`.
+async fn wait_messages(user: &harness::User, room: &str, n: usize) -> Result<Vec<String>> {
+    wait_for(&format!("{n} messages"), || async {
+        let m = user.messages(room).await.ok()?;
+        (m.len() >= n).then_some(m)
+    })
+    .await
+}
+
+async fn ticket_lifecycle(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let owner = s.user("owner").await?;
+    let agent = s.user("agent").await?;
+    let sb = start(db, &bot, "").await?;
+
+    let (status, _) = sb
+        .hook(&ticket("T-1", "new", Some("Printer is on fire"), &[&agent.user_id], &owner.user_id))
+        .await?;
+    assert_eq!(status, 200);
+    let room = sb.wait_room("T-1").await?;
+
+    let name = bot.state(&room, "m.room.name").await?.expect("room has a name");
+    assert_eq!(name["name"], "Ticket T-1 title");
+    let topic = bot.state(&room, "m.room.topic").await?.expect("room has a topic");
+    assert_eq!(topic["topic"], "Ticket T-1 title · https://desk.example/t/T-1");
+    let pl = bot.state(&room, "m.room.power_levels").await?.expect("power levels");
+    assert_eq!(pl["users"][&owner.user_id], 100, "owner is admin: {pl}");
+    assert!(pl["users"].get(&bot.user_id).is_none(), "room v12: creator not listed");
+    let jr = bot.state(&room, "m.room.join_rules").await?.expect("join rules");
+    assert_eq!(jr["join_rule"], "invite", "private room");
+    for u in [&owner, &agent] {
+        let invites = wait_for("invite", || async {
+            let i = u.invites().await.ok()?;
+            i.contains(&room).then_some(i)
+        })
+        .await?;
+        assert!(invites.contains(&room));
+    }
+    assert_eq!(wait_messages(&bot, &room, 1).await?, vec!["Printer is on fire"]);
+
+    // A later payload for the same ticket lands in the same room.
+    sb.hook(&ticket("T-1", "open", Some("Now it smokes"), &[&agent.user_id], &owner.user_id))
+        .await?;
+    assert_eq!(
+        wait_messages(&bot, &room, 2).await?,
+        vec!["Printer is on fire", "Now it smokes"]
+    );
+
+    // Closed: the closing notice and the rename.
+    sb.hook(&ticket("T-1", "closed", None, &[], &owner.user_id)).await?;
+    let msgs = wait_messages(&bot, &room, 3).await?;
+    assert_eq!(msgs[2], "Ticket T-1 was closed (closed).");
+    let renamed = wait_for("rename", || async {
+        let n = bot.state(&room, "m.room.name").await.ok()??;
+        (n["name"] == "[closed] Ticket T-1 title").then_some(n)
+    })
+    .await?;
+    assert_eq!(renamed["name"], "[closed] Ticket T-1 title");
+    assert_eq!(bot.joined_rooms().await?.len(), 1, "exactly one room");
+    Ok(())
+}
+
+#[tokio::test]
+async fn ticket_lifecycle_sqlite() -> Result<()> {
+    ticket_lifecycle(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn ticket_lifecycle_postgres() -> Result<()> {
+    ticket_lifecycle(Db::Postgres).await
+}
+
+async fn redelivery_changes_nothing(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let sb = start(db, &bot, "").await?;
+    let body = ticket("D-1", "new", Some("once"), &[], &bot.user_id);
+    let (_, first) = sb.hook(&body).await?;
+    assert_eq!(first["duplicate"], false);
+    let room = sb.wait_room("D-1").await?;
+    wait_messages(&bot, &room, 1).await?;
+    // The same body again (same hash), and twice with the same delivery ID header.
+    let (status, again) = sb.hook(&body).await?;
+    assert_eq!((status, &again["duplicate"]), (200, &json!(true)));
+    let with_id = ticket("D-1", "open", Some("by id"), &[], &bot.user_id).to_string();
+    for want_dup in [false, true] {
+        let (_, r) = sb
+            .hook_raw("tickets", with_id.clone().into_bytes(), &[("X-Delivery-Id", "dlv-7".into())])
+            .await?;
+        assert_eq!(r["duplicate"], want_dup);
+    }
+    wait_messages(&bot, &room, 2).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bot.messages(&room).await?, vec!["once", "by id"]);
+    assert_eq!(bot.joined_rooms().await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn redelivery_changes_nothing_sqlite() -> Result<()> {
+    redelivery_changes_nothing(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn redelivery_changes_nothing_postgres() -> Result<()> {
+    redelivery_changes_nothing(Db::Postgres).await
+}
+
+async fn concurrent_webhooks(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let sb = start(db, &bot, "").await?;
+    // 200 webhooks over 50 tickets, all in flight at once (up to 64 connections).
+    let bodies: Vec<(String, Value)> = (0..200)
+        .map(|i| {
+            let key = format!("C-{}", i % 50);
+            let body = ticket(&key, "open", Some(&format!("msg {} of {key}", i / 50)), &[], &bot.user_id);
+            (key, body)
+        })
+        .collect();
+    let statuses: Vec<u16> = futures::stream::iter(bodies.iter())
+        .map(|(_, b)| async { sb.hook(b).await.map(|r| r.0).unwrap_or(0) })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    let rooms = wait_for("50 rooms with 4 messages each", || async {
+        let mut rooms = HashMap::new();
+        for t in 0..50 {
+            let key = format!("C-{t}");
+            let room = sb.room_of(&key).await.ok()??;
+            if bot.messages(&room).await.ok()?.len() < 4 {
+                return None;
+            }
+            rooms.insert(key, room);
+        }
+        Some(rooms)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let distinct: HashSet<_> = rooms.values().collect();
+    assert_eq!(distinct.len(), 50);
+    assert_eq!(bot.joined_rooms().await?.len(), 50, "no extra rooms");
+    let mut total = 0;
+    for (key, room) in &rooms {
+        let msgs = bot.messages(room).await?;
+        // Messages of one ticket arrive in the order they were accepted... for the same
+        // ticket, requests raced each other, so only their set and uniqueness are fixed.
+        let set: HashSet<_> = msgs.iter().collect();
+        assert_eq!(set.len(), msgs.len(), "duplicate in {key}: {msgs:?}");
+        assert_eq!(msgs.len(), 4, "{key}: {msgs:?}");
+        assert!(msgs.iter().all(|m| m.ends_with(&format!("of {key}"))));
+        total += msgs.len();
+    }
+    assert_eq!(total, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_sqlite() -> Result<()> {
+    concurrent_webhooks(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_postgres() -> Result<()> {
+    concurrent_webhooks(Db::Postgres).await
+}
+
+async fn order_is_kept(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let sb = start(db, &bot, "").await?;
+    for i in 0..20 {
+        let (st, _) = sb
+            .hook(&ticket("O-1", "open", Some(&format!("step {i}")), &[], &bot.user_id))
+            .await?;
+        assert_eq!(st, 200);
+    }
+    let room = sb.wait_room("O-1").await?;
+    let msgs = wait_messages(&bot, &room, 20).await?;
+    let want: Vec<String> = (0..20).map(|i| format!("step {i}")).collect();
+    assert_eq!(msgs, want);
+    Ok(())
+}
+
+#[tokio::test]
+async fn order_is_kept_sqlite() -> Result<()> {
+    order_is_kept(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn order_is_kept_postgres() -> Result<()> {
+    order_is_kept(Db::Postgres).await
+}
+
+async fn sigkill_after_accepting(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let mut sb = start(db, &bot, "").await?;
+    for i in 0..10 {
+        let (st, _) = sb
+            .hook(&ticket("K-1", "open", Some(&format!("k{i}")), &[], &bot.user_id))
+            .await?;
+        assert_eq!(st, 200);
+    }
+    // Killed right after the last 2xx: whatever was not delivered yet is in the store.
+    sb.kill();
+    sb.spawn().await?;
+    let room = sb.wait_room("K-1").await?;
+    let msgs = wait_messages(&bot, &room, 10).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let msgs_after = bot.messages(&room).await?;
+    assert_eq!(msgs, msgs_after, "nothing more arrived");
+    let want: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    assert_eq!(msgs, want);
+    assert_eq!(bot.joined_rooms().await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigkill_after_accepting_sqlite() -> Result<()> {
+    sigkill_after_accepting(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn sigkill_after_accepting_postgres() -> Result<()> {
+    sigkill_after_accepting(Db::Postgres).await
+}
+
+async fn homeserver_outage(db: Db) -> Result<()> {
+    // A Synapse of this test's own, since it is stopped for 30 s.
+    let dir = std::env::temp_dir().join(format!("switchboard-outage-{}", harness::suffix()));
+    let hs = harness::Synapse::start(&dir, harness::free_port(), true)?;
+    let bot = hs.user("bot").await?;
+    let sb = Switchboard::start(Setup {
+        synapse: &hs,
+        bot: &bot,
+        db,
+        extra: String::new(),
+        encryption: false,
+    })
+    .await?;
+    sb.hook(&ticket("H-1", "new", Some("before"), &[], &bot.user_id)).await?;
+    let room = sb.wait_room("H-1").await?;
+    wait_messages(&bot, &room, 1).await?;
+
+    hs.stop();
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_secs(30) {
+        for key in ["H-1", "H-2"] {
+            let (st, _) = sb
+                .hook(&ticket(key, "open", Some(&format!("during {i}")), &[], &bot.user_id))
+                .await?;
+            assert_eq!(st, 200, "accepted while the homeserver is down");
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    hs.restart()?;
+    let room2 = sb.wait_room("H-2").await?;
+    let m1 = wait_messages(&bot, &room, 1 + i).await?;
+    let m2 = wait_messages(&bot, &room2, i).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bot.messages(&room).await?.len(), 1 + i, "none twice");
+    let want: Vec<String> = (0..i).map(|n| format!("during {n}")).collect();
+    assert_eq!(&m1[1..], &want[..]);
+    assert_eq!(m2, want);
+    assert_eq!(bot.joined_rooms().await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn homeserver_outage_sqlite() -> Result<()> {
+    homeserver_outage(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn homeserver_outage_postgres() -> Result<()> {
+    homeserver_outage(Db::Postgres).await
+}
+
+async fn bad_requests_are_refused(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let extra = "[sources.signed]\nkind = \"webhook\"\n[sources.signed.signature]\nsecret = \"topsecret\"\n";
+    let sb = start(db, &bot, extra).await?;
+    let good = ticket("B-1", "new", Some("hello"), &[], &bot.user_id).to_string();
+    let sign = |body: &[u8], key: &[u8]| {
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(key).expect("key");
+        m.update(body);
+        format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+    };
+    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16)> = vec![
+        ("signed", good.clone().into_bytes(), vec![], 401),
+        ("signed", good.clone().into_bytes(), vec![("X-Signature-256", sign(good.as_bytes(), b"wrong"))], 401),
+        ("signed", b"{oops".to_vec(), vec![("X-Signature-256", sign(b"{oops", b"topsecret"))], 400),
+        ("tickets", b"{\"ticket\": ".to_vec(), vec![], 400),
+        ("tickets", b"{\"no\": \"ticket\"}".to_vec(), vec![], 422),
+        ("tickets", b"{\"ticket\": {\"id\": 1, \"participants\": [\"bob\"]}}".to_vec(), vec![], 422),
+        ("tickets", vec![b' '; 2 * 1024 * 1024], vec![], 413),
+        ("nope", good.clone().into_bytes(), vec![], 404),
+    ];
+    for (source, body, headers, want) in cases {
+        let (status, reply) = sb.hook_raw(source, body, &headers).await?;
+        assert_eq!(status, want, "{source}: {reply}");
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "a reason: {reply}");
+    }
+    // A good signature passes.
+    let (status, _) = sb
+        .hook_raw("signed", good.clone().into_bytes(), &[("X-Signature-256", sign(good.as_bytes(), b"topsecret"))])
+        .await?;
+    assert_eq!(status, 200);
+    // Only that one made a room.
+    wait_for("the signed ticket's room", || async { (bot.joined_rooms().await.ok()?.len() == 1).then_some(()) })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bot.joined_rooms().await?.len(), 1);
+    let metrics = sb.http().get(format!("{}/metrics", sb.base)).send().await?.text().await?;
+    assert!(metrics.contains("switchboard_webhooks_total{outcome=\"rejected_signature\",source=\"signed\"} 2"), "{metrics}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_sqlite() -> Result<()> {
+    bad_requests_are_refused(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_postgres() -> Result<()> {
+    bad_requests_are_refused(Db::Postgres).await
+}
+
+async fn link_redirects_and_creates(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let sb = start(db, &bot, "link_create = true\n[sources.plain]\nkind = \"webhook\"\n").await?;
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    // Existing room: a redirect to it.
+    sb.hook(&ticket("L-1", "new", None, &[], &bot.user_id)).await?;
+    let room = sb.wait_room("L-1").await?;
+    let r = no_redirect.get(format!("{}/link/tickets/L-1", sb.base)).send().await?;
+    assert_eq!(r.status().as_u16(), 302);
+    assert_eq!(
+        r.headers()["location"].to_str()?,
+        format!("https://matrix.to/#/{room}")
+    );
+    // No room yet, creation allowed: made on the spot.
+    let r = no_redirect.get(format!("{}/link/tickets/L%202", sb.base)).send().await?;
+    assert_eq!(r.status().as_u16(), 302, "{}", sb.log());
+    let location = r.headers()["location"].to_str()?.to_string();
+    let created = location.trim_start_matches("https://matrix.to/#/").to_string();
+    assert_ne!(created, room);
+    let name = bot.state(&created, "m.room.name").await?.expect("a name");
+    assert_eq!(name["name"], "Ticket L 2");
+    // The same link again: the same room.
+    assert_eq!(sb.room_of("L 2").await?, Some(created));
+    // Creation not allowed on this source.
+    let r = no_redirect.get(format!("{}/link/plain/L-3", sb.base)).send().await?;
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(bot.joined_rooms().await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn link_redirects_and_creates_sqlite() -> Result<()> {
+    link_redirects_and_creates(Db::Sqlite).await
+}
+
+#[tokio::test]
+async fn link_redirects_and_creates_postgres() -> Result<()> {
+    link_redirects_and_creates(Db::Postgres).await
+}
+
+#[tokio::test]
+async fn encrypted_rooms_carry_encrypted_messages() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let sb = Switchboard::start(Setup {
+        synapse: s,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: String::new(),
+        encryption: true,
+    })
+    .await?;
+    sb.hook(&ticket("E-1", "new", Some("secret stuff"), &[], &bot.user_id)).await?;
+    let room = sb.wait_room("E-1").await?;
+    let enc = bot.state(&room, "m.room.encryption").await?.expect("encrypted room");
+    assert_eq!(enc["algorithm"], "m.megolm.v1.aes-sha2");
+    let ev = wait_for("an encrypted event", || async {
+        let t = bot.timeline(&room).await.ok()?;
+        t.into_iter().find(|e| e["type"] == "m.room.encrypted")
+    })
+    .await?;
+    assert_eq!(ev["content"]["algorithm"], "m.megolm.v1.aes-sha2");
+    assert!(!ev.to_string().contains("secret stuff"), "no plaintext on the server");
+    Ok(())
+}
+
+#[tokio::test]
+async fn check_config_names_key_and_line() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchboard-cfg-{}", harness::suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[matrix]\nhomeserver = \"http://127.0.0.1:1\"\nuser = \"@bot:localhost\"\nencryption = \"yes\"\n\n[sources.t]\nkind = \"webhok\"\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 7: `sources.t.kind`"), "{stderr}");
+    assert!(stderr.contains("line 4: `matrix.encryption`"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
