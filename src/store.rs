@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
+use tokio::sync::{mpsc, oneshot};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +25,9 @@ pub enum StoreError {
     /// The URL names no supported database.
     #[error("unsupported database URL (use sqlite: or postgres:)")]
     Url,
+    /// The batch a delivery was written in failed (the message is the database's).
+    #[error("intake: {0}")]
+    Intake(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -37,12 +41,25 @@ pub enum Dialect {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/postgres");
 
-/// The store: a pool and the dialect it speaks.
+/// The store: a pool, the dialect it speaks, and the intake writer.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
     dialect: Dialect,
+    intake: mpsc::Sender<IntakeRequest>,
 }
+
+/// A delivery waiting for the intake writer.
+#[derive(Debug)]
+struct IntakeRequest {
+    source_id: String,
+    dedupe_key: String,
+    events: String,
+    reply: oneshot::Sender<Result<Accepted>>,
+}
+
+/// Most deliveries written in one transaction.
+const INTAKE_BATCH: usize = 512;
 
 /// What intake learned when it stored a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,7 +175,13 @@ impl Store {
             Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
-        Ok(Store { pool, dialect })
+        let (tx, rx) = mpsc::channel(4 * INTAKE_BATCH);
+        tokio::spawn(intake_writer(pool.clone(), rx));
+        Ok(Store {
+            pool,
+            dialect,
+            intake: tx,
+        })
     }
 
     /// The default SQLite URL for a data directory.
@@ -176,40 +199,29 @@ impl Store {
     }
 
     /// Stores a delivery unless its dedupe key was seen before. Durable when this returns.
+    ///
+    /// Concurrent deliveries share one transaction (group commit): with a synchronous disk
+    /// flush per commit, that is what lets intake keep up with many webhooks at once.
     pub async fn accept(
         &self,
         source_id: &str,
         dedupe_key: &str,
         events: &str,
     ) -> Result<Accepted> {
-        let now = now_ms();
-        let row = sqlx::query(
-            "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (source_id, dedupe_key) DO NOTHING \
-             RETURNING id",
-        )
-        .bind(source_id)
-        .bind(dedupe_key)
-        .bind(events)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
-            return Ok(Accepted {
-                id: row.try_get(0)?,
-                duplicate: false,
-            });
-        }
-        let id: i64 = sqlx::query("SELECT id FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
-            .bind(source_id)
-            .bind(dedupe_key)
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
-        Ok(Accepted {
-            id,
-            duplicate: true,
-        })
+        let (reply, answer) = oneshot::channel();
+        let req = IntakeRequest {
+            source_id: source_id.to_string(),
+            dedupe_key: dedupe_key.to_string(),
+            events: events.to_string(),
+            reply,
+        };
+        self.intake
+            .send(req)
+            .await
+            .map_err(|_| StoreError::Intake("the intake writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Intake("the intake writer stopped".into()))?
     }
 
     /// The oldest deliveries not yet turned into actions.
@@ -525,6 +537,63 @@ impl Store {
     }
 }
 
+/// Writes queued deliveries, many per transaction, until every `Store` is dropped.
+async fn intake_writer(pool: AnyPool, mut rx: mpsc::Receiver<IntakeRequest>) {
+    let mut batch = Vec::with_capacity(INTAKE_BATCH);
+    while rx.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
+        match write_batch(&pool, &batch).await {
+            Ok(accepted) => {
+                for (req, acc) in batch.drain(..).zip(accepted) {
+                    let _ = req.reply.send(Ok(acc));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for req in batch.drain(..) {
+                    let _ = req.reply.send(Err(StoreError::Intake(msg.clone())));
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(pool: &AnyPool, batch: &[IntakeRequest]) -> Result<Vec<Accepted>> {
+    let now = now_ms();
+    let mut tx = pool.begin().await?;
+    let mut out = Vec::with_capacity(batch.len());
+    for req in batch {
+        let row = sqlx::query(
+            "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (source_id, dedupe_key) DO NOTHING \
+             RETURNING id",
+        )
+        .bind(&req.source_id)
+        .bind(&req.dedupe_key)
+        .bind(&req.events)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let acc = match row {
+            Some(row) => Accepted {
+                id: row.try_get(0)?,
+                duplicate: false,
+            },
+            None => Accepted {
+                id: sqlx::query("SELECT id FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
+                    .bind(&req.source_id)
+                    .bind(&req.dedupe_key)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?,
+                duplicate: true,
+            },
+        };
+        out.push(acc);
+    }
+    tx.commit().await?;
+    Ok(out)
+}
+
 async fn upsert(pool: &AnyPool, table: &str, key_col: &str, key: &str, value: &str) -> Result<()> {
     let now = now_ms();
     let sql = format!(
@@ -548,4 +617,180 @@ fn outbox_row(r: &AnyRow) -> Result<OutboxRow> {
         action: r.try_get(3)?,
         attempts: r.try_get(4)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh store on each database: SQLite in a temp dir, and a new PostgreSQL database
+    /// on the server named by `SWITCHBOARD_TEST_POSTGRES` (the local one by default).
+    async fn stores() -> Vec<Store> {
+        let dir = std::env::temp_dir().join(format!("switchboard-store-{}", rand::random::<u64>()));
+        let sqlite = Store::connect(&Store::sqlite_url(&dir), None)
+            .await
+            .expect("sqlite");
+        let base = std::env::var("SWITCHBOARD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let name = format!("switchboard_unit_{:x}", rand::random::<u64>());
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create database");
+        let pg = Store::connect(&format!("{base}/{name}"), None)
+            .await
+            .expect("postgres");
+        vec![sqlite, pg]
+    }
+
+    fn action(ticket: &str, n: u32) -> NewAction {
+        NewAction {
+            source_id: "s".into(),
+            ticket_key: ticket.into(),
+            action: format!("{{\"n\":{n}}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn intake_dedupes_even_within_one_batch() {
+        for store in stores().await {
+            let a = store.accept("s", "k1", "[]").await.expect("accept");
+            assert!(!a.duplicate);
+            let b = store.accept("s", "k1", "[]").await.expect("accept");
+            assert_eq!(
+                b,
+                Accepted {
+                    id: a.id,
+                    duplicate: true
+                }
+            );
+            let other = store.accept("t", "k1", "[]").await.expect("accept");
+            assert!(!other.duplicate, "dedupe keys are per source");
+            // Many at once, half of them repeats: they share transactions.
+            let keys: Vec<String> = (0..200).map(|i| format!("b{}", i % 100)).collect();
+            let results =
+                futures::future::join_all(keys.iter().map(|k| store.accept("s", k, "[]"))).await;
+            let fresh = results
+                .iter()
+                .filter(|r| matches!(r, Ok(a) if !a.duplicate))
+                .count();
+            assert_eq!(fresh, 100, "{:?}", store.dialect());
+            assert_eq!(store.unprocessed(1000).await.expect("list").len(), 102);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_the_head_of_each_ticket_is_claimed() {
+        for store in stores().await {
+            let id = store.accept("s", "d", "[]").await.expect("accept").id;
+            let acts = [action("A", 1), action("A", 2), action("B", 1)];
+            store.commit_actions(id, &acts).await.expect("commit");
+            // Committing the same delivery again (a second engine) adds nothing.
+            store.commit_actions(id, &acts).await.expect("commit");
+            assert!(store.unprocessed(10).await.expect("list").is_empty());
+            let lease = Duration::from_secs(60);
+            let claimed = store.claim(10, lease).await.expect("claim");
+            let keys: Vec<_> = claimed
+                .iter()
+                .map(|r| (r.ticket_key.as_str(), r.action.as_str()))
+                .collect();
+            assert_eq!(keys, vec![("A", "{\"n\":1}"), ("B", "{\"n\":1}")]);
+            assert!(
+                store.claim(10, lease).await.expect("claim").is_empty(),
+                "leased"
+            );
+            // A's second action waits for the first.
+            assert!(
+                store
+                    .claim_lane("s", "A", lease)
+                    .await
+                    .expect("lane")
+                    .is_none()
+            );
+            store
+                .complete(claimed[0].id, Some("ok"))
+                .await
+                .expect("complete");
+            let next = store
+                .claim_lane("s", "A", lease)
+                .await
+                .expect("lane")
+                .expect("next");
+            assert_eq!(next.action, "{\"n\":2}");
+            // A transient failure puts it back, due later, with the attempt counted.
+            store
+                .retry(next.id, Duration::from_millis(0), "503")
+                .await
+                .expect("retry");
+            let again = store.claim(10, lease).await.expect("claim");
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].attempts, 2);
+            store.fail(again[0].id, "403").await.expect("fail");
+            store.complete(claimed[1].id, None).await.expect("complete");
+            let c = store.outbox_counts().await.expect("counts");
+            assert_eq!((c.pending, c.done, c.failed), (0, 2, 1));
+            assert_eq!(store.failures(5).await.expect("failures")[0].1, "403");
+        }
+    }
+
+    #[tokio::test]
+    async fn released_leases_are_claimed_again() {
+        for store in stores().await {
+            let id = store.accept("s", "d", "[]").await.expect("accept").id;
+            store
+                .commit_actions(id, &[action("A", 1)])
+                .await
+                .expect("commit");
+            let lease = Duration::from_secs(600);
+            assert_eq!(store.claim(10, lease).await.expect("claim").len(), 1);
+            assert!(store.claim(10, lease).await.expect("claim").is_empty());
+            assert_eq!(store.release_leases().await.expect("release"), 1);
+            assert_eq!(store.claim(10, lease).await.expect("claim").len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn links_settings_and_cursors() {
+        for store in stores().await {
+            assert!(store.link("s", "T").await.expect("link").is_none());
+            let link = Link {
+                source_id: "s".into(),
+                ticket_key: "T".into(),
+                room_id: "!a:hs".into(),
+                thread_id: None,
+                invited: vec!["@a:hs".into()],
+                closed: false,
+            };
+            assert_eq!(store.insert_link(&link).await.expect("insert"), link);
+            let other = Link {
+                room_id: "!b:hs".into(),
+                ..link.clone()
+            };
+            assert_eq!(
+                store.insert_link(&other).await.expect("insert").room_id,
+                "!a:hs",
+                "first wins"
+            );
+            store
+                .set_invited("s", "T", &["@a:hs".into(), "@b:hs".into()])
+                .await
+                .expect("invited");
+            store.close_link("s", "T").await.expect("close");
+            let got = store.link("s", "T").await.expect("link").expect("exists");
+            assert!(got.closed);
+            assert_eq!(got.invited.len(), 2);
+            store.set_setting("k", "v1").await.expect("set");
+            store.set_setting("k", "v2").await.expect("set");
+            assert_eq!(
+                store.setting("k").await.expect("get").as_deref(),
+                Some("v2")
+            );
+            store.set_cursor("c", "42").await.expect("set");
+            assert_eq!(store.cursor("c").await.expect("get").as_deref(), Some("42"));
+        }
+    }
 }

@@ -71,7 +71,13 @@ impl Synapse {
     /// Starts an instance (fresh data) on `port`.
     pub fn start(dir: &Path, port: u16, owned: bool) -> Result<Synapse> {
         let out = Command::new(repo().join("scripts/synapse.sh"))
-            .args(["start", "--fresh", "--port", &port.to_string(), "--data-dir"])
+            .args([
+                "start",
+                "--fresh",
+                "--port",
+                &port.to_string(),
+                "--data-dir",
+            ])
             .arg(dir)
             .stderr(Stdio::inherit())
             .output()
@@ -260,7 +266,11 @@ impl User {
         let (_, v) = self.get("/v3/joined_rooms").await?;
         Ok(v["joined_rooms"]
             .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default())
     }
 }
@@ -381,7 +391,8 @@ impl Switchboard {
 
     /// POSTs a JSON webhook to the default source.
     pub async fn hook(&self, body: &Value) -> Result<(u16, Value)> {
-        self.hook_raw("tickets", body.to_string().into_bytes(), &[]).await
+        self.hook_raw("tickets", body.to_string().into_bytes(), &[])
+            .await
     }
 
     pub async fn hook_raw(

@@ -50,19 +50,43 @@ async fn ticket_lifecycle(db: Db) -> Result<()> {
     let sb = start(db, &bot, "").await?;
 
     let (status, _) = sb
-        .hook(&ticket("T-1", "new", Some("Printer is on fire"), &[&agent.user_id], &owner.user_id))
+        .hook(&ticket(
+            "T-1",
+            "new",
+            Some("Printer is on fire"),
+            &[&agent.user_id],
+            &owner.user_id,
+        ))
         .await?;
     assert_eq!(status, 200);
     let room = sb.wait_room("T-1").await?;
 
-    let name = bot.state(&room, "m.room.name").await?.expect("room has a name");
+    let name = bot
+        .state(&room, "m.room.name")
+        .await?
+        .expect("room has a name");
     assert_eq!(name["name"], "Ticket T-1 title");
-    let topic = bot.state(&room, "m.room.topic").await?.expect("room has a topic");
-    assert_eq!(topic["topic"], "Ticket T-1 title · https://desk.example/t/T-1");
-    let pl = bot.state(&room, "m.room.power_levels").await?.expect("power levels");
+    let topic = bot
+        .state(&room, "m.room.topic")
+        .await?
+        .expect("room has a topic");
+    assert_eq!(
+        topic["topic"],
+        "Ticket T-1 title · https://desk.example/t/T-1"
+    );
+    let pl = bot
+        .state(&room, "m.room.power_levels")
+        .await?
+        .expect("power levels");
     assert_eq!(pl["users"][&owner.user_id], 100, "owner is admin: {pl}");
-    assert!(pl["users"].get(&bot.user_id).is_none(), "room v12: creator not listed");
-    let jr = bot.state(&room, "m.room.join_rules").await?.expect("join rules");
+    assert!(
+        pl["users"].get(&bot.user_id).is_none(),
+        "room v12: creator not listed"
+    );
+    let jr = bot
+        .state(&room, "m.room.join_rules")
+        .await?
+        .expect("join rules");
     assert_eq!(jr["join_rule"], "invite", "private room");
     for u in [&owner, &agent] {
         let invites = wait_for("invite", || async {
@@ -72,18 +96,28 @@ async fn ticket_lifecycle(db: Db) -> Result<()> {
         .await?;
         assert!(invites.contains(&room));
     }
-    assert_eq!(wait_messages(&bot, &room, 1).await?, vec!["Printer is on fire"]);
+    assert_eq!(
+        wait_messages(&bot, &room, 1).await?,
+        vec!["Printer is on fire"]
+    );
 
     // A later payload for the same ticket lands in the same room.
-    sb.hook(&ticket("T-1", "open", Some("Now it smokes"), &[&agent.user_id], &owner.user_id))
-        .await?;
+    sb.hook(&ticket(
+        "T-1",
+        "open",
+        Some("Now it smokes"),
+        &[&agent.user_id],
+        &owner.user_id,
+    ))
+    .await?;
     assert_eq!(
         wait_messages(&bot, &room, 2).await?,
         vec!["Printer is on fire", "Now it smokes"]
     );
 
     // Closed: the closing notice and the rename.
-    sb.hook(&ticket("T-1", "closed", None, &[], &owner.user_id)).await?;
+    sb.hook(&ticket("T-1", "closed", None, &[], &owner.user_id))
+        .await?;
     let msgs = wait_messages(&bot, &room, 3).await?;
     assert_eq!(msgs[2], "Ticket T-1 was closed (closed).");
     let renamed = wait_for("rename", || async {
@@ -121,7 +155,11 @@ async fn redelivery_changes_nothing(db: Db) -> Result<()> {
     let with_id = ticket("D-1", "open", Some("by id"), &[], &bot.user_id).to_string();
     for want_dup in [false, true] {
         let (_, r) = sb
-            .hook_raw("tickets", with_id.clone().into_bytes(), &[("X-Delivery-Id", "dlv-7".into())])
+            .hook_raw(
+                "tickets",
+                with_id.clone().into_bytes(),
+                &[("X-Delivery-Id", "dlv-7".into())],
+            )
             .await?;
         assert_eq!(r["duplicate"], want_dup);
     }
@@ -150,7 +188,13 @@ async fn concurrent_webhooks(db: Db) -> Result<()> {
     let bodies: Vec<(String, Value)> = (0..200)
         .map(|i| {
             let key = format!("C-{}", i % 50);
-            let body = ticket(&key, "open", Some(&format!("msg {} of {key}", i / 50)), &[], &bot.user_id);
+            let body = ticket(
+                &key,
+                "open",
+                Some(&format!("msg {} of {key}", i / 50)),
+                &[],
+                &bot.user_id,
+            );
             (key, body)
         })
         .collect();
@@ -209,7 +253,13 @@ async fn order_is_kept(db: Db) -> Result<()> {
     let sb = start(db, &bot, "").await?;
     for i in 0..20 {
         let (st, _) = sb
-            .hook(&ticket("O-1", "open", Some(&format!("step {i}")), &[], &bot.user_id))
+            .hook(&ticket(
+                "O-1",
+                "open",
+                Some(&format!("step {i}")),
+                &[],
+                &bot.user_id,
+            ))
             .await?;
         assert_eq!(st, 200);
     }
@@ -236,7 +286,13 @@ async fn sigkill_after_accepting(db: Db) -> Result<()> {
     let mut sb = start(db, &bot, "").await?;
     for i in 0..10 {
         let (st, _) = sb
-            .hook(&ticket("K-1", "open", Some(&format!("k{i}")), &[], &bot.user_id))
+            .hook(&ticket(
+                "K-1",
+                "open",
+                Some(&format!("k{i}")),
+                &[],
+                &bot.user_id,
+            ))
             .await?;
         assert_eq!(st, 200);
     }
@@ -277,7 +333,8 @@ async fn homeserver_outage(db: Db) -> Result<()> {
         encryption: false,
     })
     .await?;
-    sb.hook(&ticket("H-1", "new", Some("before"), &[], &bot.user_id)).await?;
+    sb.hook(&ticket("H-1", "new", Some("before"), &[], &bot.user_id))
+        .await?;
     let room = sb.wait_room("H-1").await?;
     wait_messages(&bot, &room, 1).await?;
 
@@ -287,7 +344,13 @@ async fn homeserver_outage(db: Db) -> Result<()> {
     while started.elapsed() < Duration::from_secs(30) {
         for key in ["H-1", "H-2"] {
             let (st, _) = sb
-                .hook(&ticket(key, "open", Some(&format!("during {i}")), &[], &bot.user_id))
+                .hook(&ticket(
+                    key,
+                    "open",
+                    Some(&format!("during {i}")),
+                    &[],
+                    &bot.user_id,
+                ))
                 .await?;
             assert_eq!(st, 200, "accepted while the homeserver is down");
         }
@@ -328,33 +391,70 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
         m.update(body);
         format!("sha256={}", hex::encode(m.finalize().into_bytes()))
     };
-    let cases: Vec<(&str, Vec<u8>, Vec<(&str, String)>, u16)> = vec![
+    // (source, body, headers, expected status)
+    type Case<'a> = (&'a str, Vec<u8>, Vec<(&'a str, String)>, u16);
+    let cases: Vec<Case> = vec![
         ("signed", good.clone().into_bytes(), vec![], 401),
-        ("signed", good.clone().into_bytes(), vec![("X-Signature-256", sign(good.as_bytes(), b"wrong"))], 401),
-        ("signed", b"{oops".to_vec(), vec![("X-Signature-256", sign(b"{oops", b"topsecret"))], 400),
+        (
+            "signed",
+            good.clone().into_bytes(),
+            vec![("X-Signature-256", sign(good.as_bytes(), b"wrong"))],
+            401,
+        ),
+        (
+            "signed",
+            b"{oops".to_vec(),
+            vec![("X-Signature-256", sign(b"{oops", b"topsecret"))],
+            400,
+        ),
         ("tickets", b"{\"ticket\": ".to_vec(), vec![], 400),
         ("tickets", b"{\"no\": \"ticket\"}".to_vec(), vec![], 422),
-        ("tickets", b"{\"ticket\": {\"id\": 1, \"participants\": [\"bob\"]}}".to_vec(), vec![], 422),
+        (
+            "tickets",
+            b"{\"ticket\": {\"id\": 1, \"participants\": [\"bob\"]}}".to_vec(),
+            vec![],
+            422,
+        ),
         ("tickets", vec![b' '; 2 * 1024 * 1024], vec![], 413),
         ("nope", good.clone().into_bytes(), vec![], 404),
     ];
     for (source, body, headers, want) in cases {
         let (status, reply) = sb.hook_raw(source, body, &headers).await?;
         assert_eq!(status, want, "{source}: {reply}");
-        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()), "a reason: {reply}");
+        assert!(
+            reply["error"].as_str().is_some_and(|e| !e.is_empty()),
+            "a reason: {reply}"
+        );
     }
     // A good signature passes.
     let (status, _) = sb
-        .hook_raw("signed", good.clone().into_bytes(), &[("X-Signature-256", sign(good.as_bytes(), b"topsecret"))])
+        .hook_raw(
+            "signed",
+            good.clone().into_bytes(),
+            &[("X-Signature-256", sign(good.as_bytes(), b"topsecret"))],
+        )
         .await?;
     assert_eq!(status, 200);
     // Only that one made a room.
-    wait_for("the signed ticket's room", || async { (bot.joined_rooms().await.ok()?.len() == 1).then_some(()) })
-        .await?;
+    wait_for("the signed ticket's room", || async {
+        (bot.joined_rooms().await.ok()?.len() == 1).then_some(())
+    })
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(bot.joined_rooms().await?.len(), 1);
-    let metrics = sb.http().get(format!("{}/metrics", sb.base)).send().await?.text().await?;
-    assert!(metrics.contains("switchboard_webhooks_total{outcome=\"rejected_signature\",source=\"signed\"} 2"), "{metrics}");
+    let metrics = sb
+        .http()
+        .get(format!("{}/metrics", sb.base))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        metrics.contains(
+            "switchboard_webhooks_total{outcome=\"rejected_signature\",source=\"signed\"} 2"
+        ),
+        "{metrics}"
+    );
     Ok(())
 }
 
@@ -371,31 +471,48 @@ async fn bad_requests_are_refused_postgres() -> Result<()> {
 async fn link_redirects_and_creates(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
-    let sb = start(db, &bot, "link_create = true\n[sources.plain]\nkind = \"webhook\"\n").await?;
+    let sb = start(
+        db,
+        &bot,
+        "link_create = true\n[sources.plain]\nkind = \"webhook\"\n",
+    )
+    .await?;
     let no_redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
     // Existing room: a redirect to it.
-    sb.hook(&ticket("L-1", "new", None, &[], &bot.user_id)).await?;
+    sb.hook(&ticket("L-1", "new", None, &[], &bot.user_id))
+        .await?;
     let room = sb.wait_room("L-1").await?;
-    let r = no_redirect.get(format!("{}/link/tickets/L-1", sb.base)).send().await?;
+    let r = no_redirect
+        .get(format!("{}/link/tickets/L-1", sb.base))
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 302);
     assert_eq!(
         r.headers()["location"].to_str()?,
         format!("https://matrix.to/#/{room}")
     );
     // No room yet, creation allowed: made on the spot.
-    let r = no_redirect.get(format!("{}/link/tickets/L%202", sb.base)).send().await?;
+    let r = no_redirect
+        .get(format!("{}/link/tickets/L%202", sb.base))
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 302, "{}", sb.log());
     let location = r.headers()["location"].to_str()?.to_string();
-    let created = location.trim_start_matches("https://matrix.to/#/").to_string();
+    let created = location
+        .trim_start_matches("https://matrix.to/#/")
+        .to_string();
     assert_ne!(created, room);
     let name = bot.state(&created, "m.room.name").await?.expect("a name");
     assert_eq!(name["name"], "Ticket L 2");
     // The same link again: the same room.
     assert_eq!(sb.room_of("L 2").await?, Some(created));
     // Creation not allowed on this source.
-    let r = no_redirect.get(format!("{}/link/plain/L-3", sb.base)).send().await?;
+    let r = no_redirect
+        .get(format!("{}/link/plain/L-3", sb.base))
+        .send()
+        .await?;
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(bot.joined_rooms().await?.len(), 2);
     Ok(())
@@ -423,9 +540,19 @@ async fn encrypted_rooms_carry_encrypted_messages() -> Result<()> {
         encryption: true,
     })
     .await?;
-    sb.hook(&ticket("E-1", "new", Some("secret stuff"), &[], &bot.user_id)).await?;
+    sb.hook(&ticket(
+        "E-1",
+        "new",
+        Some("secret stuff"),
+        &[],
+        &bot.user_id,
+    ))
+    .await?;
     let room = sb.wait_room("E-1").await?;
-    let enc = bot.state(&room, "m.room.encryption").await?.expect("encrypted room");
+    let enc = bot
+        .state(&room, "m.room.encryption")
+        .await?
+        .expect("encrypted room");
     assert_eq!(enc["algorithm"], "m.megolm.v1.aes-sha2");
     let ev = wait_for("an encrypted event", || async {
         let t = bot.timeline(&room).await.ok()?;
@@ -433,7 +560,10 @@ async fn encrypted_rooms_carry_encrypted_messages() -> Result<()> {
     })
     .await?;
     assert_eq!(ev["content"]["algorithm"], "m.megolm.v1.aes-sha2");
-    assert!(!ev.to_string().contains("secret stuff"), "no plaintext on the server");
+    assert!(
+        !ev.to_string().contains("secret stuff"),
+        "no plaintext on the server"
+    );
     Ok(())
 }
 
