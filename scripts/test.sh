@@ -27,7 +27,9 @@ pg_up || { log "PostgreSQL is not reachable at 127.0.0.1:5432"; exit 1; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d -t switchboard-test.XXXXXX)
 trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" >/dev/null
+# The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
+scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
+  --shared-secret-auth switchboard-test-login-secret >/dev/null
 export SWITCHBOARD_TEST_SYNAPSE_DIR=$work/synapse
 
 cargo test --workspace --all-targets "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

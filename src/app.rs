@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info};
 
 use crate::config::{Loaded, SourceKind};
 use crate::engine::{self, Engine};
@@ -136,7 +136,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
             match MatrixSink::connect(&matrix_cfg, &login, &data_dir, store2.clone()).await {
                 Ok(s) => break Arc::new(s),
                 Err(error) => {
-                    warn!(%error, "cannot connect to the homeserver; retrying");
+                    // Webhooks are still accepted meanwhile; /ready says 503 until this works.
+                    error!(%error, "cannot connect to the homeserver; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }

@@ -55,6 +55,7 @@ pub struct HttpConfig {
     #[schemars(with = "String")]
     pub listen: SocketAddr,
     /// Largest accepted webhook body, in bytes. Larger bodies get 413.
+    #[schemars(range(min = 1))]
     pub body_limit: u64,
     /// Prefix of the links `/link/...` redirects to; the room ID is appended.
     pub link_base: String,
@@ -112,6 +113,7 @@ pub struct MatrixConfig {
     pub device_name: String,
     /// How many Matrix actions run at once (different tickets; one ticket is always in order).
     #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1))]
     pub concurrency: usize,
     /// Timeout of one homeserver request, in seconds.
     #[serde(default = "default_request_timeout")]

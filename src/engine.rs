@@ -73,6 +73,8 @@ impl Engine {
         // Templates are named by their own text, so each is compiled once however often
         // it appears.
         let mut env = Environment::new();
+        // Messages are plain text: no escaping, whatever the template's text ends with.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
         for t in rules
             .iter()
             .flat_map(|r| &r.actions)
@@ -335,6 +337,23 @@ mod tests {
         ev.body = None;
         let acts = e.actions("t", &ev);
         assert_eq!(acts.len(), 1, "{acts:?}");
+    }
+
+    #[test]
+    fn templates_are_never_escaped() {
+        let e = engine(
+            "[[rules]]\nactions = [{ type = \"post\", message = \"<{{ ticket.title }}> in a.html\" }]\n",
+        );
+        let mut ev = event(EventKind::Updated);
+        ev.title = Some("Disk <full> & \"hot\"".into());
+        let acts = e.actions("t", &ev);
+        assert_eq!(
+            acts,
+            vec![Action::Post {
+                body: "<Disk <full> & \"hot\"> in a.html".into(),
+                notice: false
+            }]
+        );
     }
 
     #[test]

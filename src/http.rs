@@ -77,8 +77,9 @@ pub fn routes(
         let s = state.clone();
         warp::any().map(move || s.clone())
     };
-    let hooks = warp::post()
-        .and(warp::path!("hooks" / String))
+    // Path first, then method: an unknown path is 404, a known one with the wrong method 405.
+    let hooks = warp::path!("hooks" / String)
+        .and(warp::post())
         .and(with_state.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
@@ -90,8 +91,8 @@ pub fn routes(
                     .unwrap_or_else(Reject::reply)
             },
         );
-    let link = warp::get()
-        .and(warp::path!("link" / String / String))
+    let link = warp::path!("link" / String / String)
+        .and(warp::get())
         .and(with_state.clone())
         .then(
             |source: String, key: String, state: Arc<HttpState>| async move {
@@ -100,8 +101,8 @@ pub fn routes(
                     .unwrap_or_else(Reject::reply)
             },
         );
-    let metrics = warp::get()
-        .and(warp::path!("metrics"))
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
         .and(with_state.clone())
         .and(warp::addr::remote())
         .and(warp::header::optional::<String>("authorization"))
@@ -110,8 +111,8 @@ pub fn routes(
                 metrics(&state, remote, auth.as_deref()).unwrap_or_else(Reject::reply)
             },
         );
-    let health = warp::get()
-        .and(warp::path!("health"))
+    let health = warp::path!("health")
+        .and(warp::get())
         .map(|| json_reply(StatusCode::OK, json!({ "status": "ok" })));
     let ready = warp::get().and(warp::path!("ready")).and(with_state).then(
         |state: Arc<HttpState>| async move {
@@ -185,7 +186,11 @@ where
     let body = match read_body(headers, body, limit).await {
         Ok(b) => b,
         Err(r) => {
-            count("rejected_size");
+            count(if r.0 == StatusCode::PAYLOAD_TOO_LARGE {
+                "rejected_size"
+            } else {
+                "rejected_malformed"
+            });
             return Err(r);
         }
     };

@@ -8,7 +8,9 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    /// Webhooks by source and outcome (accepted, duplicate, rejected_401, ...).
+    /// Webhooks by configured source and outcome (accepted, duplicate, rejected_signature,
+    /// rejected_malformed, rejected_unmapped, rejected_size, unavailable). Requests for an
+    /// unknown source are not counted: their names would make the label set unbounded.
     pub webhooks: IntCounterVec,
     /// Actions queued by kind.
     pub actions_queued: IntCounterVec,

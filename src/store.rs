@@ -309,6 +309,18 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<OutboxRow>> {
+        let mut conn = self.pool.acquire().await?;
+        self.claim_on(&mut conn, extra, lane, limit, lease).await
+    }
+
+    async fn claim_on(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        extra: &str,
+        lane: Option<(&str, &str)>,
+        limit: i64,
+        lease: Duration,
+    ) -> Result<Vec<OutboxRow>> {
         let now = now_ms();
         let lock = match self.dialect {
             Dialect::Sqlite => "",
@@ -331,10 +343,33 @@ impl Store {
         if let Some((s, t)) = lane {
             q = q.bind(s).bind(t);
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut *conn).await?;
         let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
         out.sort_by_key(|r| r.id);
         Ok(out)
+    }
+
+    /// Marks an action done and claims the next one of the same ticket, in one transaction
+    /// (one disk flush instead of two on the path every message of a busy ticket takes).
+    pub async fn complete_and_claim_next(
+        &self,
+        done: &OutboxRow,
+        result: Option<&str>,
+        lease: Duration,
+    ) -> Result<Option<OutboxRow>> {
+        let mut tx = self.pool.begin().await?;
+        finish_on(&mut tx, done.id, "done", None, result).await?;
+        let next = self
+            .claim_on(
+                &mut tx,
+                "AND o.source_id = $4 AND o.ticket_key = $5",
+                Some((&done.source_id, &done.ticket_key)),
+                1,
+                lease,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(next.into_iter().next())
     }
 
     /// Marks an action done.
@@ -354,18 +389,8 @@ impl Store {
         error: Option<&str>,
         result: Option<&str>,
     ) -> Result<()> {
-        sqlx::query(
-            "UPDATE outbox SET state = $1, last_error = $2, result = $3, locked_until = NULL, \
-             updated_at = $4 WHERE id = $5",
-        )
-        .bind(state)
-        .bind(error)
-        .bind(result)
-        .bind(now_ms())
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        finish_on(&mut conn, id, state, error, result).await
     }
 
     /// Puts an action back for a later try.
@@ -535,6 +560,27 @@ impl Store {
     pub async fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
         upsert(&self.pool, "cursors", "name", name, value).await
     }
+}
+
+async fn finish_on(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    state: &str,
+    error: Option<&str>,
+    result: Option<&str>,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE outbox SET state = $1, last_error = $2, result = $3, locked_until = NULL, \
+         updated_at = $4 WHERE id = $5",
+    )
+    .bind(state)
+    .bind(error)
+    .bind(result)
+    .bind(now_ms())
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// Writes queued deliveries, many per transaction, until every `Store` is dropped.

@@ -70,36 +70,46 @@ impl Worker {
     /// so one ticket's messages follow each other without a round through the dispatcher.
     async fn lane(&self, mut row: OutboxRow) {
         loop {
-            let ok = self.run_one(&row).await;
-            if !ok {
-                return;
-            }
-            match self
-                .store
-                .claim_lane(&row.source_id, &row.ticket_key, LEASE)
-                .await
-            {
-                Ok(Some(next)) => row = next,
+            let next = match self.run_one(&row).await {
+                Outcome::Done(result) => {
+                    self.store
+                        .complete_and_claim_next(&row, Some(&result), LEASE)
+                        .await
+                }
+                Outcome::Failed(message) => match self.store.fail(row.id, &message).await {
+                    // The ticket's later actions still run: one failure does not block it.
+                    Ok(()) => {
+                        self.store
+                            .claim_lane(&row.source_id, &row.ticket_key, LEASE)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                },
+                Outcome::Retry(delay, message) => {
+                    if let Err(error) = self.store.retry(row.id, delay, &message).await {
+                        warn!(id = row.id, %error, "cannot record a retry");
+                    }
+                    return;
+                }
+            };
+            match next {
+                Ok(Some(n)) => row = n,
                 Ok(None) => return,
                 Err(error) => {
-                    warn!(%error, "cannot claim the next action of a ticket");
+                    // The lease runs out and the action is claimed again; its transaction ID
+                    // keeps that from posting twice.
+                    warn!(id = row.id, %error, "cannot record an action's outcome");
                     return;
                 }
             }
         }
     }
 
-    /// Runs one action and records the outcome; true when it is finished (done or failed).
-    async fn run_one(&self, row: &OutboxRow) -> bool {
+    /// Runs one action and classifies the outcome.
+    async fn run_one(&self, row: &OutboxRow) -> Outcome {
         let action: Action = match serde_json::from_str(&row.action) {
             Ok(a) => a,
-            Err(e) => {
-                let _ = self
-                    .store
-                    .fail(row.id, &format!("stored action does not parse: {e}"))
-                    .await;
-                return true;
-            }
+            Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
         };
         let kind = action.kind();
         let started = Instant::now();
@@ -108,17 +118,14 @@ impl Worker {
             .action_seconds
             .with_label_values(&[kind])
             .observe(started.elapsed().as_secs_f64());
-        let recorded = match outcome {
+        match outcome {
             Ok(result) => {
                 debug!(id = row.id, kind, "action done");
                 self.metrics
                     .actions
                     .with_label_values(&[kind, "done"])
                     .inc();
-                self.store
-                    .complete(row.id, Some(&result))
-                    .await
-                    .map(|_| true)
+                Outcome::Done(result)
             }
             Err(Failure::Permanent(message)) => {
                 warn!(id = row.id, kind, error = %message, "action failed permanently");
@@ -126,7 +133,7 @@ impl Worker {
                     .actions
                     .with_label_values(&[kind, "failed"])
                     .inc();
-                self.store.fail(row.id, &message).await.map(|_| true)
+                Outcome::Failed(message)
             }
             Err(Failure::Transient {
                 message,
@@ -138,19 +145,16 @@ impl Worker {
                     .actions
                     .with_label_values(&[kind, "retry"])
                     .inc();
-                self.store
-                    .retry(row.id, delay, &message)
-                    .await
-                    .map(|_| false)
+                Outcome::Retry(delay, message)
             }
-        };
-        recorded.unwrap_or_else(|error| {
-            // The lease runs out and the action is claimed again; its transaction ID keeps
-            // that from posting twice.
-            warn!(id = row.id, %error, "cannot record an action's outcome");
-            false
-        })
+        }
     }
+}
+
+enum Outcome {
+    Done(String),
+    Failed(String),
+    Retry(Duration, String),
 }
 
 /// Exponential backoff with jitter: 250 ms doubling up to 10 s.

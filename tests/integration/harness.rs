@@ -29,6 +29,9 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// The secret of the homeserver's shared-secret login module in every test Synapse.
+pub const SHARED_SECRET: &str = "switchboard-test-login-secret";
+
 /// A Synapse on loopback.
 pub struct Synapse {
     pub base_url: String,
@@ -101,7 +104,14 @@ impl Synapse {
     pub fn restart(&self) -> Result<()> {
         let port = self.base_url.rsplit(':').next().context("port")?;
         let ok = Command::new(repo().join("scripts/synapse.sh"))
-            .args(["start", "--port", port, "--data-dir"])
+            .args([
+                "start",
+                "--port",
+                port,
+                "--shared-secret-auth",
+                SHARED_SECRET,
+                "--data-dir",
+            ])
             .arg(&self.data_dir)
             .stdout(Stdio::null())
             .status()?
@@ -261,6 +271,21 @@ impl User {
             .unwrap_or_default())
     }
 
+    /// This user's device IDs, sorted.
+    pub async fn devices(&self) -> Result<Vec<String>> {
+        let (_, v) = self.get("/v3/devices").await?;
+        let mut ids: Vec<String> = v["devices"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d["device_id"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort();
+        Ok(ids)
+    }
+
     /// Rooms this user has joined.
     pub async fn joined_rooms(&self) -> Result<Vec<String>> {
         let (_, v) = self.get("/v3/joined_rooms").await?;
@@ -312,6 +337,8 @@ pub struct Setup<'a> {
     /// TOML appended after `[matrix]`'s keys and the default source `tickets`.
     pub extra: String,
     pub encryption: bool,
+    /// The login lines of `[matrix]`; the bot's password when None.
+    pub login: Option<String>,
 }
 
 impl Switchboard {
@@ -325,12 +352,14 @@ impl Switchboard {
         };
         let config = format!(
             "data_dir = \"{data}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nlink_base = \"https://matrix.to/#/\"\n\n{db_line}\n\
-             [matrix]\nhomeserver = \"{hs}\"\nuser = \"{user}\"\npassword = \"{pw}\"\nencryption = {enc}\n\n\
+             [matrix]\nhomeserver = \"{hs}\"\nuser = \"{user}\"\n{login}\nencryption = {enc}\n\n\
              [sources.tickets]\nkind = \"webhook\"\n{extra}\n",
             data = dir.join("data").display(),
             hs = setup.synapse.base_url,
             user = setup.bot.user_id,
-            pw = setup.bot.password,
+            login = setup
+                .login
+                .unwrap_or_else(|| format!("password = \"{}\"", setup.bot.password)),
             enc = setup.encryption,
             extra = setup.extra,
         );
@@ -412,6 +441,31 @@ impl Switchboard {
         let r = req.send().await?;
         let status = r.status().as_u16();
         Ok((status, r.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Writes a raw HTTP request and returns the answer's head (status line and headers).
+    pub async fn raw_status(&self, request: &str) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        // The server may answer and close before it has read everything: that is the point.
+        let _ = conn.write_all(request.as_bytes()).await;
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await {
+                Ok(Ok(0)) | Err(_) => break,
+                Ok(Ok(n)) => {
+                    got.extend_from_slice(&buf[..n]);
+                    if got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                Ok(Err(e)) if got.is_empty() => return Err(e.into()),
+                Ok(Err(_)) => break,
+            }
+        }
+        Ok(String::from_utf8_lossy(&got).to_string())
     }
 
     /// The ticket's room, via `/link` (404 while there is none).

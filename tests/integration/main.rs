@@ -19,6 +19,7 @@ async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> 
         db,
         extra: extra.to_string(),
         encryption: false,
+        login: None,
     })
     .await
 }
@@ -331,6 +332,7 @@ async fn homeserver_outage(db: Db) -> Result<()> {
         db,
         extra: String::new(),
         encryption: false,
+        login: None,
     })
     .await?;
     sb.hook(&ticket("H-1", "new", Some("before"), &[], &bot.user_id))
@@ -338,7 +340,26 @@ async fn homeserver_outage(db: Db) -> Result<()> {
     let room = sb.wait_room("H-1").await?;
     wait_messages(&bot, &room, 1).await?;
 
+    let ready = |sb: &Switchboard| {
+        let url = format!("{}/ready", sb.base);
+        let http = sb.http().clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    wait_for("ready", || async {
+        (ready(&sb).await == 200).then_some(())
+    })
+    .await?;
     hs.stop();
+    wait_for("not ready while the homeserver is down", || async {
+        (ready(&sb).await == 503).then_some(())
+    })
+    .await?;
     let started = std::time::Instant::now();
     let mut i = 0;
     while started.elapsed() < Duration::from_secs(30) {
@@ -358,6 +379,10 @@ async fn homeserver_outage(db: Db) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     hs.restart()?;
+    wait_for("ready again", || async {
+        (ready(&sb).await == 200).then_some(())
+    })
+    .await?;
     let room2 = sb.wait_room("H-2").await?;
     let m1 = wait_messages(&bot, &room, 1 + i).await?;
     let m2 = wait_messages(&bot, &room2, i).await?;
@@ -415,7 +440,6 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
             vec![],
             422,
         ),
-        ("tickets", vec![b' '; 2 * 1024 * 1024], vec![], 413),
         ("nope", good.clone().into_bytes(), vec![], 404),
     ];
     for (source, body, headers, want) in cases {
@@ -426,6 +450,31 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
             "a reason: {reply}"
         );
     }
+    // Oversize: refused from the announced length, before the body is read. (A client that
+    // keeps writing may see the connection close; a raw request shows the answer itself.)
+    let head = sb.raw_status("POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n{").await?;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // Oversize without an announced length (chunked): refused while reading.
+    let chunk = "a".repeat(600 * 1024);
+    let chunked = format!(
+        "POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
+        len = chunk.len()
+    );
+    let head = sb.raw_status(&chunked).await?;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let status = |path: &str| {
+        let url = format!("{}{path}", sb.base);
+        let http = sb.http().clone();
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(status("/no/such/path").await, 404);
+    assert_eq!(status("/hooks/tickets").await, 405);
     // A good signature passes.
     let (status, _) = sb
         .hook_raw(
@@ -528,42 +577,80 @@ async fn link_redirects_and_creates_postgres() -> Result<()> {
     link_redirects_and_creates(Db::Postgres).await
 }
 
+/// With encryption on (the default), the room is encrypted, the server only ever sees
+/// ciphertext, and a participant with a real E2EE client reads the message.
 #[tokio::test]
-async fn encrypted_rooms_carry_encrypted_messages() -> Result<()> {
+async fn encrypted_rooms_reach_e2ee_clients() -> Result<()> {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+
     let s = synapse();
     let bot = s.user("bot").await?;
+    let alice = s.user("alice").await?;
+    // Alice's client exists (and has published its keys) before the ticket is opened.
+    let store = std::env::temp_dir().join(format!("switchboard-alice-{}", harness::suffix()));
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&s.base_url)
+        .sqlite_store(&store, None)
+        .build()
+        .await?;
+    client
+        .matrix_auth()
+        .login_username(&alice.user_id, &alice.password)
+        .send()
+        .await?;
+    client.sync_once(SyncSettings::default()).await?;
+
     let sb = Switchboard::start(Setup {
         synapse: s,
         bot: &bot,
         db: Db::Sqlite,
         extra: String::new(),
         encryption: true,
+        login: None,
     })
     .await?;
     sb.hook(&ticket(
         "E-1",
         "new",
         Some("secret stuff"),
-        &[],
-        &bot.user_id,
+        &[&alice.user_id],
+        &alice.user_id,
     ))
     .await?;
-    let room = sb.wait_room("E-1").await?;
+    let room_id = sb.wait_room("E-1").await?;
     let enc = bot
-        .state(&room, "m.room.encryption")
+        .state(&room_id, "m.room.encryption")
         .await?
         .expect("encrypted room");
     assert_eq!(enc["algorithm"], "m.megolm.v1.aes-sha2");
     let ev = wait_for("an encrypted event", || async {
-        let t = bot.timeline(&room).await.ok()?;
+        let t = bot.timeline(&room_id).await.ok()?;
         t.into_iter().find(|e| e["type"] == "m.room.encrypted")
     })
     .await?;
-    assert_eq!(ev["content"]["algorithm"], "m.megolm.v1.aes-sha2");
     assert!(
         !ev.to_string().contains("secret stuff"),
         "no plaintext on the server"
     );
+
+    let room_id = matrix_sdk::ruma::RoomId::parse(&room_id)?;
+    let room = client.join_room_by_id(&room_id).await?;
+    let body = wait_for("the decrypted message", || async {
+        client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(200)))
+            .await
+            .ok()?;
+        let msgs = room.messages(MessagesOptions::backward()).await.ok()?;
+        msgs.chunk.iter().find_map(|e| {
+            let v: Value = e.raw().deserialize_as().ok()?;
+            (v["type"] == "m.room.message")
+                .then(|| v["content"]["body"].as_str().map(String::from))?
+        })
+    })
+    .await?;
+    assert_eq!(body, "secret stuff");
+    let _ = std::fs::remove_dir_all(&store);
     Ok(())
 }
 
@@ -585,5 +672,50 @@ async fn check_config_names_key_and_line() -> Result<()> {
     assert!(stderr.contains("line 7: `sources.t.kind`"), "{stderr}");
     assert!(stderr.contains("line 4: `matrix.encryption`"), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Logs in the other two ways (shared secret, access token), and keeps its device across a
+/// restart: the stored session is reused, not replaced by a new login.
+#[tokio::test]
+async fn logins_by_shared_secret_and_access_token() -> Result<()> {
+    let s = synapse();
+    for how in ["shared_secret", "access_token"] {
+        let bot = s.user("bot").await?;
+        let login = match how {
+            "shared_secret" => format!("shared_secret = \"{}\"", harness::SHARED_SECRET),
+            _ => format!("access_token = \"{}\"", bot.token),
+        };
+        let mut sb = Switchboard::start(Setup {
+            synapse: s,
+            bot: &bot,
+            db: Db::Sqlite,
+            extra: String::new(),
+            encryption: false,
+            login: Some(login),
+        })
+        .await?;
+        sb.hook(&ticket("S-1", "new", Some(how), &[], &bot.user_id))
+            .await?;
+        let room = sb.wait_room("S-1").await?;
+        assert_eq!(wait_messages(&bot, &room, 1).await?, vec![how]);
+        let devices = bot.devices().await?;
+        sb.kill();
+        sb.spawn().await?;
+        sb.hook(&ticket(
+            "S-1",
+            "open",
+            Some("after restart"),
+            &[],
+            &bot.user_id,
+        ))
+        .await?;
+        wait_messages(&bot, &room, 2).await?;
+        assert_eq!(
+            bot.devices().await?,
+            devices,
+            "{how}: no new device after a restart"
+        );
+    }
     Ok(())
 }

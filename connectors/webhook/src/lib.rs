@@ -124,6 +124,7 @@ impl WebhookConfig {
         };
         let participants = match lookup(&payload, &f.participants) {
             None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(s)) if s.trim().is_empty() => Vec::new(),
             Some(Value::String(s)) => vec![s.clone()],
             Some(Value::Array(items)) => items
                 .iter()

@@ -1,0 +1,404 @@
+//! Switchboard's benchmark: every figure is a ratio against a baseline measured in the same
+//! run on the same machine.
+//!
+//! - intake: verified, durably stored webhooks per second on SQLite and PostgreSQL, against a
+//!   bare warp handler at the same concurrency;
+//! - end to end, many tickets: webhook -> message in the ticket's room, spread over ROOMS
+//!   rooms at concurrency C, against the homeserver's own direct-send rate into the same
+//!   rooms at the same C;
+//! - end to end, one ticket: messages of one ticket (delivered in order), against sequential
+//!   direct sends into one room.
+//!
+//! Run with `scripts/bench.sh` (starts a throwaway Synapse). Knobs: BENCH_INTAKE_REQUESTS,
+//! BENCH_INTAKE_CONCURRENCY, BENCH_MESSAGES, BENCH_ROOMS, BENCH_CONCURRENCY.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use switchboard::store::Store;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut m = Hmac::<sha2::Sha256>::new_from_slice(b"bench-secret").expect("key");
+    m.update(body);
+    format!("sha256={}", hex::encode(m.finalize().into_bytes()))
+}
+
+/// POSTs `n` bodies from `make` at concurrency `c`; returns requests per second.
+async fn load(
+    url: &str,
+    n: usize,
+    c: usize,
+    make: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+) -> Result<f64> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(c)
+        .build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let make = Arc::new(make);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..c {
+        let (client, next, make, url) =
+            (client.clone(), next.clone(), make.clone(), url.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let body = make(i);
+                let sig = sign(&body);
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("x-signature-256", sig)
+                    .body(body)
+                    .send()
+                    .await?;
+                if !r.status().is_success() {
+                    bail!("request {i}: {}", r.status());
+                }
+                r.bytes().await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+fn body(ticket: usize, i: usize) -> Vec<u8> {
+    json!({
+        "ticket": {"id": format!("T-{ticket}"), "title": format!("Ticket {ticket}"), "status": "open"},
+        "message": {"body": format!("message {i}")},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// A bare warp handler: read the body, answer a small JSON. The floor for any webhook server.
+async fn bare_warp() -> Result<String> {
+    use warp::Filter;
+    let route = warp::post()
+        .and(warp::path!("hooks" / String))
+        .and(warp::body::bytes())
+        .map(|_s: String, b: bytes::Bytes| {
+            warp::reply::json(&json!({"id": b.len(), "duplicate": false}))
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    Ok(format!("http://{addr}/hooks/bench"))
+}
+
+struct Instance {
+    base: String,
+    store: Store,
+    _dir: TempDir,
+}
+
+struct TempDir(std::path::PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Switchboard in this process, as `switchboard run` would start it.
+async fn switchboard(
+    db_url: Option<&str>,
+    homeserver: &str,
+    user: &str,
+    password: &str,
+    concurrency: usize,
+) -> Result<Instance> {
+    let dir = std::env::temp_dir().join(format!("switchboard-bench-{:x}", rand::random::<u64>()));
+    let port = free_port();
+    let db = db_url
+        .map(|u| format!("[database]\nurl = \"{u}\"\nmax_connections = 16\n"))
+        .unwrap_or_default();
+    let text = format!(
+        "data_dir = \"{}\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n{db}\n\
+         [matrix]\nhomeserver = \"{homeserver}\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
+         encryption = false\nconcurrency = {concurrency}\n\
+         [log]\nlevel = \"warn\"\n\
+         [sources.bench]\nkind = \"webhook\"\n[sources.bench.signature]\nsecret = \"bench-secret\"\n",
+        dir.display()
+    );
+    let loaded = switchboard::config::parse(&text).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let running = switchboard::app::start(loaded).await?;
+    Ok(Instance {
+        base: format!("http://{}", running.addr),
+        store: running.store,
+        _dir: TempDir(dir),
+    })
+}
+
+async fn postgres_url() -> Result<String> {
+    use sqlx::Connection;
+    let base = std::env::var("SWITCHBOARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let name = format!("switchboard_bench_{:x}", rand::random::<u64>());
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    Ok(format!("{base}/{name}"))
+}
+
+/// The homeserver under test, as `scripts/bench.sh` describes it.
+struct Homeserver {
+    base: String,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl Homeserver {
+    fn from_env() -> Result<Homeserver> {
+        let dir = std::path::PathBuf::from(
+            std::env::var("SWITCHBOARD_TEST_SYNAPSE_DIR")
+                .context("run through scripts/bench.sh")?,
+        );
+        let base = std::fs::read_to_string(dir.join("base_url"))?
+            .trim()
+            .to_string();
+        let secrets = std::fs::read_to_string(dir.join("secrets.env"))?;
+        let secret = secrets
+            .lines()
+            .find_map(|l| l.strip_prefix("REG_SECRET="))
+            .context("secret")?
+            .to_string();
+        Ok(Homeserver {
+            base,
+            secret,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// Registers a user; returns (user ID, password, access token).
+    async fn user(&self, prefix: &str) -> Result<(String, String, String)> {
+        let local = format!("{prefix}_{:x}", rand::random::<u32>());
+        let pw = format!("pw{:x}", rand::random::<u64>());
+        let nonce: Value = self
+            .http
+            .get(format!("{}/_synapse/admin/v1/register", self.base))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let nonce = nonce["nonce"].as_str().context("nonce")?;
+        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())?;
+        mac.update(format!("{nonce}\0{local}\0{pw}\0notadmin").as_bytes());
+        let r: Value = self
+            .http
+            .post(format!("{}/_synapse/admin/v1/register", self.base))
+            .json(
+                &json!({"nonce": nonce, "username": local, "password": pw, "admin": false,
+                          "mac": hex::encode(mac.finalize().into_bytes())}),
+            )
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok((
+            r["user_id"].as_str().context("user_id")?.to_string(),
+            pw,
+            r["access_token"].as_str().context("token")?.to_string(),
+        ))
+    }
+
+    async fn create_room(&self, token: &str) -> Result<String> {
+        let r: Value = self
+            .http
+            .post(format!("{}/_matrix/client/v3/createRoom", self.base))
+            .bearer_auth(token)
+            .json(&json!({"preset": "private_chat", "name": "bench"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(r["room_id"].as_str().context("room_id")?.to_string())
+    }
+
+    /// Sends `n` messages spread over `rooms` at concurrency `c`; messages per second.
+    async fn direct_send(&self, token: &str, rooms: &[String], n: usize, c: usize) -> Result<f64> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let run = format!("{:x}", rand::random::<u32>());
+        let mut tasks = Vec::new();
+        for _ in 0..c {
+            let (http, next, rooms, base, token, run) = (
+                self.http.clone(),
+                next.clone(),
+                rooms.to_vec(),
+                self.base.clone(),
+                token.to_string(),
+                run.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    let room = percent_encoding::utf8_percent_encode(
+                        &rooms[i % rooms.len()],
+                        percent_encoding::NON_ALPHANUMERIC,
+                    )
+                    .to_string();
+                    let r = http
+                        .put(format!(
+                            "{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/d{run}.{i}"
+                        ))
+                        .bearer_auth(&token)
+                        .json(&json!({"msgtype": "m.text", "body": format!("direct {i}")}))
+                        .send()
+                        .await?;
+                    if !r.status().is_success() {
+                        bail!("send {i}: {}", r.status());
+                    }
+                    r.bytes().await?;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    }
+}
+
+/// Waits until the outbox has `done` finished actions; fails on any failed one.
+async fn wait_done(store: &Store, done: i64, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let c = store.outbox_counts().await?;
+        if c.failed > 0 {
+            bail!(
+                "{} actions failed: {:?}",
+                c.failed,
+                store.failures(3).await?
+            );
+        }
+        if c.done >= done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {} of {done} actions done", c.done);
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Webhooks -> messages over `tickets` tickets (rooms made beforehand, untimed); msgs/s.
+async fn end_to_end(sb: &Instance, tickets: usize, n: usize, c: usize) -> Result<f64> {
+    let url = format!("{}/hooks/bench", sb.base);
+    // Bodies must differ from earlier runs', or they are (rightly) taken as redeliveries.
+    let run = rand::random::<u32>() as usize * 1_000_000;
+    let before = sb.store.outbox_counts().await?.done;
+    // Open every ticket's room first: one webhook each (open_room + post = 2 actions).
+    load(&url, tickets, c, move |i| body(i, run + n + i)).await?;
+    wait_done(
+        &sb.store,
+        before + 2 * tickets as i64,
+        Duration::from_secs(300),
+    )
+    .await?;
+    let before = sb.store.outbox_counts().await?.done;
+    let started = Instant::now();
+    // Every webhook queues open_room (a no-op lookup once the room exists) and the post.
+    load(&url, n, c, move |i| body(i % tickets, run + i)).await?;
+    wait_done(&sb.store, before + 2 * n as i64, Duration::from_secs(600)).await?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let intake_n = env_or("BENCH_INTAKE_REQUESTS", 20_000);
+    let intake_c = env_or("BENCH_INTAKE_CONCURRENCY", 64);
+    let msgs = env_or("BENCH_MESSAGES", 1000);
+    let rooms = env_or("BENCH_ROOMS", 50);
+    let c = env_or("BENCH_CONCURRENCY", 16);
+    let single = env_or("BENCH_SINGLE_MESSAGES", 200);
+
+    println!(
+        "# Switchboard benchmark ({} cores)",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    let hs = Homeserver::from_env()?;
+    // Intake is measured with a homeserver that does not answer, so the numbers are intake
+    // alone: the engine still runs, the Matrix side keeps retrying its login.
+    let dead_hs = format!("http://127.0.0.1:{}", free_port());
+
+    println!("\n## Intake: {intake_n} signed webhooks, concurrency {intake_c}");
+    let warp_url = bare_warp().await?;
+    load(&warp_url, 2000, intake_c, |i| body(i % 50, i)).await?; // warm-up
+    let bare = load(&warp_url, intake_n, intake_c, |i| body(i % 50, i)).await?;
+    println!("bare warp handler:        {bare:>9.0} req/s");
+    for (name, url) in [
+        ("SQLite", None),
+        ("PostgreSQL", Some(postgres_url().await?)),
+    ] {
+        let sb = switchboard(url.as_deref(), &dead_hs, "@bench:localhost", "x", c).await?;
+        let hook = format!("{}/hooks/bench", sb.base);
+        load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
+        let rate = load(&hook, intake_n, intake_c, |i| body(i % 50, i)).await?;
+        println!(
+            "switchboard on {name:<10} {rate:>9.0} req/s   {:.2} x bare warp",
+            rate / bare
+        );
+    }
+
+    println!("\n## End to end: {msgs} messages over {rooms} rooms, concurrency {c}");
+    let (user, _pw, token) = hs.user("direct").await?;
+    let _ = user;
+    let mut direct_rooms = Vec::new();
+    for _ in 0..rooms {
+        direct_rooms.push(hs.create_room(&token).await?);
+    }
+    hs.direct_send(&token, &direct_rooms, 100, c).await?; // warm-up
+    let direct = hs.direct_send(&token, &direct_rooms, msgs, c).await?;
+    println!("direct send (homeserver):  {direct:>8.1} msg/s");
+    let direct_one = hs
+        .direct_send(&token, &direct_rooms[..1], single, 1)
+        .await?;
+    for (name, url) in [
+        ("SQLite", None),
+        ("PostgreSQL", Some(postgres_url().await?)),
+    ] {
+        let (bot, pw, _) = hs.user("bot").await?;
+        let sb = switchboard(url.as_deref(), &hs.base, &bot, &pw, c).await?;
+        let rate = end_to_end(&sb, rooms, msgs, c).await?;
+        println!(
+            "switchboard on {name:<10} {rate:>8.1} msg/s   {:.2} x direct send",
+            rate / direct
+        );
+        let one = end_to_end(&sb, 1, single, c).await?;
+        println!(
+            "  one ticket, {single} msgs:    {one:>8.1} msg/s   {:.2} x sequential direct send ({direct_one:.1} msg/s)",
+            one / direct_one
+        );
+    }
+    Ok(())
+}
