@@ -1,6 +1,7 @@
 //! Rules: turn accepted ticket events into actions, and move deliveries from the inbox to the
 //! outbox in one transaction each.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::config::{self, ActionConfig, Config, RuleConfig};
 use crate::metrics::Metrics;
-use crate::store::{NewAction, Store};
+use crate::store::{Link, NewAction, Store};
 
 /// The compiled rules.
 pub struct Engine {
@@ -247,13 +248,16 @@ pub async fn run(
     }
 }
 
-/// Processes one batch of deliveries; returns how many.
+/// Processes one batch of deliveries in one transaction; returns how many.
 pub async fn drain(
     engine: &Engine,
     store: &Store,
     metrics: &Metrics,
 ) -> crate::store::Result<usize> {
     let rows = store.unprocessed(200).await?;
+    // Rooms known at the start of the batch, for skipping open_room where it would do nothing.
+    let mut links: HashMap<(String, String), Option<Link>> = HashMap::new();
+    let mut batch = Vec::with_capacity(rows.len());
     for row in &rows {
         let events: Vec<TicketEvent> = match serde_json::from_str(&row.events) {
             Ok(e) => e,
@@ -266,6 +270,20 @@ pub async fn drain(
         let mut actions = Vec::new();
         for ev in &events {
             for a in engine.actions(&row.source_id, ev) {
+                if let Action::OpenRoom(spec) = &a {
+                    let key = (row.source_id.clone(), ev.ticket.clone());
+                    let link = match links.get(&key) {
+                        Some(l) => l.clone(),
+                        None => {
+                            let l = store.link(&key.0, &key.1).await?;
+                            links.insert(key, l.clone());
+                            l
+                        }
+                    };
+                    if link.is_some_and(|l| spec.invite.iter().all(|u| l.invited.contains(u))) {
+                        continue;
+                    }
+                }
                 metrics.actions_queued.with_label_values(&[a.kind()]).inc();
                 actions.push(NewAction {
                     source_id: row.source_id.clone(),
@@ -274,8 +292,9 @@ pub async fn drain(
                 });
             }
         }
-        store.commit_actions(row.id, &actions).await?;
+        batch.push((row.id, actions));
     }
+    store.commit_actions(&batch).await?;
     Ok(rows.len())
 }
 

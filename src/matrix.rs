@@ -224,7 +224,7 @@ impl MatrixSink {
                 };
                 let resp = room
                     .send(content)
-                    .with_transaction_id(txn_id(row.id, ""))
+                    .with_transaction_id(txn_id(row, ""))
                     .await
                     .map_err(|e| Failure::from_sdk(&e))?;
                 Ok(resp.response.event_id.to_string())
@@ -238,7 +238,7 @@ impl MatrixSink {
                 if let Some(text) = notice {
                     let resp = room
                         .send(RoomMessageEventContent::notice_plain(text))
-                        .with_transaction_id(txn_id(row.id, "n"))
+                        .with_transaction_id(txn_id(row, "n"))
                         .await
                         .map_err(|e| Failure::from_sdk(&e))?;
                     result = resp.response.event_id.to_string();
@@ -433,8 +433,8 @@ fn db_failure(e: crate::store::StoreError) -> Failure {
 
 /// One transaction ID per outbox entry (and part): the homeserver answers a repeated send with
 /// the first event instead of posting again.
-fn txn_id(outbox_id: i64, part: &str) -> OwnedTransactionId {
-    OwnedTransactionId::from(format!("switchboard.{outbox_id}{part}"))
+fn txn_id(row: &OutboxRow, part: &str) -> OwnedTransactionId {
+    OwnedTransactionId::from(format!("switchboard.{}{part}", row.txn_key))
 }
 
 fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
@@ -445,7 +445,7 @@ fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
     h.update([0]);
     h.update(row.ticket_key.as_bytes());
     h.update([0]);
-    h.update(row.id.to_be_bytes());
+    h.update(row.txn_key.as_bytes());
     format!("switchboard_{}", &hex::encode(h.finalize())[..24])
 }
 

@@ -95,6 +95,8 @@ pub struct OutboxRow {
     /// Claims so far, this one included: more than 1 means an earlier try may have done
     /// part of the work.
     pub attempts: i64,
+    /// Stable across re-queueing: the delivery's ID and the action's position in it.
+    pub txn_key: String,
 }
 
 /// A ticket's room.
@@ -154,9 +156,12 @@ impl Store {
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
-                            // FULL: a commit is on disk before intake answers 2xx.
+                            // NORMAL (no flush per commit) is safe for everything but intake,
+                            // which switches its own connection to FULL: the rest can be
+                            // redone from the inbox after a power loss, and actions queued
+                            // again keep their transaction IDs.
                             conn.execute(
-                                "PRAGMA busy_timeout = 10000; PRAGMA synchronous = FULL; \
+                                "PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL; \
                                  PRAGMA foreign_keys = ON;",
                             )
                             .await?;
@@ -176,7 +181,7 @@ impl Store {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         let (tx, rx) = mpsc::channel(4 * INTAKE_BATCH);
-        tokio::spawn(intake_writer(pool.clone(), rx));
+        tokio::spawn(intake_writer(pool.clone(), dialect, rx));
         Ok(Store {
             pool,
             dialect,
@@ -244,35 +249,38 @@ impl Store {
             .collect()
     }
 
-    /// Queues a delivery's actions and marks it processed, in one transaction, so a crash
-    /// leaves either both or neither.
-    pub async fn commit_actions(&self, inbox_id: i64, actions: &[NewAction]) -> Result<()> {
+    /// Queues deliveries' actions and marks the deliveries processed, all in one
+    /// transaction, so a crash leaves either both or neither.
+    pub async fn commit_actions(&self, batch: &[(i64, Vec<NewAction>)]) -> Result<()> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let marked = sqlx::query(
-            "UPDATE inbox SET processed_at = $1, updated_at = $1 \
-             WHERE id = $2 AND processed_at IS NULL",
-        )
-        .bind(now)
-        .bind(inbox_id)
-        .execute(&mut *tx)
-        .await?;
-        if marked.rows_affected() == 0 {
-            // Another engine got here first.
-            return Ok(());
-        }
-        for a in actions {
-            sqlx::query(
-                "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, next_attempt_at, \
-                 created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $5, $5)",
+        for (inbox_id, actions) in batch {
+            let marked = sqlx::query(
+                "UPDATE inbox SET processed_at = $1, updated_at = $1 \
+                 WHERE id = $2 AND processed_at IS NULL",
             )
-            .bind(inbox_id)
-            .bind(&a.source_id)
-            .bind(&a.ticket_key)
-            .bind(&a.action)
             .bind(now)
+            .bind(inbox_id)
             .execute(&mut *tx)
             .await?;
+            if marked.rows_affected() == 0 {
+                // Another engine got here first.
+                continue;
+            }
+            for (i, a) in actions.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
+                     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $6)",
+                )
+                .bind(inbox_id)
+                .bind(&a.source_id)
+                .bind(&a.ticket_key)
+                .bind(&a.action)
+                .bind(format!("{inbox_id}.{i}"))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
@@ -334,7 +342,7 @@ impl Store {
                AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
                  AND p.source_id = o.source_id AND p.ticket_key = o.ticket_key AND p.id < o.id) \
                ORDER BY o.id LIMIT $3 {lock}) \
-             RETURNING id, source_id, ticket_key, action, attempts"
+             RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now + lease.as_millis() as i64)
@@ -584,16 +592,36 @@ async fn finish_on(
 }
 
 /// Writes queued deliveries, many per transaction, until every `Store` is dropped.
-async fn intake_writer(pool: AnyPool, mut rx: mpsc::Receiver<IntakeRequest>) {
+async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<IntakeRequest>) {
     let mut batch = Vec::with_capacity(INTAKE_BATCH);
+    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     while rx.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
-        match write_batch(&pool, &batch).await {
+        let result = async {
+            if conn.is_none() {
+                let mut c = pool.acquire().await?;
+                if dialect == Dialect::Sqlite {
+                    use sqlx::Executor;
+                    // Only intake needs each commit on disk before it answers; everything
+                    // after it can be redone from what intake stored.
+                    c.execute("PRAGMA synchronous = FULL").await?;
+                }
+                conn = Some(c);
+            }
+            match conn.as_mut() {
+                Some(c) => write_batch(c, &batch).await,
+                None => Err(StoreError::Intake("no connection".into())),
+            }
+        }
+        .await;
+        match result {
             Ok(accepted) => {
                 for (req, acc) in batch.drain(..).zip(accepted) {
                     let _ = req.reply.send(Ok(acc));
                 }
             }
             Err(e) => {
+                // The connection may be broken: take a fresh one next time.
+                conn = None;
                 let msg = e.to_string();
                 for req in batch.drain(..) {
                     let _ = req.reply.send(Err(StoreError::Intake(msg.clone())));
@@ -603,25 +631,43 @@ async fn intake_writer(pool: AnyPool, mut rx: mpsc::Receiver<IntakeRequest>) {
     }
 }
 
-async fn write_batch(pool: &AnyPool, batch: &[IntakeRequest]) -> Result<Vec<Accepted>> {
-    let now = now_ms();
-    let mut tx = pool.begin().await?;
+/// One multi-row INSERT for the whole batch, then a look-up for the keys it did not insert
+/// (repeats: of an earlier delivery, or of one earlier in the same batch).
+async fn write_batch(
+    conn: &mut sqlx::AnyConnection,
+    batch: &[IntakeRequest],
+) -> Result<Vec<Accepted>> {
+    use std::collections::HashMap;
+    use std::fmt::Write;
+    let mut sql = String::from(
+        "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) VALUES ",
+    );
+    for i in 0..batch.len() {
+        let p = 2 + 3 * i;
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}(${}, ${}, ${}, $1, $1)", p, p + 1, p + 2);
+    }
+    sql.push_str(
+        " ON CONFLICT (source_id, dedupe_key) DO NOTHING RETURNING id, source_id, dedupe_key",
+    );
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+    for req in batch {
+        q = q
+            .bind(&req.source_id)
+            .bind(&req.dedupe_key)
+            .bind(&req.events);
+    }
+    let mut inserted: HashMap<(String, String), i64> = HashMap::new();
+    for row in q.fetch_all(&mut *tx).await? {
+        inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+    }
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
-        let row = sqlx::query(
-            "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) ON CONFLICT (source_id, dedupe_key) DO NOTHING \
-             RETURNING id",
-        )
-        .bind(&req.source_id)
-        .bind(&req.dedupe_key)
-        .bind(&req.events)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let acc = match row {
-            Some(row) => Accepted {
-                id: row.try_get(0)?,
+        let key = (req.source_id.clone(), req.dedupe_key.clone());
+        let acc = match inserted.remove(&key) {
+            Some(id) => Accepted {
+                id,
                 duplicate: false,
             },
             None => Accepted {
@@ -656,12 +702,19 @@ async fn upsert(pool: &AnyPool, table: &str, key_col: &str, key: &str, value: &s
 }
 
 fn outbox_row(r: &AnyRow) -> Result<OutboxRow> {
+    let id: i64 = r.try_get(0)?;
+    let txn_key: String = r.try_get(5)?;
     Ok(OutboxRow {
-        id: r.try_get(0)?,
+        id,
         source_id: r.try_get(1)?,
         ticket_key: r.try_get(2)?,
         action: r.try_get(3)?,
         attempts: r.try_get(4)?,
+        txn_key: if txn_key.is_empty() {
+            id.to_string()
+        } else {
+            txn_key
+        },
     })
 }
 
@@ -734,9 +787,15 @@ mod tests {
         for store in stores().await {
             let id = store.accept("s", "d", "[]").await.expect("accept").id;
             let acts = [action("A", 1), action("A", 2), action("B", 1)];
-            store.commit_actions(id, &acts).await.expect("commit");
+            store
+                .commit_actions(&[(id, acts.to_vec())])
+                .await
+                .expect("commit");
             // Committing the same delivery again (a second engine) adds nothing.
-            store.commit_actions(id, &acts).await.expect("commit");
+            store
+                .commit_actions(&[(id, acts.to_vec())])
+                .await
+                .expect("commit");
             assert!(store.unprocessed(10).await.expect("list").is_empty());
             let lease = Duration::from_secs(60);
             let claimed = store.claim(10, lease).await.expect("claim");
@@ -745,6 +804,8 @@ mod tests {
                 .map(|r| (r.ticket_key.as_str(), r.action.as_str()))
                 .collect();
             assert_eq!(keys, vec![("A", "{\"n\":1}"), ("B", "{\"n\":1}")]);
+            let txn: Vec<_> = claimed.iter().map(|r| r.txn_key.clone()).collect();
+            assert_eq!(txn, vec![format!("{id}.0"), format!("{id}.2")]);
             assert!(
                 store.claim(10, lease).await.expect("claim").is_empty(),
                 "leased"
@@ -788,7 +849,7 @@ mod tests {
         for store in stores().await {
             let id = store.accept("s", "d", "[]").await.expect("accept").id;
             store
-                .commit_actions(id, &[action("A", 1)])
+                .commit_actions(&[(id, vec![action("A", 1)])])
                 .await
                 .expect("commit");
             let lease = Duration::from_secs(600);

@@ -12,6 +12,34 @@ use harness::{Db, Setup, Switchboard, synapse, wait_for};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 
+/// Runs each named test on SQLite and on PostgreSQL (`NAME::sqlite`, `NAME::postgres`).
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn sqlite() -> Result<()> {
+                super::$name(Db::Sqlite).await
+            }
+            #[tokio::test]
+            async fn postgres() -> Result<()> {
+                super::$name(Db::Postgres).await
+            }
+        }
+    )*};
+}
+
+on_both_databases!(
+    ticket_lifecycle,
+    redelivery_changes_nothing,
+    concurrent_webhooks,
+    order_is_kept,
+    sigkill_after_accepting,
+    homeserver_outage,
+    bad_requests_are_refused,
+    link_redirects_and_creates,
+);
+
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
     Switchboard::start(Setup {
         synapse: synapse(),
@@ -131,16 +159,6 @@ async fn ticket_lifecycle(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn ticket_lifecycle_sqlite() -> Result<()> {
-    ticket_lifecycle(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn ticket_lifecycle_postgres() -> Result<()> {
-    ticket_lifecycle(Db::Postgres).await
-}
-
 async fn redelivery_changes_nothing(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
@@ -169,16 +187,6 @@ async fn redelivery_changes_nothing(db: Db) -> Result<()> {
     assert_eq!(bot.messages(&room).await?, vec!["once", "by id"]);
     assert_eq!(bot.joined_rooms().await?.len(), 1);
     Ok(())
-}
-
-#[tokio::test]
-async fn redelivery_changes_nothing_sqlite() -> Result<()> {
-    redelivery_changes_nothing(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn redelivery_changes_nothing_postgres() -> Result<()> {
-    redelivery_changes_nothing(Db::Postgres).await
 }
 
 async fn concurrent_webhooks(db: Db) -> Result<()> {
@@ -238,16 +246,6 @@ async fn concurrent_webhooks(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn concurrent_webhooks_sqlite() -> Result<()> {
-    concurrent_webhooks(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn concurrent_webhooks_postgres() -> Result<()> {
-    concurrent_webhooks(Db::Postgres).await
-}
-
 async fn order_is_kept(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
@@ -269,16 +267,6 @@ async fn order_is_kept(db: Db) -> Result<()> {
     let want: Vec<String> = (0..20).map(|i| format!("step {i}")).collect();
     assert_eq!(msgs, want);
     Ok(())
-}
-
-#[tokio::test]
-async fn order_is_kept_sqlite() -> Result<()> {
-    order_is_kept(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn order_is_kept_postgres() -> Result<()> {
-    order_is_kept(Db::Postgres).await
 }
 
 async fn sigkill_after_accepting(db: Db) -> Result<()> {
@@ -309,16 +297,6 @@ async fn sigkill_after_accepting(db: Db) -> Result<()> {
     assert_eq!(msgs, want);
     assert_eq!(bot.joined_rooms().await?.len(), 1);
     Ok(())
-}
-
-#[tokio::test]
-async fn sigkill_after_accepting_sqlite() -> Result<()> {
-    sigkill_after_accepting(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn sigkill_after_accepting_postgres() -> Result<()> {
-    sigkill_after_accepting(Db::Postgres).await
 }
 
 async fn homeserver_outage(db: Db) -> Result<()> {
@@ -393,16 +371,6 @@ async fn homeserver_outage(db: Db) -> Result<()> {
     assert_eq!(m2, want);
     assert_eq!(bot.joined_rooms().await?.len(), 2);
     Ok(())
-}
-
-#[tokio::test]
-async fn homeserver_outage_sqlite() -> Result<()> {
-    homeserver_outage(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn homeserver_outage_postgres() -> Result<()> {
-    homeserver_outage(Db::Postgres).await
 }
 
 async fn bad_requests_are_refused(db: Db) -> Result<()> {
@@ -507,16 +475,6 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn bad_requests_are_refused_sqlite() -> Result<()> {
-    bad_requests_are_refused(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn bad_requests_are_refused_postgres() -> Result<()> {
-    bad_requests_are_refused(Db::Postgres).await
-}
-
 async fn link_redirects_and_creates(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
@@ -565,16 +523,6 @@ async fn link_redirects_and_creates(db: Db) -> Result<()> {
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(bot.joined_rooms().await?.len(), 2);
     Ok(())
-}
-
-#[tokio::test]
-async fn link_redirects_and_creates_sqlite() -> Result<()> {
-    link_redirects_and_creates(Db::Sqlite).await
-}
-
-#[tokio::test]
-async fn link_redirects_and_creates_postgres() -> Result<()> {
-    link_redirects_and_creates(Db::Postgres).await
 }
 
 /// With encryption on (the default), the room is encrypted, the server only ever sees
@@ -717,5 +665,42 @@ async fn logins_by_shared_secret_and_access_token() -> Result<()> {
             "{how}: no new device after a restart"
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let extra = "\n[metrics]\nusername = \"prom\"\npassword = \"scrape-me\"\nallow_ips = [\"127.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    let url = format!("{}/metrics", sb.base);
+    let r = sb.http().get(&url).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = sb
+        .http()
+        .get(&url)
+        .basic_auth("prom", Some("wrong"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = sb
+        .http()
+        .get(&url)
+        .basic_auth("prom", Some("scrape-me"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await?;
+    assert!(text.contains("switchboard_homeserver_up"), "{text}");
+    assert!(!text.contains(&bot.user_id), "no user IDs in metrics");
+    drop(sb);
+
+    // An allowlist that leaves loopback out.
+    let extra = "\n[metrics]\nallow_ips = [\"10.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    let r = sb.http().get(format!("{}/metrics", sb.base)).send().await?;
+    assert_eq!(r.status().as_u16(), 403);
     Ok(())
 }
