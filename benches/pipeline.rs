@@ -21,18 +21,17 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use switchboard::store::Store;
 
+#[allow(dead_code)]
+#[path = "../tests/integration/harness.rs"]
+mod harness;
+
+use harness::free_port;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 fn sign(body: &[u8]) -> String {
@@ -153,79 +152,13 @@ async fn switchboard(
     })
 }
 
-async fn postgres_url() -> Result<String> {
-    use sqlx::Connection;
-    let base = std::env::var("SWITCHBOARD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
-    let name = format!("switchboard_bench_{:x}", rand::random::<u64>());
-    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await?;
-    Ok(format!("{base}/{name}"))
-}
-
-/// The homeserver under test, as `scripts/bench.sh` describes it.
+/// Direct client-server calls: the baseline Switchboard is compared with.
 struct Homeserver {
     base: String,
-    secret: String,
     http: reqwest::Client,
 }
 
 impl Homeserver {
-    fn from_env() -> Result<Homeserver> {
-        let dir = std::path::PathBuf::from(
-            std::env::var("SWITCHBOARD_TEST_SYNAPSE_DIR")
-                .context("run through scripts/bench.sh")?,
-        );
-        let base = std::fs::read_to_string(dir.join("base_url"))?
-            .trim()
-            .to_string();
-        let secrets = std::fs::read_to_string(dir.join("secrets.env"))?;
-        let secret = secrets
-            .lines()
-            .find_map(|l| l.strip_prefix("REG_SECRET="))
-            .context("secret")?
-            .to_string();
-        Ok(Homeserver {
-            base,
-            secret,
-            http: reqwest::Client::new(),
-        })
-    }
-
-    /// Registers a user; returns (user ID, password, access token).
-    async fn user(&self, prefix: &str) -> Result<(String, String, String)> {
-        let local = format!("{prefix}_{:x}", rand::random::<u32>());
-        let pw = format!("pw{:x}", rand::random::<u64>());
-        let nonce: Value = self
-            .http
-            .get(format!("{}/_synapse/admin/v1/register", self.base))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let nonce = nonce["nonce"].as_str().context("nonce")?;
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())?;
-        mac.update(format!("{nonce}\0{local}\0{pw}\0notadmin").as_bytes());
-        let r: Value = self
-            .http
-            .post(format!("{}/_synapse/admin/v1/register", self.base))
-            .json(
-                &json!({"nonce": nonce, "username": local, "password": pw, "admin": false,
-                          "mac": hex::encode(mac.finalize().into_bytes())}),
-            )
-            .send()
-            .await?
-            .json()
-            .await?;
-        Ok((
-            r["user_id"].as_str().context("user_id")?.to_string(),
-            pw,
-            r["access_token"].as_str().context("token")?.to_string(),
-        ))
-    }
-
     async fn create_room(&self, token: &str) -> Result<String> {
         let r: Value = self
             .http
@@ -346,7 +279,11 @@ async fn main() -> Result<()> {
             .map(|n| n.get())
             .unwrap_or(1)
     );
-    let hs = Homeserver::from_env()?;
+    let synapse = harness::synapse();
+    let hs = Homeserver {
+        base: synapse.base_url.clone(),
+        http: reqwest::Client::new(),
+    };
     // Intake is measured with a homeserver that does not answer, so the numbers are intake
     // alone: the engine still runs, the Matrix side keeps retrying its login.
     let dead_hs = format!("http://127.0.0.1:{}", free_port());
@@ -358,7 +295,7 @@ async fn main() -> Result<()> {
     println!("bare warp handler:        {bare:>9.0} req/s");
     for (name, url) in [
         ("SQLite", None),
-        ("PostgreSQL", Some(postgres_url().await?)),
+        ("PostgreSQL", Some(harness::postgres_db().await?)),
     ] {
         let sb = switchboard(url.as_deref(), &dead_hs, "@bench:localhost", "x", c).await?;
         let hook = format!("{}/hooks/bench", sb.base);
@@ -371,8 +308,7 @@ async fn main() -> Result<()> {
     }
 
     println!("\n## End to end: {msgs} messages over {rooms} rooms, concurrency {c}");
-    let (user, _pw, token) = hs.user("direct").await?;
-    let _ = user;
+    let token = synapse.user("direct").await?.token;
     let mut direct_rooms = Vec::new();
     for _ in 0..rooms {
         direct_rooms.push(hs.create_room(&token).await?);
@@ -385,10 +321,10 @@ async fn main() -> Result<()> {
         .await?;
     for (name, url) in [
         ("SQLite", None),
-        ("PostgreSQL", Some(postgres_url().await?)),
+        ("PostgreSQL", Some(harness::postgres_db().await?)),
     ] {
-        let (bot, pw, _) = hs.user("bot").await?;
-        let sb = switchboard(url.as_deref(), &hs.base, &bot, &pw, c).await?;
+        let bot = synapse.user("bot").await?;
+        let sb = switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c).await?;
         let rate = end_to_end(&sb, rooms, msgs, c).await?;
         println!(
             "switchboard on {name:<10} {rate:>8.1} msg/s   {:.2} x direct send",
