@@ -82,7 +82,7 @@ pub struct DatabaseConfig {
     pub url: Option<Secret>,
     /// Read the URL from this file instead.
     pub url_file: Option<PathBuf>,
-    /// Largest number of pooled connections (default 8 for PostgreSQL, 4 for SQLite).
+    /// Largest number of pooled connections (default 8 for PostgreSQL, 1 for SQLite).
     pub max_connections: Option<u32>,
 }
 

@@ -151,8 +151,11 @@ impl Store {
                 }
                 use sqlx::ConnectOptions;
                 sopts.connect().await?;
+                // One connection by default: SQLite has one writer at a time, and writers that
+                // wait on each other's locks sleep in steps; the pool's queue hands the
+                // connection over at once instead.
                 opts = opts
-                    .max_connections(max_connections.unwrap_or(4))
+                    .max_connections(max_connections.unwrap_or(1))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
@@ -594,22 +597,18 @@ async fn finish_on(
 /// Writes queued deliveries, many per transaction, until every `Store` is dropped.
 async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<IntakeRequest>) {
     let mut batch = Vec::with_capacity(INTAKE_BATCH);
-    let mut conn: Option<sqlx::pool::PoolConnection<sqlx::Any>> = None;
     while rx.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
         let result = async {
-            if conn.is_none() {
-                let mut c = pool.acquire().await?;
-                if dialect == Dialect::Sqlite {
-                    use sqlx::Executor;
-                    // Only intake needs each commit on disk before it answers; everything
-                    // after it can be redone from what intake stored.
-                    c.execute("PRAGMA synchronous = FULL").await?;
-                }
-                conn = Some(c);
-            }
-            match conn.as_mut() {
-                Some(c) => write_batch(c, &batch).await,
-                None => Err(StoreError::Intake("no connection".into())),
+            let mut conn = pool.acquire().await?;
+            if dialect == Dialect::Sqlite {
+                // Only intake needs each commit on disk before it answers; everything after
+                // it can be redone from what intake stored, so the rest runs with NORMAL.
+                sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = FULL").await?;
+                let written = write_batch(&mut conn, &batch).await;
+                sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
+                written
+            } else {
+                write_batch(&mut conn, &batch).await
             }
         }
         .await;
@@ -620,8 +619,6 @@ async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<I
                 }
             }
             Err(e) => {
-                // The connection may be broken: take a fresh one next time.
-                conn = None;
                 let msg = e.to_string();
                 for req in batch.drain(..) {
                     let _ = req.reply.send(Err(StoreError::Intake(msg.clone())));
