@@ -97,13 +97,15 @@ impl Engine {
     /// The actions for one event, in order.
     pub fn actions(&self, source_id: &str, event: &TicketEvent) -> Vec<Action> {
         let ctx = context(source_id, event);
+        // Converted once per event, not once per template.
+        let tctx = minijinja::Value::from(minijinja::value::Serde(&ctx));
         let mut out = Vec::new();
         for rule in &self.rules {
             if !matches(rule, source_id, event, &ctx) {
                 continue;
             }
             for a in &rule.actions {
-                match self.action(a, event, &ctx) {
+                match self.action(a, event, &tctx) {
                     Ok(Some(action)) => out.push(action),
                     Ok(None) => {}
                     Err(error) => {
@@ -118,8 +120,7 @@ impl Engine {
         out
     }
 
-    fn render(&self, tpl: &str, ctx: &Value) -> Result<String, minijinja::Error> {
-        let ctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+    fn render(&self, tpl: &str, ctx: &minijinja::Value) -> Result<String, minijinja::Error> {
         Ok(self.env.get_template(tpl)?.render(ctx)?.trim().to_string())
     }
 
@@ -127,7 +128,7 @@ impl Engine {
         &self,
         a: &ActionConfig,
         event: &TicketEvent,
-        ctx: &Value,
+        ctx: &minijinja::Value,
     ) -> Result<Option<Action>, minijinja::Error> {
         Ok(match a {
             ActionConfig::OpenRoom {

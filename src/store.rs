@@ -253,37 +253,64 @@ impl Store {
     }
 
     /// Queues deliveries' actions and marks the deliveries processed, all in one
-    /// transaction, so a crash leaves either both or neither.
+    /// transaction, so a crash leaves either both or neither. Two statements per batch.
     pub async fn commit_actions(&self, batch: &[(i64, Vec<NewAction>)]) -> Result<()> {
+        use std::fmt::Write;
+        if batch.is_empty() {
+            return Ok(());
+        }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        for (inbox_id, actions) in batch {
-            let marked = sqlx::query(
-                "UPDATE inbox SET processed_at = $1, updated_at = $1 \
-                 WHERE id = $2 AND processed_at IS NULL",
-            )
-            .bind(now)
-            .bind(inbox_id)
-            .execute(&mut *tx)
-            .await?;
-            if marked.rows_affected() == 0 {
-                // Another engine got here first.
-                continue;
+        let mut sql = String::from(
+            "UPDATE inbox SET processed_at = $1, updated_at = $1 WHERE processed_at IS NULL AND id IN (",
+        );
+        for i in 0..batch.len() {
+            let _ = write!(sql, "{}${}", if i == 0 { "" } else { ", " }, i + 2);
+        }
+        sql.push_str(") RETURNING id");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        for (id, _) in batch {
+            q = q.bind(*id);
+        }
+        // Only rows still unprocessed: another engine may have got to some first.
+        let mut mine = std::collections::HashSet::new();
+        for row in q.fetch_all(&mut *tx).await? {
+            mine.insert(row.try_get::<i64, _>(0)?);
+        }
+        let rows: Vec<(i64, usize, &NewAction)> = batch
+            .iter()
+            .filter(|(id, _)| mine.contains(id))
+            .flat_map(|(id, actions)| actions.iter().enumerate().map(move |(i, a)| (*id, i, a)))
+            .collect();
+        // SQLite allows 32766 parameters in one statement; 5 per row here.
+        for chunk in rows.chunks(4000) {
+            let mut sql = String::from(
+                "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
+                 next_attempt_at, created_at, updated_at) VALUES ",
+            );
+            for i in 0..chunk.len() {
+                let p = 2 + 5 * i;
+                let _ = write!(
+                    sql,
+                    "{}(${}, ${}, ${}, ${}, ${}, $1, $1, $1)",
+                    if i == 0 { "" } else { ", " },
+                    p,
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                );
             }
-            for (i, a) in actions.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
-                     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6, $6)",
-                )
-                .bind(inbox_id)
-                .bind(&a.source_id)
-                .bind(&a.ticket_key)
-                .bind(&a.action)
-                .bind(format!("{inbox_id}.{i}"))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            for (inbox_id, i, a) in chunk {
+                q = q
+                    .bind(*inbox_id)
+                    .bind(&a.source_id)
+                    .bind(&a.ticket_key)
+                    .bind(&a.action)
+                    .bind(format!("{inbox_id}.{i}"));
             }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
