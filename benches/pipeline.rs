@@ -112,21 +112,12 @@ async fn bare_warp() -> Result<String> {
 /// Intake alone, as `switchboard run` wires it (the same routes, source, signature check and
 /// store), without the engine and the Matrix side that would share its CPU.
 async fn intake_only(db_url: &str) -> Result<String> {
-    use switchboard::config::{Secret, SignatureAlgorithm, SignatureConfig};
+    use switchboard::config::{Secret, SignatureConfig};
     let store = Store::connect(db_url, None).await?;
     let source = switchboard::http::Source {
         id: "bench".into(),
         hook: Box::new(switchboard_webhook::WebhookConfig::default()),
-        signature: Some((
-            SignatureConfig {
-                secret: None,
-                secret_file: None,
-                header: "X-Signature-256".into(),
-                prefix: "sha256=".into(),
-                algorithm: SignatureAlgorithm::Sha256,
-            },
-            Secret::new("bench-secret"),
-        )),
+        signature: Some((SignatureConfig::default(), Secret::new("bench-secret"))),
         link_create: false,
     };
     let state = Arc::new(switchboard::http::HttpState {

@@ -227,6 +227,19 @@ pub struct SignatureConfig {
     pub algorithm: SignatureAlgorithm,
 }
 
+impl Default for SignatureConfig {
+    /// HMAC-SHA256 in `X-Signature-256: sha256=<hex>`, the secret still to be given.
+    fn default() -> Self {
+        SignatureConfig {
+            secret: None,
+            secret_file: None,
+            header: default_signature_header(),
+            prefix: default_signature_prefix(),
+            algorithm: SignatureAlgorithm::Sha256,
+        }
+    }
+}
+
 fn default_signature_header() -> String {
     "X-Signature-256".into()
 }

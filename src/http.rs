@@ -424,16 +424,7 @@ mod tests {
     use super::*;
 
     fn sig() -> (SignatureConfig, Secret) {
-        (
-            SignatureConfig {
-                secret: None,
-                secret_file: None,
-                header: "X-Signature-256".into(),
-                prefix: "sha256=".into(),
-                algorithm: SignatureAlgorithm::Sha256,
-            },
-            Secret::new("s3cret"),
-        )
+        (SignatureConfig::default(), Secret::new("s3cret"))
     }
 
     fn signed(body: &[u8]) -> HeaderMap {

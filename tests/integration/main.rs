@@ -62,6 +62,22 @@ fn ticket(key: &str, status: &str, body: Option<&str>, people: &[&str], owner: &
     })
 }
 
+/// Posts one "open" webhook per message for a ticket, one after the other, each accepted.
+async fn post_series(
+    sb: &Switchboard,
+    key: &str,
+    owner: &harness::User,
+    messages: impl Iterator<Item = String>,
+) -> Result<()> {
+    for m in messages {
+        let (status, reply) = sb
+            .hook(&ticket(key, "open", Some(&m), &[], &owner.user_id))
+            .await?;
+        assert_eq!(status, 200, "{reply}");
+    }
+    Ok(())
+}
+
 /// Messages the bot posted, waiting until there are `n`.
 async fn wait_messages(user: &harness::User, room: &str, n: usize) -> Result<Vec<String>> {
     wait_for(&format!("{n} messages"), || async {
@@ -250,18 +266,7 @@ async fn order_is_kept(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
     let sb = start(db, &bot, "").await?;
-    for i in 0..20 {
-        let (st, _) = sb
-            .hook(&ticket(
-                "O-1",
-                "open",
-                Some(&format!("step {i}")),
-                &[],
-                &bot.user_id,
-            ))
-            .await?;
-        assert_eq!(st, 200);
-    }
+    post_series(&sb, "O-1", &bot, (0..20).map(|i| format!("step {i}"))).await?;
     let room = sb.wait_room("O-1").await?;
     let msgs = wait_messages(&bot, &room, 20).await?;
     let want: Vec<String> = (0..20).map(|i| format!("step {i}")).collect();
@@ -273,18 +278,7 @@ async fn sigkill_after_accepting(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
     let mut sb = start(db, &bot, "").await?;
-    for i in 0..10 {
-        let (st, _) = sb
-            .hook(&ticket(
-                "K-1",
-                "open",
-                Some(&format!("k{i}")),
-                &[],
-                &bot.user_id,
-            ))
-            .await?;
-        assert_eq!(st, 200);
-    }
+    post_series(&sb, "K-1", &bot, (0..10).map(|i| format!("k{i}"))).await?;
     // Killed right after the last 2xx: whatever was not delivered yet is in the store.
     sb.kill();
     sb.spawn().await?;
