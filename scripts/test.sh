@@ -32,4 +32,5 @@ scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
 export SWITCHBOARD_TEST_SYNAPSE_DIR=$work/synapse
 
-cargo test --workspace --all-targets "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"
+# Benchmarks are not tests: scripts/bench.sh runs them.
+cargo test --workspace --lib --bins --tests "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"
