@@ -25,6 +25,8 @@ use crate::store::{Link, OutboxRow, Store};
 
 const SESSION_KEY: &str = "matrix.session";
 const INSTANCE_KEY: &str = "instance.id";
+/// Least time between two syncs.
+const SYNC_PAUSE: Duration = Duration::from_millis(500);
 
 /// Errors of the Matrix side.
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +199,10 @@ impl MatrixSink {
                     metrics.homeserver_up.set(1);
                     settings = settings.token(resp.next_batch);
                     backoff = Duration::from_millis(500);
+                    // Every event in a joined room wakes a waiting sync, and the homeserver
+                    // builds a response for each wake-up: that doubled its work per message
+                    // Switchboard sent. Pausing between syncs lets one response carry many.
+                    tokio::time::sleep(SYNC_PAUSE).await;
                 }
                 Err(error) => {
                     metrics.homeserver_up.set(0);
