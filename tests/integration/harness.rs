@@ -443,6 +443,18 @@ impl Switchboard {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    /// The status of a GET to `path` (0 when there is no answer).
+    pub fn status_of(&self, path: &str) -> impl std::future::Future<Output = u16> + use<> {
+        let request = self.http.get(format!("{}{path}", self.base));
+        async move {
+            request
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
+    }
+
     /// Writes a raw HTTP request and returns the answer's head (status line and headers).
     pub async fn raw_status(&self, request: &str) -> Result<String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -312,17 +312,7 @@ async fn homeserver_outage(db: Db) -> Result<()> {
     let room = sb.wait_room("H-1").await?;
     wait_messages(&bot, &room, 1).await?;
 
-    let ready = |sb: &Switchboard| {
-        let url = format!("{}/ready", sb.base);
-        let http = sb.http().clone();
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
+    let ready = |sb: &Switchboard| sb.status_of("/ready");
     wait_for("ready", || async {
         (ready(&sb).await == 200).then_some(())
     })
@@ -424,17 +414,7 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
     );
     let head = sb.raw_status(&chunked).await?;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    let status = |path: &str| {
-        let url = format!("{}{path}", sb.base);
-        let http = sb.http().clone();
-        async move {
-            http.get(url)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
-        }
-    };
+    let status = |path: &'static str| sb.status_of(path);
     assert_eq!(status("/no/such/path").await, 404);
     assert_eq!(status("/hooks/tickets").await, 405);
     // A good signature passes.
