@@ -40,7 +40,36 @@ fn sign(body: &[u8]) -> String {
     format!("sha256={}", hex::encode(m.finalize().into_bytes()))
 }
 
-/// POSTs `n` bodies from `make` at concurrency `c`; returns requests per second.
+/// Runs `job(0..n)` on `c` concurrent workers; returns jobs per second.
+async fn concurrently<F, Fut>(n: usize, c: usize, job: F) -> Result<f64>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let job = Arc::new(job);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..c)
+        .map(|_| {
+            let (next, job) = (next.clone(), job.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    job(i).await?;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await??;
+    }
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+/// POSTs `n` signed bodies from `make` at concurrency `c`; returns requests per second.
 async fn load(
     url: &str,
     n: usize,
@@ -50,39 +79,25 @@ async fn load(
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(c)
         .build()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let make = Arc::new(make);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..c {
-        let (client, next, make, url) =
-            (client.clone(), next.clone(), make.clone(), url.to_string());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                let body = make(i);
-                let sig = sign(&body);
-                let r = client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("x-signature-256", sig)
-                    .body(body)
-                    .send()
-                    .await?;
-                if !r.status().is_success() {
-                    bail!("request {i}: {}", r.status());
-                }
-                r.bytes().await?;
+    let url = url.to_string();
+    concurrently(n, c, move |i| {
+        let body = make(i);
+        let sig = sign(&body);
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("x-signature-256", sig)
+            .body(body);
+        async move {
+            let r = request.send().await?;
+            if !r.status().is_success() {
+                bail!("request {i}: {}", r.status());
             }
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+            r.bytes().await?;
+            Ok(())
+        }
+    })
+    .await
 }
 
 fn body(ticket: usize, i: usize) -> Vec<u8> {
@@ -202,49 +217,33 @@ impl Homeserver {
 
     /// Sends `n` messages spread over `rooms` at concurrency `c`; messages per second.
     async fn direct_send(&self, token: &str, rooms: &[String], n: usize, c: usize) -> Result<f64> {
-        let next = Arc::new(AtomicUsize::new(0));
-        let started = Instant::now();
         let run = format!("{:x}", rand::random::<u32>());
-        let mut tasks = Vec::new();
-        for _ in 0..c {
-            let (http, next, rooms, base, token, run) = (
-                self.http.clone(),
-                next.clone(),
-                rooms.to_vec(),
-                self.base.clone(),
-                token.to_string(),
-                run.clone(),
-            );
-            tasks.push(tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return Ok::<_, anyhow::Error>(());
-                    }
-                    let room = percent_encoding::utf8_percent_encode(
-                        &rooms[i % rooms.len()],
-                        percent_encoding::NON_ALPHANUMERIC,
-                    )
-                    .to_string();
-                    let r = http
-                        .put(format!(
-                            "{base}/_matrix/client/v3/rooms/{room}/send/m.room.message/d{run}.{i}"
-                        ))
-                        .bearer_auth(&token)
-                        .json(&json!({"msgtype": "m.text", "body": format!("direct {i}")}))
-                        .send()
-                        .await?;
-                    if !r.status().is_success() {
-                        bail!("send {i}: {}", r.status());
-                    }
-                    r.bytes().await?;
+        let rooms: Vec<String> = rooms
+            .iter()
+            .map(|r| {
+                percent_encoding::utf8_percent_encode(r, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+            })
+            .collect();
+        let (http, base, token) = (self.http.clone(), self.base.clone(), token.to_string());
+        concurrently(n, c, move |i| {
+            let request = http
+                .put(format!(
+                    "{base}/_matrix/client/v3/rooms/{}/send/m.room.message/d{run}.{i}",
+                    rooms[i % rooms.len()]
+                ))
+                .bearer_auth(&token)
+                .json(&json!({"msgtype": "m.text", "body": format!("direct {i}")}));
+            async move {
+                let r = request.send().await?;
+                if !r.status().is_success() {
+                    bail!("send {i}: {}", r.status());
                 }
-            }));
-        }
-        for t in tasks {
-            t.await??;
-        }
-        Ok(n as f64 / started.elapsed().as_secs_f64())
+                r.bytes().await?;
+                Ok(())
+            }
+        })
+        .await
     }
 }
 

@@ -17,8 +17,8 @@ use subtle::ConstantTimeEq;
 use switchboard_connector::{EventKind, RejectReason, TicketEvent, WebhookSource};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
-use warp::Filter;
 use warp::reply::Response;
+use warp::{Filter, Reply};
 
 use crate::config::{Secret, SignatureAlgorithm, SignatureConfig};
 use crate::metrics::Metrics;
@@ -57,16 +57,7 @@ impl Reject {
 }
 
 fn json_reply(status: StatusCode, body: serde_json::Value) -> Response {
-    warp::reply::with_status(warp::reply::json(&body), status).into_response_()
-}
-
-trait IntoResponse {
-    fn into_response_(self) -> Response;
-}
-impl<T: warp::Reply> IntoResponse for T {
-    fn into_response_(self) -> Response {
-        self.into_response()
-    }
+    warp::reply::with_status(warp::reply::json(&body), status).into_response()
 }
 
 /// All routes.
@@ -410,8 +401,7 @@ fn metrics(
             return Ok(resp);
         }
     }
-    let mut resp =
-        warp::reply::with_status(state.metrics.render(), StatusCode::OK).into_response_();
+    let mut resp = warp::reply::with_status(state.metrics.render(), StatusCode::OK).into_response();
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
