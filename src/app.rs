@@ -144,7 +144,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
             }
         };
         info!(user = %sink.user_id(), "connected to the homeserver");
-        tokio::spawn(sink.clone().sync_forever(metrics.clone()));
+        tokio::spawn(sink.clone().stay_connected(metrics.clone()));
         let worker = Arc::new(Worker {
             store: store2,
             sink,

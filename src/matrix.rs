@@ -1,13 +1,16 @@
 //! The Matrix sink: the only part of Switchboard that talks to the homeserver. It logs in,
-//! keeps a sync running, and executes outbox actions with stable transaction IDs.
+//! executes outbox actions with stable transaction IDs, and keeps a sync running once
+//! something needs one (end-to-end encryption does; posting into plain rooms does not).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
@@ -27,6 +30,8 @@ const SESSION_KEY: &str = "matrix.session";
 const INSTANCE_KEY: &str = "instance.id";
 /// Least time between two syncs.
 const SYNC_PAUSE: Duration = Duration::from_millis(500);
+/// How often the homeserver is asked whether it is there while no sync runs.
+const PROBE_INTERVAL: Duration = Duration::from_secs(3);
 
 /// Errors of the Matrix side.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +121,9 @@ pub struct MatrixSink {
     creator_in_power_levels: bool,
     /// Random per database, so two installations sharing a bot never share aliases.
     instance: String,
+    /// Set once something needs the event stream; `sync_start` wakes the connection task.
+    sync_wanted: AtomicBool,
+    sync_start: tokio::sync::Notify,
 }
 
 impl MatrixSink {
@@ -178,6 +186,8 @@ impl MatrixSink {
             user_id,
             creator_in_power_levels,
             instance,
+            sync_wanted: AtomicBool::new(cfg.encryption),
+            sync_start: tokio::sync::Notify::new(),
         })
     }
 
@@ -189,8 +199,33 @@ impl MatrixSink {
         &self.user_id
     }
 
-    /// Keeps syncing (for encryption keys, room state and later for incoming messages).
-    pub async fn sync_forever(self: Arc<Self>, metrics: Metrics) {
+    /// Keeps in touch with the homeserver for as long as Switchboard runs and keeps
+    /// `homeserver_up` current. Until something needs the event stream it only asks the
+    /// homeserver now and then whether it is there: a sync makes the homeserver build a
+    /// response for every event in the bot's rooms, work that posting alone never needs.
+    pub async fn stay_connected(self: Arc<Self>, metrics: Metrics) {
+        while !self.sync_wanted.load(Ordering::Acquire) {
+            let up = self.client.whoami().await.is_ok();
+            metrics.homeserver_up.set(i64::from(up));
+            tokio::select! {
+                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+                _ = self.sync_start.notified() => {}
+            }
+        }
+        info!("starting to sync");
+        self.sync_forever(metrics).await
+    }
+
+    /// Starts the sync, if it is not running yet. End-to-end encryption needs it: device
+    /// lists, room keys and to-device messages arrive there.
+    fn want_sync(&self) {
+        if !self.sync_wanted.swap(true, Ordering::AcqRel) {
+            self.sync_start.notify_one();
+        }
+    }
+
+    /// Syncs (for encryption keys, room state and later for incoming messages).
+    async fn sync_forever(self: Arc<Self>, metrics: Metrics) {
         let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
         let mut backoff = Duration::from_millis(500);
         loop {
@@ -215,45 +250,47 @@ impl MatrixSink {
     }
 
     /// Executes one outbox action. Returns a short result to record (an event or room ID).
-    pub async fn execute(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
+    /// `known` is the ticket's room as far as the caller knows it (None: look it up); it is
+    /// kept current for the caller's next action of the same ticket.
+    pub async fn execute(
+        &self,
+        row: &OutboxRow,
+        action: &Action,
+        known: &mut Option<Link>,
+    ) -> Result<String, Failure> {
         match action {
-            Action::OpenRoom(spec) => self.open_room(row, spec).await,
+            Action::OpenRoom(spec) => {
+                *known = None;
+                self.open_room(row, spec).await
+            }
             Action::Post { body, notice } => {
-                let Some(link) = self.link(row).await? else {
+                let Some(link) = self.known_link(row, known).await? else {
                     return Ok("skipped: the ticket has no room".into());
                 };
-                let room = self.room(&link.room_id).await?;
+                let room = self.encryption_aware(&link.room_id).await?;
                 let content = if *notice {
                     RoomMessageEventContent::notice_plain(body)
                 } else {
                     RoomMessageEventContent::text_plain(body)
                 };
-                let resp = room
-                    .send(content)
-                    .with_transaction_id(txn_id(row, ""))
-                    .await
-                    .map_err(|e| Failure::from_sdk(&e))?;
-                Ok(resp.response.event_id.to_string())
+                self.send_message(&room, content, txn_id(row, "")).await
             }
             Action::Close { notice, rename } => {
-                let Some(link) = self.link(row).await? else {
+                let Some(link) = self.known_link(row, known).await? else {
                     return Ok("skipped: the ticket has no room".into());
                 };
-                let room = self.room(&link.room_id).await?;
+                let room = self.encryption_aware(&link.room_id).await?;
                 let mut result = String::new();
                 if let Some(text) = notice {
-                    let resp = room
-                        .send(RoomMessageEventContent::notice_plain(text))
-                        .with_transaction_id(txn_id(row, "n"))
-                        .await
-                        .map_err(|e| Failure::from_sdk(&e))?;
-                    result = resp.response.event_id.to_string();
+                    let content = RoomMessageEventContent::notice_plain(text);
+                    result = self.send_message(&room, content, txn_id(row, "n")).await?;
                 }
                 if let Some(name) = rename {
                     room.set_name(name.clone())
                         .await
                         .map_err(|e| Failure::from_sdk(&e))?;
                 }
+                *known = None;
                 self.store
                     .close_link(&row.source_id, &row.ticket_key)
                     .await
@@ -263,11 +300,62 @@ impl MatrixSink {
         }
     }
 
+    async fn known_link(
+        &self,
+        row: &OutboxRow,
+        known: &mut Option<Link>,
+    ) -> Result<Option<Link>, Failure> {
+        if known.is_none() {
+            *known = self.link(row).await?;
+        }
+        Ok(known.clone())
+    }
+
     async fn link(&self, row: &OutboxRow) -> Result<Option<Link>, Failure> {
         self.store
             .link(&row.source_id, &row.ticket_key)
             .await
             .map_err(db_failure)
+    }
+
+    /// Sends a message; returns its event ID. In a plain room that is the one request the
+    /// client-server API needs; in an encrypted one the SDK encrypts it first.
+    async fn send_message(
+        &self,
+        room: &Room,
+        content: RoomMessageEventContent,
+        txn: OwnedTransactionId,
+    ) -> Result<String, Failure> {
+        if room.encryption_state().is_encrypted() {
+            let resp = room
+                .send(content)
+                .with_transaction_id(txn)
+                .await
+                .map_err(|e| Failure::from_sdk(&e))?;
+            return Ok(resp.response.event_id.to_string());
+        }
+        let request =
+            send_message_event::v3::Request::new(room.room_id().to_owned(), txn, &content)
+                .map_err(|e| Failure::Permanent(format!("message does not serialize: {e}")))?;
+        let resp = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| Failure::from_http(&e))?;
+        Ok(resp.event_id.to_string())
+    }
+
+    /// The room, with the sync started first if the room is encrypted.
+    async fn encryption_aware(&self, room_id: &str) -> Result<Room, Failure> {
+        let room = self.room(room_id).await?;
+        let state = room
+            .latest_encryption_state()
+            .await
+            .map_err(|e| Failure::from_sdk(&e))?;
+        if state.is_encrypted() {
+            self.want_sync();
+        }
+        Ok(room)
     }
 
     async fn room(&self, room_id: &str) -> Result<Room, Failure> {
@@ -288,6 +376,9 @@ impl MatrixSink {
     async fn open_room(&self, row: &OutboxRow, spec: &RoomSpec) -> Result<String, Failure> {
         if let Some(link) = self.link(row).await? {
             return self.invite_new(row, &link, &spec.invite).await;
+        }
+        if spec.encrypted {
+            self.want_sync();
         }
         // The alias is this action's idempotency key: if an earlier try created the room but
         // died before recording it, creating again fails with M_ROOM_IN_USE and the alias

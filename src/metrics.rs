@@ -18,7 +18,7 @@ pub struct Metrics {
     pub actions: IntCounterVec,
     /// Seconds one action took against the homeserver.
     pub action_seconds: HistogramVec,
-    /// Whether the last sync with the homeserver succeeded.
+    /// Whether the homeserver answered the last sync or check.
     pub homeserver_up: IntGauge,
 }
 
@@ -48,8 +48,11 @@ impl Metrics {
             &["kind"],
         )
         .expect("valid metric");
-        let homeserver_up =
-            IntGauge::new("homeserver_up", "1 when the last sync succeeded").expect("valid metric");
+        let homeserver_up = IntGauge::new(
+            "homeserver_up",
+            "1 when the homeserver answered the last sync or check",
+        )
+        .expect("valid metric");
         for c in [&webhooks, &actions_queued, &actions] {
             let _ = registry.register(Box::new(c.clone()));
         }

@@ -319,46 +319,6 @@ impl Store {
     /// Claims up to `limit` due actions that are first in line for their ticket, leasing
     /// them for `lease` so no other worker takes them meanwhile.
     pub async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxRow>> {
-        self.claim_where("", None, limit, lease).await
-    }
-
-    /// Claims the next due action of one ticket, if it is first in line.
-    pub async fn claim_lane(
-        &self,
-        source_id: &str,
-        ticket_key: &str,
-        lease: Duration,
-    ) -> Result<Option<OutboxRow>> {
-        let rows = self
-            .claim_where(
-                "AND o.source_id = $4 AND o.ticket_key = $5",
-                Some((source_id, ticket_key)),
-                1,
-                lease,
-            )
-            .await?;
-        Ok(rows.into_iter().next())
-    }
-
-    async fn claim_where(
-        &self,
-        extra: &str,
-        lane: Option<(&str, &str)>,
-        limit: i64,
-        lease: Duration,
-    ) -> Result<Vec<OutboxRow>> {
-        let mut conn = self.pool.acquire().await?;
-        self.claim_on(&mut conn, extra, lane, limit, lease).await
-    }
-
-    async fn claim_on(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        extra: &str,
-        lane: Option<(&str, &str)>,
-        limit: i64,
-        lease: Duration,
-    ) -> Result<Vec<OutboxRow>> {
         let now = now_ms();
         let lock = match self.dialect {
             Dialect::Sqlite => "",
@@ -368,46 +328,72 @@ impl Store {
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
              WHERE id IN (SELECT o.id FROM outbox o WHERE o.state = 'pending' \
                AND o.next_attempt_at <= $2 AND (o.locked_until IS NULL OR o.locked_until < $2) \
-               {extra} \
                AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
                  AND p.source_id = o.source_id AND p.ticket_key = o.ticket_key AND p.id < o.id) \
                ORDER BY o.id LIMIT $3 {lock}) \
              RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now + lease.as_millis() as i64)
             .bind(now)
-            .bind(limit);
-        if let Some((s, t)) = lane {
-            q = q.bind(s).bind(t);
-        }
-        let rows = q.fetch_all(&mut *conn).await?;
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
         out.sort_by_key(|r| r.id);
         Ok(out)
     }
 
-    /// Marks an action done and claims the next one of the same ticket, in one transaction
-    /// (one disk flush instead of two on the path every message of a busy ticket takes).
-    pub async fn complete_and_claim_next(
+    /// Leases the actions queued behind `after` for the same ticket, in order, up to
+    /// `limit`. Only for the worker holding the lease on `after`: while a ticket has an
+    /// earlier action pending nobody else runs its later ones, so they are this worker's.
+    pub async fn lease_following(
         &self,
-        done: &OutboxRow,
-        result: Option<&str>,
+        after: &OutboxRow,
+        limit: i64,
         lease: Duration,
-    ) -> Result<Option<OutboxRow>> {
-        let mut tx = self.pool.begin().await?;
-        finish_on(&mut tx, done.id, "done", None, result).await?;
-        let next = self
-            .claim_on(
-                &mut tx,
-                "AND o.source_id = $4 AND o.ticket_key = $5",
-                Some((&done.source_id, &done.ticket_key)),
-                1,
-                lease,
-            )
+    ) -> Result<Vec<OutboxRow>> {
+        let now = now_ms();
+        let lock = match self.dialect {
+            Dialect::Sqlite => "",
+            Dialect::Postgres => "FOR UPDATE",
+        };
+        let sql = format!(
+            "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
+             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND source_id = $3 \
+               AND ticket_key = $4 AND id > $5 ORDER BY id LIMIT $6 {lock}) \
+             RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease.as_millis() as i64)
+            .bind(now)
+            .bind(&after.source_id)
+            .bind(&after.ticket_key)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await?;
-        tx.commit().await?;
-        Ok(next.into_iter().next())
+        let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    /// Frees the leases of actions a worker took but will not run now.
+    pub async fn release(&self, ids: &[i64]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "UPDATE outbox SET locked_until = NULL WHERE id IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            q = q.bind(*id);
+        }
+        q.execute(&self.pool).await?;
+        Ok(())
     }
 
     /// Marks an action done.
@@ -427,8 +413,18 @@ impl Store {
         error: Option<&str>,
         result: Option<&str>,
     ) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        finish_on(&mut conn, id, state, error, result).await
+        sqlx::query(
+            "UPDATE outbox SET state = $1, last_error = $2, result = $3, locked_until = NULL, \
+             updated_at = $4 WHERE id = $5",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(result)
+        .bind(now_ms())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Puts an action back for a later try.
@@ -598,27 +594,6 @@ impl Store {
     pub async fn set_cursor(&self, name: &str, value: &str) -> Result<()> {
         upsert(&self.pool, "cursors", "name", name, value).await
     }
-}
-
-async fn finish_on(
-    conn: &mut sqlx::AnyConnection,
-    id: i64,
-    state: &str,
-    error: Option<&str>,
-    result: Option<&str>,
-) -> Result<()> {
-    sqlx::query(
-        "UPDATE outbox SET state = $1, last_error = $2, result = $3, locked_until = NULL, \
-         updated_at = $4 WHERE id = $5",
-    )
-    .bind(state)
-    .bind(error)
-    .bind(result)
-    .bind(now_ms())
-    .bind(id)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Writes queued deliveries, many per transaction, until every `Store` is dropped.
@@ -834,24 +809,26 @@ mod tests {
                 store.claim(10, lease).await.expect("claim").is_empty(),
                 "leased"
             );
-            // A's second action waits for the first.
+            // A's second action waits for the first; its holder may lease it.
             assert!(
-                store
-                    .claim_lane("s", "A", lease)
-                    .await
-                    .expect("lane")
-                    .is_none()
+                store.claim(10, lease).await.expect("claim").is_empty(),
+                "A's second action is not first in line"
             );
+            let following = store
+                .lease_following(&claimed[0], 10, lease)
+                .await
+                .expect("following");
+            assert_eq!(following.len(), 1);
+            store.release(&[following[0].id]).await.expect("release");
             store
                 .complete(claimed[0].id, Some("ok"))
                 .await
                 .expect("complete");
-            let next = store
-                .claim_lane("s", "A", lease)
-                .await
-                .expect("lane")
-                .expect("next");
+            let next = store.claim(10, lease).await.expect("claim");
+            assert_eq!(next.len(), 1, "released and first in line now");
+            let next = next.into_iter().next().expect("next");
             assert_eq!(next.action, "{\"n\":2}");
+            assert_eq!(next.attempts, 2, "the lease counted as an attempt");
             // A transient failure puts it back, due later, with the attempt counted.
             store
                 .retry(next.id, Duration::from_millis(0), "503")
@@ -859,7 +836,7 @@ mod tests {
                 .expect("retry");
             let again = store.claim(10, lease).await.expect("claim");
             assert_eq!(again.len(), 1);
-            assert_eq!(again[0].attempts, 2);
+            assert_eq!(again[0].attempts, 3);
             store.fail(again[0].id, "403").await.expect("fail");
             store.complete(claimed[1].id, None).await.expect("complete");
             let c = store.outbox_counts().await.expect("counts");

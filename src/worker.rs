@@ -1,6 +1,7 @@
 //! The outbox worker: runs queued actions against the Matrix sink, in order per ticket and in
 //! parallel across tickets, retrying transient failures with backoff.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +13,12 @@ use tracing::{debug, warn};
 
 use crate::matrix::{Failure, MatrixSink};
 use crate::metrics::Metrics;
-use crate::store::{OutboxRow, Store, now_ms};
+use crate::store::{Link, OutboxRow, Store, now_ms};
 
 /// How long a claimed action is reserved for this worker. Longer than any one request.
 const LEASE: Duration = Duration::from_secs(90);
+/// How many of one ticket's queued actions a worker leases at a time.
+const RUN: i64 = 32;
 
 pub struct Worker {
     pub store: Store,
@@ -66,54 +69,87 @@ impl Worker {
         }
     }
 
-    /// Runs one action, then keeps going with the same ticket's next one while it is due,
-    /// so one ticket's messages follow each other without a round through the dispatcher.
-    async fn lane(&self, mut row: OutboxRow) {
+    /// Runs one ticket's actions in order, starting with `head`, for as long as it has
+    /// any. Recording an action's outcome overlaps with running the next one, so the store
+    /// is off the path from one message to the next. A crash before an outcome is recorded
+    /// runs that action again, and its transaction ID makes the homeserver answer with the
+    /// event it already has.
+    async fn lane(&self, head: OutboxRow) {
+        let mut last = head.clone();
+        let mut run = VecDeque::from([head]);
+        let mut unrecorded: Option<(i64, Outcome)> = None;
+        // The ticket's room, looked up once per lane: only this lane changes it meanwhile.
+        let mut link: Option<Link> = None;
         loop {
-            let next = match self.run_one(&row).await {
-                Outcome::Done(result) => {
-                    self.store
-                        .complete_and_claim_next(&row, Some(&result), LEASE)
-                        .await
-                }
-                Outcome::Failed(message) => match self.store.fail(row.id, &message).await {
-                    // The ticket's later actions still run: one failure does not block it.
-                    Ok(()) => {
-                        self.store
-                            .claim_lane(&row.source_id, &row.ticket_key, LEASE)
-                            .await
+            let Some(row) = run.pop_front() else {
+                // All leased actions ran: lease those queued meanwhile.
+                let (recorded, more) = tokio::join!(
+                    self.record(unrecorded.take()),
+                    self.store.lease_following(&last, RUN, LEASE)
+                );
+                match more {
+                    Ok(rows) if recorded && !rows.is_empty() => {
+                        run.extend(rows);
+                        continue;
                     }
-                    Err(e) => Err(e),
-                },
-                Outcome::Retry(delay, message) => {
-                    if let Err(error) = self.store.retry(row.id, delay, &message).await {
-                        warn!(id = row.id, %error, "cannot record a retry");
+                    Ok(_) => return,
+                    Err(error) => {
+                        warn!(id = last.id, %error, "cannot lease a ticket's next actions");
+                        return;
                     }
-                    return;
                 }
             };
-            match next {
-                Ok(Some(n)) => row = n,
-                Ok(None) => return,
-                Err(error) => {
-                    // The lease runs out and the action is claimed again; its transaction ID
-                    // keeps that from posting twice.
-                    warn!(id = row.id, %error, "cannot record an action's outcome");
-                    return;
+            let (recorded, outcome) = tokio::join!(
+                self.record(unrecorded.take()),
+                self.run_one(&row, &mut link)
+            );
+            if let Outcome::Retry(delay, message) = &outcome {
+                if let Err(error) = self.store.retry(row.id, *delay, message).await {
+                    warn!(id = row.id, %error, "cannot record a retry");
                 }
+                // The rest waits behind this one; leave it to whoever runs it later.
+                let rest: Vec<i64> = run.iter().map(|r| r.id).collect();
+                if let Err(error) = self.store.release(&rest).await {
+                    warn!(%error, "cannot release leased actions");
+                }
+                return;
+            }
+            if !recorded {
+                // The store is failing: stop here; the leases run out and the actions are
+                // claimed again.
+                return;
+            }
+            unrecorded = Some((row.id, outcome));
+            last = row;
+        }
+    }
+
+    /// Stores how an action ended. False if the store failed.
+    async fn record(&self, outcome: Option<(i64, Outcome)>) -> bool {
+        let written = match &outcome {
+            None | Some((_, Outcome::Retry(..))) => return true,
+            Some((id, Outcome::Done(result))) => self.store.complete(*id, Some(result)).await,
+            // The ticket's later actions still run: one failure does not block it.
+            Some((id, Outcome::Failed(message))) => self.store.fail(*id, message).await,
+        };
+        match written {
+            Ok(()) => true,
+            Err(error) => {
+                warn!(?outcome, %error, "cannot record an action's outcome");
+                false
             }
         }
     }
 
     /// Runs one action and classifies the outcome.
-    async fn run_one(&self, row: &OutboxRow) -> Outcome {
+    async fn run_one(&self, row: &OutboxRow, link: &mut Option<Link>) -> Outcome {
         let action: Action = match serde_json::from_str(&row.action) {
             Ok(a) => a,
             Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
         };
         let kind = action.kind();
         let started = Instant::now();
-        let outcome = self.sink.execute(row, &action).await;
+        let outcome = self.sink.execute(row, &action, link).await;
         self.metrics
             .action_seconds
             .with_label_values(&[kind])
@@ -151,6 +187,7 @@ impl Worker {
     }
 }
 
+#[derive(Debug)]
 enum Outcome {
     Done(String),
     Failed(String),

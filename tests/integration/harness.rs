@@ -301,10 +301,13 @@ impl User {
 }
 
 /// Where a test's Switchboard keeps its state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Db {
     Sqlite,
+    /// A fresh PostgreSQL database.
     Postgres,
+    /// A PostgreSQL database by URL (to share one between processes).
+    PostgresAt(String),
 }
 
 /// A fresh PostgreSQL database; its URL.
@@ -349,6 +352,7 @@ impl Switchboard {
         let db_line = match setup.db {
             Db::Sqlite => String::new(),
             Db::Postgres => format!("[database]\nurl = \"{}\"\n", postgres_db().await?),
+            Db::PostgresAt(url) => format!("[database]\nurl = \"{url}\"\n"),
         };
         let config = format!(
             "data_dir = \"{data}\"\n\n[http]\nlisten = \"127.0.0.1:{port}\"\nlink_base = \"https://matrix.to/#/\"\n\n{db_line}\n\

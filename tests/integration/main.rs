@@ -35,6 +35,7 @@ on_both_databases!(
     concurrent_webhooks,
     order_is_kept,
     sigkill_after_accepting,
+    sigkill_while_sending,
     homeserver_outage,
     bad_requests_are_refused,
     link_redirects_and_creates,
@@ -290,6 +291,78 @@ async fn sigkill_after_accepting(db: Db) -> Result<()> {
     let want: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
     assert_eq!(msgs, want);
     assert_eq!(bot.joined_rooms().await?.len(), 1);
+    Ok(())
+}
+
+async fn sigkill_while_sending(db: Db) -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let mut sb = start(db, &bot, "").await?;
+    post_series(&sb, "W-1", &bot, (0..40).map(|i| format!("w{i}"))).await?;
+    // Killed while it works through the ticket's messages, so some are sent but their
+    // outcome is not recorded yet.
+    let room = sb.wait_room("W-1").await?;
+    let seen = wait_messages(&bot, &room, 3).await?.len();
+    sb.kill();
+    assert!(seen < 40, "the kill came too late to test anything");
+    sb.spawn().await?;
+    let msgs = wait_messages(&bot, &room, 40).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(msgs, bot.messages(&room).await?, "nothing more arrived");
+    let want: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+    assert_eq!(msgs, want, "each message once, in order");
+    Ok(())
+}
+
+/// Two processes on one PostgreSQL database, webhooks spread over both: each ticket gets one
+/// room and each message arrives once, in order.
+#[tokio::test]
+async fn two_processes_share_one_postgres() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let url = harness::postgres_db().await?;
+    let a = start(Db::PostgresAt(url.clone()), &bot, "").await?;
+    // The second starts once the first has stored its session, so both use one device.
+    wait_for("first process ready", || async {
+        (a.status_of("/ready").await == 200).then_some(())
+    })
+    .await?;
+    let b = start(Db::PostgresAt(url), &bot, "").await?;
+    let both = [&a, &b];
+    for round in 0..6 {
+        let posts = (0..10).map(|t| {
+            let body = ticket(
+                &format!("P-{t}"),
+                "open",
+                Some(&format!("m{round} of P-{t}")),
+                &[],
+                &bot.user_id,
+            );
+            async move {
+                both[(t + round) % 2]
+                    .hook(&body)
+                    .await
+                    .map(|r| r.0)
+                    .unwrap_or(0)
+            }
+        });
+        let statuses = futures::future::join_all(posts).await;
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    for t in 0..10 {
+        let key = format!("P-{t}");
+        let room = a.wait_room(&key).await?;
+        assert_eq!(
+            b.room_of(&key).await?,
+            Some(room.clone()),
+            "one link for both"
+        );
+        let msgs = wait_messages(&bot, &room, 6).await?;
+        let want: Vec<String> = (0..6).map(|r| format!("m{r} of {key}")).collect();
+        assert_eq!(msgs, want, "{key}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(bot.joined_rooms().await?.len(), 10, "one room per ticket");
     Ok(())
 }
 
