@@ -119,6 +119,9 @@ pub struct OutboxCounts {
     pub failed: i64,
 }
 
+/// A query on the Any driver, as `sqlx::query` builds it.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -319,29 +322,18 @@ impl Store {
     /// Claims up to `limit` due actions that are first in line for their ticket, leasing
     /// them for `lease` so no other worker takes them meanwhile.
     pub async fn claim(&self, limit: i64, lease: Duration) -> Result<Vec<OutboxRow>> {
-        let now = now_ms();
         let lock = match self.dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => "FOR UPDATE OF o SKIP LOCKED",
         };
-        let sql = format!(
-            "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
-             WHERE id IN (SELECT o.id FROM outbox o WHERE o.state = 'pending' \
+        let pick = format!(
+            "SELECT o.id FROM outbox o WHERE o.state = 'pending' \
                AND o.next_attempt_at <= $2 AND (o.locked_until IS NULL OR o.locked_until < $2) \
                AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' \
                  AND p.source_id = o.source_id AND p.ticket_key = o.ticket_key AND p.id < o.id) \
-               ORDER BY o.id LIMIT $3 {lock}) \
-             RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
+               ORDER BY o.id LIMIT $3 {lock}"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
-        out.sort_by_key(|r| r.id);
-        Ok(out)
+        self.lease(&pick, lease, |q| q.bind(limit)).await
     }
 
     /// Leases the actions queued behind `after` for the same ticket, in order, up to
@@ -353,26 +345,41 @@ impl Store {
         limit: i64,
         lease: Duration,
     ) -> Result<Vec<OutboxRow>> {
-        let now = now_ms();
         let lock = match self.dialect {
             Dialect::Sqlite => "",
             Dialect::Postgres => "FOR UPDATE",
         };
+        let pick = format!(
+            "SELECT id FROM outbox WHERE state = 'pending' AND source_id = $3 \
+               AND ticket_key = $4 AND id > $5 ORDER BY id LIMIT $6 {lock}"
+        );
+        self.lease(&pick, lease, |q| {
+            q.bind(&after.source_id)
+                .bind(&after.ticket_key)
+                .bind(after.id)
+                .bind(limit)
+        })
+        .await
+    }
+
+    /// Leases the actions `pick` selects (its parameters from `$3` on, bound by `bind`;
+    /// `$2` is now) and returns them in ID order. Every lease counts as an attempt.
+    async fn lease<'q>(
+        &self,
+        pick: &str,
+        lease: Duration,
+        bind: impl FnOnce(AnyQuery<'q>) -> AnyQuery<'q>,
+    ) -> Result<Vec<OutboxRow>> {
+        let now = now_ms();
         let sql = format!(
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
-             WHERE id IN (SELECT id FROM outbox WHERE state = 'pending' AND source_id = $3 \
-               AND ticket_key = $4 AND id > $5 ORDER BY id LIMIT $6 {lock}) \
+             WHERE id IN ({pick}) \
              RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now + lease.as_millis() as i64)
-            .bind(now)
-            .bind(&after.source_id)
-            .bind(&after.ticket_key)
-            .bind(after.id)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(now);
+        let rows = bind(q).fetch_all(&self.pool).await?;
         let mut out: Vec<OutboxRow> = rows.iter().map(outbox_row).collect::<Result<_>>()?;
         out.sort_by_key(|r| r.id);
         Ok(out)
