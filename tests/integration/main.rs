@@ -88,6 +88,16 @@ async fn wait_messages(user: &harness::User, room: &str, n: usize) -> Result<Vec
     .await
 }
 
+/// Waits for the bot's messages in `room` to reach `want`'s length, gives stragglers 2 s,
+/// and asserts the messages are exactly `want`: each once, in order, nothing more.
+async fn exactly(user: &harness::User, room: &str, want: &[String]) -> Result<()> {
+    let msgs = wait_messages(user, room, want.len()).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(msgs, user.messages(room).await?, "nothing more arrived");
+    assert_eq!(msgs, want, "each message once, in order");
+    Ok(())
+}
+
 async fn ticket_lifecycle(db: Db) -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
@@ -284,12 +294,8 @@ async fn sigkill_after_accepting(db: Db) -> Result<()> {
     sb.kill();
     sb.spawn().await?;
     let room = sb.wait_room("K-1").await?;
-    let msgs = wait_messages(&bot, &room, 10).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let msgs_after = bot.messages(&room).await?;
-    assert_eq!(msgs, msgs_after, "nothing more arrived");
     let want: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
-    assert_eq!(msgs, want);
+    exactly(&bot, &room, &want).await?;
     assert_eq!(bot.joined_rooms().await?.len(), 1);
     Ok(())
 }
@@ -306,11 +312,8 @@ async fn sigkill_while_sending(db: Db) -> Result<()> {
     sb.kill();
     assert!(seen < 40, "the kill came too late to test anything");
     sb.spawn().await?;
-    let msgs = wait_messages(&bot, &room, 40).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(msgs, bot.messages(&room).await?, "nothing more arrived");
     let want: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
-    assert_eq!(msgs, want, "each message once, in order");
+    exactly(&bot, &room, &want).await?;
     Ok(())
 }
 
