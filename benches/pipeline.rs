@@ -272,8 +272,35 @@ async fn wait_done(store: &Store, done: i64, limit: Duration) -> Result<()> {
     }
 }
 
-/// Webhooks -> messages over `tickets` tickets (rooms made beforehand, untimed); msgs/s.
-async fn end_to_end(sb: &Instance, tickets: usize, n: usize, c: usize) -> Result<f64> {
+/// CPU seconds the benchmark's Synapse has used so far, if it can be read (Linux).
+fn homeserver_cpu() -> Option<f64> {
+    let dir = std::env::var("SWITCHBOARD_TEST_SYNAPSE_DIR").ok()?;
+    let pid = std::fs::read_to_string(format!("{dir}/synapse.pid")).ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// A timed run: messages per second, and the homeserver's CPU milliseconds per message.
+struct Run {
+    rate: f64,
+    cpu_ms: Option<f64>,
+}
+
+/// Times `n` messages sent by `job`, with the homeserver's CPU time over the same span.
+async fn timed(n: usize, job: impl std::future::Future<Output = Result<f64>>) -> Result<Run> {
+    let cpu = homeserver_cpu();
+    let rate = job.await?;
+    let cpu_ms = cpu
+        .zip(homeserver_cpu())
+        .map(|(a, b)| (b - a) * 1000.0 / n as f64);
+    Ok(Run { rate, cpu_ms })
+}
+
+/// Webhooks -> messages over `tickets` tickets (rooms made beforehand, untimed).
+async fn end_to_end(sb: &Instance, tickets: usize, n: usize, c: usize) -> Result<Run> {
     let url = format!("{}/hooks/bench", sb.base);
     // Bodies must differ from earlier runs', or they are (rightly) taken as redeliveries.
     let run = rand::random::<u32>() as usize * 1_000_000;
@@ -283,11 +310,14 @@ async fn end_to_end(sb: &Instance, tickets: usize, n: usize, c: usize) -> Result
     load(&url, tickets, c, move |i| body(i, run + n + i)).await?;
     wait_done(&sb.store, before + tickets as i64, Duration::from_secs(300)).await?;
     let before = sb.store.outbox_counts().await?.done;
-    let started = Instant::now();
-    // Every webhook now queues its post (the room exists, so no open_room).
-    load(&url, n, c, move |i| body(i % tickets, run + i)).await?;
-    wait_done(&sb.store, before + n as i64, Duration::from_secs(600)).await?;
-    Ok(n as f64 / started.elapsed().as_secs_f64())
+    timed(n, async {
+        let started = Instant::now();
+        // Every webhook now queues its post (the room exists, so no open_room).
+        load(&url, n, c, move |i| body(i % tickets, run + i)).await?;
+        wait_done(&sb.store, before + n as i64, Duration::from_secs(600)).await?;
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    })
+    .await
 }
 
 /// Intake alone and with the engine, on both databases, against a bare warp handler.
@@ -375,15 +405,23 @@ async fn main() -> Result<()> {
         ] {
             let bot = synapse.user("bot").await?;
             let sb = switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c).await?;
-            let before = spread().await?;
-            let rate = end_to_end(&sb, rooms, msgs, c).await?;
-            let direct = (before + spread().await?) / 2.0;
+            let before = timed(msgs, spread()).await?;
+            let sb_run = end_to_end(&sb, rooms, msgs, c).await?;
+            let after = timed(msgs, spread()).await?;
+            let direct = (before.rate + after.rate) / 2.0;
             println!(
-                "switchboard on {name:<10} {rate:>8.1} msg/s   {:.2} x direct send ({direct:.1} msg/s)",
-                rate / direct
+                "switchboard on {name:<10} {:>8.1} msg/s   {:.2} x direct send ({direct:.1} msg/s)",
+                sb_run.rate,
+                sb_run.rate / direct
             );
+            if let (Some(sb_cpu), Some(b), Some(a)) = (sb_run.cpu_ms, before.cpu_ms, after.cpu_ms) {
+                println!(
+                    "  homeserver CPU per message: {sb_cpu:.1} ms via switchboard, {:.1} ms direct",
+                    (b + a) / 2.0
+                );
+            }
             let before = sequential().await?;
-            let one = end_to_end(&sb, 1, single, c).await?;
+            let one = end_to_end(&sb, 1, single, c).await?.rate;
             let direct_one = (before + sequential().await?) / 2.0;
             println!(
                 "  one ticket, {single} msgs:    {one:>8.1} msg/s   {:.2} x sequential direct send ({direct_one:.1} msg/s)",
