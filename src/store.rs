@@ -470,6 +470,14 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
+    /// How many actions are still to do (an index-only count, cheap to ask often).
+    pub async fn pending_actions(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
     pub async fn outbox_counts(&self) -> Result<OutboxCounts> {
         let rows = sqlx::query("SELECT state, COUNT(*) FROM outbox GROUP BY state")
             .fetch_all(&self.pool)
@@ -803,6 +811,7 @@ mod tests {
                 .await
                 .expect("commit");
             assert!(store.unprocessed(10).await.expect("list").is_empty());
+            assert_eq!(store.pending_actions().await.expect("pending"), 3);
             let lease = Duration::from_secs(60);
             let claimed = store.claim(10, lease).await.expect("claim");
             let keys: Vec<_> = claimed
@@ -848,6 +857,7 @@ mod tests {
             store.complete(claimed[1].id, None).await.expect("complete");
             let c = store.outbox_counts().await.expect("counts");
             assert_eq!((c.pending, c.done, c.failed), (0, 2, 1));
+            assert_eq!(store.pending_actions().await.expect("pending"), 0);
             assert_eq!(store.failures(5).await.expect("failures")[0].1, "403");
         }
     }
