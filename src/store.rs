@@ -58,7 +58,7 @@ struct IntakeRequest {
     reply: oneshot::Sender<Result<Accepted>>,
 }
 
-/// Most deliveries written in one transaction.
+/// Most deliveries written in one statement.
 const INTAKE_BATCH: usize = 512;
 
 /// What intake learned when it stored a delivery.
@@ -122,6 +122,37 @@ pub struct OutboxCounts {
 /// A query on the Any driver, as `sqlx::query` builds it.
 type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
 
+/// Bind parameters for statements built at run time: `$1, $2, ...` on PostgreSQL, `?` on
+/// SQLite, which finds a numbered parameter by a scan of all of them, so binding the large
+/// statements of intake and the engine was quadratic. Values bind in the order written.
+struct Params {
+    dialect: Dialect,
+    n: usize,
+}
+
+impl Params {
+    fn new(dialect: Dialect) -> Params {
+        Params { dialect, n: 0 }
+    }
+
+    /// The next parameter.
+    fn next(&mut self) -> String {
+        self.n += 1;
+        match self.dialect {
+            Dialect::Sqlite => "?".to_string(),
+            Dialect::Postgres => format!("${}", self.n),
+        }
+    }
+
+    /// `count` parameters, comma-separated.
+    fn list(&mut self, count: usize) -> String {
+        (0..count)
+            .map(|_| self.next())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -159,6 +190,9 @@ impl Store {
                 // connection over at once instead.
                 opts = opts
                     .max_connections(max_connections.unwrap_or(1))
+                    // A ping before each use is one more round trip to the connection's
+                    // thread, and a file has no far end to hang up.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             use sqlx::Executor;
@@ -187,7 +221,18 @@ impl Store {
             Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         let (tx, rx) = mpsc::channel(4 * INTAKE_BATCH);
-        tokio::spawn(intake_writer(pool.clone(), dialect, rx));
+        // Intake's writer has a thread and a runtime of its own: it waits on the database
+        // several times per batch, and on the shared runtime every one of those waits ended
+        // behind the HTTP tasks queued meanwhile, while all webhooks of the batch waited on it.
+        let writer_pool = pool.clone();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Intake(format!("cannot start the intake writer: {e}")))?;
+        std::thread::Builder::new()
+            .name("switchboard-intake".into())
+            .spawn(move || runtime.block_on(intake_writer(writer_pool, dialect, rx)))
+            .map_err(|e| StoreError::Intake(format!("cannot start the intake writer: {e}")))?;
         Ok(Store {
             pool,
             dialect,
@@ -264,14 +309,15 @@ impl Store {
         }
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let mut sql = String::from(
-            "UPDATE inbox SET processed_at = $1, updated_at = $1 WHERE processed_at IS NULL AND id IN (",
+        let mut params = Params::new(self.dialect);
+        let sql = format!(
+            "UPDATE inbox SET processed_at = {}, updated_at = {} \
+             WHERE processed_at IS NULL AND id IN ({}) RETURNING id",
+            params.next(),
+            params.next(),
+            params.list(batch.len())
         );
-        for i in 0..batch.len() {
-            let _ = write!(sql, "{}${}", if i == 0 { "" } else { ", " }, i + 2);
-        }
-        sql.push_str(") RETURNING id");
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now).bind(now);
         for (id, _) in batch {
             q = q.bind(*id);
         }
@@ -285,33 +331,28 @@ impl Store {
             .filter(|(id, _)| mine.contains(id))
             .flat_map(|(id, actions)| actions.iter().enumerate().map(move |(i, a)| (*id, i, a)))
             .collect();
-        // SQLite allows 32766 parameters in one statement; 5 per row here.
+        // SQLite allows 32766 parameters in one statement; 8 per row here.
         for chunk in rows.chunks(4000) {
             let mut sql = String::from(
                 "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
                  next_attempt_at, created_at, updated_at) VALUES ",
             );
+            let mut params = Params::new(self.dialect);
             for i in 0..chunk.len() {
-                let p = 2 + 5 * i;
-                let _ = write!(
-                    sql,
-                    "{}(${}, ${}, ${}, ${}, ${}, $1, $1, $1)",
-                    if i == 0 { "" } else { ", " },
-                    p,
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4
-                );
+                let sep = if i == 0 { "" } else { ", " };
+                let _ = write!(sql, "{sep}({})", params.list(8));
             }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (inbox_id, i, a) in chunk {
                 q = q
                     .bind(*inbox_id)
                     .bind(&a.source_id)
                     .bind(&a.ticket_key)
                     .bind(&a.action)
-                    .bind(format!("{inbox_id}.{i}"));
+                    .bind(format!("{inbox_id}.{i}"))
+                    .bind(now)
+                    .bind(now)
+                    .bind(now);
             }
             q.execute(&mut *tx).await?;
         }
@@ -390,10 +431,9 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "UPDATE outbox SET locked_until = NULL WHERE id IN ({})",
-            list.join(", ")
+            Params::new(self.dialect).list(ids.len())
         );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for id in ids {
@@ -611,24 +651,11 @@ impl Store {
     }
 }
 
-/// Writes queued deliveries, many per transaction, until every `Store` is dropped.
+/// Writes queued deliveries, many per statement, until every `Store` is dropped.
 async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<IntakeRequest>) {
     let mut batch = Vec::with_capacity(INTAKE_BATCH);
     while rx.recv_many(&mut batch, INTAKE_BATCH).await > 0 {
-        let result = async {
-            let mut conn = pool.acquire().await?;
-            if dialect == Dialect::Sqlite {
-                // Only intake needs each commit on disk before it answers; everything after
-                // it can be redone from what intake stored, so the rest runs with NORMAL.
-                sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = FULL").await?;
-                let written = write_batch(&mut conn, &batch).await;
-                sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await?;
-                written
-            } else {
-                write_batch(&mut conn, &batch).await
-            }
-        }
-        .await;
+        let result = write_batch(&pool, dialect, &batch).await;
         match result {
             Ok(accepted) => {
                 for (req, acc) in batch.drain(..).zip(accepted) {
@@ -645,41 +672,68 @@ async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<I
     }
 }
 
-/// One multi-row INSERT for the whole batch, then a look-up for the keys it did not insert
-/// (repeats: of an earlier delivery, or of one earlier in the same batch).
+/// Stores a batch with one multi-row INSERT (atomic on its own, so no transaction around
+/// it), then looks up the IDs of the keys it did not insert: repeats of an earlier delivery,
+/// or of one earlier in the same batch.
+///
+/// On SQLite only intake needs each commit on disk before it answers (everything after it
+/// can be redone from what intake stored), so the connection runs with `synchronous =
+/// NORMAL` and the INSERT switches it to FULL around itself, in the same call: every call is
+/// a round trip to the connection's thread, and the whole batch waits on each.
 async fn write_batch(
-    conn: &mut sqlx::AnyConnection,
+    pool: &AnyPool,
+    dialect: Dialect,
     batch: &[IntakeRequest],
 ) -> Result<Vec<Accepted>> {
     use std::collections::HashMap;
     use std::fmt::Write;
-    let mut sql = String::from(
+    let mut sql = String::new();
+    if dialect == Dialect::Sqlite {
+        sql.push_str("PRAGMA synchronous = FULL; ");
+    }
+    sql.push_str(
         "INSERT INTO inbox (source_id, dedupe_key, events, created_at, updated_at) VALUES ",
     );
+    let mut params = Params::new(dialect);
     for i in 0..batch.len() {
-        let p = 2 + 3 * i;
         let sep = if i == 0 { "" } else { ", " };
-        let _ = write!(sql, "{sep}(${}, ${}, ${}, $1, $1)", p, p + 1, p + 2);
+        let _ = write!(sql, "{sep}({})", params.list(5));
     }
     sql.push_str(
         " ON CONFLICT (source_id, dedupe_key) DO NOTHING RETURNING id, source_id, dedupe_key",
     );
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now_ms());
+    if dialect == Dialect::Sqlite {
+        sql.push_str("; PRAGMA synchronous = NORMAL");
+    }
+    let now = now_ms();
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for req in batch {
         q = q
             .bind(&req.source_id)
             .bind(&req.dedupe_key)
-            .bind(&req.events);
+            .bind(&req.events)
+            .bind(now)
+            .bind(now);
     }
-    let mut inserted: HashMap<(String, String), i64> = HashMap::new();
-    for row in q.fetch_all(&mut *tx).await? {
-        inserted.insert((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?);
+    let mut conn = pool.acquire().await?;
+    let rows = match q.fetch_all(&mut *conn).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            if dialect == Dialect::Sqlite {
+                // The switch back did not run.
+                let _ = sqlx::Executor::execute(&mut *conn, "PRAGMA synchronous = NORMAL").await;
+            }
+            return Err(e.into());
+        }
+    };
+    let mut inserted: HashMap<(&str, &str), i64> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let (source_id, dedupe_key): (&str, &str) = (row.try_get(1)?, row.try_get(2)?);
+        inserted.insert((source_id, dedupe_key), row.try_get(0)?);
     }
     let mut out = Vec::with_capacity(batch.len());
     for req in batch {
-        let key = (req.source_id.clone(), req.dedupe_key.clone());
-        let acc = match inserted.remove(&key) {
+        let acc = match inserted.remove(&(req.source_id.as_str(), req.dedupe_key.as_str())) {
             Some(id) => Accepted {
                 id,
                 duplicate: false,
@@ -688,7 +742,7 @@ async fn write_batch(
                 id: sqlx::query("SELECT id FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
                     .bind(&req.source_id)
                     .bind(&req.dedupe_key)
-                    .fetch_one(&mut *tx)
+                    .fetch_one(&mut *conn)
                     .await?
                     .try_get(0)?,
                 duplicate: true,
@@ -696,7 +750,6 @@ async fn write_batch(
         };
         out.push(acc);
     }
-    tx.commit().await?;
     Ok(out)
 }
 
@@ -783,7 +836,7 @@ mod tests {
             );
             let other = store.accept("t", "k1", "[]").await.expect("accept");
             assert!(!other.duplicate, "dedupe keys are per source");
-            // Many at once, half of them repeats: they share transactions.
+            // Many at once, half of them repeats: they share statements.
             let keys: Vec<String> = (0..200).map(|i| format!("b{}", i % 100)).collect();
             let results =
                 futures::future::join_all(keys.iter().map(|k| store.accept("s", k, "[]"))).await;
@@ -793,6 +846,29 @@ mod tests {
                 .count();
             assert_eq!(fresh, 100, "{:?}", store.dialect());
             assert_eq!(store.unprocessed(1000).await.expect("list").len(), 102);
+        }
+    }
+
+    #[tokio::test]
+    async fn actions_beyond_one_statement_are_all_queued() {
+        for store in stores().await {
+            let first = store.accept("s", "big", "[]").await.expect("accept").id;
+            let second = store.accept("s", "small", "[]").await.expect("accept").id;
+            // More rows than one INSERT takes (4000), over 7 tickets.
+            let many: Vec<NewAction> = (0..4100)
+                .map(|n| action(&format!("T{}", n % 7), n))
+                .collect();
+            store
+                .commit_actions(&[(first, many), (second, vec![action("U", 1)])])
+                .await
+                .expect("commit");
+            assert!(store.unprocessed(10).await.expect("list").is_empty());
+            assert_eq!(store.pending_actions().await.expect("count"), 4101);
+            let heads = store
+                .claim(100, Duration::from_secs(60))
+                .await
+                .expect("claim");
+            assert_eq!(heads.len(), 8, "one head per ticket, {:?}", store.dialect());
         }
     }
 
