@@ -328,10 +328,21 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
     let dead_hs = format!("http://127.0.0.1:{}", free_port());
 
     println!("\n## Intake: {intake_n} signed webhooks, concurrency {intake_c}");
+    println!("(each baseline is the mean of bare warp runs right before and right after)");
     let warp_url = bare_warp().await?;
+    let bare = || load(&warp_url, intake_n, intake_c, |i| body(i % 50, i));
     load(&warp_url, 2000, intake_c, |i| body(i % 50, i)).await?; // warm-up
-    let bare = load(&warp_url, intake_n, intake_c, |i| body(i % 50, i)).await?;
-    println!("bare warp handler:        {bare:>9.0} req/s");
+    // The machine's speed drifts within a run: every figure gets the bare warp runs next to
+    // it as its baseline (the run after one figure is the run before the next).
+    let mut before = bare().await?;
+    let mut report = |label: String, rate: f64, after: f64| {
+        let base = (before + after) / 2.0;
+        println!(
+            "{label:<30}{rate:>6.0} req/s   {:.2} x bare warp ({base:.0} req/s)",
+            rate / base
+        );
+        before = after;
+    };
     let sqlite_dir = TempDir(
         std::env::temp_dir().join(format!("switchboard-bench-{:x}", rand::random::<u64>())),
     );
@@ -342,10 +353,7 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
         let hook = intake_only(&url).await?;
         load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
         let rate = load(&hook, intake_n, intake_c, |i| body(i % 50, i)).await?;
-        println!(
-            "intake on {name:<10}      {rate:>9.0} req/s   {:.2} x bare warp",
-            rate / bare
-        );
+        report(format!("intake on {name}"), rate, bare().await?);
     }
     // The same with everything else running in the process: the engine turning each
     // delivery into actions as it arrives (the homeserver is unreachable, so nothing is sent).
@@ -357,10 +365,7 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
         let hook = format!("{}/hooks/bench", sb.base);
         load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
         let rate = load(&hook, intake_n, intake_c, |i| body(i % 50, i)).await?;
-        println!(
-            "  + engine, {name:<10}    {rate:>9.0} req/s   {:.2} x bare warp",
-            rate / bare
-        );
+        report(format!("  + engine, {name}"), rate, bare().await?);
     }
     Ok(())
 }
