@@ -137,19 +137,26 @@ impl Params {
 
     /// The next parameter.
     fn next(&mut self) -> String {
-        self.n += 1;
-        match self.dialect {
-            Dialect::Sqlite => "?".to_string(),
-            Dialect::Postgres => format!("${}", self.n),
-        }
+        self.list(1)
     }
 
     /// `count` parameters, comma-separated.
     fn list(&mut self, count: usize) -> String {
-        (0..count)
-            .map(|_| self.next())
-            .collect::<Vec<_>>()
-            .join(", ")
+        use std::fmt::Write;
+        let mut out = String::with_capacity(count * 4);
+        for i in 0..count {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            self.n += 1;
+            match self.dialect {
+                Dialect::Sqlite => out.push('?'),
+                Dialect::Postgres => {
+                    let _ = write!(out, "${}", self.n);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -225,14 +232,16 @@ impl Store {
         // several times per batch, and on the shared runtime every one of those waits ended
         // behind the HTTP tasks queued meanwhile, while all webhooks of the batch waited on it.
         let writer_pool = pool.clone();
+        let cannot_start =
+            |e: std::io::Error| StoreError::Intake(format!("cannot start the intake writer: {e}"));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Intake(format!("cannot start the intake writer: {e}")))?;
+            .map_err(cannot_start)?;
         std::thread::Builder::new()
             .name("switchboard-intake".into())
             .spawn(move || runtime.block_on(intake_writer(writer_pool, dialect, rx)))
-            .map_err(|e| StoreError::Intake(format!("cannot start the intake writer: {e}")))?;
+            .map_err(cannot_start)?;
         Ok(Store {
             pool,
             dialect,
