@@ -277,11 +277,30 @@ async fn wait_done(store: &Store, done: i64, limit: Duration) -> Result<()> {
 fn homeserver_cpu() -> Option<f64> {
     let dir = std::env::var("SWITCHBOARD_TEST_SYNAPSE_DIR").ok()?;
     let pid = std::fs::read_to_string(format!("{dir}/synapse.pid")).ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())).ok()?;
+    process_cpu(pid.trim())
+}
+
+/// CPU seconds (user + system) a process has used so far, if it can be read (Linux).
+fn process_cpu(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which ends with ')'): utime and stime are 14 and 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// Runs `n` requests sent by `job`: requests per second, and this process's CPU
+/// microseconds per request over the same span.
+async fn cpu_per_request(
+    n: usize,
+    job: impl std::future::Future<Output = Result<f64>>,
+) -> Result<(f64, f64)> {
+    let cpu = process_cpu("self");
+    let rate = job.await?;
+    let us = cpu
+        .zip(process_cpu("self"))
+        .map_or(f64::NAN, |(a, b)| (b - a) * 1e6 / n as f64);
+    Ok((rate, us))
 }
 
 /// A timed run: messages per second, and the homeserver's CPU milliseconds per message.
@@ -328,17 +347,24 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
     let dead_hs = format!("http://127.0.0.1:{}", free_port());
 
     println!("\n## Intake: {intake_n} signed webhooks, concurrency {intake_c}");
-    println!("(each baseline is the mean of bare warp runs right before and right after)");
+    println!("(each baseline is the mean of bare warp runs right before and right after;");
+    println!(" CPU is this process's, load generator included, per request)");
     let warp_url = bare_warp().await?;
-    let bare = || load(&warp_url, intake_n, intake_c, |i| body(i % 50, i));
+    let bare = || {
+        cpu_per_request(
+            intake_n,
+            load(&warp_url, intake_n, intake_c, |i| body(i % 50, i)),
+        )
+    };
     load(&warp_url, 2000, intake_c, |i| body(i % 50, i)).await?; // warm-up
     // The machine's speed drifts within a run: every figure gets the bare warp runs next to
     // it as its baseline (the run after one figure is the run before the next).
     let mut before = bare().await?;
-    let mut report = |label: String, rate: f64, after: f64| {
-        let base = (before + after) / 2.0;
+    let mut report = |label: String, (rate, cpu): (f64, f64), after: (f64, f64)| {
+        let (base, base_cpu) = ((before.0 + after.0) / 2.0, (before.1 + after.1) / 2.0);
         println!(
-            "{label:<30}{rate:>6.0} req/s   {:.2} x bare warp ({base:.0} req/s)",
+            "{label:<30}{rate:>6.0} req/s   {:.2} x bare warp ({base:.0} req/s)   \
+             CPU {cpu:.0} us vs {base_cpu:.0} us",
             rate / base
         );
         before = after;
@@ -352,8 +378,11 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
     ] {
         let hook = intake_only(&url).await?;
         load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
-        let rate = load(&hook, intake_n, intake_c, |i| body(i % 50, i)).await?;
-        report(format!("intake on {name}"), rate, bare().await?);
+        let run = cpu_per_request(
+            intake_n,
+            load(&hook, intake_n, intake_c, |i| body(i % 50, i)),
+        );
+        report(format!("intake on {name}"), run.await?, bare().await?);
     }
     // The same with everything else running in the process: the engine turning each
     // delivery into actions as it arrives (the homeserver is unreachable, so nothing is sent).
@@ -364,8 +393,11 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
         let sb = switchboard(url.as_deref(), &dead_hs, "@bench:localhost", "x", c).await?;
         let hook = format!("{}/hooks/bench", sb.base);
         load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
-        let rate = load(&hook, intake_n, intake_c, |i| body(i % 50, i)).await?;
-        report(format!("  + engine, {name}"), rate, bare().await?);
+        let run = cpu_per_request(
+            intake_n,
+            load(&hook, intake_n, intake_c, |i| body(i % 50, i)),
+        );
+        report(format!("  + engine, {name}"), run.await?, bare().await?);
     }
     Ok(())
 }
