@@ -762,17 +762,19 @@ async fn write_batch(
             }
             // Some were repeats: a new row belongs to the first delivery in the batch with its
             // key.
-            let mut out = Vec::with_capacity(batch.len());
+            let ids = lookup_ids(&mut conn, dialect, batch.iter()).await?;
             let mut seen = HashSet::with_capacity(batch.len());
-            for req in batch {
-                let id = lookup_id(&mut conn, req).await?;
-                let first_in_batch = seen.insert((req.source_id.as_str(), req.dedupe_key.as_str()));
-                out.push(Accepted {
-                    id,
-                    duplicate: !(first_in_batch && id > before),
-                });
-            }
-            return Ok(out);
+            return batch
+                .iter()
+                .map(|req| {
+                    let key = (req.source_id.as_str(), req.dedupe_key.as_str());
+                    let id = *ids.get(&key).ok_or_else(missing)?;
+                    Ok(Accepted {
+                        id,
+                        duplicate: !(seen.insert(key) && id > before),
+                    })
+                })
+                .collect();
         }
         Dialect::Postgres => {
             new_ids.reserve(rows.len());
@@ -782,33 +784,77 @@ async fn write_batch(
             }
         }
     }
-    let mut out = Vec::with_capacity(batch.len());
-    for req in batch {
-        let acc = match new_ids.remove(&(req.source_id.as_str(), req.dedupe_key.as_str())) {
-            Some(id) => Accepted {
-                id,
-                duplicate: false,
-            },
-            None => Accepted {
-                id: lookup_id(&mut conn, req).await?,
-                duplicate: true,
-            },
-        };
-        out.push(acc);
-    }
-    Ok(out)
+    // Repeats: the first delivery's ID, all of them looked up in one statement.
+    let repeats: Vec<&IntakeRequest> = batch
+        .iter()
+        .filter(|req| !new_ids.contains_key(&(req.source_id.as_str(), req.dedupe_key.as_str())))
+        .collect();
+    let mut seen = HashSet::with_capacity(batch.len());
+    let old_ids = if repeats.is_empty() {
+        HashMap::new()
+    } else {
+        lookup_ids(&mut conn, dialect, repeats.into_iter()).await?
+    };
+    batch
+        .iter()
+        .map(|req| {
+            let key = (req.source_id.as_str(), req.dedupe_key.as_str());
+            Ok(match new_ids.get(&key) {
+                // The first delivery in the batch with a new key is the one inserted.
+                Some(&id) if seen.insert(key) => Accepted {
+                    id,
+                    duplicate: false,
+                },
+                Some(&id) => Accepted {
+                    id,
+                    duplicate: true,
+                },
+                None => Accepted {
+                    id: *old_ids.get(&key).ok_or_else(missing)?,
+                    duplicate: true,
+                },
+            })
+        })
+        .collect()
 }
 
-/// The ID of the stored delivery with a request's key.
-async fn lookup_id(conn: &mut AnyConnection, req: &IntakeRequest) -> Result<i64> {
-    Ok(
-        sqlx::query("SELECT id FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
-            .bind(&req.source_id)
-            .bind(&req.dedupe_key)
-            .fetch_one(conn)
-            .await?
-            .try_get(0)?,
-    )
+/// A key intake could neither insert nor find (only if a row were deleted meanwhile).
+fn missing() -> StoreError {
+    StoreError::Intake("a delivery's key was neither inserted nor found".into())
+}
+
+/// The IDs of the stored deliveries with the requests' keys, in one statement.
+async fn lookup_ids<'a>(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    requests: impl Iterator<Item = &'a IntakeRequest> + Clone,
+) -> Result<HashMap<(&'a str, &'a str), i64>> {
+    use std::fmt::Write;
+    let mut sql = String::from(
+        "SELECT id, source_id, dedupe_key FROM inbox WHERE (source_id, dedupe_key) IN (VALUES ",
+    );
+    let mut params = Params::new(dialect);
+    for (i, _) in requests.clone().enumerate() {
+        let sep = if i == 0 { "" } else { ", " };
+        let _ = write!(sql, "{sep}({})", params.list(2));
+    }
+    sql.push(')');
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for req in requests.clone() {
+        q = q.bind(&req.source_id).bind(&req.dedupe_key);
+    }
+    let found: HashMap<(String, String), i64> = q
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(|row| Ok(((row.try_get(1)?, row.try_get(2)?), row.try_get(0)?)))
+        .collect::<Result<_>>()?;
+    Ok(requests
+        .filter_map(|req| {
+            let id = found.get(&(req.source_id.clone(), req.dedupe_key.clone()))?;
+            Some(((req.source_id.as_str(), req.dedupe_key.as_str()), *id))
+        })
+        .collect())
 }
 
 async fn upsert(pool: &AnyPool, table: &str, key_col: &str, key: &str, value: &str) -> Result<()> {
