@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::config::{Loaded, SourceKind};
 use crate::engine::{self, Engine};
@@ -124,6 +124,11 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         metrics.clone(),
     ));
 
+    if cfg.database.retention_days > 0 {
+        let retention = Duration::from_secs(u64::from(cfg.database.retention_days) * 86_400);
+        tokio::spawn(prune(store.clone(), retention));
+    }
+
     let matrix_cfg = cfg.matrix.clone();
     let login = loaded.secrets.matrix_login.clone();
     let data_dir = cfg.data_dir.clone();
@@ -160,4 +165,24 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         store,
         server,
     })
+}
+
+/// Deletes finished records older than `retention`: a minute after start, then hourly.
+async fn prune(store: Store, retention: Duration) {
+    let first = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut ticks = tokio::time::interval_at(first, Duration::from_secs(3600));
+    loop {
+        ticks.tick().await;
+        let cutoff = crate::store::now_ms().saturating_sub(retention.as_millis() as i64);
+        match store.prune(cutoff).await {
+            Ok((0, 0)) => {}
+            Ok((deliveries, actions)) => {
+                info!(
+                    deliveries,
+                    actions, "deleted finished records past the retention time"
+                )
+            }
+            Err(error) => warn!(%error, "cannot delete old records; trying again in an hour"),
+        }
+    }
 }

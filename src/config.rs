@@ -75,7 +75,7 @@ impl Default for HttpConfig {
 }
 
 /// Where state is kept.
-#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` or `postgres://...`. Default: `switchboard.db` in the data directory.
@@ -84,6 +84,20 @@ pub struct DatabaseConfig {
     pub url_file: Option<PathBuf>,
     /// Largest number of pooled connections (default 8 for PostgreSQL, 1 for SQLite).
     pub max_connections: Option<u32>,
+    /// Days to keep finished records: deliveries turned into actions (and so their dedupe
+    /// keys) and actions done or failed. 0 keeps them forever.
+    pub retention_days: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: None,
+            url_file: None,
+            max_connections: None,
+            retention_days: 30,
+        }
+    }
 }
 
 /// The homeserver and the bot account. Give exactly one of `password`, `access_token`
