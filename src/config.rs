@@ -294,7 +294,8 @@ pub struct RuleConfig {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionConfig {
     /// Make sure the ticket has a room: create it (one request) if missing, otherwise
-    /// invite participants who are new.
+    /// invite participants who are new. A closed ticket's room is reopened: renamed back
+    /// and told so.
     OpenRoom {
         /// Room name template.
         #[serde(default = "default_room_name")]
@@ -310,6 +311,9 @@ pub enum ActionConfig {
         /// More users to invite (templates), besides the ticket's participants and owner.
         #[serde(default)]
         invite: Vec<String>,
+        /// Notice posted when a closed ticket's room is reopened; empty posts none.
+        #[serde(default = "default_reopen_notice")]
+        reopen_notice: String,
     },
     /// Post a message into the ticket's room. Nothing is posted when it renders empty.
     Post {
@@ -338,6 +342,10 @@ pub fn default_room_topic() -> String {
 }
 pub fn default_close_notice() -> String {
     "Ticket {{ ticket.key }} was closed{% if ticket.status %} ({{ ticket.status }}){% endif %}."
+        .into()
+}
+pub fn default_reopen_notice() -> String {
+    "Ticket {{ ticket.key }} was reopened{% if ticket.status %} ({{ ticket.status }}){% endif %}."
         .into()
 }
 pub fn default_close_name() -> String {
@@ -840,9 +848,14 @@ impl ActionConfig {
                 name,
                 topic,
                 invite,
+                reopen_notice,
                 ..
             } => {
-                let mut v = vec![("name", name.as_str()), ("topic", topic.as_str())];
+                let mut v = vec![
+                    ("name", name.as_str()),
+                    ("topic", topic.as_str()),
+                    ("reopen_notice", reopen_notice.as_str()),
+                ];
                 v.extend(invite.iter().map(|t| ("invite", t.as_str())));
                 v
             }

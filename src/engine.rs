@@ -37,6 +37,7 @@ pub fn default_rules() -> Vec<RuleConfig> {
                     preset: Default::default(),
                     encrypted: None,
                     invite: Vec::new(),
+                    reopen_notice: config::default_reopen_notice(),
                 },
                 ActionConfig::Post {
                     message: "{{ ticket.body }}".into(),
@@ -137,6 +138,7 @@ impl Engine {
                 preset,
                 encrypted,
                 invite,
+                reopen_notice,
             } => {
                 let mut users: Vec<String> = event.participants.clone();
                 for t in invite {
@@ -160,6 +162,7 @@ impl Engine {
                     encrypted: encrypted.unwrap_or(self.encryption),
                     invite: users,
                     admins: event.owner.iter().cloned().collect(),
+                    reopen_notice: Some(self.render(reopen_notice, ctx)?).filter(|n| !n.is_empty()),
                 }))
             }
             ActionConfig::Post { message, notice } => {
@@ -271,19 +274,37 @@ pub async fn drain(
         let mut actions = Vec::new();
         for ev in &events {
             for a in engine.actions(&row.source_id, ev) {
-                if let Action::OpenRoom(spec) = &a {
-                    let key = (row.source_id.clone(), ev.ticket.clone());
-                    let link = match links.get(&key) {
-                        Some(l) => l.clone(),
-                        None => {
-                            let l = store.link(&key.0, &key.1).await?;
-                            links.insert(key, l.clone());
-                            l
+                let key = (row.source_id.clone(), ev.ticket.clone());
+                match &a {
+                    Action::OpenRoom(spec) => {
+                        let link = match links.get(&key) {
+                            Some(l) => l.clone(),
+                            None => {
+                                let l = store.link(&key.0, &key.1).await?;
+                                links.insert(key.clone(), l.clone());
+                                l
+                            }
+                        };
+                        if link.as_ref().is_some_and(|l| {
+                            !l.closed && spec.invite.iter().all(|u| l.invited.contains(u))
+                        }) {
+                            continue;
                         }
-                    };
-                    if link.is_some_and(|l| spec.invite.iter().all(|u| l.invited.contains(u))) {
-                        continue;
+                        // Reopened by this action: later ones in the batch see it open.
+                        if let Some(Some(l)) = links.get_mut(&key) {
+                            l.closed = false;
+                        }
                     }
+                    Action::Close { .. } => {
+                        // The room is closed once this action runs: an open_room after it
+                        // in the batch must not be skipped.
+                        let link = match links.remove(&key) {
+                            Some(l) => l,
+                            None => store.link(&key.0, &key.1).await?,
+                        };
+                        links.insert(key, link.map(|l| Link { closed: true, ..l }));
+                    }
+                    Action::Post { .. } => {}
                 }
                 metrics.actions_queued.with_label_values(&[a.kind()]).inc();
                 actions.push(NewAction {
@@ -348,6 +369,59 @@ mod tests {
         assert!(
             matches!(&closed[1], Action::Close { rename: Some(n), .. } if n == "[closed] Printer on fire")
         );
+    }
+
+    #[tokio::test]
+    async fn a_room_closed_earlier_in_the_batch_is_reopened() {
+        let dir =
+            std::env::temp_dir().join(format!("switchboard-engine-{}", rand::random::<u64>()));
+        let store = Store::connect(&Store::sqlite_url(&dir), None)
+            .await
+            .expect("store");
+        store
+            .insert_link(&Link {
+                source_id: "t".into(),
+                ticket_key: "7".into(),
+                room_id: "!r:hs".into(),
+                thread_id: None,
+                invited: vec!["@a:hs".into(), "@o:hs".into()],
+                closed: false,
+            })
+            .await
+            .expect("link");
+        // An update for the open room, the close, and an update after it: one batch.
+        for (key, kind) in [
+            ("d1", EventKind::Updated),
+            ("d2", EventKind::Closed),
+            ("d3", EventKind::Updated),
+        ] {
+            let events = serde_json::to_string(&vec![event(kind)]).expect("json");
+            store.accept("t", key, &events).await.expect("accept");
+        }
+        assert_eq!(
+            drain(&engine(""), &store, &Metrics::new())
+                .await
+                .expect("drain"),
+            3
+        );
+        let lease = Duration::from_secs(60);
+        let head = store.claim(10, lease).await.expect("claim");
+        let rest = store
+            .lease_following(&head[0], 10, lease)
+            .await
+            .expect("lease");
+        let kinds: Vec<String> = head
+            .iter()
+            .chain(&rest)
+            .map(|r| {
+                let a: Action = serde_json::from_str(&r.action).expect("action");
+                a.kind().to_string()
+            })
+            .collect();
+        // The first open_room is skipped (the room is open, everyone invited); the one
+        // after the close is not: it reopens the room.
+        assert_eq!(kinds, ["post", "post", "close", "open_room", "post"]);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

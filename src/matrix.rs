@@ -375,6 +375,9 @@ impl MatrixSink {
 
     async fn open_room(&self, row: &OutboxRow, spec: &RoomSpec) -> Result<String, Failure> {
         if let Some(link) = self.link(row).await? {
+            if link.closed {
+                self.reopen(row, &link, spec).await?;
+            }
             return self.invite_new(row, &link, &spec.invite).await;
         }
         if spec.encrypted {
@@ -410,6 +413,22 @@ impl MatrixSink {
         };
         let stored = self.store.insert_link(&link).await.map_err(db_failure)?;
         Ok(stored.room_id)
+    }
+
+    /// A closed ticket's room, open again: its name back, a notice, the link marked open.
+    async fn reopen(&self, row: &OutboxRow, link: &Link, spec: &RoomSpec) -> Result<(), Failure> {
+        let room = self.encryption_aware(&link.room_id).await?;
+        room.set_name(spec.name.clone())
+            .await
+            .map_err(|e| Failure::from_sdk(&e))?;
+        if let Some(text) = &spec.reopen_notice {
+            let content = RoomMessageEventContent::notice_plain(text);
+            self.send_message(&room, content, txn_id(row, "r")).await?;
+        }
+        self.store
+            .reopen_link(&row.source_id, &row.ticket_key)
+            .await
+            .map_err(db_failure)
     }
 
     async fn create_room(

@@ -674,6 +674,19 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a closed ticket's room open again.
+    pub async fn reopen_link(&self, source_id: &str, ticket_key: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE links SET closed_at = NULL, updated_at = $1 WHERE source_id = $2 AND ticket_key = $3",
+        )
+        .bind(now_ms())
+        .bind(source_id)
+        .bind(ticket_key)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub async fn close_link(&self, source_id: &str, ticket_key: &str) -> Result<()> {
         let now = now_ms();
         sqlx::query(

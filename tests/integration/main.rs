@@ -182,6 +182,20 @@ async fn ticket_lifecycle(db: Db) -> Result<()> {
     })
     .await?;
     assert_eq!(renamed["name"], "[closed] Ticket T-1 title");
+
+    // Reopened: the name back, a notice, and the message in the same room.
+    sb.hook(&ticket(
+        "T-1",
+        "open",
+        Some("It is back"),
+        &[],
+        &owner.user_id,
+    ))
+    .await?;
+    let msgs = wait_messages(&bot, &room, 5).await?;
+    assert_eq!(msgs[3..], ["Ticket T-1 was reopened (open).", "It is back"]);
+    let name = bot.state(&room, "m.room.name").await?.expect("name");
+    assert_eq!(name["name"], "Ticket T-1 title");
     assert_eq!(bot.joined_rooms().await?.len(), 1, "exactly one room");
     Ok(())
 }

@@ -177,6 +177,9 @@ pub struct RoomSpec {
     pub invite: Vec<String>,
     /// Users to give power level 100.
     pub admins: Vec<String>,
+    /// Posted when the ticket's room was closed and is opened again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopen_notice: Option<String>,
 }
 
 #[cfg(test)]
