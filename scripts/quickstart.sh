@@ -35,7 +35,8 @@ scripts/synapse.sh start --fresh --port "$hs_port" --data-dir "$dir/synapse" \
 
 # The example config, pointed at the local homeserver. Encryption is off here only so that
 # the curl commands below can show the messages; keep it on in real deployments.
-export SWITCHBOARD_BOT_PASSWORD=bot-password WEBHOOK_SECRET=quickstart-secret
+export SWITCHBOARD_BOT_PASSWORD=bot-password WEBHOOK_SECRET=quickstart-secret \
+  SWITCHBOARD_DATA_SECRET=quickstart-data-secret
 sed -e "s#^data_dir = .*#data_dir = \"$dir/data\"#" \
     -e "s#^listen = .*#listen = \"127.0.0.1:$sb_port\"#" \
     -e "s#^homeserver = .*#homeserver = \"http://127.0.0.1:$hs_port\"#" \

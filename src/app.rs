@@ -13,6 +13,7 @@ use crate::engine::{self, Engine};
 use crate::http::{self, HttpState, Source};
 use crate::matrix::MatrixSink;
 use crate::metrics::Metrics;
+use crate::seal::Sealer;
 use crate::store::{Dialect, Store};
 use crate::worker::Worker;
 
@@ -134,11 +135,13 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let data_dir = cfg.data_dir.clone();
     let concurrency = cfg.matrix.concurrency;
     let store2 = store.clone();
+    let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
     tokio::spawn(async move {
         let Some(login) = login else { return };
         let mut backoff = Duration::from_secs(1);
         let sink = loop {
-            match MatrixSink::connect(&matrix_cfg, &login, &data_dir, store2.clone()).await {
+            match MatrixSink::connect(&matrix_cfg, &login, &data_dir, store2.clone(), &sealer).await
+            {
                 Ok(s) => break Arc::new(s),
                 Err(error) => {
                     // Webhooks are still accepted meanwhile; /ready says 503 until this works.

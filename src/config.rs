@@ -20,6 +20,11 @@ pub struct Config {
     /// Directory for the SQLite database, the Matrix session and the crypto store.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Encrypts what Switchboard keeps of the bot's login (the access token in the database,
+    /// the crypto store under `data_dir`). Set it before the first start.
+    pub data_secret: Option<Secret>,
+    /// Read the data secret from this file instead.
+    pub data_secret_file: Option<PathBuf>,
     /// The HTTP listener (webhooks, links, metrics, health).
     #[serde(default)]
     pub http: HttpConfig,
@@ -463,6 +468,7 @@ pub struct Secrets {
     pub database_url: Option<Secret>,
     pub matrix_login: Option<MatrixLogin>,
     pub metrics_password: Option<Secret>,
+    pub data_secret: Option<Secret>,
     /// Signature secret per source ID.
     pub signatures: BTreeMap<String, Secret>,
 }
@@ -664,6 +670,12 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
             "database.url",
             c.database.url.as_ref(),
             c.database.url_file.as_deref(),
+            err,
+        ),
+        data_secret: secret_or_file(
+            "data_secret",
+            c.data_secret.as_ref(),
+            c.data_secret_file.as_deref(),
             err,
         ),
         ..Secrets::default()

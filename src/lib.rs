@@ -7,5 +7,6 @@ pub mod engine;
 pub mod http;
 pub mod matrix;
 pub mod metrics;
+pub mod seal;
 pub mod store;
 pub mod worker;

@@ -24,9 +24,12 @@ use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
 use crate::metrics::Metrics;
+use crate::seal::Sealer;
 use crate::store::{Link, OutboxRow, Store};
 
 const SESSION_KEY: &str = "matrix.session";
+/// What the crypto store's passphrase is derived for.
+const CRYPTO_STORE_KEY: &str = "matrix.crypto-store";
 const INSTANCE_KEY: &str = "instance.id";
 /// Least time between two syncs.
 const SYNC_PAUSE: Duration = Duration::from_millis(500);
@@ -133,29 +136,48 @@ impl MatrixSink {
         login: &MatrixLogin,
         data_dir: &Path,
         store: Store,
+        sealer: &Sealer,
     ) -> Result<MatrixSink, MatrixError> {
         let store_dir = data_dir.join("matrix");
-        let stored: Option<MatrixSession> = store
-            .setting(SESSION_KEY)
-            .await?
-            .and_then(|s| serde_json::from_str(&s).ok())
-            .filter(|s: &MatrixSession| same_user(&cfg.user, &s.meta.user_id));
+        let stored: Option<MatrixSession> = match store.setting(SESSION_KEY).await? {
+            None => None,
+            Some(s) => match sealer.open(SESSION_KEY, &s) {
+                Ok(json) => serde_json::from_str(&json).ok(),
+                Err(error) => {
+                    warn!(%error, "cannot read the stored Matrix session; logging in again");
+                    None
+                }
+            },
+        }
+        .filter(|s: &MatrixSession| same_user(&cfg.user, &s.meta.user_id));
 
         let client = match stored {
             Some(session) => {
-                let client = build(cfg, &store_dir).await?;
-                let restored =
-                    client.restore_session(session).await.is_ok() && client.whoami().await.is_ok();
-                if restored {
-                    info!(user = %cfg.user, "restored Matrix session");
-                    client
-                } else {
-                    warn!(user = %cfg.user, "stored Matrix session is no longer valid; logging in again");
-                    drop(client);
-                    login_fresh(cfg, login, &store_dir, &store).await?
+                // A crypto store made without the data secret (or with another) does not
+                // open: log in again, with a new one.
+                let restored = match build(cfg, &store_dir, sealer).await {
+                    Ok(client) => {
+                        let ok = client.restore_session(session).await.is_ok()
+                            && client.whoami().await.is_ok();
+                        ok.then_some(client)
+                    }
+                    Err(error) => {
+                        warn!(%error, "cannot open the crypto store");
+                        None
+                    }
+                };
+                match restored {
+                    Some(client) => {
+                        info!(user = %cfg.user, "restored Matrix session");
+                        client
+                    }
+                    None => {
+                        warn!(user = %cfg.user, "stored Matrix session cannot be used; logging in again");
+                        login_fresh(cfg, login, &store_dir, &store, sealer).await?
+                    }
                 }
             }
-            None => login_fresh(cfg, login, &store_dir, &store).await?,
+            None => login_fresh(cfg, login, &store_dir, &store, sealer).await?,
         };
         let user_id = client
             .user_id()
@@ -565,11 +587,16 @@ fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
     format!("switchboard_{}", &hex::encode(h.finalize())[..24])
 }
 
-async fn build(cfg: &MatrixConfig, store_dir: &Path) -> Result<Client, MatrixError> {
+async fn build(
+    cfg: &MatrixConfig,
+    store_dir: &Path,
+    sealer: &Sealer,
+) -> Result<Client, MatrixError> {
     std::fs::create_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
+    let passphrase = sealer.passphrase(CRYPTO_STORE_KEY);
     Client::builder()
         .homeserver_url(cfg.homeserver.as_str())
-        .sqlite_store(store_dir, None)
+        .sqlite_store(store_dir, passphrase.as_deref())
         // The outbox decides about retries; the SDK must not retry behind its back.
         .request_config(
             RequestConfig::new()
@@ -586,12 +613,13 @@ async fn login_fresh(
     login: &MatrixLogin,
     store_dir: &PathBuf,
     store: &Store,
+    sealer: &Sealer,
 ) -> Result<Client, MatrixError> {
     // A new device needs a new crypto store: the old one belongs to another device.
     if store_dir.exists() {
         std::fs::remove_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
     }
-    let client = build(cfg, store_dir).await?;
+    let client = build(cfg, store_dir, sealer).await?;
     let auth = client.matrix_auth();
     let err = |e: matrix_sdk::Error| MatrixError::Login(e.to_string());
     match login {
@@ -643,7 +671,9 @@ async fn login_fresh(
         .session()
         .ok_or_else(|| MatrixError::Login("no session after login".into()))?;
     let json = serde_json::to_string(&session).map_err(|e| MatrixError::Login(e.to_string()))?;
-    store.set_setting(SESSION_KEY, &json).await?;
+    store
+        .set_setting(SESSION_KEY, &sealer.seal(SESSION_KEY, &json))
+        .await?;
     info!(user = %session.meta.user_id, device = %session.meta.device_id, "logged in to Matrix");
     Ok(client)
 }

@@ -380,6 +380,36 @@ impl Switchboard {
         Ok(sb)
     }
 
+    /// Sets a top-level config key (a TOML value), replacing an earlier one; takes effect at
+    /// the next `spawn`.
+    pub fn set_top_level(&self, key: &str, value: &str) -> Result<()> {
+        let text = std::fs::read_to_string(&self.config)?;
+        let rest: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with(&format!("{key} =")))
+            .collect();
+        std::fs::write(
+            &self.config,
+            format!("{key} = {value}\n{}\n", rest.join("\n")),
+        )?;
+        Ok(())
+    }
+
+    /// A value of the `settings` table of the process's SQLite database.
+    pub async fn sqlite_setting(&self, key: &str) -> Result<Option<String>> {
+        use sqlx::{Connection, Row};
+        let url = format!(
+            "sqlite://{}",
+            self.dir.join("data/switchboard.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&mut conn)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     /// Starts the process (again) and waits until it listens.
     pub async fn spawn(&mut self) -> Result<()> {
         let log = std::fs::OpenOptions::new()

@@ -738,6 +738,68 @@ async fn logins_by_shared_secret_and_access_token() -> Result<()> {
     Ok(())
 }
 
+/// With a data secret the stored session is sealed: the access token is not in the
+/// database, a restart reuses the session, and a new secret (or one set later) means a new
+/// login instead of a failure.
+#[tokio::test]
+async fn data_secret_seals_the_stored_session() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let mut sb = Switchboard::start(Setup {
+        synapse: s,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: String::new(),
+        encryption: false,
+        login: Some(format!("access_token = \"{}\"", bot.token)),
+    })
+    .await?;
+    let mut sent = Vec::new();
+    let mut say = async |sb: &Switchboard, text: &str| -> Result<Vec<String>> {
+        sent.push(text.to_string());
+        sb.hook(&ticket("D-1", "open", Some(text), &[], &bot.user_id))
+            .await?;
+        let room = sb.wait_room("D-1").await?;
+        let got = wait_messages(&bot, &room, sent.len()).await?;
+        assert_eq!(got, sent);
+        Ok(got)
+    };
+    say(&sb, "before a secret").await?;
+    let plain = sb.sqlite_setting("matrix.session").await?.expect("session");
+    assert!(plain.contains(&bot.token), "stored as is without a secret");
+
+    // A secret set later: the crypto store made without it is replaced, the session sealed.
+    sb.kill();
+    sb.set_top_level("data_secret", "\"first secret\"")?;
+    sb.spawn().await?;
+    say(&sb, "with a secret").await?;
+    let sealed = wait_for("a sealed session", || async {
+        let v = sb.sqlite_setting("matrix.session").await.ok()??;
+        v.starts_with("sealed:v1:").then_some(v)
+    })
+    .await?;
+    assert!(!sealed.contains(&bot.token), "{sealed}");
+
+    // A restart with the same secret reuses the session: nothing is written again (each
+    // sealing has a fresh nonce, so a new login would change the value).
+    sb.kill();
+    sb.spawn().await?;
+    say(&sb, "after a restart").await?;
+    assert_eq!(
+        sb.sqlite_setting("matrix.session").await?,
+        Some(sealed.clone())
+    );
+
+    // Another secret: the stored session does not open, so Switchboard logs in again.
+    sb.kill();
+    sb.set_top_level("data_secret", "\"second secret\"")?;
+    sb.spawn().await?;
+    say(&sb, "with another secret").await?;
+    let resealed = sb.sqlite_setting("matrix.session").await?.expect("session");
+    assert!(resealed.starts_with("sealed:v1:") && resealed != sealed);
+    Ok(())
+}
+
 #[tokio::test]
 async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
     let s = synapse();
