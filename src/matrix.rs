@@ -314,7 +314,7 @@ impl MatrixSink {
                 }
                 *known = None;
                 self.store
-                    .close_link(&row.source_id, &row.ticket_key)
+                    .set_link_closed(&row.source_id, &row.ticket_key, true)
                     .await
                     .map_err(db_failure)?;
                 Ok(result)
@@ -448,7 +448,7 @@ impl MatrixSink {
             self.send_message(&room, content, txn_id(row, "r")).await?;
         }
         self.store
-            .reopen_link(&row.source_id, &row.ticket_key)
+            .set_link_closed(&row.source_id, &row.ticket_key, false)
             .await
             .map_err(db_failure)
     }

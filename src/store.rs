@@ -674,24 +674,18 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a closed ticket's room open again.
-    pub async fn reopen_link(&self, source_id: &str, ticket_key: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE links SET closed_at = NULL, updated_at = $1 WHERE source_id = $2 AND ticket_key = $3",
-        )
-        .bind(now_ms())
-        .bind(source_id)
-        .bind(ticket_key)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn close_link(&self, source_id: &str, ticket_key: &str) -> Result<()> {
+    /// Marks a ticket's room closed, or open again.
+    pub async fn set_link_closed(
+        &self,
+        source_id: &str,
+        ticket_key: &str,
+        closed: bool,
+    ) -> Result<()> {
         let now = now_ms();
         sqlx::query(
-            "UPDATE links SET closed_at = $1, updated_at = $1 WHERE source_id = $2 AND ticket_key = $3",
+            "UPDATE links SET closed_at = $1, updated_at = $2 WHERE source_id = $3 AND ticket_key = $4",
         )
+        .bind(closed.then_some(now))
         .bind(now)
         .bind(source_id)
         .bind(ticket_key)
@@ -1245,10 +1239,16 @@ mod tests {
                 .set_invited("s", "T", &["@a:hs".into(), "@b:hs".into()])
                 .await
                 .expect("invited");
-            store.close_link("s", "T").await.expect("close");
+            store.set_link_closed("s", "T", true).await.expect("close");
             let got = store.link("s", "T").await.expect("link").expect("exists");
             assert!(got.closed);
             assert_eq!(got.invited.len(), 2);
+            store
+                .set_link_closed("s", "T", false)
+                .await
+                .expect("reopen");
+            let got = store.link("s", "T").await.expect("link").expect("exists");
+            assert!(!got.closed);
             store.set_setting("k", "v1").await.expect("set");
             store.set_setting("k", "v2").await.expect("set");
             assert_eq!(

@@ -693,6 +693,19 @@ async fn check_config_names_key_and_line() -> Result<()> {
     Ok(())
 }
 
+/// Switchboard on SQLite with the given `[matrix]` login line.
+async fn start_with_login(bot: &harness::User, login: String) -> Result<Switchboard> {
+    Switchboard::start(Setup {
+        synapse: synapse(),
+        bot,
+        db: Db::Sqlite,
+        extra: String::new(),
+        encryption: false,
+        login: Some(login),
+    })
+    .await
+}
+
 /// Logs in the other two ways (shared secret, access token), and keeps its device across a
 /// restart: the stored session is reused, not replaced by a new login.
 #[tokio::test]
@@ -704,15 +717,7 @@ async fn logins_by_shared_secret_and_access_token() -> Result<()> {
             "shared_secret" => format!("shared_secret = \"{}\"", harness::SHARED_SECRET),
             _ => format!("access_token = \"{}\"", bot.token),
         };
-        let mut sb = Switchboard::start(Setup {
-            synapse: s,
-            bot: &bot,
-            db: Db::Sqlite,
-            extra: String::new(),
-            encryption: false,
-            login: Some(login),
-        })
-        .await?;
+        let mut sb = start_with_login(&bot, login).await?;
         sb.hook(&ticket("S-1", "new", Some(how), &[], &bot.user_id))
             .await?;
         let room = sb.wait_room("S-1").await?;
@@ -745,15 +750,7 @@ async fn logins_by_shared_secret_and_access_token() -> Result<()> {
 async fn data_secret_seals_the_stored_session() -> Result<()> {
     let s = synapse();
     let bot = s.user("bot").await?;
-    let mut sb = Switchboard::start(Setup {
-        synapse: s,
-        bot: &bot,
-        db: Db::Sqlite,
-        extra: String::new(),
-        encryption: false,
-        login: Some(format!("access_token = \"{}\"", bot.token)),
-    })
-    .await?;
+    let mut sb = start_with_login(&bot, format!("access_token = \"{}\"", bot.token)).await?;
     let mut sent = Vec::new();
     let mut say = async |sb: &Switchboard, text: &str| -> Result<Vec<String>> {
         sent.push(text.to_string());
