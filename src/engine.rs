@@ -274,35 +274,28 @@ pub async fn drain(
         let mut actions = Vec::new();
         for ev in &events {
             for a in engine.actions(&row.source_id, ev) {
-                let key = (row.source_id.clone(), ev.ticket.clone());
                 match &a {
                     Action::OpenRoom(spec) => {
-                        let link = match links.get(&key) {
-                            Some(l) => l.clone(),
-                            None => {
-                                let l = store.link(&key.0, &key.1).await?;
-                                links.insert(key.clone(), l.clone());
-                                l
-                            }
-                        };
+                        let link =
+                            batch_link(&mut links, store, &row.source_id, &ev.ticket).await?;
                         if link.as_ref().is_some_and(|l| {
                             !l.closed && spec.invite.iter().all(|u| l.invited.contains(u))
                         }) {
                             continue;
                         }
                         // Reopened by this action: later ones in the batch see it open.
-                        if let Some(Some(l)) = links.get_mut(&key) {
+                        if let Some(l) = link {
                             l.closed = false;
                         }
                     }
                     Action::Close { .. } => {
                         // The room is closed once this action runs: an open_room after it
                         // in the batch must not be skipped.
-                        let link = match links.remove(&key) {
-                            Some(l) => l,
-                            None => store.link(&key.0, &key.1).await?,
-                        };
-                        links.insert(key, link.map(|l| Link { closed: true, ..l }));
+                        let link =
+                            batch_link(&mut links, store, &row.source_id, &ev.ticket).await?;
+                        if let Some(l) = link {
+                            l.closed = true;
+                        }
                     }
                     Action::Post { .. } => {}
                 }
@@ -318,6 +311,22 @@ pub async fn drain(
     }
     store.commit_actions(&batch).await?;
     Ok(rows.len())
+}
+
+/// A ticket's room as the batch being processed sees it: read from the store the first
+/// time, then as the batch's earlier actions left it.
+async fn batch_link<'a>(
+    links: &'a mut HashMap<(String, String), Option<Link>>,
+    store: &Store,
+    source_id: &str,
+    ticket: &str,
+) -> crate::store::Result<&'a mut Option<Link>> {
+    let key = (source_id.to_string(), ticket.to_string());
+    if !links.contains_key(&key) {
+        let link = store.link(source_id, ticket).await?;
+        links.insert(key.clone(), link);
+    }
+    Ok(links.entry(key).or_default())
 }
 
 #[cfg(test)]
