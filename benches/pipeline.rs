@@ -251,13 +251,14 @@ impl Homeserver {
 /// `done` in all); fails on any failed action.
 async fn wait_done(store: &Store, done: i64, limit: Duration) -> Result<()> {
     let deadline = Instant::now() + limit;
-    // Looks only at what is still to do (small, indexed), so looking does not slow down
-    // what is measured; inbox first: once it is empty, every action is in the outbox.
+    // Looks only at what is still to do (small, indexed), and not too often, so looking
+    // does not slow down what is measured (up to 50 ms more per run, under 1 % of the
+    // shortest); inbox first: once it is empty, every action is in the outbox.
     while !(store.unprocessed(1).await?.is_empty() && store.pending_actions().await? == 0) {
         if Instant::now() > deadline {
             bail!("timed out with actions pending");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let c = store.outbox_counts().await?;
     if c.failed > 0 {

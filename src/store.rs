@@ -512,12 +512,17 @@ impl Store {
         Ok(r.rows_affected())
     }
 
-    /// When the next pending action becomes due (ms), if any.
+    /// When the next pending action that is waiting (for a retry, or for a lease to run
+    /// out) becomes due (ms), if any. Actions due already are not counted: they are claimed
+    /// when a worker is free, or run by the lane that holds their ticket, and both wake the
+    /// worker; counting them would have it poll while a busy ticket's queue drains.
     pub async fn next_due(&self) -> Result<Option<i64>> {
         let row = sqlx::query(
             "SELECT MIN(CASE WHEN locked_until IS NOT NULL AND locked_until > next_attempt_at \
-             THEN locked_until ELSE next_attempt_at END) FROM outbox WHERE state = 'pending'",
+             THEN locked_until ELSE next_attempt_at END) FROM outbox WHERE state = 'pending' \
+             AND (next_attempt_at > $1 OR locked_until > $1)",
         )
+        .bind(now_ms())
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get::<Option<i64>, _>(0)?)
@@ -1210,6 +1215,36 @@ mod tests {
             assert!(store.claim(10, lease).await.expect("claim").is_empty());
             assert_eq!(store.release_leases().await.expect("release"), 1);
             assert_eq!(store.claim(10, lease).await.expect("claim").len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn only_waiting_actions_set_the_next_wake() {
+        for store in stores().await {
+            let id = store.accept("s", "d", "[]").await.expect("accept").id;
+            let acts = vec![action("A", 1), action("A", 2), action("B", 1)];
+            store.commit_actions(&[(id, acts)]).await.expect("commit");
+            // Due now: nothing to wait for.
+            assert_eq!(store.next_due().await.expect("due"), None);
+            let lease = Duration::from_secs(600);
+            let heads = store.claim(10, lease).await.expect("claim");
+            assert_eq!(heads.len(), 2);
+            // Leased heads are due again when their leases run out; A's second action is
+            // due already (its lane runs it) and does not count.
+            let due = store.next_due().await.expect("due").expect("a lease");
+            let soon = now_ms() + lease.as_millis() as i64;
+            assert!((soon - 5_000..=soon).contains(&due), "{due} vs {soon}");
+            // A retry in 2 s comes before the leases.
+            store
+                .retry(heads[1].id, Duration::from_secs(2), "503")
+                .await
+                .expect("retry");
+            let due = store.next_due().await.expect("due").expect("the retry");
+            let retry = now_ms() + 2_000;
+            assert!((retry - 1_000..=retry).contains(&due), "{due} vs {retry}");
+            store.complete(heads[0].id, None).await.expect("complete");
+            store.fail(heads[1].id, "403").await.expect("fail");
+            assert_eq!(store.next_due().await.expect("due"), None);
         }
     }
 
