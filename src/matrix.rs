@@ -2,9 +2,10 @@
 //! executes outbox actions with stable transaction IDs, and keeps a sync running once
 //! something needs one (end-to-end encryption does; posting into plain rooms does not).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -127,7 +128,14 @@ pub struct MatrixSink {
     /// Set once something needs the event stream; `sync_start` wakes the connection task.
     sync_wanted: AtomicBool,
     sync_start: tokio::sync::Notify,
+    /// Tickets' rooms as read from the store. A ticket's room never changes once linked
+    /// (links are never deleted or pointed elsewhere), so this is never stale, also when
+    /// another process shares the store.
+    rooms: Mutex<HashMap<(String, String), String>>,
 }
+
+/// How many tickets' rooms are kept in memory; beyond that the cache starts over.
+const ROOM_CACHE: usize = 100_000;
 
 impl MatrixSink {
     /// Logs in (or restores the stored session) and prepares the client.
@@ -210,6 +218,7 @@ impl MatrixSink {
             instance,
             sync_wanted: AtomicBool::new(cfg.encryption),
             sync_start: tokio::sync::Notify::new(),
+            rooms: Mutex::new(HashMap::new()),
         })
     }
 
@@ -272,24 +281,14 @@ impl MatrixSink {
     }
 
     /// Executes one outbox action. Returns a short result to record (an event or room ID).
-    /// `known` is the ticket's room as far as the caller knows it (None: look it up); it is
-    /// kept current for the caller's next action of the same ticket.
-    pub async fn execute(
-        &self,
-        row: &OutboxRow,
-        action: &Action,
-        known: &mut Option<Link>,
-    ) -> Result<String, Failure> {
+    pub async fn execute(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
         match action {
-            Action::OpenRoom(spec) => {
-                *known = None;
-                self.open_room(row, spec).await
-            }
+            Action::OpenRoom(spec) => self.open_room(row, spec).await,
             Action::Post { body, notice } => {
-                let Some(link) = self.known_link(row, known).await? else {
+                let Some(room_id) = self.room_of(row).await? else {
                     return Ok("skipped: the ticket has no room".into());
                 };
-                let room = self.encryption_aware(&link.room_id).await?;
+                let room = self.encryption_aware(&room_id).await?;
                 let content = if *notice {
                     RoomMessageEventContent::notice_plain(body)
                 } else {
@@ -298,10 +297,10 @@ impl MatrixSink {
                 self.send_message(&room, content, txn_id(row, "")).await
             }
             Action::Close { notice, rename } => {
-                let Some(link) = self.known_link(row, known).await? else {
+                let Some(room_id) = self.room_of(row).await? else {
                     return Ok("skipped: the ticket has no room".into());
                 };
-                let room = self.encryption_aware(&link.room_id).await?;
+                let room = self.encryption_aware(&room_id).await?;
                 let mut result = String::new();
                 if let Some(text) = notice {
                     let content = RoomMessageEventContent::notice_plain(text);
@@ -312,7 +311,6 @@ impl MatrixSink {
                         .await
                         .map_err(|e| Failure::from_sdk(&e))?;
                 }
-                *known = None;
                 self.store
                     .set_link_closed(&row.source_id, &row.ticket_key, true)
                     .await
@@ -322,15 +320,30 @@ impl MatrixSink {
         }
     }
 
-    async fn known_link(
-        &self,
-        row: &OutboxRow,
-        known: &mut Option<Link>,
-    ) -> Result<Option<Link>, Failure> {
-        if known.is_none() {
-            *known = self.link(row).await?;
+    /// The ticket's room, from memory when it was looked up before.
+    async fn room_of(&self, row: &OutboxRow) -> Result<Option<String>, Failure> {
+        let key = (row.source_id.clone(), row.ticket_key.clone());
+        if let Some(room_id) = self.rooms().get(&key) {
+            return Ok(Some(room_id.clone()));
         }
-        Ok(known.clone())
+        let Some(link) = self.link(row).await? else {
+            return Ok(None);
+        };
+        self.remember(key, &link.room_id);
+        Ok(Some(link.room_id))
+    }
+
+    fn rooms(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), String>> {
+        // A panic while holding the lock cannot leave the map inconsistent.
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, key: (String, String), room_id: &str) {
+        let mut rooms = self.rooms();
+        if rooms.len() >= ROOM_CACHE {
+            rooms.clear();
+        }
+        rooms.insert(key, room_id.to_string());
     }
 
     async fn link(&self, row: &OutboxRow) -> Result<Option<Link>, Failure> {
@@ -434,6 +447,7 @@ impl MatrixSink {
             closed: false,
         };
         let stored = self.store.insert_link(&link).await.map_err(db_failure)?;
+        self.remember((stored.source_id, stored.ticket_key), &stored.room_id);
         Ok(stored.room_id)
     }
 

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use crate::matrix::{Failure, MatrixSink};
 use crate::metrics::Metrics;
-use crate::store::{Link, OutboxRow, Store, now_ms};
+use crate::store::{OutboxRow, Store, now_ms};
 
 /// How long a claimed action is reserved for this worker. Longer than any one request.
 const LEASE: Duration = Duration::from_secs(90);
@@ -78,8 +78,6 @@ impl Worker {
         let mut last = head.clone();
         let mut run = VecDeque::from([head]);
         let mut unrecorded: Option<(i64, Outcome)> = None;
-        // The ticket's room, looked up once per lane: only this lane changes it meanwhile.
-        let mut link: Option<Link> = None;
         loop {
             let Some(row) = run.pop_front() else {
                 // All leased actions ran: lease those queued meanwhile.
@@ -99,10 +97,8 @@ impl Worker {
                     }
                 }
             };
-            let (recorded, outcome) = tokio::join!(
-                self.record(unrecorded.take()),
-                self.run_one(&row, &mut link)
-            );
+            let (recorded, outcome) =
+                tokio::join!(self.record(unrecorded.take()), self.run_one(&row));
             if let Outcome::Retry(delay, message) = &outcome {
                 if let Err(error) = self.store.retry(row.id, *delay, message).await {
                     warn!(id = row.id, %error, "cannot record a retry");
@@ -142,14 +138,14 @@ impl Worker {
     }
 
     /// Runs one action and classifies the outcome.
-    async fn run_one(&self, row: &OutboxRow, link: &mut Option<Link>) -> Outcome {
+    async fn run_one(&self, row: &OutboxRow) -> Outcome {
         let action: Action = match serde_json::from_str(&row.action) {
             Ok(a) => a,
             Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
         };
         let kind = action.kind();
         let started = Instant::now();
-        let outcome = self.sink.execute(row, &action, link).await;
+        let outcome = self.sink.execute(row, &action).await;
         self.metrics
             .action_seconds
             .with_label_values(&[kind])
