@@ -528,7 +528,6 @@ impl Store {
         Ok(row.try_get::<Option<i64>, _>(0)?)
     }
 
-    /// How many actions are still to do (an index-only count, cheap to ask often).
     /// Deletes finished records created before `cutoff` (Unix milliseconds): deliveries
     /// already turned into actions, and actions done or failed. Pending work is never
     /// deleted, nor are links. A redelivery of a delivery whose record is gone is no longer
@@ -577,6 +576,7 @@ impl Store {
         }
     }
 
+    /// How many actions are still to do (an index-only count, cheap to ask often).
     pub async fn pending_actions(&self) -> Result<i64> {
         let row = sqlx::query("SELECT COUNT(*) FROM outbox WHERE state = 'pending'")
             .fetch_one(&self.pool)
