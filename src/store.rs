@@ -222,7 +222,21 @@ impl Store {
                 url.to_string()
             }
             Dialect::Postgres => {
-                opts = opts.max_connections(max_connections.unwrap_or(8));
+                opts = opts
+                    .max_connections(max_connections.unwrap_or(8))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // As on SQLite, only intake waits for its commit to be flushed
+                            // (it has a connection of its own, with the server's setting):
+                            // the rest can be redone from the inbox after a crash of the
+                            // server, and actions queued again keep their transaction IDs.
+                            // The log is written in order, so intake's flush carries every
+                            // earlier commit with it.
+                            use sqlx::Executor;
+                            conn.execute("SET synchronous_commit = off").await?;
+                            Ok(())
+                        })
+                    });
                 url.to_string()
             }
         };
@@ -235,7 +249,19 @@ impl Store {
         // Intake's writer has a thread and a runtime of its own: it waits on the database
         // several times per batch, and on the shared runtime every one of those waits ended
         // behind the HTTP tasks queued meanwhile, while all webhooks of the batch waited on it.
-        let writer_pool = pool.clone();
+        let writer_pool = match dialect {
+            // SQLite: the one connection everything shares (one writer at a time).
+            Dialect::Sqlite => pool.clone(),
+            // PostgreSQL: one connection of its own, with the server's `synchronous_commit`
+            // (see above); the writer's statements follow one another, so one is enough.
+            Dialect::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect(&url)
+                    .await?
+            }
+        };
         let cannot_start =
             |e: std::io::Error| StoreError::Intake(format!("cannot start the intake writer: {e}"));
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1245,6 +1271,27 @@ mod tests {
             store.complete(heads[0].id, None).await.expect("complete");
             store.fail(heads[1].id, "403").await.expect("fail");
             assert_eq!(store.next_due().await.expect("due"), None);
+        }
+    }
+
+    /// Only intake's commits wait for the disk; the shared connections' do not.
+    #[tokio::test]
+    async fn shared_connections_do_not_wait_for_the_disk() {
+        for store in stores().await {
+            let (sql, relaxed) = match store.dialect {
+                // 1 is NORMAL: no flush per commit in WAL mode.
+                Dialect::Sqlite => ("PRAGMA synchronous", "1"),
+                Dialect::Postgres => ("SELECT current_setting('synchronous_commit')", "off"),
+            };
+            let row = sqlx::query(sql)
+                .fetch_one(&store.pool)
+                .await
+                .expect("setting");
+            let value = match store.dialect {
+                Dialect::Sqlite => row.try_get::<i64, _>(0).expect("number").to_string(),
+                Dialect::Postgres => row.try_get::<String, _>(0).expect("text"),
+            };
+            assert_eq!(value, relaxed, "{:?}", store.dialect);
         }
     }
 
