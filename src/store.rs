@@ -62,6 +62,9 @@ struct IntakeRequest {
 /// Most deliveries written in one statement.
 const INTAKE_BATCH: usize = 512;
 
+/// How long a caller waits for a free connection before it gets an error.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// What intake learned when it stored a delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepted {
@@ -179,7 +182,7 @@ impl Store {
         } else {
             return Err(StoreError::Url);
         };
-        let mut opts = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let mut opts = AnyPoolOptions::new().acquire_timeout(ACQUIRE_TIMEOUT);
         let url = match dialect {
             Dialect::Sqlite => {
                 // Create the file (and WAL mode, which persists in it) with a plain connection.
@@ -257,7 +260,7 @@ impl Store {
             Dialect::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(1)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
                     .connect(&url)
                     .await?
             }
@@ -1280,17 +1283,16 @@ mod tests {
         for store in stores().await {
             let (sql, relaxed) = match store.dialect {
                 // 1 is NORMAL: no flush per commit in WAL mode.
-                Dialect::Sqlite => ("PRAGMA synchronous", "1"),
+                Dialect::Sqlite => (
+                    "SELECT CAST(synchronous AS TEXT) FROM pragma_synchronous",
+                    "1",
+                ),
                 Dialect::Postgres => ("SELECT current_setting('synchronous_commit')", "off"),
             };
-            let row = sqlx::query(sql)
+            let value: String = sqlx::query_scalar(sql)
                 .fetch_one(&store.pool)
                 .await
                 .expect("setting");
-            let value = match store.dialect {
-                Dialect::Sqlite => row.try_get::<i64, _>(0).expect("number").to_string(),
-                Dialect::Postgres => row.try_get::<String, _>(0).expect("text"),
-            };
             assert_eq!(value, relaxed, "{:?}", store.dialect);
         }
     }
