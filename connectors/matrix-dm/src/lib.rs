@@ -1,0 +1,124 @@
+//! Matrix DM helpdesk: a customer's direct chat with the bot becomes a thread in a backoffice
+//! room, where any operator answers; commands (`!ho done`, ...) manage the requests.
+//!
+//! This crate holds the connector's configuration and its rules: command parsing, who may
+//! open a request, the options operators change from the chat, and how a relayed message
+//! looks on the other side. Talking to Matrix is the service's job.
+
+pub mod access;
+pub mod command;
+pub mod relay;
+pub mod settings;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+pub use access::Access;
+pub use command::{Command, CommandError, ConfigCommand};
+pub use settings::Settings;
+
+/// Configuration of a Matrix DM helpdesk source (`kind = "matrix_dm"`).
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MatrixDmConfig {
+    /// The room where operators work (a room ID, `!...`); each request is a thread in it.
+    pub backoffice_room: String,
+    /// What commands start with.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// Who may run operator commands. Empty: every member of the backoffice room.
+    /// Non-empty: only these users, and only while they are members.
+    #[serde(default)]
+    pub operators: Vec<String>,
+    /// Who may run `config` (chat-based configuration). Nobody if empty.
+    #[serde(default)]
+    pub admins: Vec<String>,
+    /// Who may open requests.
+    #[serde(default)]
+    pub access: Access,
+    /// Rooms the bot ignores entirely (room IDs).
+    #[serde(default)]
+    pub ignored_rooms: Vec<String>,
+    /// Close a request after this many hours without a message; 0 never.
+    #[serde(default = "default_idle_close_hours")]
+    pub idle_close_hours: u64,
+    /// Encrypt the direct chats that `start` opens.
+    #[serde(default = "default_true")]
+    pub encrypt_started: bool,
+}
+
+fn default_prefix() -> String {
+    "!ho".into()
+}
+fn default_idle_close_hours() -> u64 {
+    24 * 7
+}
+fn default_true() -> bool {
+    true
+}
+
+impl MatrixDmConfig {
+    /// Problems a config check reports, as (key below this source, message).
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if !(self.backoffice_room.starts_with('!') && self.backoffice_room.contains(':')) {
+            out.push((
+                "backoffice_room",
+                format!("`{}` is not a room ID (!id:server)", self.backoffice_room),
+            ));
+        }
+        if self.prefix.trim().is_empty() || self.prefix.contains(char::is_whitespace) {
+            out.push(("prefix", "must be one word".into()));
+        }
+        for (key, list) in [("operators", &self.operators), ("admins", &self.admins)] {
+            for id in list {
+                if !switchboard_connector::is_matrix_user_id(id) {
+                    out.push((key, format!("`{id}` is not a Matrix user ID")));
+                }
+            }
+        }
+        for bad in self.access.invalid_entries() {
+            out.push((
+                "access",
+                format!("`{bad}` is neither a user ID nor a homeserver"),
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_problems() {
+        let cfg: MatrixDmConfig = serde_json::from_value(serde_json::json!({
+            "backoffice_room": "!ops:example.org",
+        }))
+        .expect("a valid config");
+        assert_eq!(cfg.prefix, "!ho");
+        assert_eq!(cfg.idle_close_hours, 168);
+        assert!(cfg.encrypt_started);
+        assert!(cfg.problems().is_empty());
+
+        let cfg: MatrixDmConfig = serde_json::from_value(serde_json::json!({
+            "backoffice_room": "#ops:example.org",
+            "prefix": "! ho",
+            "admins": ["alice"],
+            "access": {"deny": ["bad domain"]},
+        }))
+        .expect("a valid config");
+        let keys: Vec<&str> = cfg.problems().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["backoffice_room", "prefix", "admins", "access"]);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = serde_json::from_value::<MatrixDmConfig>(serde_json::json!({
+            "backoffice_room": "!ops:example.org", "prefx": "!x",
+        }))
+        .expect_err("a misspelt key");
+        assert!(err.to_string().contains("prefx"), "{err}");
+    }
+}
