@@ -1,6 +1,9 @@
 //! Durable state: inbox, outbox, links, cursors and settings, on SQLite or PostgreSQL.
 //! The same queries serve both databases; only migrations and row locking differ.
 
+mod requests;
+pub use requests::{Counts, Request};
+
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
@@ -984,7 +987,7 @@ mod tests {
 
     /// A fresh store on each database: SQLite in a temp dir, and a new PostgreSQL database
     /// on the server named by `SWITCHBOARD_TEST_POSTGRES` (the local one by default).
-    async fn stores() -> Vec<Store> {
+    pub(super) async fn stores() -> Vec<Store> {
         let dir = std::env::temp_dir().join(format!("switchboard-store-{}", rand::random::<u64>()));
         let sqlite = Store::connect(&Store::sqlite_url(&dir), None)
             .await
