@@ -34,9 +34,10 @@ pub fn strip_html_fallback(html: &str) -> &str {
     }
 }
 
-/// A message's content as it goes to the other side: fallbacks stripped, relations that
-/// point into the other room dropped (the caller adds its own), everything else kept (media
-/// URLs, formatting, mentions are cleared so nobody is pinged by a relay).
+/// A message's content as it goes to the other side: reply fallbacks stripped; relations
+/// (which name events of the other room; the caller adds its own), mentions (nobody is
+/// pinged by a relay) and any per-message profile dropped; everything else kept, media URLs
+/// and formatting included.
 pub fn relayed_content(original: &Map<String, Value>) -> Map<String, Value> {
     let mut content = original.clone();
     content.remove("m.relates_to");
