@@ -2,8 +2,8 @@
 //! room, where any operator answers; commands (`!ho done`, ...) manage the requests.
 //!
 //! This crate holds the connector's configuration and its rules: command parsing, who may
-//! open a request, the options operators change from the chat, and how a relayed message
-//! looks on the other side. Talking to Matrix is the service's job.
+//! open a request, the options operators change from the chat, thread roots and their edits,
+//! and how a relayed message looks on the other side. Talking to Matrix is the service's job.
 
 pub mod access;
 pub mod command;

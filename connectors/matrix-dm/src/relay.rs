@@ -111,6 +111,50 @@ fn escape_html(text: &str) -> String {
     out
 }
 
+/// The thread root's content: the title behind the open or done prefix, as the bot's own
+/// message type (`m.notice` unless configured otherwise).
+pub fn thread_root(prefix: &str, title: &str, msgtype: &str) -> Map<String, Value> {
+    let mut content = Map::new();
+    content.insert("msgtype".into(), json!(msgtype));
+    content.insert("body".into(), json!(format!("{prefix} {title}")));
+    content
+}
+
+/// Puts a message into the thread that starts at `root`. Clients without threads see it as
+/// a reply to the root (`is_falling_back`).
+pub fn in_thread(mut content: Map<String, Value>, root: &str) -> Map<String, Value> {
+    content.insert(
+        "m.relates_to".into(),
+        json!({
+            "rel_type": "m.thread",
+            "event_id": root,
+            "is_falling_back": true,
+            "m.in_reply_to": {"event_id": root},
+        }),
+    );
+    content
+}
+
+/// An edit of the bot's own message `original` (a thread root renamed or marked done):
+/// clients that know edits show `new_content`; others see the starred fallback.
+pub fn replacement(original: &str, new_content: Map<String, Value>) -> Map<String, Value> {
+    let mut content = Map::new();
+    if let Some(msgtype) = new_content.get("msgtype") {
+        content.insert("msgtype".into(), msgtype.clone());
+    }
+    let body = new_content
+        .get("body")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    content.insert("body".into(), json!(format!("* {body}")));
+    content.insert("m.new_content".into(), Value::Object(new_content));
+    content.insert(
+        "m.relates_to".into(),
+        json!({"rel_type": "m.replace", "event_id": original}),
+    );
+    content
+}
+
 /// English ordinal of `n`: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 101st, 111th.
 pub fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100) {
@@ -202,6 +246,40 @@ mod tests {
         assert_eq!(out["body"], json!("report.pdf"));
         assert_eq!(out[PROFILE_KEY]["has_fallback"], json!(false));
         assert!(out[PROFILE_KEY].get("avatar_url").is_none());
+    }
+
+    #[test]
+    fn roots_threads_and_edits() {
+        let root = thread_root("[OPEN]", "1st request from a.org (1st by A)", "m.notice");
+        assert_eq!(
+            Value::Object(root.clone()),
+            json!({"msgtype": "m.notice", "body": "[OPEN] 1st request from a.org (1st by A)"})
+        );
+        let Value::Object(text) = json!({"msgtype": "m.text", "body": "hi"}) else {
+            unreachable!()
+        };
+        let threaded = in_thread(text, "$root");
+        assert_eq!(threaded["m.relates_to"]["rel_type"], json!("m.thread"));
+        assert_eq!(threaded["m.relates_to"]["event_id"], json!("$root"));
+        assert_eq!(
+            threaded["m.relates_to"]["m.in_reply_to"]["event_id"],
+            json!("$root")
+        );
+        assert_eq!(threaded["body"], json!("hi"));
+
+        let done = replacement(
+            "$root",
+            thread_root("[DONE]", "Printer on fire", "m.notice"),
+        );
+        assert_eq!(
+            Value::Object(done),
+            json!({
+                "msgtype": "m.notice",
+                "body": "* [DONE] Printer on fire",
+                "m.new_content": {"msgtype": "m.notice", "body": "[DONE] Printer on fire"},
+                "m.relates_to": {"rel_type": "m.replace", "event_id": "$root"},
+            })
+        );
     }
 
     #[test]
