@@ -44,9 +44,11 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
         .config
         .sources
         .iter()
-        .map(|(id, cfg)| {
+        .filter_map(|(id, cfg)| {
             let hook: Box<dyn switchboard_connector::WebhookSource> = match cfg.kind {
                 SourceKind::Webhook => Box::new(cfg.webhook.clone().unwrap_or_default()),
+                // Hears Matrix, not HTTP.
+                SourceKind::MatrixDm => return None,
             };
             let signature = cfg.signature.clone().and_then(|s| {
                 loaded
@@ -55,7 +57,7 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
                     .get(id)
                     .map(|secret| (s, secret.clone()))
             });
-            (
+            Some((
                 id.clone(),
                 Source {
                     id: id.clone(),
@@ -63,7 +65,7 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
                     signature,
                     link_create: cfg.link_create,
                 },
-            )
+            ))
         })
         .collect()
 }
@@ -117,6 +119,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let server = tokio::spawn(server);
 
     let engine = Arc::new(Engine::new(cfg));
+    let helpdesk = engine.helpdesk();
+    let helpdesk_wake = engine_wake.clone();
     tokio::spawn(engine::run(
         engine,
         store.clone(),
@@ -152,6 +156,9 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
             }
         };
         info!(user = %sink.user_id(), "connected to the homeserver");
+        if let Some(helpdesk) = helpdesk {
+            sink.serve_helpdesk(helpdesk, helpdesk_wake);
+        }
         tokio::spawn(sink.clone().stay_connected(metrics.clone()));
         let worker = Arc::new(Worker {
             store: store2,

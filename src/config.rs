@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use switchboard_connector::EventKind;
+use switchboard_matrix_dm::MatrixDmConfig;
 use switchboard_webhook::WebhookConfig;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -211,6 +212,9 @@ pub enum LogFormat {
 pub enum SourceKind {
     /// A generic JSON webhook; options under `webhook`.
     Webhook,
+    /// A helpdesk in Matrix: customers' direct chats with the bot become threads in a
+    /// backoffice room; options under `matrix_dm`. At most one per bot.
+    MatrixDm,
 }
 
 /// One ticket source.
@@ -226,6 +230,8 @@ pub struct SourceConfig {
     pub link_create: bool,
     /// Options of the generic webhook connector (`kind = "webhook"`).
     pub webhook: Option<WebhookConfig>,
+    /// Options of the Matrix DM helpdesk (`kind = "matrix_dm"`).
+    pub matrix_dm: Option<MatrixDmConfig>,
 }
 
 /// HMAC signature of webhook bodies.
@@ -820,7 +826,29 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
                     );
                 }
             }
+            SourceKind::MatrixDm => match &src.matrix_dm {
+                None => err(
+                    &format!("{key}.matrix_dm"),
+                    "required for kind = \"matrix_dm\"".into(),
+                ),
+                Some(dm) => {
+                    for (k, problem) in dm.problems() {
+                        err(&format!("{key}.matrix_dm.{k}"), problem);
+                    }
+                }
+            },
         }
+    }
+    if let Some(second) = c
+        .sources
+        .iter()
+        .filter(|(_, s)| s.kind == SourceKind::MatrixDm)
+        .nth(1)
+    {
+        err(
+            &format!("sources.{}.kind", second.0),
+            "one bot serves at most one matrix_dm source".into(),
+        );
     }
 
     let env = minijinja::Environment::new();
@@ -956,6 +984,36 @@ homeserver = "http://127.0.0.1:8008"
         assert!(keys.contains(&("http.listen", Some(3))), "{errs:?}");
         assert!(keys.contains(&("http.body_limit", Some(4))), "{errs:?}");
         assert!(keys.iter().any(|(k, _)| *k == "matrix"), "{errs:?}");
+    }
+
+    #[test]
+    fn helpdesk_sources_are_checked() {
+        let ok = format!(
+            "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+        );
+        let l = parse(&ok).expect("valid");
+        assert_eq!(l.config.sources["help"].kind, SourceKind::MatrixDm);
+
+        let text = format!(
+            "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n\n\
+             [sources.help.matrix_dm]\nbackoffice_room = \"#ops:example.org\"\n\
+             admins = [\"alice\"]\n\n[sources.desk]\nkind = \"matrix_dm\"\n"
+        );
+        let errs = parse(&text).expect_err("invalid");
+        let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        assert!(
+            keys.contains(&("sources.help.matrix_dm.backoffice_room", Some(14))),
+            "{errs:?}"
+        );
+        assert!(
+            keys.contains(&("sources.help.matrix_dm.admins", Some(15))),
+            "{errs:?}"
+        );
+        assert!(
+            keys.contains(&("sources.desk.matrix_dm", Some(17))),
+            "{errs:?}"
+        );
+        assert!(keys.contains(&("sources.help.kind", Some(11))), "{errs:?}");
     }
 
     #[test]

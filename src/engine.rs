@@ -11,7 +11,8 @@ use switchboard_connector::{Action, EventKind, RoomSpec, TicketEvent, lookup};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::config::{self, ActionConfig, Config, RuleConfig};
+use crate::config::{self, ActionConfig, Config, RuleConfig, SourceKind};
+use crate::helpdesk::Helpdesk;
 use crate::metrics::Metrics;
 use crate::store::{Link, NewAction, Store};
 
@@ -20,6 +21,9 @@ pub struct Engine {
     rules: Vec<RuleConfig>,
     env: Environment<'static>,
     encryption: bool,
+    /// The Matrix DM helpdesk, if one is configured: its deliveries are planned by it, not
+    /// by the rules.
+    helpdesk: Option<Arc<Helpdesk>>,
 }
 
 /// The rules used when the config has none: a room per ticket, messages posted into it,
@@ -88,11 +92,24 @@ impl Engine {
                 warn!(%error, template = t.1, "template does not compile");
             }
         }
+        let helpdesk = config.sources.iter().find_map(|(id, src)| {
+            let dm = src
+                .matrix_dm
+                .clone()
+                .filter(|_| src.kind == SourceKind::MatrixDm)?;
+            Some(Arc::new(Helpdesk::new(id, dm, &config.matrix.user)))
+        });
         Engine {
             rules,
             env,
             encryption: config.matrix.encryption,
+            helpdesk,
         }
+    }
+
+    /// The configured helpdesk, for the Matrix side to feed.
+    pub fn helpdesk(&self) -> Option<Arc<Helpdesk>> {
+        self.helpdesk.clone()
     }
 
     /// The actions for one event, in order.
@@ -272,6 +289,24 @@ pub async fn drain(
             }
         };
         let mut actions = Vec::new();
+        if let Some(helpdesk) = engine
+            .helpdesk
+            .as_ref()
+            .filter(|h| h.source_id == row.source_id)
+        {
+            for ev in &events {
+                for (lane, a) in helpdesk.plan(store, ev).await? {
+                    metrics.actions_queued.with_label_values(&[a.kind()]).inc();
+                    actions.push(NewAction {
+                        source_id: row.source_id.clone(),
+                        ticket_key: lane,
+                        action: serde_json::to_string(&a)?,
+                    });
+                }
+            }
+            batch.push((row.id, actions));
+            continue;
+        }
         for ev in &events {
             for a in engine.actions(&row.source_id, ev) {
                 match &a {
@@ -297,7 +332,10 @@ pub async fn drain(
                             l.closed = true;
                         }
                     }
-                    Action::Post { .. } => {}
+                    Action::Post { .. }
+                    | Action::ThreadOpen { .. }
+                    | Action::ThreadPost { .. }
+                    | Action::Send { .. } => {}
                 }
                 metrics.actions_queued.with_label_values(&[a.kind()]).inc();
                 actions.push(NewAction {

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod helpdesk;
 pub mod http;
 pub mod matrix;
 pub mod metrics;

@@ -24,6 +24,7 @@ use switchboard_connector::{Action, RoomSpec};
 use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
+use crate::helpdesk::{Heard, Helpdesk, Role};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::store::{Link, OutboxRow, Store};
@@ -132,7 +133,12 @@ pub struct MatrixSink {
     /// (links are never deleted or pointed elsewhere), so this is never stale, also when
     /// another process shares the store.
     rooms: Mutex<HashMap<(String, String), String>>,
+    /// The helpdesk the sync feeds, and the engine's wake-up, once `serve_helpdesk` ran.
+    helpdesk: std::sync::OnceLock<(Arc<Helpdesk>, Arc<tokio::sync::Notify>)>,
 }
+
+/// Where the sync stood after the last response whose messages are in the inbox.
+const SYNC_CURSOR: &str = "matrix.sync";
 
 /// How many tickets' rooms are kept in memory; beyond that the cache starts over.
 const ROOM_CACHE: usize = 100_000;
@@ -219,7 +225,16 @@ impl MatrixSink {
             sync_wanted: AtomicBool::new(cfg.encryption),
             sync_start: tokio::sync::Notify::new(),
             rooms: Mutex::new(HashMap::new()),
+            helpdesk: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Feeds the helpdesk what the sync hears from now on (the sync starts if it was not
+    /// running); `wake` tells the engine that the inbox has something.
+    pub fn serve_helpdesk(&self, helpdesk: Arc<Helpdesk>, wake: Arc<tokio::sync::Notify>) {
+        if self.helpdesk.set((helpdesk, wake)).is_ok() {
+            self.want_sync();
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -259,10 +274,46 @@ impl MatrixSink {
     async fn sync_forever(self: Arc<Self>, metrics: Metrics) {
         let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
         let mut backoff = Duration::from_millis(500);
+        // With a helpdesk, the sync goes on from the last response whose messages reached
+        // the inbox; without a stored position it starts now and relays nothing older.
+        let helpdesk = self.helpdesk.get().cloned();
+        let mut resumed = false;
+        if helpdesk.is_some() {
+            loop {
+                match self.store.cursor(SYNC_CURSOR).await {
+                    Ok(token) => {
+                        if let Some(token) = token {
+                            settings = settings.token(token);
+                            resumed = true;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        warn!(%error, "cannot read the sync position; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
         loop {
             match self.client.sync_once(settings.clone()).await {
                 Ok(resp) => {
                     metrics.homeserver_up.set(1);
+                    if let Some((helpdesk, wake)) = &helpdesk {
+                        let taken = match self.hear(helpdesk, &resp, resumed).await {
+                            Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = taken {
+                            // The same response comes again from the old position.
+                            warn!(%error, "cannot store what the sync heard; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(15));
+                            continue;
+                        }
+                        resumed = true;
+                        wake.notify_one();
+                    }
                     settings = settings.token(resp.next_batch);
                     backoff = Duration::from_millis(500);
                     // Every event in a joined room wakes a waiting sync, and the homeserver
@@ -280,9 +331,165 @@ impl MatrixSink {
         }
     }
 
+    /// Hands the helpdesk what one sync response brought: accepts or declines invites, and
+    /// stores each message from someone else in the inbox (`deliver` false: only the
+    /// invites, on a first sync whose messages are history).
+    async fn hear(
+        &self,
+        helpdesk: &Helpdesk,
+        resp: &matrix_sdk::sync::SyncResponse,
+        deliver: bool,
+    ) -> crate::store::Result<()> {
+        // Pending invites are in the client's state, also those a crash left unanswered.
+        for room in self.client.invited_rooms() {
+            let room_id = room.room_id().to_string();
+            let inviter = match room.invite_details().await {
+                Ok(details) => details.inviter.map(|m| m.user_id().to_string()),
+                Err(_) => None,
+            };
+            let outcome = if helpdesk.accepts_invite(&room_id, inviter.as_deref()) {
+                room.join().await
+            } else {
+                room.leave().await
+            };
+            if let Err(error) = outcome {
+                warn!(room = %room_id, %error, "cannot answer an invite; trying again later");
+            }
+        }
+        if !deliver {
+            return Ok(());
+        }
+        for (room_id, update) in &resp.rooms.joined {
+            let room_id = room_id.as_str();
+            if helpdesk.ignores(room_id) {
+                continue;
+            }
+            let backoffice = room_id == helpdesk.backoffice();
+            if update.timeline.limited {
+                warn!(room = %room_id, "the sync skipped part of a room's timeline");
+            }
+            for event in &update.timeline.events {
+                let Ok(raw) = serde_json::from_str::<serde_json::Value>(event.raw().json().get())
+                else {
+                    continue;
+                };
+                let sender = raw["sender"].as_str().unwrap_or_default();
+                if raw["type"] != "m.room.message" || sender == self.user_id.as_str() {
+                    continue;
+                }
+                let (Some(event_id), Some(content)) =
+                    (raw["event_id"].as_str(), raw["content"].as_object())
+                else {
+                    continue;
+                };
+                let Some(room) = self
+                    .client
+                    .get_room(&OwnedRoomId::try_from(room_id).map_err(|e| {
+                        crate::store::StoreError::Intake(format!("room ID {room_id}: {e}"))
+                    })?)
+                else {
+                    continue;
+                };
+                if !backoffice && room.joined_members_count() > 2 {
+                    // Not a one-to-one chat: say why, then leave.
+                    let _ = room
+                        .send_raw("m.room.message", helpdesk.group_notice())
+                        .await;
+                    if let Err(error) = room.leave().await {
+                        warn!(room = %room_id, %error, "cannot leave a group room");
+                    }
+                    break;
+                }
+                let member = match UserId::parse(sender) {
+                    Ok(user) if !backoffice => room.get_member_no_sync(&user).await.ok().flatten(),
+                    _ => None,
+                };
+                let heard = Heard {
+                    role: if backoffice {
+                        Role::Operator
+                    } else {
+                        Role::Customer
+                    },
+                    room: room_id.to_string(),
+                    sender: sender.to_string(),
+                    event_id: event_id.to_string(),
+                    content: content.clone(),
+                    thread: content
+                        .get("m.relates_to")
+                        .filter(|r| r["rel_type"] == "m.thread")
+                        .and_then(|r| r["event_id"].as_str())
+                        .map(String::from),
+                    displayname: member
+                        .as_ref()
+                        .and_then(|m| m.display_name().map(String::from)),
+                    avatar_url: member
+                        .as_ref()
+                        .and_then(|m| m.avatar_url().map(|u| u.to_string())),
+                };
+                let Some((dedupe, ev)) = helpdesk.delivery(&heard) else {
+                    continue;
+                };
+                let events = serde_json::to_string(&[ev])?;
+                self.store
+                    .accept(&helpdesk.source_id, &dedupe, &events)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Executes one outbox action. Returns a short result to record (an event or room ID).
     pub async fn execute(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
         match action {
+            Action::ThreadOpen {
+                request,
+                room,
+                content,
+            } => {
+                match self
+                    .store
+                    .request_by_id(*request)
+                    .await
+                    .map_err(db_failure)?
+                {
+                    None => return Ok("skipped: no such request".into()),
+                    Some(r) if r.thread_root.is_some() => {
+                        return Ok("skipped: the thread exists".into());
+                    }
+                    Some(_) => {}
+                }
+                let room = self.encryption_aware(room).await?;
+                let root = self.send_raw(&room, content.clone(), row, "").await?;
+                self.store
+                    .set_request_thread(*request, &root)
+                    .await
+                    .map_err(db_failure)?;
+                Ok(root)
+            }
+            Action::ThreadPost {
+                request,
+                room,
+                content,
+            } => {
+                let root = self
+                    .store
+                    .request_by_id(*request)
+                    .await
+                    .map_err(db_failure)?
+                    .and_then(|r| r.thread_root)
+                    .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
+                let content = switchboard_matrix_dm::relay::in_thread(
+                    content.as_object().cloned().unwrap_or_default(),
+                    &root,
+                );
+                let room = self.encryption_aware(room).await?;
+                self.send_raw(&room, serde_json::Value::Object(content), row, "")
+                    .await
+            }
+            Action::Send { room, content } => {
+                let room = self.encryption_aware(room).await?;
+                self.send_raw(&room, content.clone(), row, "").await
+            }
             Action::OpenRoom(spec) => self.open_room(row, spec).await,
             Action::Post { body, notice } => {
                 let Some(room_id) = self.room_of(row).await? else {
@@ -378,6 +585,22 @@ impl MatrixSink {
             .await
             .map_err(|e| Failure::from_http(&e))?;
         Ok(resp.event_id.to_string())
+    }
+
+    /// Sends a message with the given content as it is; returns its event ID.
+    async fn send_raw(
+        &self,
+        room: &Room,
+        content: serde_json::Value,
+        row: &OutboxRow,
+        part: &str,
+    ) -> Result<String, Failure> {
+        let resp = room
+            .send_raw("m.room.message", content)
+            .with_transaction_id(&txn_id(row, part))
+            .await
+            .map_err(|e| Failure::from_sdk(&e))?;
+        Ok(resp.response.event_id.to_string())
     }
 
     /// The room, with the sync started first if the room is encrypted.

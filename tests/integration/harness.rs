@@ -217,6 +217,39 @@ impl User {
         Ok((status, r.json().await.unwrap_or(Value::Null)))
     }
 
+    async fn send_json(&self, method: reqwest::Method, path: &str, body: &Value) -> Result<Value> {
+        let r = self
+            .http
+            .request(method, format!("{}/_matrix/client{path}", self.base_url))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("{path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// Creates a room (`body` as `createRoom` takes it); returns its ID.
+    pub async fn create_room(&self, body: Value) -> Result<String> {
+        let v = self
+            .send_json(reqwest::Method::POST, "/v3/createRoom", &body)
+            .await?;
+        Ok(v["room_id"].as_str().context("room_id")?.to_string())
+    }
+
+    /// Sends a message with this content; returns its event ID.
+    pub async fn send(&self, room: &str, content: Value) -> Result<String> {
+        let path = format!("/v3/rooms/{}/send/m.room.message/{}", enc(room), suffix());
+        let v = self
+            .send_json(reqwest::Method::PUT, &path, &content)
+            .await?;
+        Ok(v["event_id"].as_str().context("event_id")?.to_string())
+    }
+
     /// A state event's content, if set.
     pub async fn state(&self, room: &str, kind: &str) -> Result<Option<Value>> {
         let (status, v) = self

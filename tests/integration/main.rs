@@ -39,6 +39,7 @@ on_both_databases!(
     homeserver_outage,
     bad_requests_are_refused,
     link_redirects_and_creates,
+    helpdesk_relays_both_ways,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -831,5 +832,161 @@ async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
     let sb = start(Db::Sqlite, &bot, extra).await?;
     let r = sb.http().get(format!("{}/metrics", sb.base)).send().await?;
     assert_eq!(r.status().as_u16(), 403);
+    Ok(())
+}
+
+/// The Matrix DM helpdesk: a customer's direct chat becomes a thread in the backoffice room,
+/// and an operator's answer in the thread reaches the customer.
+async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
+        .await?;
+    let sb = start(
+        db,
+        &bot,
+        &format!("\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\nbackoffice_room = \"{backoffice}\"\n"),
+    )
+    .await?;
+    let joined = |room: String| {
+        let bot = &bot;
+        move || {
+            let room = room.clone();
+            async move { bot.joined_rooms().await.ok()?.contains(&room).then_some(()) }
+        }
+    };
+    wait_for("the bot in the backoffice room", joined(backoffice.clone())).await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    // Written at once, before the bot has joined: it reads it when it does.
+    customer
+        .send(
+            &dm,
+            json!({"msgtype": "m.text", "body": "My printer is on fire"}),
+        )
+        .await?;
+    wait_for("the bot in the customer's chat", joined(dm.clone())).await?;
+
+    let in_thread = |root: &Value| {
+        let root = root["event_id"].clone();
+        let bot = json!(bot.user_id);
+        // What the bot posted in the thread (operators answer there too).
+        move |e: &&Value| {
+            e["sender"] == bot
+                && e["content"]["m.relates_to"]["rel_type"] == "m.thread"
+                && e["content"]["m.relates_to"]["event_id"] == root
+        }
+    };
+    let thread = || async {
+        let timeline = operator.timeline(&backoffice).await.ok()?;
+        let roots: Vec<Value> = timeline
+            .iter()
+            .filter(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] "))
+            })
+            .cloned()
+            .collect();
+        let root = roots.first()?.clone();
+        let posts: Vec<Value> = timeline.iter().filter(in_thread(&root)).cloned().collect();
+        Some((roots, posts))
+    };
+    let (roots, posts) = wait_for("the request's thread", || async {
+        thread().await.filter(|(_, posts)| !posts.is_empty())
+    })
+    .await?;
+    let server = customer
+        .user_id
+        .split_once(':')
+        .map(|(_, s)| s)
+        .unwrap_or_default();
+    let title = roots[0]["content"]["body"].as_str().unwrap_or_default();
+    assert!(
+        title.starts_with(&format!("[OPEN] 1st request from {server} (1st by "))
+            && title.ends_with(&format!("({}))", customer.user_id)),
+        "{title}"
+    );
+    let local = customer.user_id[1..].split(':').next().unwrap_or_default();
+    assert_eq!(posts[0]["sender"], json!(bot.user_id));
+    assert_eq!(
+        posts[0]["content"]["body"],
+        json!(format!("{local}: My printer is on fire"))
+    );
+    assert_eq!(
+        posts[0]["content"]["com.beeper.per_message_profile"]["id"],
+        json!(customer.user_id)
+    );
+
+    // An operator answers in the thread; the customer gets the answer from the bot.
+    let root_id = roots[0]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    operator
+        .send(
+            &backoffice,
+            json!({"msgtype": "m.text", "body": "We are on it",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root_id,
+                                    "is_falling_back": true, "m.in_reply_to": {"event_id": root_id}}}),
+        )
+        .await?;
+    let from_bot = || async {
+        let timeline = customer.timeline(&dm).await.ok()?;
+        Some(
+            timeline
+                .iter()
+                .filter(|e| e["type"] == "m.room.message" && e["sender"] == json!(bot.user_id))
+                .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+                .collect::<Vec<_>>(),
+        )
+    };
+    wait_for("the answer in the customer's chat", || async {
+        from_bot()
+            .await
+            .filter(|m| m.iter().any(|b| b == "We are on it"))
+    })
+    .await?;
+
+    // The customer's next message joins the same thread.
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Still burning"}))
+        .await?;
+    let (roots, posts) = wait_for("the second message in the thread", || async {
+        thread().await.filter(|(_, posts)| posts.len() >= 2)
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (roots_after, posts_after) = thread().await.unwrap_or_default();
+    assert_eq!(roots.len(), 1, "one request, one thread");
+    assert_eq!(
+        (roots_after.len(), posts_after.len()),
+        (1, 2),
+        "nothing twice"
+    );
+    let bodies: Vec<&str> = posts
+        .iter()
+        .filter_map(|p| p["content"]["body"].as_str())
+        .collect();
+    assert_eq!(
+        bodies,
+        [
+            format!("{local}: My printer is on fire"),
+            format!("{local}: Still burning")
+        ]
+    );
+    let answers = from_bot().await.unwrap_or_default();
+    assert_eq!(
+        answers,
+        ["Thank you for contacting us!", "We are on it"],
+        "the greeting, then the answer, once each"
+    );
+    drop(sb);
     Ok(())
 }

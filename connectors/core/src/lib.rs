@@ -152,6 +152,24 @@ pub enum Action {
         notice: Option<String>,
         rename: Option<String>,
     },
+    /// Helpdesk: post a request's thread root (`content`) into `room`, unless the request
+    /// has its root already.
+    ThreadOpen {
+        request: i64,
+        room: String,
+        content: serde_json::Value,
+    },
+    /// Helpdesk: post `content` into a request's thread in `room`.
+    ThreadPost {
+        request: i64,
+        room: String,
+        content: serde_json::Value,
+    },
+    /// Send a message with this content into `room` as it is.
+    Send {
+        room: String,
+        content: serde_json::Value,
+    },
 }
 
 impl Action {
@@ -161,6 +179,9 @@ impl Action {
             Action::OpenRoom(_) => "open_room",
             Action::Post { .. } => "post",
             Action::Close { .. } => "close",
+            Action::ThreadOpen { .. } => "thread_open",
+            Action::ThreadPost { .. } => "thread_post",
+            Action::Send { .. } => "send",
         }
     }
 }

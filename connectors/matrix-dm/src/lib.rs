@@ -21,7 +21,8 @@ pub use settings::Settings;
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatrixDmConfig {
-    /// The room where operators work (a room ID, `!...`); each request is a thread in it.
+    /// The room where operators work (its room ID, `!...`, not an alias); each request is a
+    /// thread in it.
     pub backoffice_room: String,
     /// What commands start with.
     #[serde(default = "default_prefix")]
@@ -61,10 +62,12 @@ impl MatrixDmConfig {
     /// Problems a config check reports, as (key below this source, message).
     pub fn problems(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        if !(self.backoffice_room.starts_with('!') && self.backoffice_room.contains(':')) {
+        // Room IDs of room version 12 and later have no server part (`!hash`).
+        let id = self.backoffice_room.strip_prefix('!').unwrap_or_default();
+        if id.is_empty() || id.contains(char::is_whitespace) {
             out.push((
                 "backoffice_room",
-                format!("`{}` is not a room ID (!id:server)", self.backoffice_room),
+                format!("`{}` is not a room ID (!...)", self.backoffice_room),
             ));
         }
         if self.prefix.trim().is_empty() || self.prefix.contains(char::is_whitespace) {
@@ -101,6 +104,14 @@ mod tests {
         assert_eq!(cfg.idle_close_hours, 168);
         assert!(cfg.encrypt_started);
         assert!(cfg.problems().is_empty());
+        let v12: MatrixDmConfig = serde_json::from_value(serde_json::json!({
+            "backoffice_room": "!gi9WZSu46mU0au3EozASmbFCMSl1oGRc9GH4MUj_w00",
+        }))
+        .expect("a valid config");
+        assert!(
+            v12.problems().is_empty(),
+            "room version 12 IDs have no server"
+        );
 
         let cfg: MatrixDmConfig = serde_json::from_value(serde_json::json!({
             "backoffice_room": "#ops:example.org",

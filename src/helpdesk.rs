@@ -1,0 +1,218 @@
+//! The Matrix DM helpdesk (`kind = "matrix_dm"`): messages the sync hears become inbox
+//! deliveries, and deliveries become requests and actions (thread roots, relays).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use switchboard_connector::{Action, EventKind, TicketEvent};
+use switchboard_matrix_dm::access::server_of;
+use switchboard_matrix_dm::relay::{self, Profile};
+use switchboard_matrix_dm::settings::request_title;
+use switchboard_matrix_dm::{MatrixDmConfig, Settings};
+use tracing::{debug, warn};
+
+use crate::store::{Result, Store};
+
+/// One helpdesk: its source ID, its config and the options set from the chat.
+#[derive(Debug)]
+pub struct Helpdesk {
+    pub source_id: String,
+    pub config: MatrixDmConfig,
+    pub settings: Settings,
+    /// The bot's homeserver: customers from elsewhere get the greeting with their
+    /// homeserver's count.
+    pub own_server: String,
+}
+
+/// Who wrote a message the sync heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// In a direct chat with the bot.
+    Customer,
+    /// In the backoffice room.
+    Operator,
+}
+
+/// A message as the sync heard it, stored in the inbox as the event's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heard {
+    pub role: Role,
+    pub room: String,
+    pub sender: String,
+    pub event_id: String,
+    pub content: Map<String, Value>,
+    /// The thread the message is in (operators).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub displayname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar_url: Option<String>,
+}
+
+impl Helpdesk {
+    pub fn new(source_id: &str, config: MatrixDmConfig, bot_user: &str) -> Helpdesk {
+        Helpdesk {
+            source_id: source_id.to_string(),
+            config,
+            settings: Settings::default(),
+            own_server: server_of(bot_user).unwrap_or_default().to_string(),
+        }
+    }
+
+    pub fn backoffice(&self) -> &str {
+        &self.config.backoffice_room
+    }
+
+    /// Whether the bot accepts an invite from `inviter` into `room`.
+    pub fn accepts_invite(&self, room: &str, inviter: Option<&str>) -> bool {
+        room == self.backoffice()
+            || (!self.ignores(room) && inviter.is_some_and(|u| self.config.access.allows(u)))
+    }
+
+    pub fn ignores(&self, room: &str) -> bool {
+        self.config.ignored_rooms.iter().any(|r| r == room)
+    }
+
+    /// The text posted before leaving a room with more than one other member.
+    pub fn group_notice(&self) -> Value {
+        self.notice("text.group")
+    }
+
+    fn notice(&self, key: &str) -> Value {
+        json!({
+            "msgtype": self.settings.get("msgtype").unwrap_or("m.notice"),
+            "body": self.settings.get(key).unwrap_or_default(),
+        })
+    }
+
+    /// The inbox delivery for a message: its dedupe key (the event ID) and its event.
+    pub fn delivery(&self, heard: &Heard) -> Option<(String, TicketEvent)> {
+        let ticket = match heard.role {
+            Role::Customer => heard.room.clone(),
+            Role::Operator => heard.thread.clone()?,
+        };
+        let mut event = TicketEvent::new(ticket, EventKind::Updated);
+        event.body = heard
+            .content
+            .get("body")
+            .and_then(Value::as_str)
+            .map(String::from);
+        event.payload = serde_json::to_value(heard).ok()?;
+        Some((heard.event_id.clone(), event))
+    }
+
+    /// The actions for one delivered message, each with the ticket (lane) it belongs to:
+    /// all of a request's actions share one lane, so they run in order.
+    pub async fn plan(&self, store: &Store, event: &TicketEvent) -> Result<Vec<(String, Action)>> {
+        let heard: Heard = match serde_json::from_value(event.payload.clone()) {
+            Ok(h) => h,
+            Err(error) => {
+                warn!(source = %self.source_id, %error, "stored helpdesk message does not parse; skipped");
+                return Ok(Vec::new());
+            }
+        };
+        match heard.role {
+            Role::Customer => self.customer_wrote(store, heard).await,
+            Role::Operator => self.operator_wrote(store, heard).await,
+        }
+    }
+
+    async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+        let server = server_of(&heard.sender).unwrap_or_default();
+        let name = match &heard.displayname {
+            Some(n) => format!("{n} ({})", heard.sender),
+            None => heard.sender.clone(),
+        };
+        let mut server_nth = 0;
+        let (request, created) = store
+            .open_request(&self.source_id, &heard.sender, server, &heard.room, |c| {
+                server_nth = c.server;
+                request_title(c.server, server, c.customer, &name)
+            })
+            .await?;
+        if !created {
+            store.touch_request(request.id).await?;
+        }
+        let lane = format!("request:{}", request.id);
+        let backoffice = self.backoffice().to_string();
+        let mut out = Vec::new();
+        // Until the root is posted: the action skips itself if an earlier one posted it.
+        if request.thread_root.is_none() {
+            let prefix = self.settings.get("text.prefix.open").unwrap_or("[OPEN]");
+            let msgtype = self.settings.get("msgtype").unwrap_or("m.notice");
+            out.push((
+                lane.clone(),
+                Action::ThreadOpen {
+                    request: request.id,
+                    room: backoffice.clone(),
+                    content: Value::Object(relay::thread_root(prefix, &request.title, msgtype)),
+                },
+            ));
+        }
+        if created && !self.settings.flag("silent") {
+            let mut greeting = if server == self.own_server {
+                self.notice("text.greetings")
+            } else {
+                self.notice("text.greetings.customer")
+            };
+            if let Some(Value::String(body)) = greeting.get_mut("body") {
+                *body = body.replace("{nth}", &relay::ordinal(server_nth));
+            }
+            out.push((
+                lane.clone(),
+                Action::Send {
+                    room: heard.room.clone(),
+                    content: greeting,
+                },
+            ));
+        }
+        let profile = Profile {
+            displayname: heard
+                .displayname
+                .clone()
+                .unwrap_or_else(|| heard.sender.clone()),
+            user_id: heard.sender,
+            avatar_url: heard.avatar_url,
+        };
+        let content = relay::with_profile(relay::relayed_content(&heard.content), &profile);
+        out.push((
+            lane,
+            Action::ThreadPost {
+                request: request.id,
+                room: backoffice,
+                content: Value::Object(content),
+            },
+        ));
+        Ok(out)
+    }
+
+    async fn operator_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+        let Some(root) = &heard.thread else {
+            return Ok(Vec::new());
+        };
+        let body = heard
+            .content
+            .get("body")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if switchboard_matrix_dm::command::parse(&self.config.prefix, body).is_some() {
+            debug!(source = %self.source_id, "command heard; commands are not handled yet");
+            return Ok(Vec::new());
+        }
+        let Some(request) = store.request_by_thread(&self.source_id, root).await? else {
+            return Ok(Vec::new());
+        };
+        if request.closed {
+            return Ok(Vec::new());
+        }
+        store.touch_request(request.id).await?;
+        Ok(vec![(
+            format!("request:{}", request.id),
+            Action::Send {
+                room: request.dm_room,
+                content: Value::Object(relay::relayed_content(&heard.content)),
+            },
+        )])
+    }
+}
