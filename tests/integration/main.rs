@@ -845,7 +845,7 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
     let backoffice = operator
         .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
         .await?;
-    let sb = start(
+    let mut sb = start(
         db,
         &bot,
         &format!("\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\nbackoffice_room = \"{backoffice}\"\n"),
@@ -987,6 +987,46 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
         ["Thank you for contacting us!", "We are on it"],
         "the greeting, then the answer, once each"
     );
-    drop(sb);
+
+    // Killed, and the conversation goes on meanwhile: after the restart everything said
+    // while it was down arrives, once.
+    sb.kill();
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Hello?"}))
+        .await?;
+    operator
+        .send(
+            &backoffice,
+            json!({"msgtype": "m.text", "body": "Still here",
+                   "m.relates_to": {"rel_type": "m.thread", "event_id": root_id,
+                                    "is_falling_back": true, "m.in_reply_to": {"event_id": root_id}}}),
+        )
+        .await?;
+    sb.spawn().await?;
+    wait_for("what was said while it was down", || async {
+        let posted = thread().await.filter(|(_, posts)| posts.len() >= 3)?;
+        let answered = from_bot().await.filter(|m| m.len() >= 3)?;
+        Some((posted, answered))
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (roots, posts) = thread().await.unwrap_or_default();
+    let bodies: Vec<&str> = posts
+        .iter()
+        .filter_map(|p| p["content"]["body"].as_str())
+        .collect();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(
+        bodies,
+        [
+            format!("{local}: My printer is on fire"),
+            format!("{local}: Still burning"),
+            format!("{local}: Hello?")
+        ]
+    );
+    assert_eq!(
+        from_bot().await.unwrap_or_default(),
+        ["Thank you for contacting us!", "We are on it", "Still here"]
+    );
     Ok(())
 }
