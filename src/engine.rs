@@ -335,7 +335,9 @@ pub async fn drain(
                     Action::Post { .. }
                     | Action::ThreadOpen { .. }
                     | Action::ThreadPost { .. }
-                    | Action::Send { .. } => {}
+                    | Action::Send { .. }
+                    | Action::Invite { .. }
+                    | Action::Leave { .. } => {}
                 }
                 metrics.actions_queued.with_label_values(&[a.kind()]).inc();
                 actions.push(NewAction {

@@ -5,12 +5,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use switchboard_connector::{Action, EventKind, TicketEvent};
 use switchboard_matrix_dm::access::server_of;
+use switchboard_matrix_dm::command::{self, Command, CommandError};
 use switchboard_matrix_dm::relay::{self, Profile};
 use switchboard_matrix_dm::settings::request_title;
 use switchboard_matrix_dm::{MatrixDmConfig, Settings};
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::store::{Result, Store};
+use crate::store::{Request, Result, Store};
 
 /// One helpdesk: its source ID, its config and the options set from the chat.
 #[derive(Debug)]
@@ -134,7 +135,7 @@ impl Helpdesk {
         if !created {
             store.touch_request(request.id).await?;
         }
-        let lane = format!("request:{}", request.id);
+        let lane = lane(request.id);
         let backoffice = self.backoffice().to_string();
         let mut out = Vec::new();
         // Until the root is posted: the action skips itself if an earlier one posted it.
@@ -188,31 +189,181 @@ impl Helpdesk {
     }
 
     async fn operator_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
-        let Some(root) = &heard.thread else {
-            return Ok(Vec::new());
-        };
         let body = heard
             .content
             .get("body")
             .and_then(Value::as_str)
             .unwrap_or("");
-        if switchboard_matrix_dm::command::parse(&self.config.prefix, body).is_some() {
-            debug!(source = %self.source_id, "command heard; commands are not handled yet");
-            return Ok(Vec::new());
+        if let Some(parsed) = command::parse(&self.config.prefix, body) {
+            return self.command(store, &heard, parsed).await;
         }
+        let Some(root) = &heard.thread else {
+            return Ok(Vec::new());
+        };
         let Some(request) = store.request_by_thread(&self.source_id, root).await? else {
             return Ok(Vec::new());
         };
         if request.closed {
-            return Ok(Vec::new());
+            return Ok(vec![self.reply(
+                &heard,
+                &lane(request.id),
+                "This request is closed; nothing was sent. The customer's next message opens a new one.",
+            )]);
         }
         store.touch_request(request.id).await?;
         Ok(vec![(
-            format!("request:{}", request.id),
+            lane(request.id),
             Action::Send {
                 room: request.dm_room,
                 content: Value::Object(relay::relayed_content(&heard.content)),
             },
         )])
     }
+
+    /// Runs an operator's command; the answers go into the command's thread.
+    async fn command(
+        &self,
+        store: &Store,
+        heard: &Heard,
+        parsed: std::result::Result<Command, CommandError>,
+    ) -> Result<Vec<(String, Action)>> {
+        let request = match &heard.thread {
+            Some(root) => store.request_by_thread(&self.source_id, root).await?,
+            None => None,
+        };
+        let lane = match &request {
+            Some(r) => lane(r.id),
+            None => format!("command:{}", heard.event_id),
+        };
+        let say = |text: &str| Ok(vec![self.reply(heard, &lane, text)]);
+        let ops = &self.config.operators;
+        if !ops.is_empty() && !ops.contains(&heard.sender) {
+            return say("Only operators can run commands.");
+        }
+        let command = match parsed {
+            Ok(c) => c,
+            Err(CommandError::Usage(usage)) => {
+                return say(&format!("Usage: {} {usage}", self.config.prefix));
+            }
+            Err(CommandError::Unknown(_)) => return say(&self.help()),
+        };
+        if command.needs_thread() && request.is_none() {
+            return say("Send this in the thread of a request.");
+        }
+        match command {
+            Command::Help => say(&self.help()),
+            Command::Note(_) => Ok(Vec::new()),
+            Command::Done => {
+                let Some(request) = request.filter(|r| !r.closed) else {
+                    return say("This request is closed already.");
+                };
+                store.close_request(request.id).await?;
+                let mut out = Vec::new();
+                if !self.settings.flag("silent") {
+                    out.push((
+                        lane.clone(),
+                        Action::Send {
+                            room: request.dm_room.clone(),
+                            content: self.notice("text.done"),
+                        },
+                    ));
+                }
+                if let Some(edit) = self.retitle(&request, &request.title, true) {
+                    out.push((lane.clone(), edit));
+                }
+                out.push((
+                    lane,
+                    Action::Leave {
+                        room: request.dm_room,
+                    },
+                ));
+                Ok(out)
+            }
+            Command::Rename(title) => {
+                let Some(request) = request else {
+                    return Ok(Vec::new());
+                };
+                store.rename_request(request.id, &title).await?;
+                Ok(self
+                    .retitle(&request, &title, request.closed)
+                    .map(|edit| vec![(lane, edit)])
+                    .unwrap_or_default())
+            }
+            Command::Invite => {
+                let Some(request) = request else {
+                    return Ok(Vec::new());
+                };
+                Ok(vec![(
+                    lane,
+                    Action::Invite {
+                        room: request.dm_room,
+                        user: heard.sender.clone(),
+                    },
+                )])
+            }
+            Command::Count(user) => {
+                let server = server_of(&user).unwrap_or_default();
+                let counts = store.request_counts(&self.source_id, &user, server).await?;
+                say(&format!(
+                    "{user} has made {} request(s); {server}, {} in all.",
+                    counts.customer, counts.server
+                ))
+            }
+            Command::Start(_) | Command::Config(_) => say(&format!(
+                "`{} {}` is not available yet.",
+                self.config.prefix,
+                command.name()
+            )),
+        }
+    }
+
+    /// An edit of the request's thread root: its title behind the open or done prefix.
+    fn retitle(&self, request: &Request, title: &str, done: bool) -> Option<Action> {
+        let root = request.thread_root.as_deref()?;
+        let key = if done {
+            "text.prefix.done"
+        } else {
+            "text.prefix.open"
+        };
+        let prefix = self.settings.get(key).unwrap_or_default();
+        let msgtype = self.settings.get("msgtype").unwrap_or("m.notice");
+        Some(Action::Send {
+            room: self.backoffice().to_string(),
+            content: Value::Object(relay::replacement(
+                root,
+                relay::thread_root(prefix, title, msgtype),
+            )),
+        })
+    }
+
+    /// A notice in the thread `heard` was sent in (or a new thread on it).
+    fn reply(&self, heard: &Heard, lane: &str, text: &str) -> (String, Action) {
+        let mut content = Map::new();
+        content.insert(
+            "msgtype".into(),
+            json!(self.settings.get("msgtype").unwrap_or("m.notice")),
+        );
+        content.insert("body".into(), json!(text));
+        let thread = heard.thread.as_deref().unwrap_or(&heard.event_id);
+        (
+            lane.to_string(),
+            Action::Send {
+                room: self.backoffice().to_string(),
+                content: Value::Object(relay::in_thread(content, thread)),
+            },
+        )
+    }
+
+    fn help(&self) -> String {
+        let mut text = String::from("Commands (in a request's thread unless noted):");
+        for (usage, what) in command::HELP {
+            text.push_str(&format!("\n{} {usage}: {what}", self.config.prefix));
+        }
+        text
+    }
+}
+
+/// The outbox lane of a request: its actions run in order.
+fn lane(request: i64) -> String {
+    format!("request:{request}")
 }

@@ -490,6 +490,31 @@ impl MatrixSink {
                 let room = self.encryption_aware(room).await?;
                 self.send_raw(&room, content.clone(), row, "").await
             }
+            Action::Invite { room, user } => {
+                let uid = UserId::parse(user.as_str())
+                    .map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+                let room = self.room(room).await?;
+                match room.invite_user_by_id(&uid).await {
+                    Ok(()) => Ok(format!("invited {user}")),
+                    // Already in the room, or invited: nothing left to do.
+                    Err(e)
+                        if e.as_client_api_error()
+                            .is_some_and(|c| c.status_code == 403) =>
+                    {
+                        Ok(format!("not invited: {e}"))
+                    }
+                    Err(e) => Err(Failure::from_sdk(&e)),
+                }
+            }
+            Action::Leave { room } => {
+                let id = RoomId::parse(room.as_str())
+                    .map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
+                match self.client.get_room(&id) {
+                    Some(r) => r.leave().await.map_err(|e| Failure::from_sdk(&e))?,
+                    None => return Ok("skipped: not in the room".into()),
+                }
+                Ok(format!("left {room}"))
+            }
             Action::OpenRoom(spec) => self.open_room(row, spec).await,
             Action::Post { body, notice } => {
                 let Some(room_id) = self.room_of(row).await? else {

@@ -241,6 +241,14 @@ impl User {
         Ok(v["room_id"].as_str().context("room_id")?.to_string())
     }
 
+    /// Joins a room this user is invited to.
+    pub async fn join(&self, room: &str) -> Result<()> {
+        let path = format!("/v3/rooms/{}/join", enc(room));
+        self.send_json(reqwest::Method::POST, &path, &json!({}))
+            .await?;
+        Ok(())
+    }
+
     /// Sends a message with this content; returns its event ID.
     pub async fn send(&self, room: &str, content: Value) -> Result<String> {
         let path = format!("/v3/rooms/{}/send/m.room.message/{}", enc(room), suffix());

@@ -40,6 +40,7 @@ on_both_databases!(
     bad_requests_are_refused,
     link_redirects_and_creates,
     helpdesk_relays_both_ways,
+    helpdesk_commands,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -1028,5 +1029,197 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
         from_bot().await.unwrap_or_default(),
         ["Thank you for contacting us!", "We are on it", "Still here"]
     );
+    Ok(())
+}
+
+/// Operators' commands: note, rename, count, help, a refusal, done, and what follows done.
+async fn helpdesk_commands(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let intruder = hs.user("intruder").await?;
+    let customer = hs.user("customer").await?;
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id, intruder.user_id]}))
+        .await?;
+    intruder.join(&backoffice).await?;
+    let _sb = start(
+        db,
+        &bot,
+        &format!(
+            "\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\n\
+             backoffice_room = \"{backoffice}\"\noperators = [\"{}\"]\n",
+            operator.user_id
+        ),
+    )
+    .await?;
+    let in_rooms = |room: String| {
+        let bot = &bot;
+        move || {
+            let room = room.clone();
+            async move { bot.joined_rooms().await.ok()?.contains(&room).then_some(()) }
+        }
+    };
+    wait_for(
+        "the bot in the backoffice room",
+        in_rooms(backoffice.clone()),
+    )
+    .await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Help!"}))
+        .await?;
+    let root = wait_for("the thread root", || async {
+        operator
+            .timeline(&backoffice)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] "))
+            })
+    })
+    .await?;
+    let root_id = root["event_id"].as_str().unwrap_or_default().to_string();
+    let in_thread = |body: &str| {
+        json!({"msgtype": "m.text", "body": body,
+               "m.relates_to": {"rel_type": "m.thread", "event_id": root_id,
+                                "is_falling_back": true, "m.in_reply_to": {"event_id": root_id}}})
+    };
+    // The bot's notices in the thread, and its edits of the root.
+    let bot_in_thread = || async {
+        let timeline = operator.timeline(&backoffice).await.ok()?;
+        let notices: Vec<String> = timeline
+            .iter()
+            .filter(|e| e["sender"] == json!(bot.user_id))
+            .filter(|e| e["content"]["m.relates_to"]["event_id"] == json!(root_id))
+            .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.thread")
+            .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+            .collect();
+        let titles: Vec<String> = timeline
+            .iter()
+            .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+            .filter_map(|e| {
+                e["content"]["m.new_content"]["body"]
+                    .as_str()
+                    .map(String::from)
+            })
+            .collect();
+        Some((notices, titles))
+    };
+
+    let prefix = "!ho";
+    operator
+        .send(
+            &backoffice,
+            in_thread(&format!("{prefix} note printer model T-1000")),
+        )
+        .await?;
+    operator
+        .send(
+            &backoffice,
+            in_thread(&format!("{prefix} rename Printer on fire")),
+        )
+        .await?;
+    operator
+        .send(
+            &backoffice,
+            in_thread(&format!("{prefix} count {}", customer.user_id)),
+        )
+        .await?;
+    operator
+        .send(&backoffice, in_thread(&format!("{prefix} frobnicate")))
+        .await?;
+    intruder
+        .send(&backoffice, in_thread(&format!("{prefix} done")))
+        .await?;
+    let (notices, titles) = wait_for("answers to the commands", || async {
+        bot_in_thread()
+            .await
+            .filter(|(n, t)| n.len() >= 4 && !t.is_empty())
+    })
+    .await?;
+    assert_eq!(titles, ["[OPEN] Printer on fire"]);
+    // notices[0] is the customer's message.
+    assert_eq!(
+        notices[1],
+        format!(
+            "{} has made 1 request(s); {}, 1 in all.",
+            customer.user_id,
+            customer
+                .user_id
+                .split_once(':')
+                .map(|(_, s)| s)
+                .unwrap_or_default()
+        )
+    );
+    assert!(
+        notices[2].starts_with("Commands ") && notices[2].contains("!ho done"),
+        "{}",
+        notices[2]
+    );
+    assert_eq!(notices[3], "Only operators can run commands.");
+
+    operator
+        .send(&backoffice, in_thread(&format!("{prefix} done")))
+        .await?;
+    let dm_left = || async { (!bot.joined_rooms().await.ok()?.contains(&dm)).then_some(()) };
+    wait_for("the bot out of the customer's chat", dm_left).await?;
+    let (_, titles) = bot_in_thread().await.unwrap_or_default();
+    assert_eq!(titles, ["[OPEN] Printer on fire", "[DONE] Printer on fire"]);
+    let to_customer: Vec<String> = customer
+        .timeline(&dm)
+        .await?
+        .iter()
+        .filter(|e| e["sender"] == json!(bot.user_id) && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+        .collect();
+    assert_eq!(to_customer.len(), 2, "{to_customer:?}");
+    assert!(to_customer[1].starts_with("The operator marked your request as completed."));
+    assert!(
+        !to_customer.iter().any(|m| m.contains("T-1000")),
+        "notes stay in the thread"
+    );
+
+    // Later in the closed thread: a notice, nothing sent.
+    operator
+        .send(&backoffice, in_thread("one more thing"))
+        .await?;
+    wait_for("the closed-thread notice", || async {
+        bot_in_thread()
+            .await
+            .filter(|(n, _)| n.iter().any(|b| b.starts_with("This request is closed")))
+    })
+    .await?;
+
+    // The customer's next chat is a new request.
+    let dm2 = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(&dm2, json!({"msgtype": "m.text", "body": "It is back"}))
+        .await?;
+    wait_for("a second request", || async {
+        operator
+            .timeline(&backoffice)
+            .await
+            .ok()?
+            .iter()
+            .find(|e| {
+                e["content"]["body"].as_str().is_some_and(|b| {
+                    b.starts_with("[OPEN] 2nd request from ") && b.contains("(2nd by ")
+                })
+            })
+            .map(|_| ())
+    })
+    .await?;
     Ok(())
 }

@@ -170,6 +170,10 @@ pub enum Action {
         room: String,
         content: serde_json::Value,
     },
+    /// Invite `user` into `room`.
+    Invite { room: String, user: String },
+    /// Leave `room`.
+    Leave { room: String },
 }
 
 impl Action {
@@ -182,6 +186,8 @@ impl Action {
             Action::ThreadOpen { .. } => "thread_open",
             Action::ThreadPost { .. } => "thread_post",
             Action::Send { .. } => "send",
+            Action::Invite { .. } => "invite",
+            Action::Leave { .. } => "leave",
         }
     }
 }
