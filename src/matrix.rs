@@ -390,7 +390,14 @@ impl MatrixSink {
                 else {
                     continue;
                 };
-                if !backoffice && room.joined_members_count() > 2 {
+                // Members from the room's state as synced (the summary's count is only
+                // sent with lazy-loaded members).
+                let joined = room
+                    .members_no_sync(matrix_sdk::RoomMemberships::JOIN)
+                    .await
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                if !backoffice && joined > 2 {
                     // Not a one-to-one chat: say why, then leave.
                     let _ = room
                         .send_raw("m.room.message", helpdesk.group_notice())

@@ -1198,6 +1198,30 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
     })
     .await?;
 
+    // A room with more people is left with a notice, and opens no request.
+    let friend = hs.user("friend").await?;
+    let group = customer
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id, friend.user_id]}))
+        .await?;
+    friend.join(&group).await?;
+    wait_for("the bot in the group room", in_rooms(group.clone())).await?;
+    customer
+        .send(&group, json!({"msgtype": "m.text", "body": "Hi all"}))
+        .await?;
+    let group_left = || async { (!bot.joined_rooms().await.ok()?.contains(&group)).then_some(()) };
+    wait_for("the bot out of the group room", group_left).await?;
+    let said: Vec<String> = customer
+        .timeline(&group)
+        .await?
+        .iter()
+        .filter(|e| e["sender"] == json!(bot.user_id) && e["type"] == "m.room.message")
+        .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        said,
+        ["I only answer in one-to-one chats. Please start a direct chat with me."]
+    );
+
     // The customer's next chat is a new request.
     let dm2 = customer
         .create_room(
@@ -1221,5 +1245,16 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
             .map(|_| ())
     })
     .await?;
+    let roots = operator
+        .timeline(&backoffice)
+        .await?
+        .iter()
+        .filter(|e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("[OPEN] "))
+        })
+        .count();
+    assert_eq!(roots, 2, "the group room opened no request");
     Ok(())
 }
