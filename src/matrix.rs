@@ -359,15 +359,19 @@ impl MatrixSink {
         if !deliver {
             return Ok(());
         }
-        for (room_id, update) in &resp.rooms.joined {
-            let room_id = room_id.as_str();
+        for (id, update) in &resp.rooms.joined {
+            let room_id = id.as_str();
             if helpdesk.ignores(room_id) {
                 continue;
             }
+            let Some(room) = self.client.get_room(id) else {
+                continue;
+            };
             let backoffice = room_id == helpdesk.backoffice();
             if update.timeline.limited {
                 warn!(room = %room_id, "the sync skipped part of a room's timeline");
             }
+            let mut one_to_one = None;
             for event in &update.timeline.events {
                 let Ok(raw) = serde_json::from_str::<serde_json::Value>(event.raw().json().get())
                 else {
@@ -382,26 +386,17 @@ impl MatrixSink {
                 else {
                     continue;
                 };
-                let Some(room) = self
-                    .client
-                    .get_room(&OwnedRoomId::try_from(room_id).map_err(|e| {
-                        crate::store::StoreError::Intake(format!("room ID {room_id}: {e}"))
-                    })?)
-                else {
-                    continue;
-                };
-                // Members from the room's state as synced (the summary's count is only
-                // sent with lazy-loaded members).
-                let joined = room
-                    .members_no_sync(matrix_sdk::RoomMemberships::JOIN)
-                    .await
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                if !backoffice && joined > 2 {
+                if !backoffice && one_to_one.is_none() {
+                    one_to_one = Some(self.one_to_one(&room).await);
+                }
+                if one_to_one == Some(false) {
                     // Not a one-to-one chat: say why, then leave.
-                    let _ = room
+                    if let Err(error) = room
                         .send_raw("m.room.message", helpdesk.group_notice())
-                        .await;
+                        .await
+                    {
+                        warn!(room = %room_id, %error, "cannot tell a group room why the bot leaves");
+                    }
                     if let Err(error) = room.leave().await {
                         warn!(room = %room_id, %error, "cannot leave a group room");
                     }
@@ -443,6 +438,15 @@ impl MatrixSink {
             }
         }
         Ok(())
+    }
+
+    /// Whether at most one other user has joined the room, by its state as synced (the
+    /// summary's member count comes only with lazy-loaded members).
+    async fn one_to_one(&self, room: &Room) -> bool {
+        room.members_no_sync(matrix_sdk::RoomMemberships::JOIN)
+            .await
+            .map(|members| members.len() <= 2)
+            .unwrap_or(true)
     }
 
     /// Executes one outbox action. Returns a short result to record (an event or room ID).
