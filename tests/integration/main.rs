@@ -836,6 +836,51 @@ async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
     Ok(())
 }
 
+/// Starts a bot serving a helpdesk (extra `options` for `[sources.help.matrix_dm]`) in a new
+/// backoffice room of `operator`'s with `others` in it too; returns it and the room, once the
+/// bot is in the room.
+async fn start_helpdesk(
+    db: Db,
+    bot: &harness::User,
+    operator: &harness::User,
+    others: &[&harness::User],
+    options: &str,
+) -> Result<(Switchboard, String)> {
+    let mut invite = vec![bot.user_id.clone()];
+    invite.extend(others.iter().map(|u| u.user_id.clone()));
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": invite}))
+        .await?;
+    for user in others {
+        user.join(&backoffice).await?;
+    }
+    let sb = start(
+        db,
+        bot,
+        &format!(
+            "\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\n\
+             backoffice_room = \"{backoffice}\"\n{options}"
+        ),
+    )
+    .await?;
+    wait_in_room(bot, &backoffice, true).await?;
+    Ok((sb, backoffice))
+}
+
+/// Waits until `user` is in `room` (`inside`) or no longer is.
+async fn wait_in_room(user: &harness::User, room: &str, inside: bool) -> Result<()> {
+    let what = format!(
+        "{} {} {room}",
+        user.user_id,
+        if inside { "in" } else { "out of" }
+    );
+    wait_for(&what, || async {
+        let rooms = user.joined_rooms().await.ok()?;
+        (rooms.iter().any(|r| r == room) == inside).then_some(())
+    })
+    .await
+}
+
 /// The Matrix DM helpdesk: a customer's direct chat becomes a thread in the backoffice room,
 /// and an operator's answer in the thread reaches the customer.
 async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
@@ -843,23 +888,7 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
     let bot = hs.user("bot").await?;
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
-    let backoffice = operator
-        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
-        .await?;
-    let mut sb = start(
-        db,
-        &bot,
-        &format!("\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\nbackoffice_room = \"{backoffice}\"\n"),
-    )
-    .await?;
-    let joined = |room: String| {
-        let bot = &bot;
-        move || {
-            let room = room.clone();
-            async move { bot.joined_rooms().await.ok()?.contains(&room).then_some(()) }
-        }
-    };
-    wait_for("the bot in the backoffice room", joined(backoffice.clone())).await?;
+    let (mut sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
     let dm = customer
         .create_room(
             json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
@@ -872,7 +901,7 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
             json!({"msgtype": "m.text", "body": "My printer is on fire"}),
         )
         .await?;
-    wait_for("the bot in the customer's chat", joined(dm.clone())).await?;
+    wait_in_room(&bot, &dm, true).await?;
 
     let in_thread = |root: &Value| {
         let root = root["event_id"].clone();
@@ -1039,32 +1068,8 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
     let operator = hs.user("operator").await?;
     let intruder = hs.user("intruder").await?;
     let customer = hs.user("customer").await?;
-    let backoffice = operator
-        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id, intruder.user_id]}))
-        .await?;
-    intruder.join(&backoffice).await?;
-    let _sb = start(
-        db,
-        &bot,
-        &format!(
-            "\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\n\
-             backoffice_room = \"{backoffice}\"\noperators = [\"{}\"]\n",
-            operator.user_id
-        ),
-    )
-    .await?;
-    let in_rooms = |room: String| {
-        let bot = &bot;
-        move || {
-            let room = room.clone();
-            async move { bot.joined_rooms().await.ok()?.contains(&room).then_some(()) }
-        }
-    };
-    wait_for(
-        "the bot in the backoffice room",
-        in_rooms(backoffice.clone()),
-    )
-    .await?;
+    let options = format!("operators = [\"{}\"]\n", operator.user_id);
+    let (_sb, backoffice) = start_helpdesk(db, &bot, &operator, &[&intruder], &options).await?;
     let dm = customer
         .create_room(
             json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
@@ -1169,8 +1174,7 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
     operator
         .send(&backoffice, in_thread(&format!("{prefix} done")))
         .await?;
-    let dm_left = || async { (!bot.joined_rooms().await.ok()?.contains(&dm)).then_some(()) };
-    wait_for("the bot out of the customer's chat", dm_left).await?;
+    wait_in_room(&bot, &dm, false).await?;
     let (_, titles) = bot_in_thread().await.unwrap_or_default();
     assert_eq!(titles, ["[OPEN] Printer on fire", "[DONE] Printer on fire"]);
     let to_customer: Vec<String> = customer
@@ -1204,12 +1208,11 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
         .create_room(json!({"preset": "private_chat", "invite": [bot.user_id, friend.user_id]}))
         .await?;
     friend.join(&group).await?;
-    wait_for("the bot in the group room", in_rooms(group.clone())).await?;
+    wait_in_room(&bot, &group, true).await?;
     customer
         .send(&group, json!({"msgtype": "m.text", "body": "Hi all"}))
         .await?;
-    let group_left = || async { (!bot.joined_rooms().await.ok()?.contains(&group)).then_some(()) };
-    wait_for("the bot out of the group room", group_left).await?;
+    wait_in_room(&bot, &group, false).await?;
     let said: Vec<String> = customer
         .timeline(&group)
         .await?
