@@ -254,10 +254,14 @@ impl Helpdesk {
             Command::Help => say(&self.help()),
             Command::Note(_) => Ok(Vec::new()),
             Command::Done => {
-                let Some(request) = request.filter(|r| !r.closed) else {
+                // Closed by this very command: its delivery is being processed again after
+                // a crash, so its actions are queued again (same transaction IDs).
+                let Some(request) = request.filter(|r| {
+                    !r.closed || r.closed_by.as_deref() == Some(heard.event_id.as_str())
+                }) else {
                     return say("This request is closed already.");
                 };
-                store.close_request(request.id).await?;
+                store.close_request(request.id, &heard.event_id).await?;
                 let mut out = Vec::new();
                 if !self.settings.flag("silent") {
                     out.push((
@@ -366,4 +370,74 @@ impl Helpdesk {
 /// The outbox lane of a request: its actions run in order.
 fn lane(request: i64) -> String {
     format!("request:{request}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heard(role: Role, room: &str, event_id: &str, body: &str, thread: Option<&str>) -> Heard {
+        let mut content = Map::new();
+        content.insert("msgtype".into(), json!("m.text"));
+        content.insert("body".into(), json!(body));
+        Heard {
+            role,
+            room: room.into(),
+            sender: "@someone:x.org".into(),
+            event_id: event_id.into(),
+            content,
+            thread: thread.map(String::from),
+            displayname: None,
+            avatar_url: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_done_processed_again_after_a_crash_queues_its_actions_again() {
+        for store in crate::store::tests::stores().await {
+            let cfg: MatrixDmConfig =
+                serde_json::from_value(json!({"backoffice_room": "!ops"})).expect("config");
+            let desk = Helpdesk::new("help", cfg, "@bot:hs.org");
+            let plan = |h: Heard| {
+                let (desk, store) = (&desk, &store);
+                async move {
+                    let (_, event) = desk.delivery(&h).expect("a delivery");
+                    desk.plan(store, &event).await.expect("plan")
+                }
+            };
+            plan(heard(Role::Customer, "!dm", "$hi", "hi", None)).await;
+            let request = store
+                .open_request_of("help", "!dm")
+                .await
+                .expect("read")
+                .expect("opened");
+            store
+                .set_request_thread(request.id, "$root")
+                .await
+                .expect("thread");
+
+            let done = heard(Role::Operator, "!ops", "$done", "!ho done", Some("$root"));
+            let first = plan(done.clone()).await;
+            assert!(
+                first
+                    .iter()
+                    .any(|(_, a)| matches!(a, Action::Leave { room } if room == "!dm")),
+                "{first:?}"
+            );
+            assert_eq!(plan(done).await, first, "the same actions, again");
+
+            let another = plan(heard(
+                Role::Operator,
+                "!ops",
+                "$done2",
+                "!ho done",
+                Some("$root"),
+            ))
+            .await;
+            let [(_, Action::Send { content, .. })] = another.as_slice() else {
+                panic!("one notice expected: {another:?}");
+            };
+            assert_eq!(content["body"], json!("This request is closed already."));
+        }
+    }
 }

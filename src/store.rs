@@ -982,12 +982,12 @@ fn outbox_row(r: &AnyRow) -> Result<OutboxRow> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A fresh store on each database: SQLite in a temp dir, and a new PostgreSQL database
     /// on the server named by `SWITCHBOARD_TEST_POSTGRES` (the local one by default).
-    pub(super) async fn stores() -> Vec<Store> {
+    pub(crate) async fn stores() -> Vec<Store> {
         let dir = std::env::temp_dir().join(format!("switchboard-store-{}", rand::random::<u64>()));
         let sqlite = Store::connect(&Store::sqlite_url(&dir), None)
             .await

@@ -19,6 +19,8 @@ pub struct Request {
     pub title: String,
     pub last_activity_at: i64,
     pub closed: bool,
+    /// What closed it (a command's event ID), if anything said.
+    pub closed_by: Option<String>,
 }
 
 /// How many requests a customer and their homeserver have made.
@@ -28,8 +30,8 @@ pub struct Counts {
     pub server: u64,
 }
 
-const COLUMNS: &str =
-    "id, source_id, customer, server, dm_room, thread_root, title, last_activity_at, closed_at";
+const COLUMNS: &str = "id, source_id, customer, server, dm_room, thread_root, title, \
+                       last_activity_at, closed_at, closed_by";
 
 fn request(r: &AnyRow) -> Result<Request> {
     Ok(Request {
@@ -42,6 +44,7 @@ fn request(r: &AnyRow) -> Result<Request> {
         title: r.try_get(6)?,
         last_activity_at: r.try_get(7)?,
         closed: r.try_get::<Option<i64>, _>(8)?.is_some(),
+        closed_by: r.try_get(9)?,
     })
 }
 
@@ -168,14 +171,15 @@ impl Store {
         Ok(())
     }
 
-    /// Closes a request; false if it was closed already.
-    pub async fn close_request(&self, id: i64) -> Result<bool> {
+    /// Closes a request, noting what closed it; false if it was closed already.
+    pub async fn close_request(&self, id: i64, by: &str) -> Result<bool> {
         let now = now_ms();
         let done = sqlx::query(
-            "UPDATE requests SET closed_at = $1, updated_at = $1 WHERE id = $2 \
+            "UPDATE requests SET closed_at = $1, closed_by = $2, updated_at = $1 WHERE id = $3 \
              AND closed_at IS NULL",
         )
         .bind(now)
+        .bind(by)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -248,8 +252,24 @@ mod tests {
             let (bob, _) = open(&store, "@bob:a.org", "!dm2:hs").await;
             assert_eq!(bob.title, "2 from the server, 1 by the customer");
 
-            assert!(store.close_request(first.id).await.expect("close"));
-            assert!(!store.close_request(first.id).await.expect("close again"));
+            assert!(
+                store
+                    .close_request(first.id, "$done1")
+                    .await
+                    .expect("close")
+            );
+            assert!(
+                !store
+                    .close_request(first.id, "$done2")
+                    .await
+                    .expect("close again")
+            );
+            let closed = store.request_by_id(first.id).await.expect("by id");
+            assert_eq!(
+                closed.and_then(|r| r.closed_by).as_deref(),
+                Some("$done1"),
+                "the first close is the one remembered"
+            );
             let (second, created) = open(&store, "@alice:a.org", "!dm1:hs").await;
             assert!(created, "a closed request makes way for a new one");
             assert_ne!(second.id, first.id);
@@ -349,7 +369,7 @@ mod tests {
             let idle = store.idle_requests("help", later, 10).await.expect("idle");
             assert!(idle.is_empty(), "a message makes it active again");
 
-            store.close_request(req.id).await.expect("close");
+            store.close_request(req.id, "$done").await.expect("close");
             let later = now_ms() + 1;
             let idle = store.idle_requests("help", later, 10).await.expect("idle");
             assert!(idle.is_empty(), "closed requests are not idle");
@@ -359,6 +379,7 @@ mod tests {
                 .expect("by thread")
                 .expect("a closed request is still found by its thread");
             assert!(closed.closed);
+            assert_eq!(closed.closed_by.as_deref(), Some("$done"));
         }
     }
 }
