@@ -507,13 +507,7 @@ impl MatrixSink {
                 let room = self.room(room).await?;
                 match room.invite_user_by_id(&uid).await {
                     Ok(()) => Ok(format!("invited {user}")),
-                    // Already in the room, or invited: nothing left to do.
-                    Err(e)
-                        if e.as_client_api_error()
-                            .is_some_and(|c| c.status_code == 403) =>
-                    {
-                        Ok(format!("not invited: {e}"))
-                    }
+                    Err(e) if already_in_room(&e) => Ok(format!("not invited: {e}")),
                     Err(e) => Err(Failure::from_sdk(&e)),
                 }
             }
@@ -812,10 +806,7 @@ impl MatrixSink {
             let Ok(uid) = UserId::parse(u) else { continue };
             match room.invite_user_by_id(&uid).await {
                 Ok(()) => {}
-                // Already joined or invited: the goal is reached.
-                Err(e)
-                    if e.client_api_error_kind() == Some(&ErrorKind::Forbidden)
-                        && e.to_string().contains("already") => {}
+                Err(e) if already_in_room(&e) => {}
                 Err(e) => {
                     // Record progress so a retry does not re-invite.
                     let _ = self
@@ -833,6 +824,12 @@ impl MatrixSink {
             .map_err(db_failure)?;
         Ok(link.room_id.clone())
     }
+}
+
+/// Whether an invite failed because the user is in the room or invited already: the goal
+/// is reached.
+fn already_in_room(e: &matrix_sdk::Error) -> bool {
+    e.client_api_error_kind() == Some(&ErrorKind::Forbidden) && e.to_string().contains("already")
 }
 
 fn db_failure(e: crate::store::StoreError) -> Failure {
