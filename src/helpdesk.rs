@@ -80,11 +80,32 @@ impl Helpdesk {
         self.notice("text.group")
     }
 
+    /// The text option `key` as the bot's own message.
     fn notice(&self, key: &str) -> Value {
-        json!({
-            "msgtype": self.settings.get("msgtype").unwrap_or("m.notice"),
-            "body": self.settings.get(key).unwrap_or_default(),
-        })
+        Value::Object(self.message(self.settings.get(key).unwrap_or_default()))
+    }
+
+    /// A message of the bot's own, of the configured message type.
+    fn message(&self, body: &str) -> Map<String, Value> {
+        let mut content = Map::new();
+        content.insert("msgtype".into(), json!(self.msgtype()));
+        content.insert("body".into(), json!(body));
+        content
+    }
+
+    fn msgtype(&self) -> &str {
+        self.settings.get("msgtype").unwrap_or("m.notice")
+    }
+
+    /// A request's thread root: its title behind the open or done prefix.
+    fn root(&self, title: &str, done: bool) -> Map<String, Value> {
+        let key = if done {
+            "text.prefix.done"
+        } else {
+            "text.prefix.open"
+        };
+        let prefix = self.settings.get(key).unwrap_or_default();
+        relay::thread_root(prefix, title, self.msgtype())
     }
 
     /// The inbox delivery for a message: its dedupe key (the event ID) and its event.
@@ -140,14 +161,12 @@ impl Helpdesk {
         let mut out = Vec::new();
         // Until the root is posted: the action skips itself if an earlier one posted it.
         if request.thread_root.is_none() {
-            let prefix = self.settings.get("text.prefix.open").unwrap_or("[OPEN]");
-            let msgtype = self.settings.get("msgtype").unwrap_or("m.notice");
             out.push((
                 lane.clone(),
                 Action::ThreadOpen {
                     request: request.id,
                     room: backoffice.clone(),
-                    content: Value::Object(relay::thread_root(prefix, &request.title, msgtype)),
+                    content: Value::Object(self.root(&request.title, false)),
                 },
             ));
         }
@@ -321,39 +340,23 @@ impl Helpdesk {
         }
     }
 
-    /// An edit of the request's thread root: its title behind the open or done prefix.
+    /// An edit of the request's thread root, to `title` and the open or done prefix.
     fn retitle(&self, request: &Request, title: &str, done: bool) -> Option<Action> {
         let root = request.thread_root.as_deref()?;
-        let key = if done {
-            "text.prefix.done"
-        } else {
-            "text.prefix.open"
-        };
-        let prefix = self.settings.get(key).unwrap_or_default();
-        let msgtype = self.settings.get("msgtype").unwrap_or("m.notice");
         Some(Action::Send {
             room: self.backoffice().to_string(),
-            content: Value::Object(relay::replacement(
-                root,
-                relay::thread_root(prefix, title, msgtype),
-            )),
+            content: Value::Object(relay::replacement(root, self.root(title, done))),
         })
     }
 
     /// A notice in the thread `heard` was sent in (or a new thread on it).
     fn reply(&self, heard: &Heard, lane: &str, text: &str) -> (String, Action) {
-        let mut content = Map::new();
-        content.insert(
-            "msgtype".into(),
-            json!(self.settings.get("msgtype").unwrap_or("m.notice")),
-        );
-        content.insert("body".into(), json!(text));
         let thread = heard.thread.as_deref().unwrap_or(&heard.event_id);
         (
             lane.to_string(),
             Action::Send {
                 room: self.backoffice().to_string(),
-                content: Value::Object(relay::in_thread(content, thread)),
+                content: Value::Object(relay::in_thread(self.message(text), thread)),
             },
         )
     }
