@@ -296,12 +296,7 @@ pub async fn drain(
         {
             for ev in &events {
                 for (lane, a) in helpdesk.plan(store, ev).await? {
-                    metrics.actions_queued.with_label_values(&[a.kind()]).inc();
-                    actions.push(NewAction {
-                        source_id: row.source_id.clone(),
-                        ticket_key: lane,
-                        action: serde_json::to_string(&a)?,
-                    });
+                    actions.push(queued(metrics, &row.source_id, lane, &a)?);
                 }
             }
             batch.push((row.id, actions));
@@ -339,18 +334,31 @@ pub async fn drain(
                     | Action::Invite { .. }
                     | Action::Leave { .. } => {}
                 }
-                metrics.actions_queued.with_label_values(&[a.kind()]).inc();
-                actions.push(NewAction {
-                    source_id: row.source_id.clone(),
-                    ticket_key: ev.ticket.clone(),
-                    action: serde_json::to_string(&a)?,
-                });
+                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
             }
         }
         batch.push((row.id, actions));
     }
     store.commit_actions(&batch).await?;
     Ok(rows.len())
+}
+
+/// An action to queue in a ticket's lane, counted.
+fn queued(
+    metrics: &Metrics,
+    source_id: &str,
+    ticket_key: String,
+    action: &Action,
+) -> serde_json::Result<NewAction> {
+    metrics
+        .actions_queued
+        .with_label_values(&[action.kind()])
+        .inc();
+    Ok(NewAction {
+        source_id: source_id.to_string(),
+        ticket_key,
+        action: serde_json::to_string(action)?,
+    })
 }
 
 /// A ticket's room as the batch being processed sees it: read from the store the first
