@@ -173,6 +173,9 @@ rc_login: {address: $rl, account: $rl, failed_attempts: $rl}
 rc_joins: {local: $rl, remote: $rl}
 rc_invites: {per_room: $rl, per_user: $rl, per_issuer: $rl}
 rc_presence: {per_user: $rl}
+# A repeated identical /sync is answered from a cache for 2 minutes by default: a client
+# polling for new invites would not see one for that long.
+caches: {sync_response_cache_duration: 0}
 $modules
 EOF
   cat >"$data/log.config" <<EOF

@@ -121,6 +121,14 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let engine = Arc::new(Engine::new(cfg));
     let helpdesk = engine.helpdesk();
     let helpdesk_wake = engine_wake.clone();
+    if let Some(helpdesk) = &helpdesk {
+        helpdesk.load_settings(&store).await?;
+        tokio::spawn(crate::helpdesk::close_idle(
+            helpdesk.clone(),
+            store.clone(),
+            engine_wake.clone(),
+        ));
+    }
     tokio::spawn(engine::run(
         engine,
         store.clone(),

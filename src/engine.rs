@@ -331,6 +331,7 @@ pub async fn drain(
                     | Action::ThreadOpen { .. }
                     | Action::ThreadPost { .. }
                     | Action::Send { .. }
+                    | Action::StartChat { .. }
                     | Action::Invite { .. }
                     | Action::Leave { .. } => {}
                 }

@@ -1,24 +1,33 @@
 //! The Matrix DM helpdesk (`kind = "matrix_dm"`): messages the sync hears become inbox
 //! deliveries, and deliveries become requests and actions (thread roots, relays).
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use switchboard_connector::{Action, EventKind, TicketEvent};
 use switchboard_matrix_dm::access::server_of;
-use switchboard_matrix_dm::command::{self, Command, CommandError};
+use switchboard_matrix_dm::command::{self, Command, CommandError, ConfigCommand};
 use switchboard_matrix_dm::relay::{self, Profile};
-use switchboard_matrix_dm::settings::request_title;
+use switchboard_matrix_dm::settings::{self, request_title};
 use switchboard_matrix_dm::{MatrixDmConfig, Settings};
-use tracing::warn;
+use tokio::sync::Notify;
+use tracing::{info, warn};
 
-use crate::store::{Request, Result, Store};
+use crate::store::{Request, Result, Store, now_ms};
+
+/// What a request's `dm_room` holds until the direct chat that `start` creates exists.
+pub const PENDING_DM: &str = "pending:";
 
 /// One helpdesk: its source ID, its config and the options set from the chat.
 #[derive(Debug)]
 pub struct Helpdesk {
     pub source_id: String,
     pub config: MatrixDmConfig,
-    pub settings: Settings,
+    /// Loaded at start (`load_settings`), changed by `config`.
+    settings: RwLock<Settings>,
     /// The bot's homeserver: customers from elsewhere get the greeting with their
     /// homeserver's count.
     pub own_server: String,
@@ -32,6 +41,8 @@ pub enum Role {
     Customer,
     /// In the backoffice room.
     Operator,
+    /// Nobody: the request has been idle for too long (`request` and `idle_since` set).
+    Idle,
 }
 
 /// A message as the sync heard it, stored in the inbox as the event's payload.
@@ -49,6 +60,12 @@ pub struct Heard {
     pub displayname: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar_url: Option<String>,
+    /// The request an idle close is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<i64>,
+    /// The request's last activity when it was found idle: a message since then keeps it open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<i64>,
 }
 
 impl Helpdesk {
@@ -56,9 +73,53 @@ impl Helpdesk {
         Helpdesk {
             source_id: source_id.to_string(),
             config,
-            settings: Settings::default(),
+            settings: RwLock::new(Settings::default()),
             own_server: server_of(bot_user).unwrap_or_default().to_string(),
         }
+    }
+
+    /// Where the options set from the chat are stored (one JSON object per helpdesk).
+    fn settings_key(&self) -> String {
+        format!("helpdesk.{}.settings", self.source_id)
+    }
+
+    /// Loads the options set from the chat earlier.
+    pub async fn load_settings(&self, store: &Store) -> Result<()> {
+        let Some(stored) = store.setting(&self.settings_key()).await? else {
+            return Ok(());
+        };
+        match serde_json::from_str::<BTreeMap<String, String>>(&stored) {
+            Ok(pairs) => {
+                let loaded =
+                    Settings::from_stored(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                *self.settings.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+            }
+            Err(error) => {
+                warn!(source = %self.source_id, %error, "stored helpdesk options do not parse; using the defaults");
+            }
+        }
+        Ok(())
+    }
+
+    /// The options in force.
+    fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// One option's value.
+    fn setting(&self, key: &str) -> String {
+        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
+        settings.get(key).unwrap_or_default().to_string()
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .flag(key)
     }
 
     pub fn backoffice(&self) -> &str {
@@ -82,19 +143,15 @@ impl Helpdesk {
 
     /// The text option `key` as the bot's own message.
     fn notice(&self, key: &str) -> Value {
-        Value::Object(self.message(self.settings.get(key).unwrap_or_default()))
+        Value::Object(self.message(&self.setting(key)))
     }
 
     /// A message of the bot's own, of the configured message type.
     fn message(&self, body: &str) -> Map<String, Value> {
         let mut content = Map::new();
-        content.insert("msgtype".into(), json!(self.msgtype()));
+        content.insert("msgtype".into(), json!(self.setting("msgtype")));
         content.insert("body".into(), json!(body));
         content
-    }
-
-    fn msgtype(&self) -> &str {
-        self.settings.get("msgtype").unwrap_or("m.notice")
     }
 
     /// A request's thread root: its title behind the open or done prefix.
@@ -104,15 +161,15 @@ impl Helpdesk {
         } else {
             "text.prefix.open"
         };
-        let prefix = self.settings.get(key).unwrap_or_default();
-        relay::thread_root(prefix, title, self.msgtype())
+        relay::thread_root(&self.setting(key), title, &self.setting("msgtype"))
     }
 
     /// The inbox delivery for a message: its dedupe key (the event ID) and its event.
     pub fn delivery(&self, heard: &Heard) -> Option<(String, TicketEvent)> {
         let ticket = match heard.role {
-            Role::Customer => heard.room.clone(),
-            Role::Operator => heard.thread.clone()?,
+            Role::Customer | Role::Idle => heard.room.clone(),
+            // Commands are also written outside threads.
+            Role::Operator => heard.thread.clone().unwrap_or(heard.event_id.clone()),
         };
         let mut event = TicketEvent::new(ticket, EventKind::Updated);
         event.body = heard
@@ -137,7 +194,98 @@ impl Helpdesk {
         match heard.role {
             Role::Customer => self.customer_wrote(store, heard).await,
             Role::Operator => self.operator_wrote(store, heard).await,
+            Role::Idle => self.idle(store, heard).await,
         }
+    }
+
+    /// The inbox delivery that closes an idle request (its key names the request and its
+    /// last activity, so a request that becomes idle again later gets a new one).
+    pub fn idle_delivery(&self, request: &Request) -> Option<(String, TicketEvent)> {
+        self.delivery(&Heard {
+            role: Role::Idle,
+            room: request.dm_room.clone(),
+            sender: String::new(),
+            event_id: format!("idle:{}:{}", request.id, request.last_activity_at),
+            content: Map::new(),
+            thread: None,
+            displayname: None,
+            avatar_url: None,
+            request: Some(request.id),
+            idle_since: Some(request.last_activity_at),
+        })
+    }
+
+    async fn idle(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+        let Some(id) = heard.request else {
+            return Ok(Vec::new());
+        };
+        let Some(request) = store.request_by_id(id).await? else {
+            return Ok(Vec::new());
+        };
+        let redone = request.closed_by.as_deref() == Some(heard.event_id.as_str());
+        // Closed meanwhile, or a message came in since it was found idle.
+        if !redone && (request.closed || Some(request.last_activity_at) != heard.idle_since) {
+            return Ok(Vec::new());
+        }
+        let hours = self.config.idle_close_hours;
+        let note = format!("Closed: no message for {hours} hour(s).");
+        self.close(
+            store,
+            request,
+            &heard.event_id,
+            "text.done.auto",
+            Some(&note),
+        )
+        .await
+    }
+
+    /// Closes a request: the closing text to the customer (unless silent), `note` in the
+    /// thread, the root retitled done, the bot out of the direct chat. `by` is what closes
+    /// it; the same `by` again (its delivery processed again after a crash) queues the same
+    /// actions again, with the same transaction IDs.
+    async fn close(
+        &self,
+        store: &Store,
+        request: Request,
+        by: &str,
+        text: &str,
+        note: Option<&str>,
+    ) -> Result<Vec<(String, Action)>> {
+        store.close_request(request.id, by).await?;
+        let lane = lane(request.id);
+        let mut out = Vec::new();
+        // A started request whose chat was never created has no customer side.
+        let chat = !request.dm_room.starts_with(PENDING_DM);
+        if chat && !self.flag("silent") {
+            out.push((
+                lane.clone(),
+                Action::Send {
+                    room: request.dm_room.clone(),
+                    content: self.notice(text),
+                },
+            ));
+        }
+        if let (Some(note), Some(root)) = (note, &request.thread_root) {
+            out.push((
+                lane.clone(),
+                Action::Send {
+                    room: self.backoffice().to_string(),
+                    content: Value::Object(relay::in_thread(self.message(note), root)),
+                },
+            ));
+        }
+        if let Some(edit) = self.retitle(&request, &request.title, true) {
+            out.push((lane.clone(), edit));
+        }
+        if chat {
+            out.push((
+                lane,
+                Action::Leave {
+                    room: request.dm_room,
+                },
+            ));
+        }
+        Ok(out)
     }
 
     async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
@@ -170,7 +318,7 @@ impl Helpdesk {
                 },
             ));
         }
-        if created && !self.settings.flag("silent") {
+        if created && !self.flag("silent") {
             let mut greeting = if server == self.own_server {
                 self.notice("text.greetings")
             } else {
@@ -256,7 +404,8 @@ impl Helpdesk {
         };
         let say = |text: &str| Ok(vec![self.reply(heard, &lane, text)]);
         let ops = &self.config.operators;
-        if !ops.is_empty() && !ops.contains(&heard.sender) {
+        let admin = self.config.admins.contains(&heard.sender);
+        if !ops.is_empty() && !ops.contains(&heard.sender) && !admin {
             return say("Only operators can run commands.");
         }
         let command = match parsed {
@@ -280,27 +429,8 @@ impl Helpdesk {
                 }) else {
                     return say("This request is closed already.");
                 };
-                store.close_request(request.id, &heard.event_id).await?;
-                let mut out = Vec::new();
-                if !self.settings.flag("silent") {
-                    out.push((
-                        lane.clone(),
-                        Action::Send {
-                            room: request.dm_room.clone(),
-                            content: self.notice("text.done"),
-                        },
-                    ));
-                }
-                if let Some(edit) = self.retitle(&request, &request.title, true) {
-                    out.push((lane.clone(), edit));
-                }
-                out.push((
-                    lane,
-                    Action::Leave {
-                        room: request.dm_room,
-                    },
-                ));
-                Ok(out)
+                self.close(store, request, &heard.event_id, "text.done", None)
+                    .await
             }
             Command::Rename(title) => {
                 let Some(request) = request else {
@@ -332,12 +462,100 @@ impl Helpdesk {
                     counts.customer, counts.server
                 ))
             }
-            Command::Start(_) | Command::Config(_) => say(&format!(
-                "`{} {}` is not available yet.",
-                self.config.prefix,
-                command.name()
-            )),
+            Command::Start(user) => self.start(store, heard, user).await,
+            Command::Config(_) if !admin => {
+                say("Only admins can see or change the options (`admins` in the config file).")
+            }
+            Command::Config(ConfigCommand::Show) => say(&self.options_listing()),
+            Command::Config(ConfigCommand::Get(key)) => match settings::option(&key) {
+                Ok(opt) => say(&format!(
+                    "{} = {}\n{}. Default: {}",
+                    opt.key,
+                    self.setting(opt.key),
+                    opt.description,
+                    opt.default
+                )),
+                Err(error) => say(&format!(
+                    "{error}. `{} config` lists the options.",
+                    self.config.prefix
+                )),
+            },
+            Command::Config(ConfigCommand::Set(key, value)) => {
+                let mut changed = self.settings();
+                let value = match changed.set(&key, &value) {
+                    Ok(v) => v.to_string(),
+                    Err(error) => return say(&format!("Not changed: {error}.")),
+                };
+                let stored: BTreeMap<&str, &str> = changed.stored().collect();
+                let json = serde_json::to_string(&stored)?;
+                store.set_setting(&self.settings_key(), &json).await?;
+                *self.settings.write().unwrap_or_else(|e| e.into_inner()) = changed;
+                let key = settings::option(&key).map_or(key.as_str(), |o| o.key);
+                info!(source = %self.source_id, option = key, by = %heard.sender, "helpdesk option changed");
+                say(&format!("{key} = {value}"))
+            }
         }
+    }
+
+    /// `start`: a request with `user`, who has not written: a new direct chat with them and
+    /// a thread for it. The chat's room ID is recorded when it exists.
+    async fn start(
+        &self,
+        store: &Store,
+        heard: &Heard,
+        user: String,
+    ) -> Result<Vec<(String, Action)>> {
+        let server = server_of(&user).unwrap_or_default();
+        // Processed again after a crash, the same placeholder finds the same request.
+        let pending = format!("{PENDING_DM}{}", heard.event_id);
+        let (request, _) = store
+            .open_request(&self.source_id, &user, server, &pending, |c| {
+                request_title(c.server, server, c.customer, &user)
+            })
+            .await?;
+        let lane = lane(request.id);
+        let backoffice = self.backoffice().to_string();
+        let mut out = vec![(
+            lane.clone(),
+            Action::StartChat {
+                request: request.id,
+                user: user.clone(),
+                encrypted: self.config.encrypt_started,
+            },
+        )];
+        if request.thread_root.is_none() {
+            out.push((
+                lane.clone(),
+                Action::ThreadOpen {
+                    request: request.id,
+                    room: backoffice.clone(),
+                    content: Value::Object(self.root(&request.title, false)),
+                },
+            ));
+        }
+        out.push((
+            lane,
+            Action::ThreadPost {
+                request: request.id,
+                room: backoffice,
+                content: self.notice("text.start"),
+            },
+        ));
+        Ok(out)
+    }
+
+    /// Every option and its value, for `config`.
+    fn options_listing(&self) -> String {
+        let settings = self.settings();
+        let mut text = format!(
+            "Options (`{0} config KEY` explains one, `{0} config KEY VALUE` changes it):",
+            self.config.prefix
+        );
+        for opt in settings::OPTIONS {
+            let value = settings.get(opt.key).unwrap_or_default();
+            text.push_str(&format!("\n{} = {value}", opt.key));
+        }
+        text
     }
 
     /// An edit of the request's thread root, to `title` and the open or done prefix.
@@ -370,6 +588,53 @@ impl Helpdesk {
     }
 }
 
+/// Closes idle requests: looks for them now and then and puts a close for each into the
+/// inbox, where it is processed like a message (once, in the request's order).
+pub async fn close_idle(helpdesk: Arc<Helpdesk>, store: Store, wake: Arc<Notify>) {
+    let hours = helpdesk.config.idle_close_hours;
+    if hours <= 0.0 {
+        return;
+    }
+    let idle = Duration::from_secs_f64(hours * 3600.0);
+    let every = (idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let before = now_ms().saturating_sub(idle.as_millis() as i64);
+        let found = match store
+            .idle_requests(&helpdesk.source_id, before, IDLE_BATCH)
+            .await
+        {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "cannot look for idle requests; trying again later");
+                continue;
+            }
+        };
+        let mut queued = 0;
+        for request in &found {
+            let Some((key, event)) = helpdesk.idle_delivery(request) else {
+                continue;
+            };
+            let stored = match serde_json::to_string(&[event]) {
+                Ok(events) => store.accept(&helpdesk.source_id, &key, &events).await,
+                Err(error) => Err(error.into()),
+            };
+            match stored {
+                Ok(_) => queued += 1,
+                Err(error) => warn!(request = request.id, %error, "cannot queue an idle close"),
+            }
+        }
+        if queued > 0 {
+            info!(requests = queued, "closing idle requests");
+            wake.notify_one();
+        }
+    }
+}
+
+/// Idle requests closed per look; the rest wait for the next.
+const IDLE_BATCH: i64 = 100;
+
 /// The outbox lane of a request: its actions run in order.
 fn lane(request: i64) -> String {
     format!("request:{request}")
@@ -392,6 +657,8 @@ mod tests {
             thread: thread.map(String::from),
             displayname: None,
             avatar_url: None,
+            request: None,
+            idle_since: None,
         }
     }
 
@@ -441,6 +708,50 @@ mod tests {
                 panic!("one notice expected: {another:?}");
             };
             assert_eq!(content["body"], json!("This request is closed already."));
+        }
+    }
+
+    fn body(actions: &[(String, Action)]) -> String {
+        let [(_, Action::Send { content, .. })] = actions else {
+            panic!("one answer expected: {actions:?}");
+        };
+        content["body"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn options_are_for_admins_and_outlive_a_restart() {
+        for store in crate::store::tests::stores().await {
+            let cfg = || -> MatrixDmConfig {
+                serde_json::from_value(
+                    json!({"backoffice_room": "!ops", "admins": ["@boss:x.org"]}),
+                )
+                .expect("config")
+            };
+            let desk = Helpdesk::new("help", cfg(), "@bot:hs.org");
+            let run = |sender: &str, body: &str| {
+                let mut h = heard(Role::Operator, "!ops", &format!("${body}"), body, None);
+                h.sender = sender.into();
+                let (desk, store) = (&desk, &store);
+                async move {
+                    let (_, event) = desk.delivery(&h).expect("a delivery");
+                    desk.plan(store, &event).await.expect("plan")
+                }
+            };
+            let refused = run("@someone:x.org", "!ho config msgtype m.text").await;
+            assert!(body(&refused).starts_with("Only admins"), "{refused:?}");
+            assert_eq!(desk.setting("msgtype"), "m.notice");
+
+            let set = run("@boss:x.org", "!ho config msgtype m.text").await;
+            assert_eq!(body(&set), "msgtype = m.text");
+            let [(_, Action::Send { content, .. })] = set.as_slice() else {
+                panic!("{set:?}");
+            };
+            assert_eq!(content["msgtype"], "m.text", "in force at once");
+
+            let again = Helpdesk::new("help", cfg(), "@bot:hs.org");
+            assert_eq!(again.setting("msgtype"), "m.notice");
+            again.load_settings(&store).await.expect("load");
+            assert_eq!(again.setting("msgtype"), "m.text", "stored");
         }
     }
 }

@@ -24,7 +24,7 @@ use switchboard_connector::{Action, RoomSpec};
 use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
-use crate::helpdesk::{Heard, Helpdesk, Role};
+use crate::helpdesk::{Heard, Helpdesk, PENDING_DM, Role};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::store::{Link, OutboxRow, Store};
@@ -387,7 +387,14 @@ impl MatrixSink {
                     continue;
                 };
                 if !backoffice && one_to_one.is_none() {
-                    one_to_one = Some(self.one_to_one(&room).await);
+                    // A chat with an open request stays, also once an operator has joined
+                    // it (`invite`); only a new conversation must be one to one.
+                    let served = self
+                        .store
+                        .open_request_of(&helpdesk.source_id, room_id)
+                        .await?
+                        .is_some();
+                    one_to_one = Some(served || self.one_to_one(&room).await);
                 }
                 if one_to_one == Some(false) {
                     // Not a one-to-one chat: say why, then leave.
@@ -427,6 +434,8 @@ impl MatrixSink {
                     avatar_url: member
                         .as_ref()
                         .and_then(|m| m.avatar_url().map(|u| u.to_string())),
+                    request: None,
+                    idle_since: None,
                 };
                 let Some((dedupe, ev)) = helpdesk.delivery(&heard) else {
                     continue;
@@ -500,6 +509,38 @@ impl MatrixSink {
             Action::Send { room, content } => {
                 let room = self.encryption_aware(room).await?;
                 self.send_raw(&room, content.clone(), row, "").await
+            }
+            Action::StartChat {
+                request,
+                user,
+                encrypted,
+            } => {
+                let Some(r) = self
+                    .store
+                    .request_by_id(*request)
+                    .await
+                    .map_err(db_failure)?
+                else {
+                    return Ok("skipped: no such request".into());
+                };
+                if !r.dm_room.starts_with(PENDING_DM) {
+                    return Ok(format!("skipped: the chat is {}", r.dm_room));
+                }
+                let spec = RoomSpec {
+                    name: String::new(),
+                    topic: String::new(),
+                    preset: "trusted_private_chat".into(),
+                    encrypted: *encrypted,
+                    invite: vec![user.clone()],
+                    admins: Vec::new(),
+                    reopen_notice: None,
+                };
+                let room = self.create_room_once(row, &spec, true).await?;
+                self.store
+                    .set_request_dm(*request, room.as_str())
+                    .await
+                    .map_err(db_failure)?;
+                Ok(room.to_string())
             }
             Action::Invite { room, user } => {
                 let uid = UserId::parse(user.as_str())
@@ -668,29 +709,7 @@ impl MatrixSink {
             }
             return self.invite_new(row, &link, &spec.invite).await;
         }
-        if spec.encrypted {
-            self.want_sync();
-        }
-        // The alias is this action's idempotency key: if an earlier try created the room but
-        // died before recording it, creating again fails with M_ROOM_IN_USE and the alias
-        // leads to the room.
-        let alias_local = alias_localpart(&self.instance, row);
-        let room_id = match self.create_room(spec, &alias_local).await {
-            Ok(id) => id,
-            Err(Failure::Permanent(msg)) if msg.contains("M_ROOM_IN_USE") => {
-                let alias = format!("#{alias_local}:{}", self.user_id.server_name());
-                let alias = RoomAliasId::parse(&alias)
-                    .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
-                let resp = self
-                    .client
-                    .resolve_room_alias(&alias)
-                    .await
-                    .map_err(|e| Failure::from_http(&e))?;
-                info!(room = %resp.room_id, "room was created by an earlier try");
-                resp.room_id
-            }
-            Err(e) => return Err(e),
-        };
+        let room_id = self.create_room_once(row, spec, false).await?;
         let link = Link {
             source_id: row.source_id.clone(),
             ticket_key: row.ticket_key.clone(),
@@ -720,12 +739,45 @@ impl MatrixSink {
             .map_err(db_failure)
     }
 
+    /// Creates the room for an action, once: the alias is the action's idempotency key. If
+    /// an earlier try created the room but died before recording it, creating again fails
+    /// with M_ROOM_IN_USE and the alias leads to the room.
+    async fn create_room_once(
+        &self,
+        row: &OutboxRow,
+        spec: &RoomSpec,
+        direct: bool,
+    ) -> Result<OwnedRoomId, Failure> {
+        if spec.encrypted {
+            self.want_sync();
+        }
+        let alias_local = alias_localpart(&self.instance, row);
+        match self.create_room(spec, &alias_local, direct).await {
+            Ok(id) => Ok(id),
+            Err(Failure::Permanent(msg)) if msg.contains("M_ROOM_IN_USE") => {
+                let alias = format!("#{alias_local}:{}", self.user_id.server_name());
+                let alias = RoomAliasId::parse(&alias)
+                    .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
+                let resp = self
+                    .client
+                    .resolve_room_alias(&alias)
+                    .await
+                    .map_err(|e| Failure::from_http(&e))?;
+                info!(room = %resp.room_id, "room was created by an earlier try");
+                Ok(resp.room_id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn create_room(
         &self,
         spec: &RoomSpec,
         alias_local: &str,
+        direct: bool,
     ) -> Result<OwnedRoomId, Failure> {
         let mut req = CreateRoom::new();
+        req.is_direct = direct;
         req.name = Some(spec.name.clone()).filter(|s| !s.is_empty());
         req.topic = Some(spec.topic.clone()).filter(|s| !s.is_empty());
         req.preset = Some(match spec.preset.as_str() {

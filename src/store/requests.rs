@@ -156,6 +156,11 @@ impl Store {
         self.update_request(id, "thread_root", root).await
     }
 
+    /// Records the direct chat that `start` created for the request.
+    pub async fn set_request_dm(&self, id: i64, dm_room: &str) -> Result<()> {
+        self.update_request(id, "dm_room", dm_room).await
+    }
+
     pub async fn rename_request(&self, id: i64, title: &str) -> Result<()> {
         self.update_request(id, "title", title).await
     }

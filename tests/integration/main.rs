@@ -41,6 +41,8 @@ on_both_databases!(
     link_redirects_and_creates,
     helpdesk_relays_both_ways,
     helpdesk_commands,
+    helpdesk_start_and_config,
+    helpdesk_idle_close,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -1259,5 +1261,280 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
         })
         .count();
     assert_eq!(roots, 2, "the group room opened no request");
+    Ok(())
+}
+
+/// Events `sender` sent into `room`, as `reader` sees them, oldest first.
+async fn sent_by(reader: &harness::User, room: &str, sender: &str) -> Result<Vec<Value>> {
+    Ok(reader
+        .timeline(room)
+        .await?
+        .into_iter()
+        .filter(|e| e["sender"] == json!(sender) && e["type"] == "m.room.message")
+        .collect())
+}
+
+/// Bodies of the bot's answers in the thread on `root`.
+async fn answers(reader: &harness::User, room: &str, bot: &str, root: &str) -> Vec<String> {
+    sent_by(reader, room, bot)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.thread")
+        .filter(|e| e["content"]["m.relates_to"]["event_id"] == json!(root))
+        .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+        .collect()
+}
+
+/// Content of a message in the thread on `root`.
+fn in_thread_of(root: &str, body: &str) -> Value {
+    json!({"msgtype": "m.text", "body": body,
+           "m.relates_to": {"rel_type": "m.thread", "event_id": root,
+                            "is_falling_back": true, "m.in_reply_to": {"event_id": root}}})
+}
+
+/// `config` (admins only, persisted across a restart) and `start` (a new direct chat with a
+/// user who has not written, and its thread); an operator invited into a chat keeps it open.
+async fn helpdesk_start_and_config(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let admin = hs.user("admin").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let options = format!(
+        "admins = [\"{}\"]\nencrypt_started = false\n",
+        admin.user_id
+    );
+    let (mut sb, backoffice) = start_helpdesk(db, &bot, &admin, &[&operator], &options).await?;
+    let command = |body: &str| json!({"msgtype": "m.text", "body": body});
+    let answer_to = |event: String| {
+        let (admin, backoffice, bot) = (&admin, &backoffice, &bot.user_id);
+        async move {
+            wait_for("an answer", || async {
+                answers(admin, backoffice, bot, &event).await.pop()
+            })
+            .await
+        }
+    };
+
+    let refused = operator.send(&backoffice, command("!ho config")).await?;
+    assert_eq!(
+        answer_to(refused).await?,
+        "Only admins can see or change the options (`admins` in the config file)."
+    );
+    let bad = admin
+        .send(&backoffice, command("!ho config silent maybe"))
+        .await?;
+    assert_eq!(
+        answer_to(bad).await?,
+        "Not changed: `silent` takes true or false."
+    );
+    let set = admin
+        .send(
+            &backoffice,
+            command("!ho config TEXT.START  Hello from support"),
+        )
+        .await?;
+    assert_eq!(answer_to(set).await?, "text.start = Hello from support");
+
+    // `start`: the customer is invited into a new direct chat; its thread says text.start.
+    let started = operator
+        .send(
+            &backoffice,
+            command(&format!("!ho start {}", customer.user_id)),
+        )
+        .await?;
+    let dm = wait_for("the invite", || async {
+        customer.invites().await.ok()?.into_iter().next()
+    })
+    .await?;
+    let root = wait_for("the started thread", || async {
+        sent_by(&admin, &backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] 1st request from "))
+            })
+    })
+    .await?;
+    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    let root_body = wait_for("text.start in the thread", || async {
+        let said = answers(&admin, &backoffice, &bot.user_id, &root).await;
+        said.contains(&"Hello from support".to_string())
+            .then_some(said)
+    })
+    .await?;
+    assert_eq!(root_body, ["Hello from support"]);
+    assert!(
+        answers(&admin, &backoffice, &bot.user_id, &started)
+            .await
+            .is_empty(),
+        "start answers in the new thread, not under the command"
+    );
+
+    customer.join(&dm).await?;
+    // A trusted private chat: the customer has the bot's power (from room version 12 on as
+    // an additional creator); unencrypted as configured.
+    let levels = customer
+        .state(&dm, "m.room.power_levels")
+        .await?
+        .unwrap_or_default();
+    let create = customer
+        .state(&dm, "m.room.create")
+        .await?
+        .unwrap_or_default();
+    let creators = create["additional_creators"].as_array();
+    assert!(
+        levels["users"][&customer.user_id] == 100
+            || creators.is_some_and(|c| c.contains(&json!(customer.user_id))),
+        "{create} {levels}"
+    );
+    assert_eq!(customer.state(&dm, "m.room.encryption").await?, None);
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "You wanted me?"}))
+        .await?;
+    admin
+        .send(&backoffice, in_thread_of(&root, "Yes: your order"))
+        .await?;
+    wait_for("the customer's message in the thread", || async {
+        let said = answers(&admin, &backoffice, &bot.user_id, &root).await;
+        said.iter()
+            .any(|b| b.ends_with("You wanted me?"))
+            .then_some(())
+    })
+    .await?;
+    wait_for("the operator's answer in the chat", || async {
+        customer
+            .messages(&dm)
+            .await
+            .ok()?
+            .contains(&"Yes: your order".to_string())
+            .then_some(())
+    })
+    .await?;
+
+    // An operator invited into the chat joins it; the bot stays and relays on.
+    operator
+        .send(&backoffice, in_thread_of(&root, "!ho invite"))
+        .await?;
+    wait_for("the operator's invite", || async {
+        operator.invites().await.ok()?.contains(&dm).then_some(())
+    })
+    .await?;
+    operator.join(&dm).await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Three of us now"}))
+        .await?;
+    wait_for("the message after the operator joined", || async {
+        let said = answers(&admin, &backoffice, &bot.user_id, &root).await;
+        said.iter()
+            .any(|b| b.ends_with("Three of us now"))
+            .then_some(())
+    })
+    .await?;
+    assert!(bot.joined_rooms().await?.contains(&dm), "the bot stayed");
+
+    // The option survives a restart.
+    sb.kill();
+    sb.spawn().await?;
+    let get = admin
+        .send(&backoffice, command("!ho config text.start"))
+        .await?;
+    let got = answer_to(get).await?;
+    assert!(
+        got.starts_with("text.start = Hello from support\n"),
+        "{got}"
+    );
+    let show = admin.send(&backoffice, command("!ho config")).await?;
+    let listing = answer_to(show).await?;
+    assert!(
+        listing.contains("\ntext.start = Hello from support"),
+        "{listing}"
+    );
+    assert!(listing.contains("\nsilent = false"), "{listing}");
+    Ok(())
+}
+
+/// A request without messages for `idle_close_hours` is closed: the customer is told, the
+/// thread says why, the root says done, the bot leaves; a message meanwhile postpones it.
+async fn helpdesk_idle_close(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    // 7.2 seconds.
+    let (_sb, backoffice) =
+        start_helpdesk(db, &bot, &operator, &[], "idle_close_hours = 0.002\n").await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Hello?"}))
+        .await?;
+    let root = wait_for("the thread root", || async {
+        sent_by(&operator, &backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] "))
+            })
+    })
+    .await?;
+    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Anyone?"}))
+        .await?;
+    wait_in_room(&bot, &dm, false).await?;
+
+    let timeline = customer.timeline(&dm).await?;
+    let ts = |pred: &dyn Fn(&Value) -> bool| {
+        timeline
+            .iter()
+            .find(|e| pred(e))
+            .and_then(|e| e["origin_server_ts"].as_i64())
+    };
+    let last = ts(&|e| e["content"]["body"] == "Anyone?").unwrap_or_default();
+    let closed = ts(&|e| {
+        e["sender"] == json!(bot.user_id)
+            && e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("There was no activity for a while."))
+    })
+    .ok_or_else(|| anyhow::anyhow!("no closing text in {timeline:?}"))?;
+    assert!(
+        closed - last >= 7_200,
+        "closed {} ms after the last message",
+        closed - last
+    );
+    let said = answers(&operator, &backoffice, &bot.user_id, &root).await;
+    assert!(
+        said.contains(&"Closed: no message for 0.002 hour(s).".to_string()),
+        "{said:?}"
+    );
+    let titles: Vec<String> = operator
+        .timeline(&backoffice)
+        .await?
+        .iter()
+        .filter(|e| e["content"]["m.relates_to"]["rel_type"] == "m.replace")
+        .filter_map(|e| {
+            e["content"]["m.new_content"]["body"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(titles.len(), 1, "{titles:?}");
+    assert!(
+        titles[0].starts_with("[DONE] 1st request from "),
+        "{titles:?}"
+    );
     Ok(())
 }

@@ -170,6 +170,13 @@ pub enum Action {
         room: String,
         content: serde_json::Value,
     },
+    /// Helpdesk: create the direct chat with `user` for a request an operator started,
+    /// unless the request has its chat already.
+    StartChat {
+        request: i64,
+        user: String,
+        encrypted: bool,
+    },
     /// Invite `user` into `room`.
     Invite { room: String, user: String },
     /// Leave `room`.
@@ -186,6 +193,7 @@ impl Action {
             Action::ThreadOpen { .. } => "thread_open",
             Action::ThreadPost { .. } => "thread_post",
             Action::Send { .. } => "send",
+            Action::StartChat { .. } => "start_chat",
             Action::Invite { .. } => "invite",
             Action::Leave { .. } => "leave",
         }

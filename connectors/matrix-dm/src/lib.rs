@@ -40,9 +40,9 @@ pub struct MatrixDmConfig {
     /// Rooms the bot ignores entirely (room IDs).
     #[serde(default)]
     pub ignored_rooms: Vec<String>,
-    /// Close a request after this many hours without a message; 0 never.
+    /// Close a request after this many hours without a message (fractions allowed); 0 never.
     #[serde(default = "default_idle_close_hours")]
-    pub idle_close_hours: u64,
+    pub idle_close_hours: f64,
     /// Encrypt the direct chats that `start` opens.
     #[serde(default = "default_true")]
     pub encrypt_started: bool,
@@ -51,8 +51,8 @@ pub struct MatrixDmConfig {
 fn default_prefix() -> String {
     "!ho".into()
 }
-fn default_idle_close_hours() -> u64 {
-    24 * 7
+fn default_idle_close_hours() -> f64 {
+    24.0 * 7.0
 }
 fn default_true() -> bool {
     true
@@ -72,6 +72,9 @@ impl MatrixDmConfig {
         }
         if self.prefix.trim().is_empty() || self.prefix.contains(char::is_whitespace) {
             out.push(("prefix", "must be one word".into()));
+        }
+        if !(self.idle_close_hours >= 0.0 && self.idle_close_hours.is_finite()) {
+            out.push(("idle_close_hours", "must be 0 (never) or more".into()));
         }
         for (key, list) in [("operators", &self.operators), ("admins", &self.admins)] {
             for id in list {
@@ -101,7 +104,7 @@ mod tests {
         }))
         .expect("a valid config");
         assert_eq!(cfg.prefix, "!ho");
-        assert_eq!(cfg.idle_close_hours, 168);
+        assert_eq!(cfg.idle_close_hours, 168.0);
         assert!(cfg.encrypt_started);
         assert!(cfg.problems().is_empty());
         let v12: MatrixDmConfig = serde_json::from_value(serde_json::json!({
@@ -118,10 +121,20 @@ mod tests {
             "prefix": "! ho",
             "admins": ["alice"],
             "access": {"deny": ["bad domain"]},
+            "idle_close_hours": -1,
         }))
         .expect("a valid config");
         let keys: Vec<&str> = cfg.problems().iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, ["backoffice_room", "prefix", "admins", "access"]);
+        assert_eq!(
+            keys,
+            [
+                "backoffice_room",
+                "prefix",
+                "idle_close_hours",
+                "admins",
+                "access"
+            ]
+        );
     }
 
     #[test]

@@ -137,13 +137,13 @@ impl Settings {
 
     /// An option's value (its default unless set).
     pub fn get(&self, key: &str) -> Result<&str, SettingError> {
-        let opt = find(key)?;
+        let opt = option(key)?;
         Ok(self.set.get(opt.key).map_or(opt.default, String::as_str))
     }
 
     /// Changes an option and returns the value as stored (trimmed, normalised).
     pub fn set(&mut self, key: &str, value: &str) -> Result<&str, SettingError> {
-        let opt = find(key)?;
+        let opt = option(key)?;
         let value = value.trim();
         let value = match opt.kind {
             Kind::Text if value.is_empty() => {
@@ -187,7 +187,8 @@ impl Settings {
     }
 }
 
-fn find(key: &str) -> Result<&'static Opt, SettingError> {
+/// The option `key` (any case).
+pub fn option(key: &str) -> Result<&'static Opt, SettingError> {
     let key = key.trim().to_ascii_lowercase();
     OPTIONS
         .iter()
