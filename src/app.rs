@@ -118,7 +118,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     info!(%addr, "listening");
     let server = tokio::spawn(server);
 
-    let engine = Arc::new(Engine::new(cfg));
+    let engine = Arc::new(Engine::new(cfg, &metrics));
     let helpdesk = engine.helpdesk();
     let helpdesk_wake = engine_wake.clone();
     if let Some(helpdesk) = &helpdesk {

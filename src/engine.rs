@@ -70,7 +70,7 @@ pub fn default_rules() -> Vec<RuleConfig> {
 }
 
 impl Engine {
-    pub fn new(config: &Config) -> Engine {
+    pub fn new(config: &Config, metrics: &Metrics) -> Engine {
         let rules = if config.rules.is_empty() {
             default_rules()
         } else {
@@ -97,7 +97,12 @@ impl Engine {
                 .matrix_dm
                 .clone()
                 .filter(|_| src.kind == SourceKind::MatrixDm)?;
-            Some(Arc::new(Helpdesk::new(id, dm, &config.matrix.user)))
+            Some(Arc::new(Helpdesk::new(
+                id,
+                dm,
+                &config.matrix.user,
+                metrics.clone(),
+            )))
         });
         Engine {
             rules,
@@ -332,6 +337,7 @@ pub async fn drain(
                     | Action::ThreadPost { .. }
                     | Action::Send { .. }
                     | Action::StartChat { .. }
+                    | Action::Relay { .. }
                     | Action::Invite { .. }
                     | Action::Leave { .. } => {}
                 }
@@ -388,7 +394,7 @@ mod tests {
              [sources.t]\nkind = \"webhook\"\n{rules}"
         );
         let loaded = crate::config::parse(&text).expect("valid config");
-        Engine::new(&loaded.config)
+        Engine::new(&loaded.config, &Metrics::new())
     }
 
     fn event(kind: EventKind) -> TicketEvent {

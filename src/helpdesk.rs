@@ -10,12 +10,13 @@ use serde_json::{Map, Value, json};
 use switchboard_connector::{Action, EventKind, TicketEvent};
 use switchboard_matrix_dm::access::server_of;
 use switchboard_matrix_dm::command::{self, Command, CommandError, ConfigCommand};
-use switchboard_matrix_dm::relay::{self, Profile};
+use switchboard_matrix_dm::relay::{self, Profile, Related};
 use switchboard_matrix_dm::settings::{self, request_title};
 use switchboard_matrix_dm::{MatrixDmConfig, Settings};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
+use crate::metrics::Metrics;
 use crate::store::{Request, Result, Store, now_ms};
 
 /// What a request's `dm_room` holds until the direct chat that `start` creates exists.
@@ -31,6 +32,7 @@ pub struct Helpdesk {
     /// The bot's homeserver: customers from elsewhere get the greeting with their
     /// homeserver's count.
     pub own_server: String,
+    metrics: Metrics,
 }
 
 /// Who wrote a message the sync heard.
@@ -52,6 +54,12 @@ pub struct Heard {
     pub room: String,
     pub sender: String,
     pub event_id: String,
+    /// `m.room.message`, `m.reaction` or `m.room.redaction`.
+    #[serde(default = "message_type")]
+    pub event_type: String,
+    /// When it was sent (the homeserver's `origin_server_ts`, Unix ms).
+    #[serde(default)]
+    pub ts: i64,
     pub content: Map<String, Value>,
     /// The thread the message is in (operators).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,12 +77,18 @@ pub struct Heard {
 }
 
 impl Helpdesk {
-    pub fn new(source_id: &str, config: MatrixDmConfig, bot_user: &str) -> Helpdesk {
+    pub fn new(
+        source_id: &str,
+        config: MatrixDmConfig,
+        bot_user: &str,
+        metrics: Metrics,
+    ) -> Helpdesk {
         Helpdesk {
             source_id: source_id.to_string(),
             config,
             settings: RwLock::new(Settings::default()),
             own_server: server_of(bot_user).unwrap_or_default().to_string(),
+            metrics,
         }
     }
 
@@ -206,6 +220,8 @@ impl Helpdesk {
             room: request.dm_room.clone(),
             sender: String::new(),
             event_id: format!("idle:{}:{}", request.id, request.last_activity_at),
+            event_type: message_type(),
+            ts: 0,
             content: Map::new(),
             thread: None,
             displayname: None,
@@ -251,7 +267,17 @@ impl Helpdesk {
         text: &str,
         note: Option<&str>,
     ) -> Result<Vec<(String, Action)>> {
-        store.close_request(request.id, by).await?;
+        if store.close_request(request.id, by).await? {
+            let how = if by.starts_with("idle:") {
+                "idle"
+            } else {
+                "command"
+            };
+            self.metrics
+                .requests_closed
+                .with_label_values(&[&self.source_id, how])
+                .inc();
+        }
         let lane = lane(request.id);
         let mut out = Vec::new();
         // A started request whose chat was never created has no customer side.
@@ -289,6 +315,24 @@ impl Helpdesk {
     }
 
     async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+        if let Some(related) = Related::of(&heard.event_type, &heard.content) {
+            let Some(request) = store.open_request_of(&self.source_id, &heard.room).await? else {
+                return Ok(Vec::new());
+            };
+            let profile = profile(&heard);
+            let backoffice = self.backoffice().to_string();
+            return Ok(vec![relate(
+                &request,
+                backoffice,
+                true,
+                &heard,
+                related,
+                |c| relay::with_profile(c, &profile),
+            )]);
+        }
+        if heard.event_type != "m.room.message" {
+            return Ok(Vec::new());
+        }
         let server = server_of(&heard.sender).unwrap_or_default();
         let name = match &heard.displayname {
             Some(n) => format!("{n} ({})", heard.sender),
@@ -301,7 +345,9 @@ impl Helpdesk {
                 request_title(c.server, server, c.customer, &name)
             })
             .await?;
-        if !created {
+        if created {
+            self.opened();
+        } else {
             store.touch_request(request.id).await?;
         }
         let lane = lane(request.id);
@@ -335,27 +381,38 @@ impl Helpdesk {
                 },
             ));
         }
-        let profile = Profile {
-            displayname: heard
-                .displayname
-                .clone()
-                .unwrap_or_else(|| heard.sender.clone()),
-            user_id: heard.sender,
-            avatar_url: heard.avatar_url,
-        };
-        let content = relay::with_profile(relay::relayed_content(&heard.content), &profile);
+        let content = relay::with_profile(relay::relayed_content(&heard.content), &profile(&heard));
         out.push((
             lane,
-            Action::ThreadPost {
+            Action::Relay {
                 request: request.id,
                 room: backoffice,
+                to_operators: true,
+                event_type: heard.event_type,
                 content: Value::Object(content),
+                origin: heard.event_id,
+                origin_ts: heard.ts,
+                about: None,
             },
         ));
         Ok(out)
     }
 
     async fn operator_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+        if let Some(related) = Related::of(&heard.event_type, &heard.content) {
+            // Only about what was relayed: the customer's messages here, operators' answers.
+            let Some((_, id)) = store.counterpart(&self.source_id, related.target()).await? else {
+                return Ok(Vec::new());
+            };
+            let Some(request) = store.request_by_id(id).await?.filter(|r| !r.closed) else {
+                return Ok(Vec::new());
+            };
+            let dm = request.dm_room.clone();
+            return Ok(vec![relate(&request, dm, false, &heard, related, |c| c)]);
+        }
+        if heard.event_type != "m.room.message" {
+            return Ok(Vec::new());
+        }
         let body = heard
             .content
             .get("body")
@@ -380,9 +437,15 @@ impl Helpdesk {
         store.touch_request(request.id).await?;
         Ok(vec![(
             lane(request.id),
-            Action::Send {
+            Action::Relay {
+                request: request.id,
                 room: request.dm_room,
+                to_operators: false,
+                event_type: heard.event_type,
                 content: Value::Object(relay::relayed_content(&heard.content)),
+                origin: heard.event_id,
+                origin_ts: heard.ts,
+                about: None,
             },
         )])
     }
@@ -508,11 +571,14 @@ impl Helpdesk {
         let server = server_of(&user).unwrap_or_default();
         // Processed again after a crash, the same placeholder finds the same request.
         let pending = format!("{PENDING_DM}{}", heard.event_id);
-        let (request, _) = store
+        let (request, created) = store
             .open_request(&self.source_id, &user, server, &pending, |c| {
                 request_title(c.server, server, c.customer, &user)
             })
             .await?;
+        if created {
+            self.opened();
+        }
         let lane = lane(request.id);
         let backoffice = self.backoffice().to_string();
         let mut out = vec![(
@@ -542,6 +608,13 @@ impl Helpdesk {
             },
         ));
         Ok(out)
+    }
+
+    fn opened(&self) {
+        self.metrics
+            .requests_opened
+            .with_label_values(&[&self.source_id])
+            .inc();
     }
 
     /// Every option and its value, for `config`.
@@ -586,6 +659,10 @@ impl Helpdesk {
         }
         text
     }
+}
+
+fn message_type() -> String {
+    "m.room.message".into()
 }
 
 /// Closes idle requests: looks for them now and then and puts a close for each into the
@@ -635,6 +712,45 @@ pub async fn close_idle(helpdesk: Arc<Helpdesk>, store: Store, wake: Arc<Notify>
 /// Idle requests closed per look; the rest wait for the next.
 const IDLE_BATCH: i64 = 100;
 
+/// The customer's name and avatar, for the copies of their messages.
+fn profile(heard: &Heard) -> Profile {
+    Profile {
+        displayname: heard
+            .displayname
+            .clone()
+            .unwrap_or_else(|| heard.sender.clone()),
+        user_id: heard.sender.clone(),
+        avatar_url: heard.avatar_url.clone(),
+    }
+}
+
+/// Relays an edit, reaction or redaction of `request` into `room`, about the counterpart of
+/// the event it is about (found when it runs, after the request's earlier relays).
+fn relate(
+    request: &Request,
+    room: String,
+    to_operators: bool,
+    heard: &Heard,
+    related: Related,
+    dress: impl FnOnce(Map<String, Value>) -> Map<String, Value>,
+) -> (String, Action) {
+    let about = related.target().to_string();
+    let (event_type, content) = related.relayed(dress);
+    (
+        lane(request.id),
+        Action::Relay {
+            request: request.id,
+            room,
+            to_operators,
+            event_type: event_type.into(),
+            content: Value::Object(content),
+            origin: heard.event_id.clone(),
+            origin_ts: heard.ts,
+            about: Some(about),
+        },
+    )
+}
+
 /// The outbox lane of a request: its actions run in order.
 fn lane(request: i64) -> String {
     format!("request:{request}")
@@ -653,6 +769,8 @@ mod tests {
             room: room.into(),
             sender: "@someone:x.org".into(),
             event_id: event_id.into(),
+            event_type: message_type(),
+            ts: 0,
             content,
             thread: thread.map(String::from),
             displayname: None,
@@ -667,7 +785,7 @@ mod tests {
         for store in crate::store::tests::stores().await {
             let cfg: MatrixDmConfig =
                 serde_json::from_value(json!({"backoffice_room": "!ops"})).expect("config");
-            let desk = Helpdesk::new("help", cfg, "@bot:hs.org");
+            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", Metrics::new());
             let plan = |h: Heard| {
                 let (desk, store) = (&desk, &store);
                 async move {
@@ -727,7 +845,7 @@ mod tests {
                 )
                 .expect("config")
             };
-            let desk = Helpdesk::new("help", cfg(), "@bot:hs.org");
+            let desk = Helpdesk::new("help", cfg(), "@bot:hs.org", Metrics::new());
             let run = |sender: &str, body: &str| {
                 let mut h = heard(Role::Operator, "!ops", &format!("${body}"), body, None);
                 h.sender = sender.into();
@@ -748,7 +866,7 @@ mod tests {
             };
             assert_eq!(content["msgtype"], "m.text", "in force at once");
 
-            let again = Helpdesk::new("help", cfg(), "@bot:hs.org");
+            let again = Helpdesk::new("help", cfg(), "@bot:hs.org", Metrics::new());
             assert_eq!(again.setting("msgtype"), "m.notice");
             again.load_settings(&store).await.expect("load");
             assert_eq!(again.setting("msgtype"), "m.text", "stored");

@@ -16,7 +16,9 @@ use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::serde::Raw;
-use matrix_sdk::ruma::{OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, UserId};
+use matrix_sdk::ruma::{
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, UserId,
+};
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
@@ -378,7 +380,8 @@ impl MatrixSink {
                     continue;
                 };
                 let sender = raw["sender"].as_str().unwrap_or_default();
-                if raw["type"] != "m.room.message" || sender == self.user_id.as_str() {
+                let event_type = raw["type"].as_str().unwrap_or_default();
+                if !RELAYED_TYPES.contains(&event_type) || sender == self.user_id.as_str() {
                     continue;
                 }
                 let (Some(event_id), Some(content)) =
@@ -386,6 +389,11 @@ impl MatrixSink {
                 else {
                     continue;
                 };
+                let mut content = content.clone();
+                // Before room version 11 a redaction names its event outside the content.
+                if let Some(redacts) = raw.get("redacts").filter(|_| event_type == REDACTION) {
+                    content.entry("redacts").or_insert_with(|| redacts.clone());
+                }
                 if !backoffice && one_to_one.is_none() {
                     // A chat with an open request stays, also once an operator has joined
                     // it (`invite`); only a new conversation must be one to one.
@@ -422,12 +430,14 @@ impl MatrixSink {
                     room: room_id.to_string(),
                     sender: sender.to_string(),
                     event_id: event_id.to_string(),
-                    content: content.clone(),
+                    event_type: event_type.to_string(),
+                    ts: raw["origin_server_ts"].as_i64().unwrap_or_default(),
                     thread: content
                         .get("m.relates_to")
                         .filter(|r| r["rel_type"] == "m.thread")
                         .and_then(|r| r["event_id"].as_str())
                         .map(String::from),
+                    content,
                     displayname: member
                         .as_ref()
                         .and_then(|m| m.display_name().map(String::from)),
@@ -505,6 +515,65 @@ impl MatrixSink {
                 let room = self.encryption_aware(room).await?;
                 self.send_raw(&room, serde_json::Value::Object(content), row, "")
                     .await
+            }
+            Action::Relay {
+                request,
+                room,
+                to_operators,
+                event_type,
+                content,
+                origin,
+                about,
+                ..
+            } => {
+                let mut content = content.as_object().cloned().unwrap_or_default();
+                let room = self.encryption_aware(room).await?;
+                if let Some(about) = about {
+                    let found = self
+                        .store
+                        .counterpart(&row.source_id, about)
+                        .await
+                        .map_err(db_failure)?;
+                    let Some((other, _)) = found else {
+                        return Ok("skipped: what it is about was not relayed".into());
+                    };
+                    if event_type == REDACTION {
+                        let id = EventId::parse(other.as_str())
+                            .map_err(|e| Failure::Permanent(format!("event ID {other}: {e}")))?;
+                        let resp = room
+                            .redact(&id, None, Some(txn_id(row, "")))
+                            .await
+                            .map_err(|e| Failure::from_http(&e))?;
+                        return Ok(resp.event_id.to_string());
+                    }
+                    if let Some(serde_json::Value::Object(rel)) = content.get_mut("m.relates_to") {
+                        rel.insert("event_id".into(), json!(other));
+                    }
+                }
+                if *to_operators && about.is_none() {
+                    let root = self
+                        .store
+                        .request_by_id(*request)
+                        .await
+                        .map_err(db_failure)?
+                        .and_then(|r| r.thread_root)
+                        .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
+                    content = switchboard_matrix_dm::relay::in_thread(content, &root);
+                }
+                let copy = self
+                    .send_typed(
+                        &room,
+                        event_type,
+                        serde_json::Value::Object(content),
+                        row,
+                        "",
+                    )
+                    .await?;
+                self.store
+                    .record_relay(&row.source_id, origin, &copy, *request)
+                    .await
+                    .map_err(db_failure)?;
+                Ok(copy)
             }
             Action::Send { room, content } => {
                 let room = self.encryption_aware(room).await?;
@@ -666,8 +735,21 @@ impl MatrixSink {
         row: &OutboxRow,
         part: &str,
     ) -> Result<String, Failure> {
+        self.send_typed(room, "m.room.message", content, row, part)
+            .await
+    }
+
+    /// Sends an event of `event_type` (not a state event), with the action's transaction ID.
+    async fn send_typed(
+        &self,
+        room: &Room,
+        event_type: &str,
+        content: serde_json::Value,
+        row: &OutboxRow,
+        part: &str,
+    ) -> Result<String, Failure> {
         let resp = room
-            .send_raw("m.room.message", content)
+            .send_raw(event_type, content)
             .with_transaction_id(&txn_id(row, part))
             .await
             .map_err(|e| Failure::from_sdk(&e))?;
@@ -883,6 +965,10 @@ impl MatrixSink {
 fn already_in_room(e: &matrix_sdk::Error) -> bool {
     e.client_api_error_kind() == Some(&ErrorKind::Forbidden) && e.to_string().contains("already")
 }
+
+/// What the helpdesk relays: messages (and their edits), reactions and redactions.
+const RELAYED_TYPES: [&str; 3] = ["m.room.message", "m.reaction", REDACTION];
+const REDACTION: &str = "m.room.redaction";
 
 fn db_failure(e: crate::store::StoreError) -> Failure {
     Failure::Transient {

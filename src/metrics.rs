@@ -20,6 +20,15 @@ pub struct Metrics {
     pub action_seconds: HistogramVec,
     /// Whether the homeserver answered the last sync or check.
     pub homeserver_up: IntGauge,
+    /// Helpdesk requests opened, by source.
+    pub requests_opened: IntCounterVec,
+    /// Helpdesk requests closed, by source and how (command, idle).
+    pub requests_closed: IntCounterVec,
+    /// Helpdesk events relayed, by source, direction (to_operators, to_customer) and kind
+    /// (message, edit, reaction, redaction).
+    pub relayed: IntCounterVec,
+    /// Seconds from an event's sending to its copy's sending on the other side, by direction.
+    pub relay_seconds: HistogramVec,
 }
 
 impl Metrics {
@@ -53,10 +62,53 @@ impl Metrics {
             "1 when the homeserver answered the last sync or check",
         )
         .expect("valid metric");
-        for c in [&webhooks, &actions_queued, &actions] {
+        let requests_opened = IntCounterVec::new(
+            Opts::new(
+                "helpdesk_requests_opened_total",
+                "Helpdesk requests opened by source",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let requests_closed = IntCounterVec::new(
+            Opts::new(
+                "helpdesk_requests_closed_total",
+                "Helpdesk requests closed by source and how (command, idle)",
+            ),
+            &["source", "how"],
+        )
+        .expect("valid metric");
+        let relayed = IntCounterVec::new(
+            Opts::new(
+                "helpdesk_relayed_total",
+                "Helpdesk events relayed by source, direction and kind",
+            ),
+            &["source", "direction", "kind"],
+        )
+        .expect("valid metric");
+        let relay_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "helpdesk_relay_seconds",
+                "Time from an event's sending to its copy's sending on the other side",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["direction"],
+        )
+        .expect("valid metric");
+        for c in [
+            &webhooks,
+            &actions_queued,
+            &actions,
+            &requests_opened,
+            &requests_closed,
+            &relayed,
+        ] {
             let _ = registry.register(Box::new(c.clone()));
         }
         let _ = registry.register(Box::new(action_seconds.clone()));
+        let _ = registry.register(Box::new(relay_seconds.clone()));
         let _ = registry.register(Box::new(homeserver_up.clone()));
         Metrics {
             registry,
@@ -65,6 +117,10 @@ impl Metrics {
             actions,
             action_seconds,
             homeserver_up,
+            requests_opened,
+            requests_closed,
+            relayed,
+            relay_seconds,
         }
     }
 
@@ -73,6 +129,12 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
     }
 }
 

@@ -120,6 +120,42 @@ impl Worker {
         }
     }
 
+    /// Counts a relay and how long it took from the original's sending.
+    fn relayed(&self, row: &OutboxRow, action: &Action) {
+        let Action::Relay {
+            to_operators,
+            event_type,
+            origin_ts,
+            about,
+            ..
+        } = action
+        else {
+            return;
+        };
+        let direction = if *to_operators {
+            "to_operators"
+        } else {
+            "to_customer"
+        };
+        let kind = match (event_type.as_str(), about) {
+            (_, None) => "message",
+            ("m.reaction", _) => "reaction",
+            ("m.room.redaction", _) => "redaction",
+            _ => "edit",
+        };
+        self.metrics
+            .relayed
+            .with_label_values(&[&row.source_id, direction, kind])
+            .inc();
+        if *origin_ts > 0 {
+            let ms = crate::store::now_ms().saturating_sub(*origin_ts).max(0);
+            self.metrics
+                .relay_seconds
+                .with_label_values(&[direction])
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+
     /// Stores how an action ended. False if the store failed.
     async fn record(&self, outcome: Option<(i64, Outcome)>) -> bool {
         let written = match &outcome {
@@ -157,6 +193,9 @@ impl Worker {
                     .actions
                     .with_label_values(&[kind, "done"])
                     .inc();
+                if !result.starts_with("skipped") {
+                    self.relayed(row, &action);
+                }
                 Outcome::Done(result)
             }
             Err(Failure::Permanent(message)) => {

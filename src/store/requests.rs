@@ -211,6 +211,41 @@ impl Store {
         rows.iter().map(request).collect()
     }
 
+    /// Records that `copy` is the bot's copy of `origin` (a no-op if recorded already).
+    pub async fn record_relay(
+        &self,
+        source_id: &str,
+        origin: &str,
+        copy: &str,
+        request: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO relays (source_id, origin, copy, request_id, created_at)              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(source_id)
+        .bind(origin)
+        .bind(copy)
+        .bind(request)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The other side of a relayed event: its copy if `event` was relayed, its origin if
+    /// `event` is a copy; with the request it belongs to.
+    pub async fn counterpart(&self, source_id: &str, event: &str) -> Result<Option<(String, i64)>> {
+        let row = sqlx::query(
+            "SELECT copy, request_id FROM relays WHERE source_id = $1 AND origin = $2 \
+             UNION ALL SELECT origin, request_id FROM relays WHERE source_id = $1 AND copy = $2",
+        )
+        .bind(source_id)
+        .bind(event)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
+    }
+
     /// Sets one text column; `column` is one of this module's constants, never input.
     async fn update_request(&self, id: i64, column: &'static str, value: &str) -> Result<()> {
         let sql = format!("UPDATE requests SET {column} = $1, updated_at = $2 WHERE id = $3");
@@ -242,6 +277,33 @@ mod tests {
             .open_request("help", customer, server, room, title)
             .await
             .expect("open")
+    }
+
+    #[tokio::test]
+    async fn relays_are_found_from_either_side() {
+        for store in stores().await {
+            assert_eq!(store.counterpart("help", "$a").await.expect("read"), None);
+            store
+                .record_relay("help", "$a", "$a2", 7)
+                .await
+                .expect("record");
+            store
+                .record_relay("help", "$a", "$other", 7)
+                .await
+                .expect("again");
+            let found = |e: &'static str| {
+                let store = &store;
+                async move { store.counterpart("help", e).await.expect("read") }
+            };
+            assert_eq!(found("$a").await, Some(("$a2".into(), 7)));
+            assert_eq!(found("$a2").await, Some(("$a".into(), 7)), "from the copy");
+            assert_eq!(found("$other").await, None, "the first record stays");
+            assert_eq!(
+                store.counterpart("desk2", "$a").await.expect("read"),
+                None,
+                "per source"
+            );
+        }
     }
 
     #[tokio::test]
@@ -321,6 +383,9 @@ mod tests {
                 "SELECT {COLUMNS} FROM requests WHERE source_id = 'h' AND closed_at IS NULL \
                  AND last_activity_at < 5 ORDER BY last_activity_at LIMIT 3"
             ),
+            "SELECT copy, request_id FROM relays WHERE source_id = 'h' AND origin = 'e' \
+             UNION ALL SELECT origin, request_id FROM relays WHERE source_id = 'h' AND copy = 'e'"
+                .to_string(),
         ];
         for q in queries {
             let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
@@ -329,7 +394,9 @@ mod tests {
                 .expect("plan");
             let steps: Vec<String> = plan.iter().map(|r| r.try_get(3).expect("detail")).collect();
             assert!(
-                steps.iter().all(|s| !s.starts_with("SCAN requests"))
+                steps
+                    .iter()
+                    .all(|s| !s.starts_with("SCAN requests") && !s.starts_with("SCAN relays"))
                     && steps.iter().any(|s| s.contains("INDEX")),
                 "{q}: {steps:?}"
             );

@@ -258,6 +258,24 @@ impl User {
         Ok(v["event_id"].as_str().context("event_id")?.to_string())
     }
 
+    /// Sends an event of `kind` with this content; returns its event ID.
+    pub async fn send_event(&self, room: &str, kind: &str, content: Value) -> Result<String> {
+        let path = format!("/v3/rooms/{}/send/{kind}/{}", enc(room), suffix());
+        let v = self
+            .send_json(reqwest::Method::PUT, &path, &content)
+            .await?;
+        Ok(v["event_id"].as_str().context("event_id")?.to_string())
+    }
+
+    /// Redacts an event; returns the redaction's event ID.
+    pub async fn redact(&self, room: &str, event: &str) -> Result<String> {
+        let path = format!("/v3/rooms/{}/redact/{}/{}", enc(room), enc(event), suffix());
+        let v = self
+            .send_json(reqwest::Method::PUT, &path, &json!({}))
+            .await?;
+        Ok(v["event_id"].as_str().context("event_id")?.to_string())
+    }
+
     /// A state event's content, if set.
     pub async fn state(&self, room: &str, kind: &str) -> Result<Option<Value>> {
         let (status, v) = self

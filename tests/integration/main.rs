@@ -43,6 +43,7 @@ on_both_databases!(
     helpdesk_commands,
     helpdesk_start_and_config,
     helpdesk_idle_close,
+    helpdesk_relays_media_reactions_edits_redactions,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -1535,6 +1536,209 @@ async fn helpdesk_idle_close(db: Db) -> Result<()> {
     assert!(
         titles[0].starts_with("[DONE] 1st request from "),
         "{titles:?}"
+    );
+    Ok(())
+}
+
+/// Media, reactions, edits and redactions follow their messages both ways.
+async fn helpdesk_relays_media_reactions_edits_redactions(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let (sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    wait_in_room(&bot, &dm, true).await?;
+    let hello = customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "Hello"}))
+        .await?;
+    let photo = json!({"msgtype": "m.image", "body": "printer.png",
+                       "url": "mxc://localhost/printerphoto", "info": {"mimetype": "image/png"}});
+    customer.send(&dm, photo).await?;
+    // The bot's copy in `room` (as `reader` sees it) of a message whose body ends so.
+    let copy_of = |reader: &'static str, room: String, ending: &'static str| {
+        let (reader, bot) = (
+            if reader == "operator" {
+                &operator
+            } else {
+                &customer
+            },
+            &bot.user_id,
+        );
+        async move {
+            wait_for(&format!("the copy of {ending:?}"), || async {
+                sent_by(reader, &room, bot)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|e| {
+                        e["content"]["body"]
+                            .as_str()
+                            .is_some_and(|b| b.ends_with(ending))
+                    })
+            })
+            .await
+        }
+    };
+    let hello_copy = copy_of("operator", backoffice.clone(), "Hello").await?;
+    let photo_copy = copy_of("operator", backoffice.clone(), "printer.png").await?;
+    assert_eq!(photo_copy["content"]["msgtype"], "m.image");
+    assert_eq!(photo_copy["content"]["url"], "mxc://localhost/printerphoto");
+    let root = hello_copy["content"]["m.relates_to"]["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let hello_copy = hello_copy["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    let answer = operator
+        .send(&backoffice, in_thread_of(&root, "Hi there"))
+        .await?;
+    let answer_copy = copy_of("customer", dm.clone(), "Hi there").await?;
+    let answer_copy = answer_copy["event_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // Reactions: each to the other side's counterpart, by the bot.
+    let reaction = |target: &str, key: &str| json!({"m.relates_to": {"rel_type": "m.annotation", "event_id": target, "key": key}});
+    let thumbs = customer
+        .send_event(&dm, "m.reaction", reaction(&answer_copy, "👍"))
+        .await?;
+    operator
+        .send_event(&backoffice, "m.reaction", reaction(&hello_copy, "❤️"))
+        .await?;
+    // Edits: the counterpart is edited.
+    let edit = |target: &str, body: &str| {
+        json!({"msgtype": "m.text", "body": format!("* {body}"),
+               "m.new_content": {"msgtype": "m.text", "body": body},
+               "m.relates_to": {"rel_type": "m.replace", "event_id": target}})
+    };
+    customer.send(&dm, edit(&hello, "Hello, world")).await?;
+    operator
+        .send(&backoffice, edit(&answer, "Hi there, how can I help?"))
+        .await?;
+
+    let bot_events = |reader: &'static str, room: String| {
+        let (reader, bot) = (
+            if reader == "operator" {
+                &operator
+            } else {
+                &customer
+            },
+            bot.user_id.clone(),
+        );
+        async move {
+            reader
+                .timeline(&room)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|e| e["sender"] == json!(bot))
+                .collect::<Vec<Value>>()
+        }
+    };
+    let about = |events: &[Value], kind: &str, rel: &str, target: &str| -> Option<Value> {
+        events
+            .iter()
+            .find(|e| {
+                e["type"] == kind
+                    && e["content"]["m.relates_to"]["rel_type"] == rel
+                    && e["content"]["m.relates_to"]["event_id"] == json!(target)
+            })
+            .cloned()
+    };
+    let (in_backoffice, in_dm) = wait_for("reactions and edits on both sides", || async {
+        let b = bot_events("operator", backoffice.clone()).await;
+        let d = bot_events("customer", dm.clone()).await;
+        let all = about(&b, "m.reaction", "m.annotation", &answer).is_some()
+            && about(&d, "m.reaction", "m.annotation", &hello).is_some()
+            && about(&b, "m.room.message", "m.replace", &hello_copy).is_some()
+            && about(&d, "m.room.message", "m.replace", &answer_copy).is_some();
+        all.then_some((b, d))
+    })
+    .await?;
+    let r = about(&in_backoffice, "m.reaction", "m.annotation", &answer).unwrap_or_default();
+    assert_eq!(r["content"]["m.relates_to"]["key"], "👍");
+    let r = about(&in_dm, "m.reaction", "m.annotation", &hello).unwrap_or_default();
+    assert_eq!(r["content"]["m.relates_to"]["key"], "❤️");
+    let e = about(&in_backoffice, "m.room.message", "m.replace", &hello_copy).unwrap_or_default();
+    let new_body = e["content"]["m.new_content"]["body"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(new_body.ends_with(": Hello, world"), "{e}");
+    assert_eq!(
+        e["content"]["m.new_content"]["com.beeper.per_message_profile"]["id"],
+        json!(customer.user_id),
+        "{e}"
+    );
+    let e = about(&in_dm, "m.room.message", "m.replace", &answer_copy).unwrap_or_default();
+    assert_eq!(
+        e["content"]["m.new_content"],
+        json!({"msgtype": "m.text", "body": "Hi there, how can I help?"})
+    );
+
+    // Redactions: the counterpart is redacted; taking back a reaction takes back its copy.
+    customer.redact(&dm, &hello).await?;
+    operator.redact(&backoffice, &answer).await?;
+    customer.redact(&dm, &thumbs).await?;
+    let thumbs_copy = about(&in_backoffice, "m.reaction", "m.annotation", &answer)
+        .and_then(|e| e["event_id"].as_str().map(String::from))
+        .unwrap_or_default();
+    let redacted = |reader: &'static str, room: String, event: String| {
+        let reader = if reader == "operator" {
+            &operator
+        } else {
+            &customer
+        };
+        async move {
+            wait_for(&format!("{event} redacted"), || async {
+                reader
+                    .timeline(&room)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|e| {
+                        e["event_id"] == json!(event)
+                            && e["unsigned"]["redacted_because"].is_object()
+                    })
+                    .map(|_| ())
+            })
+            .await
+        }
+    };
+    redacted("operator", backoffice.clone(), hello_copy).await?;
+    redacted("customer", dm.clone(), answer_copy).await?;
+    redacted("operator", backoffice.clone(), thumbs_copy).await?;
+
+    // Exactly once: one copy of each, one reaction each way.
+    let b = bot_events("operator", backoffice.clone()).await;
+    let reactions = b.iter().filter(|e| e["type"] == "m.reaction").count();
+    assert_eq!(reactions, 1, "{b:?}");
+    let lines = [
+        "switchboard_helpdesk_requests_opened_total{source=\"help\"} 1",
+        "switchboard_helpdesk_relayed_total{direction=\"to_operators\",kind=\"message\",source=\"help\"} 2",
+        "switchboard_helpdesk_relayed_total{direction=\"to_customer\",kind=\"reaction\",source=\"help\"} 1",
+        "switchboard_helpdesk_relayed_total{direction=\"to_operators\",kind=\"redaction\",source=\"help\"} 2",
+        "switchboard_helpdesk_relay_seconds_count{direction=\"to_customer\"} 4",
+        "switchboard_helpdesk_relay_seconds_count{direction=\"to_operators\"} 6",
+    ];
+    // The counters move once each action is recorded, just after the homeserver has it.
+    let metrics = wait_for("the helpdesk metrics", || async {
+        let url = format!("{}/metrics", sb.base);
+        let text = sb.http().get(url).send().await.ok()?.text().await.ok()?;
+        lines.iter().all(|l| text.contains(l)).then_some(text)
+    })
+    .await?;
+    assert!(
+        !metrics.contains(&customer.user_id),
+        "no user IDs in metrics"
     );
     Ok(())
 }

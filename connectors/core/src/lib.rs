@@ -165,6 +165,23 @@ pub enum Action {
         room: String,
         content: serde_json::Value,
     },
+    /// Helpdesk: relay an event (`origin`, sent at `origin_ts`, Unix ms) to the other side
+    /// of its request as an event of `event_type` into `room`: the backoffice room if
+    /// `to_operators` (a message goes into the request's thread), else the customer's chat.
+    /// With `about` (the event it reacts to, edits or redacts), it is about that event's
+    /// counterpart, and skipped if there is none. The copy is recorded, so reactions, edits
+    /// and redactions can follow it.
+    Relay {
+        request: i64,
+        room: String,
+        to_operators: bool,
+        event_type: String,
+        content: serde_json::Value,
+        origin: String,
+        origin_ts: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<String>,
+    },
     /// Send a message with this content into `room` as it is.
     Send {
         room: String,
@@ -192,6 +209,7 @@ impl Action {
             Action::Close { .. } => "close",
             Action::ThreadOpen { .. } => "thread_open",
             Action::ThreadPost { .. } => "thread_post",
+            Action::Relay { .. } => "relay",
             Action::Send { .. } => "send",
             Action::StartChat { .. } => "start_chat",
             Action::Invite { .. } => "invite",

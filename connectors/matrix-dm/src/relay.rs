@@ -155,6 +155,77 @@ pub fn replacement(original: &str, new_content: Map<String, Value>) -> Map<Strin
     content
 }
 
+/// An event about an earlier one: what is relayed about that one's counterpart.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Related {
+    /// An edit (`m.replace`), with the message's new content.
+    Edit {
+        target: String,
+        new_content: Map<String, Value>,
+    },
+    /// A reaction (`m.annotation`) with its key.
+    Reaction { target: String, key: String },
+    /// A redaction (`redacts` in the content, where room version 11 puts it).
+    Redaction { target: String },
+}
+
+impl Related {
+    /// What an event of `event_type` with `content` is about, if it is about another event.
+    pub fn of(event_type: &str, content: &Map<String, Value>) -> Option<Related> {
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(String::from);
+        let rel = content.get("m.relates_to").and_then(Value::as_object);
+        let rel_type = rel.and_then(|r| r.get("rel_type")).and_then(Value::as_str);
+        let target = text(rel.and_then(|r| r.get("event_id")));
+        match (event_type, rel_type) {
+            ("m.room.redaction", _) => Some(Related::Redaction {
+                target: text(content.get("redacts"))?,
+            }),
+            ("m.reaction", Some("m.annotation")) => Some(Related::Reaction {
+                target: target?,
+                key: text(rel.and_then(|r| r.get("key")))?,
+            }),
+            ("m.room.message", Some("m.replace")) => Some(Related::Edit {
+                target: target?,
+                new_content: content.get("m.new_content")?.as_object()?.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The event it is about.
+    pub fn target(&self) -> &str {
+        match self {
+            Related::Edit { target, .. }
+            | Related::Reaction { target, .. }
+            | Related::Redaction { target } => target,
+        }
+    }
+
+    /// The event to send on the other side: its type and content, with the counterpart's
+    /// event ID still to be filled into `m.relates_to`. `dress` finishes an edit's new
+    /// content (already stripped of relations and fallbacks), e.g. with a profile.
+    pub fn relayed(
+        self,
+        dress: impl FnOnce(Map<String, Value>) -> Map<String, Value>,
+    ) -> (&'static str, Map<String, Value>) {
+        match self {
+            Related::Edit { new_content, .. } => (
+                "m.room.message",
+                replacement("", dress(relayed_content(&new_content))),
+            ),
+            Related::Reaction { key, .. } => {
+                let mut content = Map::new();
+                content.insert(
+                    "m.relates_to".into(),
+                    json!({"rel_type": "m.annotation", "event_id": "", "key": key}),
+                );
+                ("m.reaction", content)
+            }
+            Related::Redaction { .. } => ("m.room.redaction", Map::new()),
+        }
+    }
+}
+
 /// English ordinal of `n`: 1st, 2nd, 3rd, 4th, 11th, 12th, 13th, 21st, 101st, 111th.
 pub fn ordinal(n: u64) -> String {
     let suffix = match (n % 10, n % 100) {
@@ -294,5 +365,52 @@ mod tests {
                 "101st", "111th", "112th"
             ]
         );
+    }
+
+    #[test]
+    fn edits_reactions_and_redactions_are_recognised() {
+        let obj = |v: Value| v.as_object().cloned().unwrap_or_default();
+        let edit = obj(json!({
+            "msgtype": "m.text", "body": "* fixed",
+            "m.new_content": {"msgtype": "m.text", "body": "fixed",
+                              "m.mentions": {"user_ids": ["@x:y"]}},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig"},
+        }));
+        let related = Related::of("m.room.message", &edit).expect("an edit");
+        assert_eq!(related.target(), "$orig");
+        let (kind, content) = related.relayed(|mut c| {
+            c.insert("dressed".into(), json!(true));
+            c
+        });
+        assert_eq!(kind, "m.room.message");
+        assert_eq!(content["body"], "* fixed");
+        assert_eq!(
+            content["m.new_content"],
+            json!({"msgtype": "m.text", "body": "fixed", "dressed": true}),
+            "mentions dropped, dressed"
+        );
+        assert_eq!(content["m.relates_to"]["rel_type"], "m.replace");
+
+        let reaction = obj(json!({
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": "$m", "key": "👍"},
+        }));
+        let (kind, content) = Related::of("m.reaction", &reaction)
+            .expect("a reaction")
+            .relayed(|c| c);
+        assert_eq!(kind, "m.reaction");
+        assert_eq!(content["m.relates_to"]["key"], "👍");
+
+        let redaction = obj(json!({"redacts": "$gone"}));
+        assert_eq!(
+            Related::of("m.room.redaction", &redaction),
+            Some(Related::Redaction {
+                target: "$gone".into()
+            })
+        );
+        // Plain messages, threads and replies are not about another event.
+        let reply = obj(json!({"msgtype": "m.text", "body": "hi",
+            "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"}}));
+        assert_eq!(Related::of("m.room.message", &reply), None);
+        assert_eq!(Related::of("m.room.redaction", &obj(json!({}))), None);
     }
 }
