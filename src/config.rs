@@ -402,11 +402,18 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
-/// Replaces `${VAR}` with the variable's value; an unset variable is an error.
+/// Replaces `${VAR}` with the variable's value; an unset variable is an error. `$${` is a
+/// literal `${`.
 fn expand_env(raw: &str) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
     while let Some(start) = rest.find("${") {
+        if rest[..start].ends_with('$') {
+            out.push_str(&rest[..start]);
+            out.push('{');
+            rest = &rest[start + 2..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after
@@ -1053,6 +1060,10 @@ homeserver = "http://127.0.0.1:8008"
         assert_eq!(errs[0].key, "matrix.password");
         let path = std::env::var("PATH").expect("PATH is set");
         assert_eq!(expand_env("a${PATH}b").expect("set"), format!("a{path}b"));
+        assert_eq!(
+            expand_env("a$${PATH}b${PATH}").expect("escaped"),
+            format!("a${{PATH}}b{path}")
+        );
     }
 
     #[test]

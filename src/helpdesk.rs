@@ -2,7 +2,7 @@
 //! deliveries, and deliveries become requests and actions (thread roots, relays).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -30,8 +30,8 @@ pub struct Helpdesk {
     /// Loaded at start (`load_settings`), changed by `config`.
     settings: RwLock<Settings>,
     /// The bot's homeserver: customers from elsewhere get the greeting with their
-    /// homeserver's count.
-    pub own_server: String,
+    /// homeserver's count. From the config's user ID, or once logged in (`know_bot`).
+    own_server: OnceLock<String>,
     metrics: Metrics,
 }
 
@@ -87,8 +87,17 @@ impl Helpdesk {
             source_id: source_id.to_string(),
             config,
             settings: RwLock::new(Settings::default()),
-            own_server: server_of(bot_user).unwrap_or_default().to_string(),
+            own_server: server_of(bot_user)
+                .map(|s| OnceLock::from(s.to_string()))
+                .unwrap_or_default(),
             metrics,
+        }
+    }
+
+    /// The bot's user ID as logged in (the config may name only its localpart).
+    pub fn know_bot(&self, user_id: &str) {
+        if let Some(server) = server_of(user_id) {
+            let _ = self.own_server.set(server.to_string());
         }
     }
 
@@ -365,7 +374,8 @@ impl Helpdesk {
             ));
         }
         if created && !self.flag("silent") {
-            let mut greeting = if server == self.own_server {
+            let own = self.own_server.get().map(String::as_str);
+            let mut greeting = if Some(server) == own {
                 self.notice("text.greetings")
             } else {
                 self.notice("text.greetings.customer")

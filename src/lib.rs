@@ -5,6 +5,7 @@ pub mod app;
 pub mod config;
 pub mod engine;
 pub mod helpdesk;
+pub mod honoroit;
 pub mod http;
 pub mod matrix;
 pub mod metrics;

@@ -1,10 +1,12 @@
 //! The `switchboard` command: run, check-config, schema.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::config::{self, LogFormat};
+use switchboard::honoroit;
 
 #[derive(Parser)]
 #[command(
@@ -21,24 +23,16 @@ struct Cli {
 enum Command {
     /// Run the service.
     Run {
-        /// The config file.
-        #[arg(
-            long,
-            short,
-            env = "SWITCHBOARD_CONFIG",
-            default_value = "switchboard.toml"
-        )]
-        config: PathBuf,
+        /// The config file (default `switchboard.toml`; without one, `HONOROIT_*`
+        /// variables configure a Honoroit drop-in).
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
     },
-    /// Check a config file and print every problem with its key and line.
+    /// Check a config file (or the `HONOROIT_*` variables) and print every problem with its
+    /// key and line.
     CheckConfig {
-        #[arg(
-            long,
-            short,
-            env = "SWITCHBOARD_CONFIG",
-            default_value = "switchboard.toml"
-        )]
-        config: PathBuf,
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
     },
     /// Print the config file's JSON Schema.
     Schema,
@@ -57,9 +51,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => match config::load(&config) {
-            Ok(_) => {
-                println!("{}: ok", config.display());
+        Command::CheckConfig { config } => match load(config) {
+            Ok((_, from, warnings)) => {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{from}: ok");
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -68,7 +65,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => {
-            let loaded = match config::load(&config) {
+            let (loaded, from, warnings) = match load(config) {
                 Ok(l) => l,
                 Err(errors) => {
                     eprint!("{errors}");
@@ -76,6 +73,10 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(&loaded.config.log);
+            tracing::info!(config = %from, "configured");
+            for w in warnings {
+                tracing::warn!("{w}");
+            }
             let rt = match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt,
                 Err(e) => {
@@ -93,6 +94,29 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The config: the file named, else `switchboard.toml` if it exists, else the Honoroit
+/// drop-in if any `HONOROIT_*` variable is set. Returns it, where it came from, and warnings.
+fn load(
+    explicit: Option<PathBuf>,
+) -> Result<(config::Loaded, String, Vec<String>), config::ConfigErrors> {
+    let default = PathBuf::from("switchboard.toml");
+    let vars: BTreeMap<String, String> = std::env::vars().collect();
+    let path = match explicit {
+        Some(path) => path,
+        None if !default.exists() && honoroit::present(&vars) => {
+            let drop_in = honoroit::load(&vars)?;
+            return Ok((
+                drop_in.loaded,
+                "HONOROIT_* variables".into(),
+                drop_in.warnings,
+            ));
+        }
+        None => default,
+    };
+    let loaded = config::load(&path)?;
+    Ok((loaded, path.display().to_string(), Vec::new()))
 }
 
 async fn run(loaded: config::Loaded) -> anyhow::Result<()> {

@@ -234,6 +234,7 @@ impl MatrixSink {
     /// Feeds the helpdesk what the sync hears from now on (the sync starts if it was not
     /// running); `wake` tells the engine that the inbox has something.
     pub fn serve_helpdesk(&self, helpdesk: Arc<Helpdesk>, wake: Arc<tokio::sync::Notify>) {
+        helpdesk.know_bot(self.user_id.as_str());
         if self.helpdesk.set((helpdesk, wake)).is_ok() {
             self.want_sync();
         }

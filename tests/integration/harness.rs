@@ -386,7 +386,9 @@ pub async fn postgres_db() -> Result<String> {
 pub struct Switchboard {
     pub dir: PathBuf,
     pub base: String,
-    config: PathBuf,
+    /// None: no config file; `env` configures it (the Honoroit drop-in).
+    config: Option<PathBuf>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     http: reqwest::Client,
 }
@@ -431,7 +433,24 @@ impl Switchboard {
         let mut sb = Switchboard {
             base: format!("http://127.0.0.1:{port}"),
             dir,
-            config: config_path,
+            config: Some(config_path),
+            env: Vec::new(),
+            child: None,
+            http: reqwest::Client::new(),
+        };
+        sb.spawn().await?;
+        Ok(sb)
+    }
+
+    /// Starts a process with no config file, configured by `env` alone, listening on `port`.
+    pub async fn start_env(env: Vec<(String, String)>, port: u16) -> Result<Switchboard> {
+        let dir = std::env::temp_dir().join(format!("switchboard-it-{}", suffix()));
+        std::fs::create_dir_all(&dir)?;
+        let mut sb = Switchboard {
+            base: format!("http://127.0.0.1:{port}"),
+            dir,
+            config: None,
+            env,
             child: None,
             http: reqwest::Client::new(),
         };
@@ -442,15 +461,13 @@ impl Switchboard {
     /// Sets a top-level config key (a TOML value), replacing an earlier one; takes effect at
     /// the next `spawn`.
     pub fn set_top_level(&self, key: &str, value: &str) -> Result<()> {
-        let text = std::fs::read_to_string(&self.config)?;
+        let config = self.config.as_ref().context("no config file")?;
+        let text = std::fs::read_to_string(config)?;
         let rest: Vec<&str> = text
             .lines()
             .filter(|l| !l.starts_with(&format!("{key} =")))
             .collect();
-        std::fs::write(
-            &self.config,
-            format!("{key} = {value}\n{}\n", rest.join("\n")),
-        )?;
+        std::fs::write(config, format!("{key} = {value}\n{}\n", rest.join("\n")))?;
         Ok(())
     }
 
@@ -475,9 +492,14 @@ impl Switchboard {
             .create(true)
             .append(true)
             .open(self.dir.join("switchboard.log"))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-            .args(["run", "--config"])
-            .arg(&self.config)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        command.arg("run").current_dir(&self.dir);
+        if let Some(config) = &self.config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
+            .env_remove("SWITCHBOARD_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "switchboard=debug,matrix_sdk=warn,info")
             .stdout(Stdio::null())
             .stderr(log)

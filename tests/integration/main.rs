@@ -44,6 +44,7 @@ on_both_databases!(
     helpdesk_start_and_config,
     helpdesk_idle_close,
     helpdesk_relays_media_reactions_edits_redactions,
+    honoroit_drop_in,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -1740,5 +1741,144 @@ async fn helpdesk_relays_media_reactions_edits_redactions(db: Db) -> Result<()> 
         !metrics.contains(&customer.user_id),
         "no user IDs in metrics"
     );
+    Ok(())
+}
+
+/// With no config file, Honoroit's variables run the helpdesk as Honoroit would: its
+/// database settings (a SQLite file, or a PostgreSQL URL), its port, its metrics login, its
+/// `!ho` prefix; variables that change nothing are named in warnings.
+async fn honoroit_drop_in(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
+        .await?;
+    let localpart = bot
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let port = harness::free_port();
+    let sqlite_file = std::env::temp_dir().join(format!("honoroit-{}.db", harness::suffix()));
+    let (dialect, dsn) = match db {
+        Db::Sqlite => ("sqlite3", sqlite_file.display().to_string()),
+        _ => ("postgres", harness::postgres_db().await?),
+    };
+    let env: Vec<(String, String)> = [
+        ("HOMESERVER", hs.base_url.as_str()),
+        ("LOGIN", &localpart),
+        ("PASSWORD", &bot.password),
+        ("ROOMID", &backoffice),
+        ("PORT", &port.to_string()),
+        ("NOENCRYPTION", "1"),
+        ("DATA_SECRET", "a secret of the drop-in"),
+        ("DB_DIALECT", dialect),
+        ("DB_DSN", &dsn),
+        ("METRICS_LOGIN", "prom"),
+        ("METRICS_PASSWORD", "scrape"),
+        ("CACHESIZE", "2000"),
+        ("MONITORING_SENTRY_DSN", "https://key@sentry.example/1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("HONOROIT_{k}"), v.to_string()))
+    .collect();
+    let sb = Switchboard::start_env(env, port).await?;
+    wait_in_room(&bot, &backoffice, true).await?;
+
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(
+            &dm,
+            json!({"msgtype": "m.text", "body": "Is this Honoroit?"}),
+        )
+        .await?;
+    let root = wait_for("the thread root", || async {
+        sent_by(&operator, &backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] 1st request from localhost (1st by "))
+            })
+    })
+    .await?;
+    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    // The bot's own homeserver, although the login named only the localpart.
+    wait_for("the greeting", || async {
+        customer
+            .messages(&dm)
+            .await
+            .ok()?
+            .contains(&"Thank you for contacting us!".to_string())
+            .then_some(())
+    })
+    .await?;
+    operator
+        .send(&backoffice, in_thread_of(&root, "!ho done"))
+        .await?;
+    wait_in_room(&bot, &dm, false).await?;
+
+    match db {
+        Db::Sqlite => {
+            use sqlx::{Connection, Row};
+            let url = format!("sqlite://{}", sqlite_file.display());
+            let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+            let closed: i64 =
+                sqlx::query("SELECT count(*) FROM requests WHERE closed_at IS NOT NULL")
+                    .fetch_one(&mut conn)
+                    .await?
+                    .get(0);
+            assert_eq!(closed, 1, "the request is in HONOROIT_DB_DSN's file");
+        }
+        _ => {
+            use sqlx::{Connection, Row};
+            let mut conn = sqlx::PgConnection::connect(&dsn).await?;
+            let closed: i64 =
+                sqlx::query("SELECT count(*) FROM requests WHERE closed_at IS NOT NULL")
+                    .fetch_one(&mut conn)
+                    .await?
+                    .get(0);
+            assert_eq!(closed, 1, "the request is in HONOROIT_DB_DSN's database");
+        }
+    }
+    let url = format!("{}/metrics", sb.base);
+    let anonymous = sb.http().get(&url).send().await?.status().as_u16();
+    assert_eq!(anonymous, 401, "HONOROIT_METRICS_LOGIN protects /metrics");
+    let scraped = sb
+        .http()
+        .get(&url)
+        .basic_auth("prom", Some("scrape"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        scraped.contains(
+            "switchboard_helpdesk_requests_closed_total{how=\"command\",source=\"honoroit\"} 1"
+        ),
+        "{scraped}"
+    );
+    let log = sb.log();
+    for named in ["HONOROIT_CACHESIZE", "HONOROIT_MONITORING_SENTRY_DSN"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(named)),
+            "{named} in a warning: {log}"
+        );
+    }
+    assert!(
+        !log.contains("a secret of the drop-in"),
+        "secrets stay out of the log"
+    );
+    let _ = std::fs::remove_file(&sqlite_file);
     Ok(())
 }
