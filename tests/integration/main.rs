@@ -1882,3 +1882,157 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
     let _ = std::fs::remove_file(&sqlite_file);
     Ok(())
 }
+
+/// A real end-to-end-encrypting client for `user`, logged in and synced once.
+async fn e2ee_client(user: &harness::User) -> Result<(matrix_sdk::Client, std::path::PathBuf)> {
+    let store = std::env::temp_dir().join(format!("switchboard-e2ee-{}", harness::suffix()));
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&synapse().base_url)
+        .sqlite_store(&store, None)
+        .build()
+        .await?;
+    client
+        .matrix_auth()
+        .login_username(&user.user_id, &user.password)
+        .send()
+        .await?;
+    client
+        .sync_once(matrix_sdk::config::SyncSettings::default())
+        .await?;
+    Ok((client, store))
+}
+
+/// The messages of a room as `client` decrypts them, oldest first (after a short sync).
+async fn decrypted(client: &matrix_sdk::Client, room: &str) -> Option<Vec<Value>> {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+    client
+        .sync_once(SyncSettings::default().timeout(Duration::from_millis(200)))
+        .await
+        .ok()?;
+    let room = client.get_room(&matrix_sdk::ruma::RoomId::parse(room).ok()?)?;
+    let mut options = MessagesOptions::backward();
+    options.limit = 100u32.into();
+    let msgs = room.messages(options).await.ok()?;
+    let mut events: Vec<Value> = msgs
+        .chunk
+        .iter()
+        .filter_map(|e| e.raw().deserialize_as::<Value>().ok())
+        .filter(|v| v["type"] == "m.room.message")
+        .collect();
+    events.reverse();
+    Some(events)
+}
+
+/// The helpdesk in encrypted rooms: the customer's direct chat and the backoffice room are
+/// both encrypted, the customer and the operator use real E2EE clients, the server sees only
+/// ciphertext, and both sides read each other.
+#[tokio::test]
+async fn helpdesk_encrypted() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let (op_client, op_store) = e2ee_client(&operator).await?;
+    let (cu_client, cu_store) = e2ee_client(&customer).await?;
+    let encrypted = json!({"type": "m.room.encryption", "state_key": "",
+                           "content": {"algorithm": "m.megolm.v1.aes-sha2"}});
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id],
+                            "initial_state": [encrypted]}))
+        .await?;
+    let _sb = Switchboard::start(Setup {
+        synapse: hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: format!(
+            "\n[sources.help]\nkind = \"matrix_dm\"\n\n[sources.help.matrix_dm]\n\
+             backoffice_room = \"{backoffice}\"\n"
+        ),
+        encryption: true,
+        login: None,
+    })
+    .await?;
+    wait_in_room(&bot, &backoffice, true).await?;
+    let dm = customer
+        .create_room(json!({"preset": "trusted_private_chat", "is_direct": true,
+                            "invite": [bot.user_id], "initial_state": [encrypted]}))
+        .await?;
+    wait_in_room(&bot, &dm, true).await?;
+
+    // The customer writes with their client: encrypted for the bot's device.
+    wait_for("the customer's client to know the chat", || async {
+        cu_client
+            .sync_once(
+                matrix_sdk::config::SyncSettings::default().timeout(Duration::from_millis(200)),
+            )
+            .await
+            .ok()?;
+        cu_client.get_room(&matrix_sdk::ruma::RoomId::parse(&dm).ok()?)
+    })
+    .await?
+    .send_raw(
+        "m.room.message",
+        json!({"msgtype": "m.text", "body": "My card number is secret"}),
+    )
+    .await?;
+
+    // The operator's client reads the thread: the root and the customer's words.
+    let in_backoffice = wait_for("the decrypted thread", || async {
+        let events = decrypted(&op_client, &backoffice).await?;
+        events
+            .iter()
+            .any(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.ends_with("My card number is secret"))
+            })
+            .then_some(events)
+    })
+    .await?;
+    let root = in_backoffice
+        .iter()
+        .find(|e| {
+            e["content"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("[OPEN] "))
+        })
+        .and_then(|e| e["event_id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(!root.is_empty(), "{in_backoffice:?}");
+    let on_server = operator.timeline(&backoffice).await?;
+    assert!(
+        !serde_json::to_string(&on_server)?.contains("card number"),
+        "only ciphertext on the server"
+    );
+    assert!(
+        on_server
+            .iter()
+            .any(|e| e["type"] == "m.room.encrypted" && e["sender"] == json!(bot.user_id)),
+        "the bot encrypts in the backoffice room"
+    );
+
+    // The operator answers in the thread with their client; the customer's client reads it.
+    let op_room = op_client
+        .get_room(&matrix_sdk::ruma::RoomId::parse(&backoffice)?)
+        .ok_or_else(|| anyhow::anyhow!("the operator's client knows the backoffice"))?;
+    op_room
+        .send_raw("m.room.message", in_thread_of(&root, "Never send it here"))
+        .await?;
+    wait_for("the decrypted answer", || async {
+        decrypted(&cu_client, &dm)
+            .await?
+            .iter()
+            .any(|e| e["content"]["body"] == "Never send it here")
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        !serde_json::to_string(&customer.timeline(&dm).await?)?.contains("Never send"),
+        "only ciphertext in the chat on the server"
+    );
+    let _ = std::fs::remove_dir_all(&op_store);
+    let _ = std::fs::remove_dir_all(&cu_store);
+    Ok(())
+}
