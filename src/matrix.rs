@@ -11,6 +11,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
@@ -371,18 +372,27 @@ impl MatrixSink {
                 continue;
             };
             let backoffice = room_id == helpdesk.backoffice();
-            if update.timeline.limited {
-                warn!(room = %room_id, "the sync skipped part of a room's timeline");
-            }
+            // A limited timeline left events out (many at once, or a long outage): read
+            // them back first, so that nothing is lost and the order is kept.
+            let mut events = match (&update.timeline.prev_batch, update.timeline.limited) {
+                (Some(from), true) => self.skipped(helpdesk, &room, from).await?,
+                _ => Vec::new(),
+            };
+            events.extend(update.timeline.events.iter().filter_map(json_of));
             let mut one_to_one = None;
-            for event in &update.timeline.events {
-                let Ok(raw) = serde_json::from_str::<serde_json::Value>(event.raw().json().get())
-                else {
-                    continue;
-                };
+            for raw in events {
                 let sender = raw["sender"].as_str().unwrap_or_default();
                 let event_type = raw["type"].as_str().unwrap_or_default();
-                if !RELAYED_TYPES.contains(&event_type) || sender == self.user_id.as_str() {
+                if sender == self.user_id.as_str() {
+                    continue;
+                }
+                if event_type == "m.room.encrypted" {
+                    // Its room key has not arrived (yet).
+                    let event = raw["event_id"].as_str().unwrap_or_default();
+                    warn!(room = %room_id, event, "cannot decrypt an event; it is not relayed");
+                    continue;
+                }
+                if !RELAYED_TYPES.contains(&event_type) {
                     continue;
                 }
                 let (Some(event_id), Some(content)) =
@@ -458,6 +468,52 @@ impl MatrixSink {
             }
         }
         Ok(())
+    }
+
+    /// The events a limited sync left out of a room before `from`, oldest first: read back
+    /// until one that reached the inbox already, the room's start, or `BACKFILL_MAX`.
+    async fn skipped(
+        &self,
+        helpdesk: &Helpdesk,
+        room: &Room,
+        from: &str,
+    ) -> crate::store::Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        let mut token = Some(from.to_string());
+        'pages: while let Some(from) = token.take() {
+            let mut options = MessagesOptions::backward().from(from.as_str());
+            options.limit = 100u32.into();
+            let page = match room.messages(options).await {
+                Ok(page) => page,
+                Err(error) => {
+                    warn!(room = %room.room_id(), %error, "cannot read what the sync left out of a room");
+                    break;
+                }
+            };
+            for raw in page.chunk.iter().filter_map(json_of) {
+                let ours = raw["sender"] == self.user_id.as_str();
+                let heard = RELAYED_TYPES.contains(&raw["type"].as_str().unwrap_or_default());
+                if let (Some(id), true, false) = (raw["event_id"].as_str(), heard, ours)
+                    && self.store.accepted(&helpdesk.source_id, id).await?
+                {
+                    break 'pages;
+                }
+                if out.len() >= BACKFILL_MAX {
+                    warn!(room = %room.room_id(), max = BACKFILL_MAX, "the sync left out more events than are read back");
+                    break 'pages;
+                }
+                out.push(raw);
+            }
+            if page.chunk.is_empty() {
+                break;
+            }
+            token = page.end;
+        }
+        if !out.is_empty() {
+            info!(room = %room.room_id(), events = out.len(), "read back events the sync left out");
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Whether at most one other user has joined the room, by its state as synced (the
@@ -966,6 +1022,14 @@ impl MatrixSink {
 fn already_in_room(e: &matrix_sdk::Error) -> bool {
     e.client_api_error_kind() == Some(&ErrorKind::Forbidden) && e.to_string().contains("already")
 }
+
+/// An event as JSON (decrypted when it could be).
+fn json_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<serde_json::Value> {
+    serde_json::from_str(event.raw().json().get()).ok()
+}
+
+/// Most events read back into one gap of a room's timeline.
+const BACKFILL_MAX: usize = 1000;
 
 /// What the helpdesk relays: messages (and their edits), reactions and redactions.
 const RELAYED_TYPES: [&str; 3] = ["m.room.message", "m.reaction", REDACTION];

@@ -731,6 +731,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a delivery with this dedupe key was accepted (and not yet pruned).
+    pub async fn accepted(&self, source_id: &str, dedupe_key: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 FROM inbox WHERE source_id = $1 AND dedupe_key = $2")
+            .bind(source_id)
+            .bind(dedupe_key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     pub async fn setting(&self, key: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE key = $1")
             .bind(key)

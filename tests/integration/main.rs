@@ -45,6 +45,7 @@ on_both_databases!(
     helpdesk_idle_close,
     helpdesk_relays_media_reactions_edits_redactions,
     honoroit_drop_in,
+    helpdesk_outage_longer_than_a_sync,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -2034,5 +2035,93 @@ async fn helpdesk_encrypted() -> Result<()> {
     );
     let _ = std::fs::remove_dir_all(&op_store);
     let _ = std::fs::remove_dir_all(&cu_store);
+    Ok(())
+}
+
+/// Down while both sides write more than one sync response carries (its timeline is then
+/// "limited"): after the restart the left-out part is read back, and every message arrives
+/// once, in order.
+async fn helpdesk_outage_longer_than_a_sync(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let (mut sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "first"}))
+        .await?;
+    let root = wait_for("the thread root", || async {
+        sent_by(&operator, &backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("[OPEN] "))
+            })
+    })
+    .await?;
+    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    wait_for("the first message in the thread", || async {
+        let said = answers(&operator, &backoffice, &bot.user_id, &root).await;
+        (!said.is_empty()).then_some(())
+    })
+    .await?;
+
+    sb.kill();
+    let (asked, replied) = (30, 15);
+    for i in 1..=asked {
+        customer
+            .send(
+                &dm,
+                json!({"msgtype": "m.text", "body": format!("question {i}")}),
+            )
+            .await?;
+    }
+    for i in 1..=replied {
+        operator
+            .send(&backoffice, in_thread_of(&root, &format!("reply {i}")))
+            .await?;
+    }
+    sb.spawn().await?;
+    let in_thread = || async { answers(&operator, &backoffice, &bot.user_id, &root).await };
+    let in_dm = || async {
+        sent_by(&customer, &dm, &bot.user_id)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+            .filter(|b| b.starts_with("reply "))
+            .collect::<Vec<String>>()
+    };
+    wait_for("everything said while it was down", || async {
+        let t = in_thread().await;
+        let d = in_dm().await;
+        (t.len() > asked && d.len() >= replied).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let local = customer
+        .user_id
+        .trim_start_matches('@')
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut expected = vec![format!("{local}: first")];
+    expected.extend((1..=asked).map(|i| format!("{local}: question {i}")));
+    assert_eq!(in_thread().await, expected, "each once, in order");
+    let expected: Vec<String> = (1..=replied).map(|i| format!("reply {i}")).collect();
+    assert_eq!(in_dm().await, expected, "each once, in order");
+    assert!(
+        sb.log().contains("read back events the sync left out"),
+        "the outage was longer than one sync response"
+    );
     Ok(())
 }
