@@ -9,8 +9,12 @@
 //! - end to end, one ticket: messages of one ticket (delivered in order), against sequential
 //!   direct sends into one room.
 //!
+//! - helpdesk: relay latency of a customer's message into the backoffice thread with
+//!   BENCH_OPEN_REQUESTS (10,000) open requests in the database, against the same with 10.
+//!
 //! Run with `scripts/bench.sh` (starts a throwaway Synapse). Knobs: BENCH_INTAKE_REQUESTS,
-//! BENCH_INTAKE_CONCURRENCY, BENCH_MESSAGES, BENCH_ROOMS, BENCH_CONCURRENCY.
+//! BENCH_INTAKE_CONCURRENCY, BENCH_MESSAGES, BENCH_ROOMS, BENCH_CONCURRENCY, BENCH_RELAYS,
+//! BENCH_OPEN_REQUESTS.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -172,6 +176,7 @@ async fn switchboard(
     user: &str,
     password: &str,
     concurrency: usize,
+    extra: &str,
 ) -> Result<Instance> {
     let dir = std::env::temp_dir().join(format!("switchboard-bench-{:x}", rand::random::<u64>()));
     let port = free_port();
@@ -183,7 +188,8 @@ async fn switchboard(
          [matrix]\nhomeserver = \"{homeserver}\"\nuser = \"{user}\"\npassword = \"{password}\"\n\
          encryption = false\nconcurrency = {concurrency}\n\
          [log]\nlevel = \"warn\"\n\
-         [sources.bench]\nkind = \"webhook\"\n[sources.bench.signature]\nsecret = \"bench-secret\"\n",
+         [sources.bench]\nkind = \"webhook\"\n[sources.bench.signature]\nsecret = \"bench-secret\"\n\
+         {extra}",
         dir.display()
     );
     let loaded = switchboard::config::parse(&text).map_err(|e| anyhow::anyhow!("{e:?}"))?;
@@ -391,7 +397,7 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
         ("SQLite", None),
         ("PostgreSQL", Some(harness::postgres_db().await?)),
     ] {
-        let sb = switchboard(url.as_deref(), &dead_hs, "@bench:localhost", "x", c).await?;
+        let sb = switchboard(url.as_deref(), &dead_hs, "@bench:localhost", "x", c, "").await?;
         let hook = format!("{}/hooks/bench", sb.base);
         load(&hook, 2000, intake_c, |i| body(i % 50, 1_000_000 + i)).await?; // warm-up
         let run = cpu_per_request(
@@ -399,6 +405,155 @@ async fn intake(intake_n: usize, intake_c: usize, c: usize) -> Result<()> {
             load(&hook, intake_n, intake_c, |i| body(i % 50, i)),
         );
         report(format!("  + engine, {name}"), run.await?, bare().await?);
+    }
+    Ok(())
+}
+
+/// A helpdesk for the latency section: its Switchboard, backoffice room and customer chat.
+struct Desk {
+    sb: Instance,
+    operator: harness::User,
+    customer: harness::User,
+    backoffice: String,
+    dm: String,
+    label: &'static str,
+}
+
+impl Desk {
+    async fn new(db_url: Option<&str>, open: usize, label: &'static str) -> Result<Desk> {
+        let synapse = harness::synapse();
+        let bot = synapse.user("deskbot").await?;
+        let operator = synapse.user("operator").await?;
+        let customer = synapse.user("customer").await?;
+        let backoffice = operator
+            .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
+            .await?;
+        let extra = format!(
+            "[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\n\
+             backoffice_room = \"{backoffice}\"\n"
+        );
+        let sb = switchboard(db_url, &synapse.base_url, &bot.user_id, &bot.password, 16, &extra)
+            .await?;
+        // Other customers' open requests (never written to again), untimed.
+        for i in 1..open {
+            let user = format!("@seed{i}:bench.example");
+            sb.store
+                .open_request("help", &user, "bench.example", &format!("!seed{i}:bench"), |_| {
+                    format!("seed {i}")
+                })
+                .await?;
+        }
+        let dm = customer
+            .create_room(json!({"preset": "trusted_private_chat", "is_direct": true,
+                                "invite": [bot.user_id]}))
+            .await?;
+        let desk = Desk {
+            sb,
+            operator,
+            customer,
+            backoffice,
+            dm,
+            label,
+        };
+        for i in 0..3 {
+            desk.relay(&format!("warm-up {i}")).await?;
+        }
+        Ok(desk)
+    }
+
+    /// The customer writes `body`; returns once its copy is in the thread.
+    async fn relay(&self, body: &str) -> Result<()> {
+        let done = self.sb.store.outbox_counts().await?.done;
+        self.customer
+            .send(&self.dm, json!({"msgtype": "m.text", "body": body}))
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The first message also posts the greeting and the thread root.
+        while self.sb.store.outbox_counts().await?.done <= done
+            || self.sb.store.pending_actions().await? > 0
+        {
+            if Instant::now() > deadline {
+                bail!("{body} was not relayed");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+
+    /// Milliseconds from each original's sending to its copy's, by the homeserver's clock
+    /// (both `origin_server_ts`), for the messages whose bodies start with `prefix`.
+    async fn latencies(&self, prefix: &str) -> Result<Vec<f64>> {
+        let ts = |events: Vec<Value>, strip: bool| -> std::collections::HashMap<String, i64> {
+            events
+                .into_iter()
+                .filter_map(|e| {
+                    let body = e["content"]["body"].as_str()?;
+                    let body = if strip { body.split_once(": ")?.1 } else { body };
+                    body.starts_with(prefix)
+                        .then(|| (body.to_string(), e["origin_server_ts"].as_i64().unwrap_or(0)))
+                })
+                .collect()
+        };
+        let sent = ts(self.customer.timeline(&self.dm).await?, false);
+        let copied = ts(self.operator.timeline(&self.backoffice).await?, true);
+        let mut out: Vec<f64> = sent
+            .iter()
+            .filter_map(|(body, at)| copied.get(body).map(|c| (c - at) as f64))
+            .collect();
+        if out.len() != sent.len() {
+            bail!("{}: {} of {} messages copied", self.label, out.len(), sent.len());
+        }
+        out.sort_by(f64::total_cmp);
+        Ok(out)
+    }
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// Helpdesk relay latency with many open requests against the same with few, on both
+/// databases: two helpdesks side by side, measured in alternating rounds.
+async fn helpdesk_latency(relays: usize, open: usize) -> Result<()> {
+    println!(
+        "\n## Helpdesk: relay latency, customer -> thread, {relays} messages each, one at a time"
+    );
+    println!("(from the original's sending to the copy's, both by the homeserver's clock)");
+    for (name, few_url, many_url) in [
+        ("SQLite", None, None),
+        (
+            "PostgreSQL",
+            Some(harness::postgres_db().await?),
+            Some(harness::postgres_db().await?),
+        ),
+    ] {
+        let few = Desk::new(few_url.as_deref(), 10, "few").await?;
+        let many = Desk::new(many_url.as_deref(), open, "many").await?;
+        let rounds = 5;
+        for round in 0..rounds {
+            for desk in [&few, &many] {
+                for i in 0..relays.div_ceil(rounds) {
+                    desk.relay(&format!("lat {round}.{i}")).await?;
+                    // Past the sync's pause, so each message meets a waiting sync and the
+                    // figure is Switchboard's work, not where it was in its sync cycle.
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+            }
+        }
+        let (f, m) = (few.latencies("lat ").await?, many.latencies("lat ").await?);
+        println!(
+            "{name:<10} 10 open: median {:.0} ms, mean {:.0} ms; {open} open: median {:.0} ms, mean {:.0} ms   {:.2} x (median), {:.2} x (mean)",
+            median(&f),
+            mean(&f),
+            median(&m),
+            mean(&m),
+            median(&m) / median(&f),
+            mean(&m) / mean(&f),
+        );
     }
     Ok(())
 }
@@ -411,6 +566,8 @@ async fn main() -> Result<()> {
     let rooms = env_or("BENCH_ROOMS", 50);
     let c = env_or("BENCH_CONCURRENCY", 16);
     let single = env_or("BENCH_SINGLE_MESSAGES", 200);
+    let relays = env_or("BENCH_RELAYS", 100);
+    let open = env_or("BENCH_OPEN_REQUESTS", 10_000);
 
     println!(
         "# Switchboard benchmark ({} cores)",
@@ -443,7 +600,7 @@ async fn main() -> Result<()> {
             ("PostgreSQL", Some(harness::postgres_db().await?)),
         ] {
             let bot = synapse.user("bot").await?;
-            let sb = switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c).await?;
+            let sb = switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c, "").await?;
             let before = timed(msgs, spread()).await?;
             let sb_run = end_to_end(&sb, rooms, msgs, c).await?;
             let after = timed(msgs, spread()).await?;
@@ -467,6 +624,9 @@ async fn main() -> Result<()> {
                 one / direct_one
             );
         }
+    }
+    if relays > 0 {
+        helpdesk_latency(relays, open).await?;
     }
     Ok(())
 }

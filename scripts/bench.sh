@@ -2,7 +2,8 @@
 # Runs the benchmark (benches/pipeline.rs) against a throwaway Synapse and the local
 # PostgreSQL, in a release build. Prints ratios against baselines measured in the same run.
 # Knobs (environment): BENCH_INTAKE_REQUESTS, BENCH_INTAKE_CONCURRENCY, BENCH_MESSAGES,
-# BENCH_ROOMS, BENCH_CONCURRENCY, BENCH_SINGLE_MESSAGES, SWITCHBOARD_TEST_POSTGRES.
+# BENCH_ROOMS, BENCH_CONCURRENCY, BENCH_SINGLE_MESSAGES, BENCH_RELAYS, BENCH_OPEN_REQUESTS,
+# SWITCHBOARD_TEST_POSTGRES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/switchboard/target}
