@@ -432,15 +432,26 @@ impl Desk {
             "[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\n\
              backoffice_room = \"{backoffice}\"\n"
         );
-        let sb = switchboard(db_url, &synapse.base_url, &bot.user_id, &bot.password, 16, &extra)
-            .await?;
+        let sb = switchboard(
+            db_url,
+            &synapse.base_url,
+            &bot.user_id,
+            &bot.password,
+            16,
+            &extra,
+        )
+        .await?;
         // Other customers' open requests (never written to again), untimed.
         for i in 1..open {
             let user = format!("@seed{i}:bench.example");
             sb.store
-                .open_request("help", &user, "bench.example", &format!("!seed{i}:bench"), |_| {
-                    format!("seed {i}")
-                })
+                .open_request(
+                    "help",
+                    &user,
+                    "bench.example",
+                    &format!("!seed{i}:bench"),
+                    |_| format!("seed {i}"),
+                )
                 .await?;
         }
         let dm = customer
@@ -488,9 +499,17 @@ impl Desk {
                 .into_iter()
                 .filter_map(|e| {
                     let body = e["content"]["body"].as_str()?;
-                    let body = if strip { body.split_once(": ")?.1 } else { body };
-                    body.starts_with(prefix)
-                        .then(|| (body.to_string(), e["origin_server_ts"].as_i64().unwrap_or(0)))
+                    let body = if strip {
+                        body.split_once(": ")?.1
+                    } else {
+                        body
+                    };
+                    body.starts_with(prefix).then(|| {
+                        (
+                            body.to_string(),
+                            e["origin_server_ts"].as_i64().unwrap_or(0),
+                        )
+                    })
                 })
                 .collect()
         };
@@ -501,7 +520,12 @@ impl Desk {
             .filter_map(|(body, at)| copied.get(body).map(|c| (c - at) as f64))
             .collect();
         if out.len() != sent.len() {
-            bail!("{}: {} of {} messages copied", self.label, out.len(), sent.len());
+            bail!(
+                "{}: {} of {} messages copied",
+                self.label,
+                out.len(),
+                sent.len()
+            );
         }
         out.sort_by(f64::total_cmp);
         Ok(out)
@@ -600,7 +624,8 @@ async fn main() -> Result<()> {
             ("PostgreSQL", Some(harness::postgres_db().await?)),
         ] {
             let bot = synapse.user("bot").await?;
-            let sb = switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c, "").await?;
+            let sb =
+                switchboard(url.as_deref(), &hs.base, &bot.user_id, &bot.password, c, "").await?;
             let before = timed(msgs, spread()).await?;
             let sb_run = end_to_end(&sb, rooms, msgs, c).await?;
             let after = timed(msgs, spread()).await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use switchboard_connector::{Action, EventKind, TicketEvent};
+use switchboard_connector::{Action, Apology, EventKind, TicketEvent};
 use switchboard_matrix_dm::access::server_of;
 use switchboard_matrix_dm::command::{self, Command, CommandError, ConfigCommand};
 use switchboard_matrix_dm::relay::{self, Profile, Related};
@@ -403,6 +403,11 @@ impl Helpdesk {
                 origin: heard.event_id,
                 origin_ts: heard.ts,
                 about: None,
+                // The customer hears if their message cannot reach the operators.
+                apology: Some(Apology {
+                    room: heard.room,
+                    content: self.notice("text.error"),
+                }),
             },
         ));
         Ok(out)
@@ -456,6 +461,7 @@ impl Helpdesk {
                 origin: heard.event_id,
                 origin_ts: heard.ts,
                 about: None,
+                apology: None,
             },
         )])
     }
@@ -757,6 +763,7 @@ fn relate(
             origin: heard.event_id.clone(),
             origin_ts: heard.ts,
             about: Some(about),
+            apology: None,
         },
     )
 }

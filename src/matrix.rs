@@ -23,7 +23,7 @@ use matrix_sdk::ruma::{
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
-use switchboard_connector::{Action, RoomSpec};
+use switchboard_connector::{Action, Apology, RoomSpec};
 use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
@@ -69,6 +69,10 @@ pub enum Failure {
 
 impl Failure {
     fn from_sdk(e: &matrix_sdk::Error) -> Failure {
+        // Not in the room (left, or removed): trying again changes nothing.
+        if let matrix_sdk::Error::WrongRoomState(_) = e {
+            return Failure::Permanent(e.to_string());
+        }
         classify(e.as_client_api_error(), e.to_string())
     }
 
@@ -573,65 +577,20 @@ impl MatrixSink {
                 self.send_raw(&room, serde_json::Value::Object(content), row, "")
                     .await
             }
-            Action::Relay {
-                request,
-                room,
-                to_operators,
-                event_type,
-                content,
-                origin,
-                about,
-                ..
-            } => {
-                let mut content = content.as_object().cloned().unwrap_or_default();
-                let room = self.encryption_aware(room).await?;
-                if let Some(about) = about {
-                    let found = self
-                        .store
-                        .counterpart(&row.source_id, about)
-                        .await
-                        .map_err(db_failure)?;
-                    let Some((other, _)) = found else {
-                        return Ok("skipped: what it is about was not relayed".into());
-                    };
-                    if event_type == REDACTION {
-                        let id = EventId::parse(other.as_str())
-                            .map_err(|e| Failure::Permanent(format!("event ID {other}: {e}")))?;
-                        let resp = room
-                            .redact(&id, None, Some(txn_id(row, "")))
-                            .await
-                            .map_err(|e| Failure::from_http(&e))?;
-                        return Ok(resp.event_id.to_string());
+            Action::Relay { apology, .. } => match self.relay(row, action).await {
+                Err(Failure::Permanent(message)) if apology.is_some() => {
+                    if let Some(apology) = apology
+                        && let Err(error) = self.apologise(row, apology).await
+                    {
+                        warn!(
+                            ?error,
+                            "cannot tell the sender that a message was not relayed"
+                        );
                     }
-                    if let Some(serde_json::Value::Object(rel)) = content.get_mut("m.relates_to") {
-                        rel.insert("event_id".into(), json!(other));
-                    }
+                    Err(Failure::Permanent(message))
                 }
-                if *to_operators && about.is_none() {
-                    let root = self
-                        .store
-                        .request_by_id(*request)
-                        .await
-                        .map_err(db_failure)?
-                        .and_then(|r| r.thread_root)
-                        .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
-                    content = switchboard_matrix_dm::relay::in_thread(content, &root);
-                }
-                let copy = self
-                    .send_typed(
-                        &room,
-                        event_type,
-                        serde_json::Value::Object(content),
-                        row,
-                        "",
-                    )
-                    .await?;
-                self.store
-                    .record_relay(&row.source_id, origin, &copy, *request)
-                    .await
-                    .map_err(db_failure)?;
-                Ok(copy)
-            }
+                outcome => outcome,
+            },
             Action::Send { room, content } => {
                 let room = self.encryption_aware(room).await?;
                 self.send_raw(&room, content.clone(), row, "").await
@@ -722,6 +681,78 @@ impl MatrixSink {
                 Ok(result)
             }
         }
+    }
+
+    /// Relays an event to the other side of its request (`Action::Relay`).
+    async fn relay(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
+        let Action::Relay {
+            request,
+            room,
+            to_operators,
+            event_type,
+            content,
+            origin,
+            about,
+            ..
+        } = action
+        else {
+            return Err(Failure::Permanent("not a relay".into()));
+        };
+        let mut content = content.as_object().cloned().unwrap_or_default();
+        let room = self.encryption_aware(room).await?;
+        if let Some(about) = about {
+            let found = self
+                .store
+                .counterpart(&row.source_id, about)
+                .await
+                .map_err(db_failure)?;
+            let Some((other, _)) = found else {
+                return Ok("skipped: what it is about was not relayed".into());
+            };
+            if event_type == REDACTION {
+                let id = EventId::parse(other.as_str())
+                    .map_err(|e| Failure::Permanent(format!("event ID {other}: {e}")))?;
+                let resp = room
+                    .redact(&id, None, Some(txn_id(row, "")))
+                    .await
+                    .map_err(|e| Failure::from_http(&e))?;
+                return Ok(resp.event_id.to_string());
+            }
+            if let Some(serde_json::Value::Object(rel)) = content.get_mut("m.relates_to") {
+                rel.insert("event_id".into(), json!(other));
+            }
+        }
+        if *to_operators && about.is_none() {
+            let root = self
+                .store
+                .request_by_id(*request)
+                .await
+                .map_err(db_failure)?
+                .and_then(|r| r.thread_root)
+                .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
+            content = switchboard_matrix_dm::relay::in_thread(content, &root);
+        }
+        let copy = self
+            .send_typed(
+                &room,
+                event_type,
+                serde_json::Value::Object(content),
+                row,
+                "",
+            )
+            .await?;
+        self.store
+            .record_relay(&row.source_id, origin, &copy, *request)
+            .await
+            .map_err(db_failure)?;
+        Ok(copy)
+    }
+
+    /// Tells the sender of an event that could not be relayed.
+    async fn apologise(&self, row: &OutboxRow, apology: &Apology) -> Result<String, Failure> {
+        let room = self.encryption_aware(&apology.room).await?;
+        self.send_raw(&room, apology.content.clone(), row, "e")
+            .await
     }
 
     /// The ticket's room, from memory when it was looked up before.

@@ -267,6 +267,14 @@ impl User {
         Ok(v["event_id"].as_str().context("event_id")?.to_string())
     }
 
+    /// Removes `user` from a room.
+    pub async fn kick(&self, room: &str, user: &str) -> Result<()> {
+        let path = format!("/v3/rooms/{}/kick", enc(room));
+        self.send_json(reqwest::Method::POST, &path, &json!({"user_id": user}))
+            .await?;
+        Ok(())
+    }
+
     /// Redacts an event; returns the redaction's event ID.
     pub async fn redact(&self, room: &str, event: &str) -> Result<String> {
         let path = format!("/v3/rooms/{}/redact/{}/{}", enc(room), enc(event), suffix());

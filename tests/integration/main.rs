@@ -2125,3 +2125,52 @@ async fn helpdesk_outage_longer_than_a_sync(db: Db) -> Result<()> {
     );
     Ok(())
 }
+
+/// A customer's message that cannot reach the operators for good (here: the bot was
+/// removed from the backoffice room) gets `text.error` back, instead of silence.
+#[tokio::test]
+async fn helpdesk_tells_the_customer_what_could_not_be_relayed() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let (_sb, backoffice) = start_helpdesk(Db::Sqlite, &bot, &operator, &[], "").await?;
+    let dm = customer
+        .create_room(
+            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+        )
+        .await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "one"}))
+        .await?;
+    wait_for("the first message in the thread", || async {
+        sent_by(&operator, &backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .iter()
+            .any(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.ends_with(": one"))
+            })
+            .then_some(())
+    })
+    .await?;
+    operator.kick(&backoffice, &bot.user_id).await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "two"}))
+        .await?;
+    let told = wait_for("the error text", || async {
+        let said: Vec<String> = sent_by(&customer, &dm, &bot.user_id)
+            .await
+            .ok()?
+            .iter()
+            .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+            .collect();
+        (said.len() >= 2).then_some(said)
+    })
+    .await?;
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert!(told[1].starts_with("Something is wrong."), "{told:?}");
+    Ok(())
+}

@@ -181,6 +181,9 @@ pub enum Action {
         origin_ts: i64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         about: Option<String>,
+        /// Sent instead if the relay fails for good: a message into the origin's room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        apology: Option<Apology>,
     },
     /// Send a message with this content into `room` as it is.
     Send {
@@ -216,6 +219,13 @@ impl Action {
             Action::Leave { .. } => "leave",
         }
     }
+}
+
+/// A message for the sender of an event that could not be relayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Apology {
+    pub room: String,
+    pub content: serde_json::Value,
 }
 
 /// Everything needed to create a ticket's room in one request.
