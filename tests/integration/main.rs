@@ -2174,3 +2174,36 @@ async fn helpdesk_tells_the_customer_what_could_not_be_relayed() -> Result<()> {
     assert!(told[1].starts_with("Something is wrong."), "{told:?}");
     Ok(())
 }
+
+/// Who may open requests: an invite from a denied user, or into an ignored room, is
+/// declined; an allowed customer's is accepted.
+#[tokio::test]
+async fn helpdesk_access_lists() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let spammer = hs.user("spammer").await?;
+    let chat = json!({"preset": "trusted_private_chat", "is_direct": true,
+                      "invite": [bot.user_id]});
+    // Made before the start, so its ID can go into the config.
+    let ignored = customer.create_room(chat.clone()).await?;
+    let options = format!(
+        "ignored_rooms = [\"{ignored}\"]\n\n[sources.help.matrix_dm.access]\ndeny = [\"{}\"]\n",
+        spammer.user_id
+    );
+    let (_sb, _backoffice) = start_helpdesk(Db::Sqlite, &bot, &operator, &[], &options).await?;
+    let spam = spammer.create_room(chat.clone()).await?;
+    let welcome = customer.create_room(chat).await?;
+    wait_in_room(&bot, &welcome, true).await?;
+    wait_for("the other invites declined", || async {
+        let pending = bot.invites().await.ok()?;
+        let joined = bot.joined_rooms().await.ok()?;
+        [&spam, &ignored]
+            .iter()
+            .all(|r| !pending.contains(r) && !joined.contains(r))
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
