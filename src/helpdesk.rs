@@ -192,7 +192,10 @@ impl Helpdesk {
         let ticket = match heard.role {
             Role::Customer | Role::Idle => heard.room.clone(),
             // Commands are also written outside threads.
-            Role::Operator => heard.thread.clone().unwrap_or_else(|| heard.event_id.clone()),
+            Role::Operator => heard
+                .thread
+                .clone()
+                .unwrap_or_else(|| heard.event_id.clone()),
         };
         let mut event = TicketEvent::new(ticket, EventKind::Updated);
         event.body = heard

@@ -403,6 +403,53 @@ mod tests {
         }
     }
 
+    /// PostgreSQL without table statistics (before its first ANALYZE, or with autovacuum
+    /// off) must still find a chat's open request and a thread's request by their indexes.
+    #[tokio::test]
+    async fn postgres_picks_the_right_index_without_statistics() {
+        for store in stores().await {
+            if store.dialect() != super::super::Dialect::Postgres {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO requests (source_id, customer, server, dm_room, thread_root, title, \
+                 last_activity_at, created_at, updated_at) SELECT 'h', '@c' || i || ':x', 'x', \
+                 '!dm' || i, '$root' || i, 't', i, i, i FROM generate_series(1, 5000) AS i",
+            )
+            .execute(&store.pool)
+            .await
+            .expect("seed");
+            for (query, index) in [
+                (
+                    format!(
+                        "SELECT {COLUMNS} FROM requests WHERE source_id = 'h' AND dm_room = '!dm7' \
+                         AND closed_at IS NULL"
+                    ),
+                    "requests_open_dm",
+                ),
+                (
+                    format!(
+                        "SELECT {COLUMNS} FROM requests WHERE source_id = 'h' AND thread_root = '$root7'"
+                    ),
+                    "requests_thread",
+                ),
+            ] {
+                let plan: Vec<String> =
+                    sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
+                        .fetch_all(&store.pool)
+                        .await
+                        .expect("plan")
+                        .iter()
+                        .map(|r| r.try_get(0).expect("line"))
+                        .collect();
+                assert!(
+                    plan[0].contains(&format!("Index Scan using {index} ")),
+                    "{query}: {plan:?}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn threads_titles_and_idle_requests() {
         for store in stores().await {
