@@ -322,12 +322,17 @@ impl MatrixSink {
                         resumed = true;
                         wake.notify_one();
                     }
+                    let echoes = self.brings_own_events(&resp);
                     settings = settings.token(resp.next_batch);
                     backoff = Duration::from_millis(500);
                     // Every event in a joined room wakes a waiting sync, and the homeserver
                     // builds a response for each wake-up: that doubled its work per message
-                    // Switchboard sent. Pausing between syncs lets one response carry many.
-                    tokio::time::sleep(SYNC_PAUSE).await;
+                    // Switchboard sent. While it sends, pausing between syncs lets one
+                    // response carry many; a response with only others' events comes
+                    // straight back, so a customer's next message is not kept waiting.
+                    if echoes {
+                        tokio::time::sleep(SYNC_PAUSE).await;
+                    }
                 }
                 Err(error) => {
                     metrics.homeserver_up.set(0);
@@ -337,6 +342,20 @@ impl MatrixSink {
                 }
             }
         }
+    }
+
+    /// Whether a sync response carries events the bot sent itself (it is sending).
+    fn brings_own_events(&self, resp: &matrix_sdk::sync::SyncResponse) -> bool {
+        resp.rooms.joined.values().any(|update| {
+            update.timeline.events.iter().any(|e| {
+                e.raw()
+                    .get_field::<String>("sender")
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    == Some(self.user_id.as_str())
+            })
+        })
     }
 
     /// Hands the helpdesk what one sync response brought: accepts or declines invites, and
