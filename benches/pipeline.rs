@@ -562,9 +562,11 @@ async fn helpdesk_latency(relays: usize, open: usize) -> Result<()> {
             for desk in [&few, &many] {
                 for i in 0..relays.div_ceil(rounds) {
                     desk.relay(&format!("lat {round}.{i}")).await?;
-                    // Past the sync's pause, so each message meets a waiting sync and the
-                    // figure is Switchboard's work, not where it was in its sync cycle.
-                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    // The sync pauses 500 ms after each response, and the copy just sent
+                    // brings one more: waiting past both, each message meets a waiting
+                    // sync, and the figure is Switchboard's work, not where the sync was
+                    // in its cycle (which adds up to 500 ms).
+                    tokio::time::sleep(Duration::from_millis(1300)).await;
                 }
             }
         }
@@ -590,7 +592,7 @@ async fn main() -> Result<()> {
     let rooms = env_or("BENCH_ROOMS", 50);
     let c = env_or("BENCH_CONCURRENCY", 16);
     let single = env_or("BENCH_SINGLE_MESSAGES", 200);
-    let relays = env_or("BENCH_RELAYS", 100);
+    let relays = env_or("BENCH_RELAYS", 60);
     let open = env_or("BENCH_OPEN_REQUESTS", 10_000);
 
     println!(
