@@ -364,18 +364,7 @@ impl Helpdesk {
         }
         let lane = lane(request.id);
         let backoffice = self.backoffice().to_string();
-        let mut out = Vec::new();
-        // Until the root is posted: the action skips itself if an earlier one posted it.
-        if request.thread_root.is_none() {
-            out.push((
-                lane.clone(),
-                Action::ThreadOpen {
-                    request: request.id,
-                    room: backoffice.clone(),
-                    content: Value::Object(self.root(&request.title, false)),
-                },
-            ));
-        }
+        let mut out: Vec<_> = self.thread_open(&request).into_iter().collect();
         if created && !self.flag("silent") {
             let own = self.own_server.get().map(String::as_str);
             let mut greeting = if Some(server) == own {
@@ -608,16 +597,7 @@ impl Helpdesk {
                 encrypted: self.config.encrypt_started,
             },
         )];
-        if request.thread_root.is_none() {
-            out.push((
-                lane.clone(),
-                Action::ThreadOpen {
-                    request: request.id,
-                    room: backoffice.clone(),
-                    content: Value::Object(self.root(&request.title, false)),
-                },
-            ));
-        }
+        out.extend(self.thread_open(&request));
         out.push((
             lane,
             Action::ThreadPost {
@@ -648,6 +628,21 @@ impl Helpdesk {
             text.push_str(&format!("\n{} = {value}", opt.key));
         }
         text
+    }
+
+    /// Posting the request's thread root, until it is posted (the action skips itself if an
+    /// earlier one posted it).
+    fn thread_open(&self, request: &Request) -> Option<(String, Action)> {
+        request.thread_root.is_none().then(|| {
+            (
+                lane(request.id),
+                Action::ThreadOpen {
+                    request: request.id,
+                    room: self.backoffice().to_string(),
+                    content: Value::Object(self.root(&request.title, false)),
+                },
+            )
+        })
     }
 
     /// An edit of the request's thread root, to `title` and the open or done prefix.

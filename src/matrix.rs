@@ -581,13 +581,7 @@ impl MatrixSink {
                 room,
                 content,
             } => {
-                let root = self
-                    .store
-                    .request_by_id(*request)
-                    .await
-                    .map_err(db_failure)?
-                    .and_then(|r| r.thread_root)
-                    .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
+                let root = self.thread_of(*request).await?;
                 let content = switchboard_matrix_dm::relay::in_thread(
                     content.as_object().cloned().unwrap_or_default(),
                     &root,
@@ -742,13 +736,7 @@ impl MatrixSink {
             }
         }
         if *to_operators && about.is_none() {
-            let root = self
-                .store
-                .request_by_id(*request)
-                .await
-                .map_err(db_failure)?
-                .and_then(|r| r.thread_root)
-                .ok_or_else(|| Failure::Permanent("the request has no thread".into()))?;
+            let root = self.thread_of(*request).await?;
             content = switchboard_matrix_dm::relay::in_thread(content, &root);
         }
         let copy = self
@@ -765,6 +753,16 @@ impl MatrixSink {
             .await
             .map_err(db_failure)?;
         Ok(copy)
+    }
+
+    /// The root of a request's thread.
+    async fn thread_of(&self, request: i64) -> Result<String, Failure> {
+        self.store
+            .request_by_id(request)
+            .await
+            .map_err(db_failure)?
+            .and_then(|r| r.thread_root)
+            .ok_or_else(|| Failure::Permanent("the request has no thread".into()))
     }
 
     /// Tells the sender of an event that could not be relayed.
