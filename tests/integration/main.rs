@@ -894,11 +894,7 @@ async fn helpdesk_relays_both_ways(db: Db) -> Result<()> {
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
     let (mut sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     // Written at once, before the bot has joined: it reads it when it does.
     customer
         .send(
@@ -1075,28 +1071,11 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
     let customer = hs.user("customer").await?;
     let options = format!("operators = [\"{}\"]\n", operator.user_id);
     let (_sb, backoffice) = start_helpdesk(db, &bot, &operator, &[&intruder], &options).await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "Help!"}))
         .await?;
-    let root = wait_for("the thread root", || async {
-        operator
-            .timeline(&backoffice)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|e| {
-                e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.starts_with("[OPEN] "))
-            })
-    })
-    .await?;
-    let root_id = root["event_id"].as_str().unwrap_or_default().to_string();
+    let root_id = thread_root(&operator, &backoffice, &bot, "[OPEN] ").await?;
     let in_thread = |body: &str| {
         json!({"msgtype": "m.text", "body": body,
                "m.relates_to": {"rel_type": "m.thread", "event_id": root_id,
@@ -1231,11 +1210,7 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
     );
 
     // The customer's next chat is a new request.
-    let dm2 = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm2 = direct_chat(&customer, &bot).await?;
     customer
         .send(&dm2, json!({"msgtype": "m.text", "body": "It is back"}))
         .await?;
@@ -1265,6 +1240,46 @@ async fn helpdesk_commands(db: Db) -> Result<()> {
         .count();
     assert_eq!(roots, 2, "the group room opened no request");
     Ok(())
+}
+
+/// Waits until `user` sees a message with exactly this body in `room`.
+async fn wait_message(user: &harness::User, room: &str, body: &str) -> Result<()> {
+    wait_for(&format!("{body:?} in {room}"), || async {
+        let bodies = user.messages(room).await.ok()?;
+        bodies.iter().any(|b| b == body).then_some(())
+    })
+    .await
+}
+
+/// A direct chat of `user`'s with the bot, which is invited.
+async fn direct_chat(user: &harness::User, bot: &harness::User) -> Result<String> {
+    user.create_room(
+        json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
+    )
+    .await
+}
+
+/// The event ID of the bot's thread root in the backoffice room whose body starts with
+/// `prefix`, once it is there.
+async fn thread_root(
+    reader: &harness::User,
+    backoffice: &str,
+    bot: &harness::User,
+    prefix: &str,
+) -> Result<String> {
+    let root = wait_for("the thread root", || async {
+        sent_by(reader, backoffice, &bot.user_id)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|e| {
+                e["content"]["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with(prefix))
+            })
+    })
+    .await?;
+    Ok(root["event_id"].as_str().unwrap_or_default().to_string())
 }
 
 /// Events `sender` sent into `room`, as `reader` sees them, oldest first.
@@ -1351,19 +1366,7 @@ async fn helpdesk_start_and_config(db: Db) -> Result<()> {
         customer.invites().await.ok()?.into_iter().next()
     })
     .await?;
-    let root = wait_for("the started thread", || async {
-        sent_by(&admin, &backoffice, &bot.user_id)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|e| {
-                e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.starts_with("[OPEN] 1st request from "))
-            })
-    })
-    .await?;
-    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    let root = thread_root(&admin, &backoffice, &bot, "[OPEN] 1st request from ").await?;
     let root_body = wait_for("text.start in the thread", || async {
         let said = answers(&admin, &backoffice, &bot.user_id, &root).await;
         said.contains(&"Hello from support".to_string())
@@ -1409,15 +1412,7 @@ async fn helpdesk_start_and_config(db: Db) -> Result<()> {
             .then_some(())
     })
     .await?;
-    wait_for("the operator's answer in the chat", || async {
-        customer
-            .messages(&dm)
-            .await
-            .ok()?
-            .contains(&"Yes: your order".to_string())
-            .then_some(())
-    })
-    .await?;
+    wait_message(&customer, &dm, "Yes: your order").await?;
 
     // An operator invited into the chat joins it; the bot stays and relays on.
     operator
@@ -1471,27 +1466,11 @@ async fn helpdesk_idle_close(db: Db) -> Result<()> {
     // 7.2 seconds.
     let (_sb, backoffice) =
         start_helpdesk(db, &bot, &operator, &[], "idle_close_hours = 0.002\n").await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "Hello?"}))
         .await?;
-    let root = wait_for("the thread root", || async {
-        sent_by(&operator, &backoffice, &bot.user_id)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|e| {
-                e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.starts_with("[OPEN] "))
-            })
-    })
-    .await?;
-    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    let root = thread_root(&operator, &backoffice, &bot, "[OPEN] ").await?;
     tokio::time::sleep(Duration::from_secs(4)).await;
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "Anyone?"}))
@@ -1549,11 +1528,7 @@ async fn helpdesk_relays_media_reactions_edits_redactions(db: Db) -> Result<()> 
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
     let (sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     wait_in_room(&bot, &dm, true).await?;
     let hello = customer
         .send(&dm, json!({"msgtype": "m.text", "body": "Hello"}))
@@ -1790,40 +1765,22 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
     let sb = Switchboard::start_env(env, port).await?;
     wait_in_room(&bot, &backoffice, true).await?;
 
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     customer
         .send(
             &dm,
             json!({"msgtype": "m.text", "body": "Is this Honoroit?"}),
         )
         .await?;
-    let root = wait_for("the thread root", || async {
-        sent_by(&operator, &backoffice, &bot.user_id)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|e| {
-                e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.starts_with("[OPEN] 1st request from localhost (1st by "))
-            })
-    })
+    let root = thread_root(
+        &operator,
+        &backoffice,
+        &bot,
+        "[OPEN] 1st request from localhost (1st by ",
+    )
     .await?;
-    let root = root["event_id"].as_str().unwrap_or_default().to_string();
     // The bot's own homeserver, although the login named only the localpart.
-    wait_for("the greeting", || async {
-        customer
-            .messages(&dm)
-            .await
-            .ok()?
-            .contains(&"Thank you for contacting us!".to_string())
-            .then_some(())
-    })
-    .await?;
+    wait_message(&customer, &dm, "Thank you for contacting us!").await?;
     operator
         .send(&backoffice, in_thread_of(&root, "!ho done"))
         .await?;
@@ -2047,27 +2004,11 @@ async fn helpdesk_outage_longer_than_a_sync(db: Db) -> Result<()> {
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
     let (mut sb, backoffice) = start_helpdesk(db, &bot, &operator, &[], "").await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "first"}))
         .await?;
-    let root = wait_for("the thread root", || async {
-        sent_by(&operator, &backoffice, &bot.user_id)
-            .await
-            .ok()?
-            .into_iter()
-            .find(|e| {
-                e["content"]["body"]
-                    .as_str()
-                    .is_some_and(|b| b.starts_with("[OPEN] "))
-            })
-    })
-    .await?;
-    let root = root["event_id"].as_str().unwrap_or_default().to_string();
+    let root = thread_root(&operator, &backoffice, &bot, "[OPEN] ").await?;
     wait_for("the first message in the thread", || async {
         let said = answers(&operator, &backoffice, &bot.user_id, &root).await;
         (!said.is_empty()).then_some(())
@@ -2135,11 +2076,7 @@ async fn helpdesk_tells_the_customer_what_could_not_be_relayed() -> Result<()> {
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
     let (_sb, backoffice) = start_helpdesk(Db::Sqlite, &bot, &operator, &[], "").await?;
-    let dm = customer
-        .create_room(
-            json!({"preset": "trusted_private_chat", "is_direct": true, "invite": [bot.user_id]}),
-        )
-        .await?;
+    let dm = direct_chat(&customer, &bot).await?;
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "one"}))
         .await?;
