@@ -430,13 +430,15 @@ impl MatrixSink {
                 }
                 if !backoffice && one_to_one.is_none() {
                     // A chat with an open request stays, also once an operator has joined
-                    // it (`invite`); only a new conversation must be one to one.
-                    let served = self
-                        .store
-                        .open_request_of(&helpdesk.source_id, room_id)
-                        .await?
-                        .is_some();
-                    one_to_one = Some(served || self.one_to_one(&room).await);
+                    // it (`invite`); only a new conversation must be one to one. The member
+                    // count is local; the database is asked only when it is over two.
+                    let pair = self.one_to_one(&room).await
+                        || self
+                            .store
+                            .open_request_of(&helpdesk.source_id, room_id)
+                            .await?
+                            .is_some();
+                    one_to_one = Some(pair);
                 }
                 if one_to_one == Some(false) {
                     // Not a one-to-one chat: say why, then leave.
