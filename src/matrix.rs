@@ -319,6 +319,9 @@ impl MatrixSink {
                             backoff = (backoff * 2).min(Duration::from_secs(15));
                             continue;
                         }
+                        if !resumed {
+                            self.take_over_honoroit(helpdesk, &resp).await;
+                        }
                         resumed = true;
                         wake.notify_one();
                     }
@@ -342,6 +345,87 @@ impl MatrixSink {
                 }
             }
         }
+    }
+
+    /// On the first sync: the open requests a Honoroit of this account left, from its
+    /// account data (`cc.etke.honoroit.mapping.<chat>` -> `{"id": <thread root>}`), become
+    /// requests, so their customers' next messages land in their threads. Mappings whose
+    /// keys Honoroit encrypted (`HONOROIT_DATA_SECRET`) are not read.
+    async fn take_over_honoroit(&self, helpdesk: &Helpdesk, resp: &matrix_sdk::sync::SyncResponse) {
+        let mut taken = 0;
+        for raw in &resp.account_data {
+            let Ok(Some(kind)) = raw.get_field::<String>("type") else {
+                continue;
+            };
+            let Some(chat) = kind
+                .strip_prefix(HONOROIT_MAPPING)
+                .filter(|c| c.starts_with('!'))
+            else {
+                continue;
+            };
+            let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content") else {
+                continue;
+            };
+            let Some(root) = content["id"].as_str().filter(|r| r.starts_with('$')) else {
+                continue;
+            };
+            match self.honoroit_request(helpdesk, chat, root).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(error) => warn!(chat, %error, "cannot take over a Honoroit request"),
+            }
+        }
+        if taken > 0 {
+            info!(requests = taken, "took over Honoroit's open requests");
+        }
+    }
+
+    /// One Honoroit request: its customer (the chat's other member) and its title (the
+    /// thread root's, unless the root says it is done).
+    async fn honoroit_request(
+        &self,
+        helpdesk: &Helpdesk,
+        chat: &str,
+        root: &str,
+    ) -> Result<bool, String> {
+        let room = RoomId::parse(chat).map_err(|e| e.to_string())?;
+        let Some(room) = self.client.get_room(&room) else {
+            return Ok(false);
+        };
+        let members = room
+            .members_no_sync(matrix_sdk::RoomMemberships::JOIN)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(customer) = members.iter().find(|m| m.user_id() != self.user_id) else {
+            return Ok(false);
+        };
+        let backoffice = RoomId::parse(helpdesk.backoffice()).map_err(|e| e.to_string())?;
+        let backoffice = self
+            .client
+            .get_room(&backoffice)
+            .ok_or("not in the backoffice room")?;
+        let root_id = EventId::parse(root).map_err(|e| e.to_string())?;
+        let event = backoffice
+            .event(&root_id, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let body = json_of(&event)
+            .and_then(|e| e["content"]["body"].as_str().map(String::from))
+            .unwrap_or_default();
+        if body.starts_with("[DONE]") {
+            return Ok(false);
+        }
+        let title = body.strip_prefix("[OPEN] ").unwrap_or(&body);
+        self.store
+            .import_request(
+                &helpdesk.source_id,
+                customer.user_id().as_str(),
+                chat,
+                root,
+                title,
+            )
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Whether a sync response carries events the bot sent itself (it is sending).
@@ -1077,6 +1161,9 @@ fn already_in_room(e: &matrix_sdk::Error) -> bool {
 fn json_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<serde_json::Value> {
     serde_json::from_str(event.raw().json().get()).ok()
 }
+
+/// Honoroit's account data type for a chat's thread (followed by the chat's room ID).
+const HONOROIT_MAPPING: &str = "cc.etke.honoroit.mapping.";
 
 /// Most events read back into one gap of a room's timeline.
 const BACKFILL_MAX: usize = 1000;

@@ -93,6 +93,36 @@ impl Store {
         Ok((open, inserted))
     }
 
+    /// Records an open request taken over from elsewhere, thread and all, unless the chat
+    /// has an open one already. True if it was recorded.
+    pub async fn import_request(
+        &self,
+        source_id: &str,
+        customer: &str,
+        dm_room: &str,
+        thread_root: &str,
+        title: &str,
+    ) -> Result<bool> {
+        let server = customer.split_once(':').map_or("", |(_, s)| s);
+        let now = now_ms();
+        let inserted = sqlx::query(
+            "INSERT INTO requests (source_id, customer, server, dm_room, thread_root, title, \
+             last_activity_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $7) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(source_id)
+        .bind(customer)
+        .bind(server)
+        .bind(dm_room)
+        .bind(thread_root)
+        .bind(title)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
     /// The open request of a direct chat.
     pub async fn open_request_of(&self, source_id: &str, dm_room: &str) -> Result<Option<Request>> {
         let sql = format!(

@@ -267,6 +267,14 @@ impl User {
         Ok(v["event_id"].as_str().context("event_id")?.to_string())
     }
 
+    /// Sets one of this user's global account data entries.
+    pub async fn set_account_data(&self, kind: &str, content: Value) -> Result<()> {
+        let path = format!("/v3/user/{}/account_data/{}", enc(&self.user_id), enc(kind));
+        self.send_json(reqwest::Method::PUT, &path, &content)
+            .await?;
+        Ok(())
+    }
+
     /// Removes `user` from a room.
     pub async fn kick(&self, room: &str, user: &str) -> Result<()> {
         let path = format!("/v3/rooms/{}/kick", enc(room));

@@ -1722,15 +1722,38 @@ async fn helpdesk_relays_media_reactions_edits_redactions(db: Db) -> Result<()> 
 
 /// With no config file, Honoroit's variables run the helpdesk as Honoroit would: its
 /// database settings (a SQLite file, or a PostgreSQL URL), its port, its metrics login, its
-/// `!ho` prefix; variables that change nothing are named in warnings.
+/// `!ho` prefix; variables that change nothing are named in warnings. A request Honoroit
+/// left open goes on in its thread.
 async fn honoroit_drop_in(db: Db) -> Result<()> {
     let hs = synapse();
     let bot = hs.user("bot").await?;
     let operator = hs.user("operator").await?;
     let customer = hs.user("customer").await?;
+    let earlier = hs.user("earlier").await?;
     let backoffice = operator
         .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
         .await?;
+    // What Honoroit left on this account: a customer's chat with its thread, mapped in the
+    // account data.
+    bot.join(&backoffice).await?;
+    let old_chat = direct_chat(&earlier, &bot).await?;
+    bot.join(&old_chat).await?;
+    let old_root = bot
+        .send(
+            &backoffice,
+            json!({"msgtype": "m.notice", "body": "[OPEN] 1st request from localhost (1st by earlier)"}),
+        )
+        .await?;
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.mapping.{old_chat}"),
+        json!({"id": old_root}),
+    )
+    .await?;
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.mapping.{old_root}"),
+        json!({"id": old_chat}),
+    )
+    .await?;
     let localpart = bot
         .user_id
         .trim_start_matches('@')
@@ -1764,6 +1787,25 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
     .collect();
     let sb = Switchboard::start_env(env, port).await?;
     wait_in_room(&bot, &backoffice, true).await?;
+    wait_for("the takeover", || async {
+        sb.log()
+            .contains("took over Honoroit's open requests")
+            .then_some(())
+    })
+    .await?;
+    earlier
+        .send(
+            &old_chat,
+            json!({"msgtype": "m.text", "body": "back again"}),
+        )
+        .await?;
+    wait_for("the message in Honoroit's thread", || async {
+        let said = answers(&operator, &backoffice, &bot.user_id, &old_root).await;
+        said.iter()
+            .any(|b| b.ends_with(": back again"))
+            .then_some(())
+    })
+    .await?;
 
     let dm = direct_chat(&customer, &bot).await?;
     customer
@@ -1776,7 +1818,8 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
         &operator,
         &backoffice,
         &bot,
-        "[OPEN] 1st request from localhost (1st by ",
+        // The request taken over counts.
+        "[OPEN] 2nd request from localhost (1st by ",
     )
     .await?;
     // The bot's own homeserver, although the login named only the localpart.
