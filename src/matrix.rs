@@ -31,6 +31,7 @@ use crate::helpdesk::{Heard, Helpdesk, PENDING_DM, Role};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
 use crate::store::{Link, OutboxRow, Store};
+use switchboard_matrix_dm::access::server_of;
 
 const SESSION_KEY: &str = "matrix.session";
 /// What the crypto store's passphrase is derived for.
@@ -416,10 +417,12 @@ impl MatrixSink {
             return Ok(false);
         }
         let title = body.strip_prefix("[OPEN] ").unwrap_or(&body);
+        let customer = customer.user_id().as_str();
         self.store
             .import_request(
                 &helpdesk.source_id,
-                customer.user_id().as_str(),
+                customer,
+                server_of(customer).unwrap_or_default(),
                 chat,
                 root,
                 title,

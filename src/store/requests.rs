@@ -99,11 +99,11 @@ impl Store {
         &self,
         source_id: &str,
         customer: &str,
+        server: &str,
         dm_room: &str,
         thread_root: &str,
         title: &str,
     ) -> Result<bool> {
-        let server = customer.split_once(':').map_or("", |(_, s)| s);
         let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO requests (source_id, customer, server, dm_room, thread_root, title, \
