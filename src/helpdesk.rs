@@ -124,6 +124,44 @@ impl Helpdesk {
         Ok(())
     }
 
+    /// The options a Honoroit of the same account kept, taken over on the first start unless
+    /// options were set here already. Honoroit's keys are this helpdesk's; those it has and
+    /// this one does not (its access lists and ignored rooms belong in the config file) are
+    /// named in a warning.
+    pub async fn adopt_options(
+        &self,
+        store: &Store,
+        kept: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        if store.setting(&self.settings_key()).await?.is_some() {
+            return Ok(());
+        }
+        let mut adopted = self.settings();
+        let mut left = Vec::new();
+        for (key, value) in kept {
+            // Unset options are empty strings; the migration marker is Honoroit's own.
+            if value.trim().is_empty() || key == "mautrix015migration" {
+                continue;
+            }
+            if let Err(error) = adopted.set(key, value) {
+                left.push(format!("{key} ({error})"));
+            }
+        }
+        if !left.is_empty() {
+            warn!(source = %self.source_id, options = %left.join(", "), "Honoroit options not taken over; access lists and ignored rooms go in the config file");
+        }
+        let stored: BTreeMap<&str, &str> = adopted.stored().collect();
+        if stored.is_empty() {
+            return Ok(());
+        }
+        store
+            .set_setting(&self.settings_key(), &serde_json::to_string(&stored)?)
+            .await?;
+        info!(source = %self.source_id, options = stored.len(), "took over Honoroit's options");
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = adopted;
+        Ok(())
+    }
+
     /// The options in force.
     fn settings(&self) -> Settings {
         self.settings
@@ -143,6 +181,11 @@ impl Helpdesk {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .flag(key)
+    }
+
+    /// How long an undecryptable message waits for its room key.
+    pub fn key_wait(&self) -> Duration {
+        Duration::from_secs_f64(self.config.key_wait_minutes * 60.0)
     }
 
     pub fn backoffice(&self) -> &str {
@@ -885,6 +928,45 @@ mod tests {
             assert_eq!(again.setting("msgtype"), "m.notice");
             again.load_settings(&store).await.expect("load");
             assert_eq!(again.setting("msgtype"), "m.text", "stored");
+        }
+    }
+
+    #[tokio::test]
+    async fn honoroit_options_are_taken_over_once() {
+        for store in crate::store::tests::stores().await {
+            let cfg: MatrixDmConfig =
+                serde_json::from_value(json!({"backoffice_room": "!ops"})).expect("config");
+            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", Metrics::new());
+            let kept: BTreeMap<String, String> = [
+                ("text.greetings", "Hello from the old bot"),
+                ("msgtype", "m.text"),
+                ("text.done", ""),
+                ("allow.users", "@*:example.org"),
+                ("mautrix015migration", "1700000000"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            desk.adopt_options(&store, &kept).await.expect("adopt");
+            assert_eq!(desk.setting("text.greetings"), "Hello from the old bot");
+            assert_eq!(desk.setting("msgtype"), "m.text");
+            assert_eq!(
+                desk.setting("text.done"),
+                settings::option("text.done").expect("option").default,
+                "an empty value is an unset one"
+            );
+            let stored = store
+                .setting("helpdesk.help.settings")
+                .await
+                .expect("read")
+                .expect("stored");
+            assert!(!stored.contains("allow.users"), "{stored}");
+
+            // Options set here win over what Honoroit kept.
+            let changed: BTreeMap<String, String> =
+                [("msgtype".to_string(), "m.notice".to_string())].into();
+            desk.adopt_options(&store, &changed).await.expect("adopt");
+            assert_eq!(desk.setting("msgtype"), "m.text");
         }
     }
 }

@@ -2,7 +2,7 @@
 //! executes outbox actions with stable transaction IDs, and keeps a sync running once
 //! something needs one (end-to-end encryption does; posting into plain rooms does not).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
@@ -30,7 +31,7 @@ use crate::config::{MatrixConfig, MatrixLogin};
 use crate::helpdesk::{Heard, Helpdesk, PENDING_DM, Role};
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
-use crate::store::{Link, OutboxRow, Store};
+use crate::store::{Link, OutboxRow, Store, now_ms};
 use switchboard_matrix_dm::access::server_of;
 
 const SESSION_KEY: &str = "matrix.session";
@@ -143,6 +144,8 @@ pub struct MatrixSink {
     rooms: Mutex<HashMap<(String, String), String>>,
     /// The helpdesk the sync feeds, and the engine's wake-up, once `serve_helpdesk` ran.
     helpdesk: std::sync::OnceLock<(Arc<Helpdesk>, Arc<tokio::sync::Notify>)>,
+    /// Opens what a Honoroit of this account sealed with the same data secret.
+    sealer: Sealer,
 }
 
 /// Where the sync stood after the last response whose messages are in the inbox.
@@ -232,6 +235,7 @@ impl MatrixSink {
             instance,
             sync_wanted: AtomicBool::new(cfg.encryption),
             sync_start: tokio::sync::Notify::new(),
+            sealer: sealer.clone(),
             rooms: Mutex::new(HashMap::new()),
             helpdesk: std::sync::OnceLock::new(),
         })
@@ -287,6 +291,7 @@ impl MatrixSink {
         // the inbox; without a stored position it starts now and relays nothing older.
         let helpdesk = self.helpdesk.get().cloned();
         let mut resumed = false;
+        let mut last_retry = std::time::Instant::now();
         if helpdesk.is_some() {
             loop {
                 match self.store.cursor(SYNC_CURSOR).await {
@@ -323,6 +328,16 @@ impl MatrixSink {
                         if !resumed {
                             self.take_over_honoroit(helpdesk, &resp).await;
                         }
+                        // Room keys come as to-device events, maybe after their messages.
+                        if resumed
+                            && (!resp.to_device.is_empty()
+                                || last_retry.elapsed() >= UNDECRYPTED_RETRY)
+                        {
+                            last_retry = std::time::Instant::now();
+                            if let Err(error) = self.retry_undecrypted(helpdesk).await {
+                                warn!(%error, "cannot try undecrypted events again");
+                            }
+                        }
                         resumed = true;
                         wake.notify_one();
                     }
@@ -348,26 +363,35 @@ impl MatrixSink {
         }
     }
 
-    /// On the first sync: the open requests a Honoroit of this account left, from its
-    /// account data (`cc.etke.honoroit.mapping.<chat>` -> `{"id": <thread root>}`), become
-    /// requests, so their customers' next messages land in their threads. Mappings whose
-    /// keys Honoroit encrypted (`HONOROIT_DATA_SECRET`) are not read.
+    /// On the first sync: what a Honoroit of this account left in its account data. Its
+    /// open requests (`cc.etke.honoroit.mapping.<chat>` -> `{"id": <thread root>}`) become
+    /// requests, so their customers' next messages land in their threads; its options
+    /// (`cc.etke.honoroit.config`) become the helpdesk's, unless some were set here already.
+    /// With `HONOROIT_DATA_SECRET`, Honoroit sealed the keys and values of both; they are
+    /// opened with the same data secret.
     async fn take_over_honoroit(&self, helpdesk: &Helpdesk, resp: &matrix_sdk::sync::SyncResponse) {
         let mut taken = 0;
         for raw in &resp.account_data {
             let Ok(Some(kind)) = raw.get_field::<String>("type") else {
                 continue;
             };
+            let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content") else {
+                continue;
+            };
+            let content = self.open_honoroit(&content);
+            if kind == HONOROIT_CONFIG {
+                if let Err(error) = helpdesk.adopt_options(&self.store, &content).await {
+                    warn!(%error, "cannot take over Honoroit's options");
+                }
+                continue;
+            }
             let Some(chat) = kind
                 .strip_prefix(HONOROIT_MAPPING)
                 .filter(|c| c.starts_with('!'))
             else {
                 continue;
             };
-            let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content") else {
-                continue;
-            };
-            let Some(root) = content["id"].as_str().filter(|r| r.starts_with('$')) else {
+            let Some(root) = content.get("id").filter(|r| r.starts_with('$')) else {
                 continue;
             };
             match self.honoroit_request(helpdesk, chat, root).await {
@@ -379,6 +403,22 @@ impl MatrixSink {
         if taken > 0 {
             info!(requests = taken, "took over Honoroit's open requests");
         }
+    }
+
+    /// Honoroit's account data (string keys and values), each opened with the data secret
+    /// when it was sealed with it.
+    fn open_honoroit(&self, content: &serde_json::Value) -> BTreeMap<String, String> {
+        let open = |s: &str| {
+            self.sealer
+                .open_honoroit(s)
+                .unwrap_or_else(|| s.to_string())
+        };
+        content
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((open(k), open(v.as_str()?))))
+            .collect()
     }
 
     /// One Honoroit request: its customer (the chat's other member) and its title (the
@@ -481,7 +521,6 @@ impl MatrixSink {
             let Some(room) = self.client.get_room(id) else {
                 continue;
             };
-            let backoffice = room_id == helpdesk.backoffice();
             // A limited timeline left events out (many at once, or a long outage): read
             // them back first, so that nothing is lost and the order is kept.
             let mut events = match (&update.timeline.prev_batch, update.timeline.limited) {
@@ -491,93 +530,162 @@ impl MatrixSink {
             events.extend(update.timeline.events.iter().filter_map(json_of));
             let mut one_to_one = None;
             for raw in events {
-                let sender = raw["sender"].as_str().unwrap_or_default();
-                let event_type = raw["type"].as_str().unwrap_or_default();
-                if sender == self.user_id.as_str() {
-                    continue;
-                }
-                if event_type == "m.room.encrypted" {
-                    // Its room key has not arrived (yet).
-                    let event = raw["event_id"].as_str().unwrap_or_default();
-                    warn!(room = %room_id, event, "cannot decrypt an event; it is not relayed");
-                    continue;
-                }
-                if !RELAYED_TYPES.contains(&event_type) {
-                    continue;
-                }
-                let (Some(event_id), Some(content)) =
-                    (raw["event_id"].as_str(), raw["content"].as_object())
-                else {
-                    continue;
-                };
-                let mut content = content.clone();
-                // Before room version 11 a redaction names its event outside the content.
-                if let Some(redacts) = raw.get("redacts").filter(|_| event_type == REDACTION) {
-                    content.entry("redacts").or_insert_with(|| redacts.clone());
-                }
-                if !backoffice && one_to_one.is_none() {
-                    // A chat with an open request stays, also once an operator has joined
-                    // it (`invite`); only a new conversation must be one to one. The member
-                    // count is local; the database is asked only when it is over two.
-                    let pair = self.one_to_one(&room).await
-                        || self
-                            .store
-                            .open_request_of(&helpdesk.source_id, room_id)
-                            .await?
-                            .is_some();
-                    one_to_one = Some(pair);
-                }
-                if one_to_one == Some(false) {
-                    // Not a one-to-one chat: say why, then leave.
-                    if let Err(error) = room
-                        .send_raw("m.room.message", helpdesk.group_notice())
-                        .await
-                    {
-                        warn!(room = %room_id, %error, "cannot tell a group room why the bot leaves");
-                    }
-                    if let Err(error) = room.leave().await {
-                        warn!(room = %room_id, %error, "cannot leave a group room");
-                    }
+                if !self
+                    .hear_event(helpdesk, &room, raw, &mut one_to_one)
+                    .await?
+                {
                     break;
                 }
-                let member = match UserId::parse(sender) {
-                    Ok(user) if !backoffice => room.get_member_no_sync(&user).await.ok().flatten(),
-                    _ => None,
-                };
-                let heard = Heard {
-                    role: if backoffice {
-                        Role::Operator
-                    } else {
-                        Role::Customer
-                    },
-                    room: room_id.to_string(),
-                    sender: sender.to_string(),
-                    event_id: event_id.to_string(),
-                    event_type: event_type.to_string(),
-                    ts: raw["origin_server_ts"].as_i64().unwrap_or_default(),
-                    thread: content
-                        .get("m.relates_to")
-                        .filter(|r| r["rel_type"] == "m.thread")
-                        .and_then(|r| r["event_id"].as_str())
-                        .map(String::from),
-                    content,
-                    displayname: member
-                        .as_ref()
-                        .and_then(|m| m.display_name().map(String::from)),
-                    avatar_url: member
-                        .as_ref()
-                        .and_then(|m| m.avatar_url().map(|u| u.to_string())),
-                    request: None,
-                    idle_since: None,
-                };
-                let Some((dedupe, ev)) = helpdesk.delivery(&heard) else {
-                    continue;
-                };
-                let events = serde_json::to_string(&[ev])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One event heard in a customer's chat or the backoffice room: into the inbox if the
+    /// helpdesk wants it, or kept until its room key comes if it cannot be decrypted yet.
+    /// `one_to_one` caches the room's check across its events. False when the bot left the
+    /// room (a group), so the room's other events are not heard.
+    async fn hear_event(
+        &self,
+        helpdesk: &Helpdesk,
+        room: &Room,
+        raw: serde_json::Value,
+        one_to_one: &mut Option<bool>,
+    ) -> crate::store::Result<bool> {
+        let room_id = room.room_id().as_str();
+        let backoffice = room_id == helpdesk.backoffice();
+        let sender = raw["sender"].as_str().unwrap_or_default();
+        let event_type = raw["type"].as_str().unwrap_or_default();
+        if sender == self.user_id.as_str() {
+            return Ok(true);
+        }
+        if event_type == "m.room.encrypted" {
+            // Its room key has not arrived (yet): kept, and tried again as keys come.
+            if let Some(event) = raw["event_id"].as_str() {
+                info!(room = %room_id, event, "cannot decrypt an event yet; it waits for its room key");
                 self.store
-                    .accept(&helpdesk.source_id, &dedupe, &events)
+                    .keep_undecrypted(room_id, event, &raw.to_string())
                     .await?;
             }
+            return Ok(true);
+        }
+        if !RELAYED_TYPES.contains(&event_type) {
+            return Ok(true);
+        }
+        let (Some(event_id), Some(content)) =
+            (raw["event_id"].as_str(), raw["content"].as_object())
+        else {
+            return Ok(true);
+        };
+        let mut content = content.clone();
+        // Before room version 11 a redaction names its event outside the content.
+        if let Some(redacts) = raw.get("redacts").filter(|_| event_type == REDACTION) {
+            content.entry("redacts").or_insert_with(|| redacts.clone());
+        }
+        if !backoffice && one_to_one.is_none() {
+            // A chat with an open request stays, also once an operator has joined it
+            // (`invite`); only a new conversation must be one to one. The member count is
+            // local; the database is asked only when it is over two.
+            let pair = self.one_to_one(room).await
+                || self
+                    .store
+                    .open_request_of(&helpdesk.source_id, room_id)
+                    .await?
+                    .is_some();
+            *one_to_one = Some(pair);
+        }
+        if *one_to_one == Some(false) {
+            // Not a one-to-one chat: say why, then leave.
+            if let Err(error) = room
+                .send_raw("m.room.message", helpdesk.group_notice())
+                .await
+            {
+                warn!(room = %room_id, %error, "cannot tell a group room why the bot leaves");
+            }
+            if let Err(error) = room.leave().await {
+                warn!(room = %room_id, %error, "cannot leave a group room");
+            }
+            return Ok(false);
+        }
+        let member = match UserId::parse(sender) {
+            Ok(user) if !backoffice => room.get_member_no_sync(&user).await.ok().flatten(),
+            _ => None,
+        };
+        let heard = Heard {
+            role: if backoffice {
+                Role::Operator
+            } else {
+                Role::Customer
+            },
+            room: room_id.to_string(),
+            sender: sender.to_string(),
+            event_id: event_id.to_string(),
+            event_type: event_type.to_string(),
+            ts: raw["origin_server_ts"].as_i64().unwrap_or_default(),
+            thread: content
+                .get("m.relates_to")
+                .filter(|r| r["rel_type"] == "m.thread")
+                .and_then(|r| r["event_id"].as_str())
+                .map(String::from),
+            content,
+            displayname: member
+                .as_ref()
+                .and_then(|m| m.display_name().map(String::from)),
+            avatar_url: member
+                .as_ref()
+                .and_then(|m| m.avatar_url().map(|u| u.to_string())),
+            request: None,
+            idle_since: None,
+        };
+        if let Some((dedupe, ev)) = helpdesk.delivery(&heard) {
+            let events = serde_json::to_string(&[ev])?;
+            self.store
+                .accept(&helpdesk.source_id, &dedupe, &events)
+                .await?;
+        }
+        Ok(true)
+    }
+
+    /// The events kept undecrypted, tried again: one whose room key has come is heard now.
+    /// One that waited `key_wait_minutes` in vain is given up: from a customer, the
+    /// operators get a notice in its place, so they know something was said; from an
+    /// operator, it is logged.
+    async fn retry_undecrypted(&self, helpdesk: &Helpdesk) -> crate::store::Result<()> {
+        let waited_enough = now_ms() - helpdesk.key_wait().as_millis() as i64;
+        for kept in self.store.undecrypted(UNDECRYPTED_BATCH).await? {
+            let room = RoomId::parse(&kept.room_id)
+                .ok()
+                .and_then(|id| self.client.get_room(&id));
+            let raw = Raw::<OriginalSyncRoomEncryptedEvent>::from_json_string(kept.event.clone());
+            let decrypted = match (&room, raw) {
+                (Some(room), Ok(raw)) => match room.decrypt_event(&raw, None).await {
+                    Ok(event) => json_of(&event).filter(|e| e["type"] != "m.room.encrypted"),
+                    Err(error) => {
+                        warn!(event = %kept.event_id, %error, "cannot try to decrypt an event");
+                        None
+                    }
+                },
+                _ => None,
+            };
+            let event = match decrypted {
+                Some(event) => {
+                    info!(room = %kept.room_id, event = %kept.event_id, "decrypted an event whose room key came late");
+                    Some(event)
+                }
+                None if kept.heard_at > waited_enough => continue,
+                None => {
+                    warn!(room = %kept.room_id, event = %kept.event_id, "gave up waiting for an event's room key");
+                    let from_customer = kept.room_id != helpdesk.backoffice();
+                    serde_json::from_str(&kept.event)
+                        .ok()
+                        .filter(|_| from_customer)
+                        .map(|encrypted| undecryptable(&encrypted))
+                }
+            };
+            if let (Some(room), Some(event)) = (&room, event) {
+                self.hear_event(helpdesk, room, event, &mut None).await?;
+            }
+            self.store.forget_undecrypted(&kept.event_id).await?;
         }
         Ok(())
     }
@@ -1165,8 +1273,34 @@ fn json_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<
     serde_json::from_str(event.raw().json().get()).ok()
 }
 
+/// In place of an event whose room key never came: a notice from its sender, so the
+/// operators know that something was said.
+fn undecryptable(encrypted: &serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "m.room.message",
+        "event_id": encrypted["event_id"],
+        "sender": encrypted["sender"],
+        "origin_server_ts": encrypted["origin_server_ts"],
+        "content": {
+            "msgtype": "m.notice",
+            "body": UNDECRYPTABLE,
+        },
+    })
+}
+
+/// What the operators read in place of a message that could not be decrypted.
+const UNDECRYPTABLE: &str =
+    "(a message that could not be decrypted: its key never reached the helpdesk)";
+
+/// How many events kept undecrypted are tried again at once.
+const UNDECRYPTED_BATCH: i64 = 100;
+
+/// How often events kept undecrypted are tried again, besides whenever keys arrive.
+const UNDECRYPTED_RETRY: Duration = Duration::from_secs(10);
+
 /// Honoroit's account data type for a chat's thread (followed by the chat's room ID).
 const HONOROIT_MAPPING: &str = "cc.etke.honoroit.mapping.";
+const HONOROIT_CONFIG: &str = "cc.etke.honoroit.config";
 
 /// Most events read back into one gap of a room's timeline.
 const BACKFILL_MAX: usize = 1000;

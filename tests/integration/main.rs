@@ -1744,14 +1744,29 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
             json!({"msgtype": "m.notice", "body": "[OPEN] 1st request from localhost (1st by earlier)"}),
         )
         .await?;
+    // Honoroit ran with HONOROIT_DATA_SECRET: keys and values are sealed with it.
+    let secret = "32 bytes of Honoroit data secret";
+    let sealed = |k: &str, v: &str| {
+        let mut content = serde_json::Map::new();
+        content.insert(
+            honoroit_sealed(secret, k),
+            honoroit_sealed(secret, v).into(),
+        );
+        Value::Object(content)
+    };
     bot.set_account_data(
         &format!("cc.etke.honoroit.mapping.{old_chat}"),
-        json!({"id": old_root}),
+        sealed("id", &old_root),
     )
     .await?;
     bot.set_account_data(
         &format!("cc.etke.honoroit.mapping.{old_root}"),
-        json!({"id": old_chat}),
+        sealed("id", &old_chat),
+    )
+    .await?;
+    bot.set_account_data(
+        "cc.etke.honoroit.config",
+        sealed("text.greetings", "Welcome to the helpdesk of old."),
     )
     .await?;
     let localpart = bot
@@ -1774,7 +1789,7 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
         ("ROOMID", &backoffice),
         ("PORT", &port.to_string()),
         ("NOENCRYPTION", "1"),
-        ("DATA_SECRET", "a secret of the drop-in"),
+        ("DATA_SECRET", secret),
         ("DB_DIALECT", dialect),
         ("DB_DSN", &dsn),
         ("METRICS_LOGIN", "prom"),
@@ -1822,8 +1837,9 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
         "[OPEN] 2nd request from localhost (1st by ",
     )
     .await?;
-    // The bot's own homeserver, although the login named only the localpart.
-    wait_message(&customer, &dm, "Thank you for contacting us!").await?;
+    // The greeting for the bot's own homeserver (although the login named only the
+    // localpart), as set in Honoroit.
+    wait_message(&customer, &dm, "Welcome to the helpdesk of old.").await?;
     operator
         .send(&backoffice, in_thread_of(&root, "!ho done"))
         .await?;
@@ -1876,12 +1892,24 @@ async fn honoroit_drop_in(db: Db) -> Result<()> {
             "{named} in a warning: {log}"
         );
     }
-    assert!(
-        !log.contains("a secret of the drop-in"),
-        "secrets stay out of the log"
-    );
+    assert!(!log.contains(secret), "secrets stay out of the log");
     let _ = std::fs::remove_file(&sqlite_file);
     Ok(())
+}
+
+/// A value sealed as Honoroit seals its account data: base64 of a random nonce and the
+/// AES-256-GCM ciphertext, keyed with the 32-byte data secret itself.
+fn honoroit_sealed(secret: &str, plain: &str) -> String {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use base64::Engine as _;
+    let nonce: [u8; 12] = rand::random();
+    let sealed = aes_gcm::Aes256Gcm::new_from_slice(secret.as_bytes())
+        .expect("a 32-byte secret")
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce), plain.as_bytes())
+        .expect("sealed");
+    let mut raw = nonce.to_vec();
+    raw.extend(sealed);
+    base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
 /// A real end-to-end-encrypting client for `user`, logged in and synced once.
@@ -2152,6 +2180,82 @@ async fn helpdesk_tells_the_customer_what_could_not_be_relayed() -> Result<()> {
     .await?;
     assert_eq!(told.len(), 2, "{told:?}");
     assert!(told[1].starts_with("Something is wrong."), "{told:?}");
+    Ok(())
+}
+
+/// A message the bot cannot decrypt is kept, across a restart, while its room key may still
+/// come; once the wait is over, the operators read a notice in its place, in the thread.
+#[tokio::test]
+async fn helpdesk_keeps_undecryptable_messages_until_the_wait_is_over() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let (mut sb, backoffice) =
+        start_helpdesk(Db::Sqlite, &bot, &operator, &[], "key_wait_minutes = 0.1\n").await?;
+    let dm = direct_chat(&customer, &bot).await?;
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "hello"}))
+        .await?;
+    let posts = |body: &'static str| {
+        let (operator, backoffice, bot) = (&operator, &backoffice, &bot.user_id);
+        async move {
+            sent_by(operator, backoffice, bot)
+                .await
+                .ok()
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| {
+                    e["content"]["body"]
+                        .as_str()
+                        .is_some_and(|b| b.ends_with(body))
+                })
+                .cloned()
+                .collect::<Vec<_>>()
+        }
+    };
+    let hello = wait_for("the first message in the thread", || async {
+        posts(": hello").await.pop()
+    })
+    .await?;
+    // A message of a session whose key the bot never got.
+    customer
+        .send_event(
+            &dm,
+            "m.room.encrypted",
+            json!({"algorithm": "m.megolm.v1.aes-sha2",
+                   "sender_key": "mV8bd0uXO4Gr1c1N3bhfx4nGP0ZHPmHf4dYhPHjRlA8",
+                   "session_id": "Ty/iMtPKkzX3ne6rOt+ZeR6WqhQa6w7JUdL7Rqd0LWk",
+                   "device_id": "CUSTOMERDEVICE",
+                   "ciphertext": "AwgAEnBH2X5xk0bJQ7Xq1m3Za8hTQyZbY2Vc1W0sY2zh"}),
+        )
+        .await?;
+    wait_for("the message kept", || async {
+        sb.log().contains("waits for its room key").then_some(())
+    })
+    .await?;
+    sb.kill();
+    sb.spawn().await?;
+    let notice = wait_for("the notice in its place", || async {
+        posts("could not be decrypted: its key never reached the helpdesk)")
+            .await
+            .pop()
+    })
+    .await?;
+    assert_eq!(
+        notice["content"]["m.relates_to"]["event_id"], hello["content"]["m.relates_to"]["event_id"],
+        "in the request's thread"
+    );
+    assert!(sb.log().contains("gave up waiting for an event's room key"));
+    customer
+        .send(&dm, json!({"msgtype": "m.text", "body": "still there?"}))
+        .await?;
+    wait_for("a later message", || async {
+        posts(": still there?").await.pop()
+    })
+    .await?;
+    let notices = posts("could not be decrypted: its key never reached the helpdesk)").await;
+    assert_eq!(notices.len(), 1, "given up once: {notices:?}");
     Ok(())
 }
 

@@ -46,6 +46,11 @@ pub struct MatrixDmConfig {
     /// Encrypt the direct chats that `start` opens.
     #[serde(default = "default_true")]
     pub encrypt_started: bool,
+    /// How long a message that cannot be decrypted yet waits for its room key, in minutes
+    /// (fractions allowed). Keys can arrive after their messages; after the wait, the
+    /// operators are told that the customer wrote something that could not be decrypted.
+    #[serde(default = "default_key_wait_minutes")]
+    pub key_wait_minutes: f64,
 }
 
 fn default_prefix() -> String {
@@ -53,6 +58,9 @@ fn default_prefix() -> String {
 }
 fn default_idle_close_hours() -> f64 {
     24.0 * 7.0
+}
+fn default_key_wait_minutes() -> f64 {
+    60.0
 }
 fn default_true() -> bool {
     true
@@ -75,6 +83,9 @@ impl MatrixDmConfig {
         }
         if !(self.idle_close_hours >= 0.0 && self.idle_close_hours.is_finite()) {
             out.push(("idle_close_hours", "must be 0 (never) or more".into()));
+        }
+        if !(self.key_wait_minutes >= 0.0 && self.key_wait_minutes.is_finite()) {
+            out.push(("key_wait_minutes", "must be 0 or more".into()));
         }
         for (key, list) in [("operators", &self.operators), ("admins", &self.admins)] {
             for id in list {
@@ -105,6 +116,7 @@ mod tests {
         .expect("a valid config");
         assert_eq!(cfg.prefix, "!ho");
         assert_eq!(cfg.idle_close_hours, 168.0);
+        assert_eq!(cfg.key_wait_minutes, 60.0);
         assert!(cfg.encrypt_started);
         assert!(cfg.problems().is_empty());
         let v12: MatrixDmConfig = serde_json::from_value(serde_json::json!({
@@ -122,6 +134,7 @@ mod tests {
             "admins": ["alice"],
             "access": {"deny": ["bad domain"]},
             "idle_close_hours": -1,
+            "key_wait_minutes": -0.5,
         }))
         .expect("a valid config");
         let keys: Vec<&str> = cfg.problems().iter().map(|(k, _)| *k).collect();
@@ -131,6 +144,7 @@ mod tests {
                 "backoffice_room",
                 "prefix",
                 "idle_close_hours",
+                "key_wait_minutes",
                 "admins",
                 "access"
             ]
