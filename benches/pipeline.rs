@@ -137,6 +137,8 @@ async fn intake_only(db_url: &str) -> Result<String> {
         id: "bench".into(),
         hook: Box::new(switchboard_webhook::WebhookConfig::default()),
         signature: Some((SignatureConfig::default(), Secret::new("bench-secret"))),
+        path_secret: None,
+        basic_auth: None,
         link_create: false,
     };
     let state = Arc::new(switchboard::http::HttpState {

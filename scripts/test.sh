@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and the end-to-end suite against a real Synapse (installed from
-# PyPI into ~/.cache/switchboard on first use) and the local PostgreSQL.
+# Runs every test: unit tests, and the end-to-end suite against a real Synapse and a real
+# pretix (both installed from PyPI into ~/.cache/switchboard on first use) and the local
+# PostgreSQL.
 #   SWITCHBOARD_TEST_POSTGRES  server URL without a database (postgres://postgres@127.0.0.1:5432)
 #   SWITCHBOARD_TEST_THREADS   tests run at once (default 4)
 #   extra arguments go to `cargo test` (e.g. a test name filter)
@@ -26,11 +27,24 @@ pg_up || { log "PostgreSQL is not reachable at 127.0.0.1:5432"; exit 1; }
 # A throwaway Synapse for this run.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d -t switchboard-test.XXXXXX)
-trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+pretix_start=
+# pretix is stopped once its start is over (it may still be installing).
+trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
+      [ -z "$pretix_start" ] || wait "$pretix_start" 2>/dev/null || true
+      scripts/pretix.sh stop "$work/pretix" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 # The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
 scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
 export SWITCHBOARD_TEST_SYNAPSE_DIR=$work/synapse
+
+# A throwaway pretix, started while the tests compile (its first start installs and migrates
+# for minutes); the tests that need it wait for it, or read why it failed.
+pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/pretix"
+( scripts/pretix.sh start "$work/pretix" "$pport" >"$work/pretix/started.json" 2>"$work/pretix/start.log" ||
+    touch "$work/pretix/failed" ) &
+pretix_start=$!
+export SWITCHBOARD_TEST_PRETIX_DIR=$work/pretix
 
 # Benchmarks are not tests: scripts/bench.sh runs them.
 cargo test --workspace --lib --bins --tests "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

@@ -49,6 +49,7 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
                 SourceKind::Webhook => Box::new(cfg.webhook.clone().unwrap_or_default()),
                 // Hears Matrix, not HTTP.
                 SourceKind::MatrixDm => return None,
+                SourceKind::Pretix => Box::new(switchboard_pretix::PretixHook),
             };
             let signature = cfg.signature.clone().and_then(|s| {
                 loaded
@@ -63,6 +64,8 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
                     id: id.clone(),
                     hook,
                     signature,
+                    path_secret: loaded.secrets.path_secrets.get(id).cloned(),
+                    basic_auth: loaded.secrets.basic_auth.get(id).cloned(),
                     link_create: cfg.link_create,
                 },
             ))
@@ -148,6 +151,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let concurrency = cfg.matrix.concurrency;
     let store2 = store.clone();
     let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
+    let pretix = crate::pretix::Pretix::new(&loaded, store.clone(), metrics.clone()).map(Arc::new);
     tokio::spawn(async move {
         let Some(login) = login else { return };
         let mut backoff = Duration::from_secs(1);
@@ -171,6 +175,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         let worker = Arc::new(Worker {
             store: store2,
             sink,
+            pretix,
             metrics,
             concurrency,
             wake: outbox_wake,

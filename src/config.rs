@@ -10,6 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 use switchboard_connector::EventKind;
 use switchboard_matrix_dm::MatrixDmConfig;
+use switchboard_pretix::PretixConfig;
 use switchboard_webhook::WebhookConfig;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -215,6 +216,9 @@ pub enum SourceKind {
     /// A helpdesk in Matrix: customers' direct chats with the bot become threads in a
     /// backoffice room; options under `matrix_dm`. At most one per bot.
     MatrixDm,
+    /// pretix: paid orders invite their attendees into the event's rooms; options under
+    /// `pretix`.
+    Pretix,
 }
 
 /// One ticket source.
@@ -232,6 +236,24 @@ pub struct SourceConfig {
     pub webhook: Option<WebhookConfig>,
     /// Options of the Matrix DM helpdesk (`kind = "matrix_dm"`).
     pub matrix_dm: Option<MatrixDmConfig>,
+    /// Options of the pretix source (`kind = "pretix"`).
+    pub pretix: Option<PretixConfig>,
+    /// A secret the webhook's URL carries as its last segment: `/hooks/<source>/<secret>`.
+    /// For senders that cannot sign (pretix). Or `path_secret_file`.
+    pub path_secret: Option<Secret>,
+    pub path_secret_file: Option<PathBuf>,
+    /// HTTP basic authentication the webhook's sender must give.
+    pub basic_auth: Option<BasicAuthConfig>,
+}
+
+/// HTTP basic authentication of webhooks.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    /// Or `password_file`.
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
 }
 
 /// HMAC signature of webhook bodies.
@@ -484,6 +506,12 @@ pub struct Secrets {
     pub data_secret: Option<Secret>,
     /// Signature secret per source ID.
     pub signatures: BTreeMap<String, Secret>,
+    /// Webhook URL secret per source ID.
+    pub path_secrets: BTreeMap<String, Secret>,
+    /// Webhook basic authentication (username, password) per source ID.
+    pub basic_auth: BTreeMap<String, (String, Secret)>,
+    /// pretix API token per source ID.
+    pub pretix_tokens: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -844,6 +872,87 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
                     }
                 }
             },
+            SourceKind::Pretix => match &src.pretix {
+                None => err(
+                    &format!("{key}.pretix"),
+                    "required for kind = \"pretix\"".into(),
+                ),
+                Some(px) => {
+                    for (k, problem) in px.problems() {
+                        err(&format!("{key}.pretix.{k}"), problem);
+                    }
+                    let k = format!("{key}.pretix.api_token");
+                    // Expanded as every secret is (the connector's config holds a plain
+                    // string).
+                    let token = match px.api_token.as_deref().map(expand_env) {
+                        Some(Ok(t)) => Some(Secret(t)),
+                        Some(Err(e)) => {
+                            err(&k, e);
+                            None
+                        }
+                        None => None,
+                    };
+                    match secret_or_file(&k, token.as_ref(), px.api_token_file.as_deref(), err) {
+                        Some(t) if !t.expose().trim().is_empty() => {
+                            s.pretix_tokens.insert(id.clone(), t);
+                        }
+                        // Named above already.
+                        None if px.api_token.is_some() => {}
+                        _ => err(
+                            &k,
+                            "an API token (`api_token` or `api_token_file`) is required".into(),
+                        ),
+                    }
+                    if src.path_secret.is_none()
+                        && src.path_secret_file.is_none()
+                        && src.basic_auth.is_none()
+                    {
+                        err(
+                            &format!("{key}.path_secret"),
+                            "pretix does not sign its webhooks: give `path_secret` or `basic_auth`"
+                                .into(),
+                        );
+                    }
+                }
+            },
+        }
+        let k = format!("{key}.path_secret");
+        match secret_or_file(
+            &k,
+            src.path_secret.as_ref(),
+            src.path_secret_file.as_deref(),
+            err,
+        ) {
+            Some(secret)
+                if secret.expose().len() < 16
+                    || !secret
+                        .expose()
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') =>
+            {
+                err(&k, "must be at least 16 letters, digits, `-` or `_`".into());
+            }
+            Some(secret) => {
+                s.path_secrets.insert(id.clone(), secret);
+            }
+            None => {}
+        }
+        if let Some(auth) = &src.basic_auth {
+            let k = format!("{key}.basic_auth.password");
+            match secret_or_file(
+                &k,
+                auth.password.as_ref(),
+                auth.password_file.as_deref(),
+                err,
+            ) {
+                Some(p) if !p.expose().is_empty() && !auth.username.is_empty() => {
+                    s.basic_auth.insert(id.clone(), (auth.username.clone(), p));
+                }
+                _ => err(
+                    &format!("{key}.basic_auth"),
+                    "needs a `username` and a `password` (or `password_file`)".into(),
+                ),
+            }
         }
     }
     if let Some(second) = c
@@ -1021,6 +1130,68 @@ homeserver = "http://127.0.0.1:8008"
             "{errs:?}"
         );
         assert!(keys.contains(&("sources.help.kind", Some(11))), "{errs:?}");
+    }
+
+    #[test]
+    fn pretix_sources_are_checked() {
+        let ok = format!(
+            "{MINIMAL}
+[sources.px]
+kind = \"pretix\"
+path_secret = \"0123456789abcdef-x\"
+             [sources.px.pretix]
+url = \"https://pretix.example\"
+api_token = \"tok\"
+             [[sources.px.pretix.events]]
+organizer = \"o\"
+event = \"e\"
+rooms = [\"!r\"]
+"
+        );
+        let l = parse(&ok).expect("valid");
+        assert_eq!(l.secrets.pretix_tokens["px"].expose(), "tok");
+        assert_eq!(l.secrets.path_secrets["px"].expose(), "0123456789abcdef-x");
+
+        let basic = ok.replace(
+            "path_secret = \"0123456789abcdef-x\"",
+            "basic_auth = { username = \"pretix\", password = \"pw\" }",
+        );
+        let l = parse(&basic).expect("valid");
+        assert_eq!(l.secrets.basic_auth["px"].0, "pretix");
+
+        let text = format!(
+            "{MINIMAL}
+[sources.px]
+kind = \"pretix\"
+path_secret = \"short\"
+             [sources.px.pretix]
+url = \"pretix.example\"
+             [[sources.px.pretix.events]]
+organizer = \"o\"
+event = \"e\"
+rooms = [\"#r\"]
+             [sources.open]
+kind = \"pretix\"
+[sources.open.pretix]
+             url = \"https://p.example\"
+api_token = \"t\"
+"
+        );
+        let errs = parse(&text).expect_err("invalid");
+        let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+        for want in [
+            ("sources.px.path_secret", Some(12)),
+            ("sources.px.pretix.url", Some(14)),
+            ("sources.px.pretix.events.0.rooms", Some(18)),
+            ("sources.open.path_secret", Some(19)),
+        ] {
+            assert!(keys.contains(&want), "{want:?} in {errs:?}");
+        }
+        assert!(
+            keys.iter()
+                .any(|(k, _)| *k == "sources.px.pretix.api_token"),
+            "{errs:?}"
+        );
     }
 
     #[test]

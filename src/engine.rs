@@ -24,6 +24,8 @@ pub struct Engine {
     /// The Matrix DM helpdesk, if one is configured: its deliveries are planned by it, not
     /// by the rules.
     helpdesk: Option<Arc<Helpdesk>>,
+    /// pretix sources: each delivery is a trigger to read its order.
+    pretix: std::collections::HashSet<String>,
 }
 
 /// The rules used when the config has none: a room per ticket, messages posted into it,
@@ -104,11 +106,18 @@ impl Engine {
                 metrics.clone(),
             )))
         });
+        let pretix = config
+            .sources
+            .iter()
+            .filter(|(_, s)| s.kind == SourceKind::Pretix)
+            .map(|(id, _)| id.clone())
+            .collect();
         Engine {
             rules,
             env,
             encryption: config.matrix.encryption,
             helpdesk,
+            pretix,
         }
     }
 
@@ -307,6 +316,22 @@ pub async fn drain(
             batch.push((row.id, actions));
             continue;
         }
+        if engine.pretix.contains(&row.source_id) {
+            // The webhook only says that an order changed: its action reads the order.
+            for ev in &events {
+                let Some(order) = switchboard_pretix::OrderRef::from_key(&ev.ticket) else {
+                    continue;
+                };
+                let a = Action::PretixOrder {
+                    organizer: order.organizer,
+                    event: order.event,
+                    code: order.code,
+                };
+                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+            }
+            batch.push((row.id, actions));
+            continue;
+        }
         for ev in &events {
             for a in engine.actions(&row.source_id, ev) {
                 match &a {
@@ -339,7 +364,9 @@ pub async fn drain(
                     | Action::StartChat { .. }
                     | Action::Relay { .. }
                     | Action::Invite { .. }
-                    | Action::Leave { .. } => {}
+                    | Action::Leave { .. }
+                    | Action::PretixOrder { .. }
+                    | Action::Kick { .. } => {}
                 }
                 actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
             }

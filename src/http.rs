@@ -29,6 +29,10 @@ pub struct Source {
     pub id: String,
     pub hook: Box<dyn WebhookSource>,
     pub signature: Option<(SignatureConfig, Secret)>,
+    /// The secret the URL must end with (`/hooks/<source>/<secret>`).
+    pub path_secret: Option<Secret>,
+    /// The basic authentication the sender must give (username, password).
+    pub basic_auth: Option<(String, Secret)>,
     pub link_create: bool,
 }
 
@@ -69,15 +73,27 @@ pub fn routes(
         warp::any().map(move || s.clone())
     };
     // Path first, then method: an unknown path is 404, a known one with the wrong method 405.
-    let hooks = warp::path!("hooks" / String)
+    let hooks = warp::path("hooks")
+        .and(warp::path::param::<String>())
+        .and(
+            warp::path::param::<String>()
+                .map(Some)
+                .or(warp::any().map(|| None))
+                .unify(),
+        )
+        .and(warp::path::end())
         .and(warp::post())
         .and(with_state.clone())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
         .then(
-            |source: String, state: Arc<HttpState>, headers: HeaderMap, body| async move {
+            |source: String,
+             secret: Option<String>,
+             state: Arc<HttpState>,
+             headers: HeaderMap,
+             body| async move {
                 let limit = state.body_limit;
-                hook(&state, &source, &headers, body, limit)
+                hook(&state, &source, secret.as_deref(), &headers, body, limit)
                     .await
                     .unwrap_or_else(Reject::reply)
             },
@@ -153,6 +169,7 @@ pub async fn serve(
 async fn hook<S, B>(
     state: &HttpState,
     source_id: &str,
+    path_secret: Option<&str>,
     headers: &HeaderMap,
     body: S,
     limit: u64,
@@ -174,6 +191,10 @@ where
             .with_label_values(&[source_id, outcome])
             .inc()
     };
+    if let Err(reason) = authenticate(source, path_secret, headers) {
+        count("rejected_auth");
+        return Err(Reject(StatusCode::UNAUTHORIZED, reason));
+    }
     let body = match read_body(headers, body, limit).await {
         Ok(b) => b,
         Err(r) => {
@@ -230,6 +251,45 @@ where
             ))
         }
     }
+}
+
+/// The URL secret and basic authentication a source asks of its sender, compared in
+/// constant time.
+fn authenticate(
+    source: &Source,
+    path_secret: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let same = |a: &str, b: &str| bool::from(a.as_bytes().ct_eq(b.as_bytes()));
+    match (&source.path_secret, path_secret) {
+        (Some(want), Some(got)) if same(want.expose(), got) => {}
+        (Some(_), Some(_)) => return Err("the URL's secret is wrong".into()),
+        (Some(_), None) => {
+            return Err("this source takes its secret in the URL: /hooks/<source>/<secret>".into());
+        }
+        (None, Some(_)) => return Err("this source takes no secret in the URL".into()),
+        (None, None) => {}
+    }
+    if let Some((user, password)) = &source.basic_auth {
+        use base64::Engine as _;
+        let given = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|b| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(b.trim())
+                    .ok()
+            })
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or("basic authentication is required")?;
+        let (u, p) = given.split_once(':').unwrap_or((&given, ""));
+        // Both compared, so the time does not tell which one was wrong.
+        if !(same(u, user) & same(p, password.expose())) {
+            return Err("wrong username or password".into());
+        }
+    }
+    Ok(())
 }
 
 /// Reads the body, refusing more than `limit` bytes whether or not a length was announced.
@@ -412,6 +472,42 @@ fn metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_secrets_and_basic_auth_are_checked() {
+        let source = |path: Option<&str>, basic: Option<(&str, &str)>| Source {
+            id: "px".into(),
+            hook: Box::new(switchboard_pretix::PretixHook),
+            signature: None,
+            path_secret: path.map(Secret::new),
+            basic_auth: basic.map(|(u, p)| (u.to_string(), Secret::new(p))),
+            link_create: false,
+        };
+        let none = HeaderMap::new();
+        let by_path = source(Some("0123456789abcdef"), None);
+        assert!(authenticate(&by_path, Some("0123456789abcdef"), &none).is_ok());
+        assert!(authenticate(&by_path, Some("0123456789abcdeF"), &none).is_err());
+        assert!(authenticate(&by_path, None, &none).is_err());
+        let open = source(None, None);
+        assert!(authenticate(&open, None, &none).is_ok());
+        assert!(authenticate(&open, Some("anything"), &none).is_err());
+
+        use base64::Engine as _;
+        let basic = |v: &str| {
+            let mut h = HeaderMap::new();
+            let value = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(v)
+            );
+            h.insert(http::header::AUTHORIZATION, value.parse().expect("header"));
+            h
+        };
+        let by_auth = source(None, Some(("pretix", "pw")));
+        assert!(authenticate(&by_auth, None, &basic("pretix:pw")).is_ok());
+        assert!(authenticate(&by_auth, None, &basic("pretix:px")).is_err());
+        assert!(authenticate(&by_auth, None, &basic("pretiX:pw")).is_err());
+        assert!(authenticate(&by_auth, None, &none).is_err());
+    }
 
     fn sig() -> (SignatureConfig, Secret) {
         (SignatureConfig::default(), Secret::new("s3cret"))

@@ -9,6 +9,7 @@ pub mod honoroit;
 pub mod http;
 pub mod matrix;
 pub mod metrics;
+pub mod pretix;
 pub mod seal;
 pub mod store;
 pub mod worker;

@@ -841,12 +841,40 @@ impl MatrixSink {
                 let uid = UserId::parse(user.as_str())
                     .map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
                 let room = self.room(room).await?;
+                match self.membership(&room, &uid).await?.as_deref() {
+                    Some("join") | Some("invite") => {
+                        return Ok(format!("skipped: {user} is in the room or invited"));
+                    }
+                    Some("ban") => {
+                        return Err(Failure::Permanent(format!(
+                            "{user} is banned from the room"
+                        )));
+                    }
+                    _ => {}
+                }
                 match room.invite_user_by_id(&uid).await {
                     Ok(()) => Ok(format!("invited {user}")),
                     Err(e) if already_in_room(&e) => Ok(format!("not invited: {e}")),
                     Err(e) => Err(Failure::from_sdk(&e)),
                 }
             }
+            Action::Kick { room, user, reason } => {
+                let uid = UserId::parse(user.as_str())
+                    .map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+                let room = self.room(room).await?;
+                match self.membership(&room, &uid).await?.as_deref() {
+                    Some("join") | Some("invite") | Some("knock") => {}
+                    _ => return Ok(format!("skipped: {user} is not in the room")),
+                }
+                room.kick_user(&uid, Some(reason))
+                    .await
+                    .map_err(|e| Failure::from_sdk(&e))?;
+                Ok(format!("removed {user}"))
+            }
+            // Read from pretix, not done in Matrix: the worker hands it to the pretix side.
+            Action::PretixOrder { .. } => Err(Failure::Permanent(
+                "no pretix source is configured for this action".into(),
+            )),
             Action::Leave { room } => {
                 let id = RoomId::parse(room.as_str())
                     .map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
@@ -1071,14 +1099,38 @@ impl MatrixSink {
         Ok(room)
     }
 
+    /// A user's membership of a room as the homeserver has it now (`join`, `invite`,
+    /// `leave`, `ban`, `knock`), or `None` if they never had one.
+    async fn membership(&self, room: &Room, user: &UserId) -> Result<Option<String>, Failure> {
+        use matrix_sdk::ruma::api::client::state::get_state_event_for_key;
+        use matrix_sdk::ruma::events::StateEventType;
+        let request = get_state_event_for_key::v3::Request::new(
+            room.room_id().to_owned(),
+            StateEventType::RoomMember,
+            user.to_string(),
+        );
+        match self.client.send(request).await {
+            Ok(response) => {
+                let v: serde_json::Value =
+                    serde_json::from_str(response.event_or_content.get()).unwrap_or_default();
+                let membership = v["membership"]
+                    .as_str()
+                    .or_else(|| v["content"]["membership"].as_str());
+                Ok(membership.map(String::from))
+            }
+            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(Failure::from_http(&e)),
+        }
+    }
+
     async fn room(&self, room_id: &str) -> Result<Room, Failure> {
         let id = RoomId::parse(room_id)
             .map_err(|e| Failure::Permanent(format!("stored room ID {room_id}: {e}")))?;
         match self.client.get_room(&id) {
-            Some(room) => Ok(room),
+            Some(room) if room.state() != matrix_sdk::RoomState::Invited => Ok(room),
             // Not synced yet (e.g. right after a restart): joining a room we are in is a no-op
-            // that hands us the room.
-            None => self
+            // that hands us the room. An invite is accepted when the room is first needed.
+            _ => self
                 .client
                 .join_room_by_id(&id)
                 .await

@@ -118,6 +118,17 @@ pub struct Link {
     pub closed: bool,
 }
 
+/// What one pretix order's new state changed (`apply_pretix`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PretixChanges {
+    /// (room, user) to invite.
+    pub invites: Vec<(String, String)>,
+    /// (room, user) to remove.
+    pub removals: Vec<(String, String)>,
+    /// (position ID, answer) to report as not a Matrix ID.
+    pub reports: Vec<(u64, String)>,
+}
+
 /// An event heard but not decrypted yet (`keep_undecrypted`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Undecrypted {
@@ -497,6 +508,120 @@ impl Store {
         }
         q.execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// Brings one pretix order's grants in line with what it grants now, and queues what
+    /// that takes, in one transaction: a grant new to the order is an invite; one it no
+    /// longer has (with `revoke`) is a removal unless another order grants the same; an
+    /// invalid answer not reported before is a report. `plan` turns the changes into
+    /// actions; they are queued after `row` (the order's action), each with a stable
+    /// transaction key. Running it again for the same state changes and queues nothing.
+    pub async fn apply_pretix(
+        &self,
+        row: &OutboxRow,
+        grants: &std::collections::BTreeSet<(String, String)>,
+        revoke: bool,
+        invalid: &[(u64, String)],
+        plan: &(dyn Fn(&PretixChanges) -> Vec<NewAction> + Sync),
+    ) -> Result<PretixChanges> {
+        let (source, order) = (&row.source_id, &row.ticket_key);
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let held: HashSet<(String, String)> = sqlx::query(
+            "SELECT room_id, user_id FROM pretix_grants WHERE source_id = $1 AND order_key = $2",
+        )
+        .bind(source)
+        .bind(order)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<_>>()?;
+        let mut changes = PretixChanges::default();
+        for (room, user) in grants.iter().filter(|g| !held.contains(*g)) {
+            sqlx::query(
+                "INSERT INTO pretix_grants (source_id, order_key, room_id, user_id, created_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(source)
+            .bind(order)
+            .bind(room)
+            .bind(user)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            changes.invites.push((room.clone(), user.clone()));
+        }
+        let mut gone: Vec<&(String, String)> =
+            held.iter().filter(|g| !grants.contains(*g)).collect();
+        gone.sort();
+        for (room, user) in gone.into_iter().filter(|_| revoke) {
+            sqlx::query(
+                "DELETE FROM pretix_grants WHERE source_id = $1 AND order_key = $2 \
+                 AND room_id = $3 AND user_id = $4",
+            )
+            .bind(source)
+            .bind(order)
+            .bind(room)
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+            let elsewhere = sqlx::query(
+                "SELECT 1 FROM pretix_grants WHERE source_id = $1 AND room_id = $2 \
+                 AND user_id = $3 LIMIT 1",
+            )
+            .bind(source)
+            .bind(room)
+            .bind(user)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if elsewhere.is_none() {
+                changes.removals.push((room.clone(), user.clone()));
+            }
+        }
+        for (position, answer) in invalid {
+            let new = sqlx::query(
+                "INSERT INTO pretix_reports (source_id, order_key, position_id, answer, created_at) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            )
+            .bind(source)
+            .bind(order)
+            .bind(*position as i64)
+            .bind(answer)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if new > 0 {
+                changes.reports.push((*position, answer.clone()));
+            }
+        }
+        let actions = plan(&changes);
+        if !actions.is_empty() {
+            let inbox_id: i64 = sqlx::query("SELECT inbox_id FROM outbox WHERE id = $1")
+                .bind(row.id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get(0)?;
+            for (i, a) in actions.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
+                     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(inbox_id)
+                .bind(&a.source_id)
+                .bind(&a.ticket_key)
+                .bind(&a.action)
+                .bind(format!("{}.{}.{i}", row.txn_key, row.attempts))
+                .bind(now)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(changes)
     }
 
     /// Marks an action done.

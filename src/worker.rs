@@ -8,11 +8,13 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 use switchboard_connector::Action;
+use switchboard_pretix::OrderRef;
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::matrix::{Failure, MatrixSink};
 use crate::metrics::Metrics;
+use crate::pretix::Pretix;
 use crate::store::{OutboxRow, Store, now_ms};
 
 /// How long a claimed action is reserved for this worker. Longer than any one request.
@@ -23,6 +25,8 @@ const RUN: i64 = 32;
 pub struct Worker {
     pub store: Store,
     pub sink: Arc<MatrixSink>,
+    /// Reads pretix orders (`pretix_order` actions), if pretix sources are configured.
+    pub pretix: Option<Arc<Pretix>>,
     pub metrics: Metrics,
     pub concurrency: usize,
     /// Woken when new actions are queued.
@@ -181,7 +185,24 @@ impl Worker {
         };
         let kind = action.kind();
         let started = Instant::now();
-        let outcome = self.sink.execute(row, &action).await;
+        let outcome = match (&action, &self.pretix) {
+            (
+                Action::PretixOrder {
+                    organizer,
+                    event,
+                    code,
+                },
+                Some(pretix),
+            ) => {
+                let order = OrderRef {
+                    organizer: organizer.clone(),
+                    event: event.clone(),
+                    code: code.clone(),
+                };
+                pretix.order(row, &order).await
+            }
+            _ => self.sink.execute(row, &action).await,
+        };
         self.metrics
             .action_seconds
             .with_label_values(&[kind])

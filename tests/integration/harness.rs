@@ -300,6 +300,18 @@ impl User {
         Ok((status == 200).then_some(v))
     }
 
+    /// `user`'s membership of `room` (`join`, `invite`, `leave`, ...), if they ever had one.
+    pub async fn membership(&self, room: &str, user: &str) -> Result<Option<String>> {
+        let (status, v) = self
+            .get(&format!(
+                "/v3/rooms/{}/state/m.room.member/{}",
+                enc(room),
+                enc(user)
+            ))
+            .await?;
+        Ok((status == 200).then(|| v["membership"].as_str().unwrap_or_default().to_string()))
+    }
+
     /// All events of a room's timeline, oldest first.
     pub async fn timeline(&self, room: &str) -> Result<Vec<Value>> {
         let mut events = Vec::new();
@@ -663,5 +675,258 @@ where
             bail!("timed out waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A pretix on loopback (`scripts/pretix.sh`), with the organizer `switchboard` and a
+/// template event `conf` that each test copies into an event of its own.
+pub struct Pretix {
+    pub base_url: String,
+    pub token: String,
+    /// Every order action, for webhooks.
+    actions: Vec<String>,
+    http: reqwest::Client,
+}
+
+/// One test's pretix event: its slug and the IDs of its products and Matrix question.
+pub struct PretixEvent {
+    pub organizer: String,
+    pub slug: String,
+    pub paid_item: i64,
+    pub free_item: i64,
+    pub question: i64,
+}
+
+/// The pretix shared by all tests: the one `scripts/test.sh` starts (named by
+/// `SWITCHBOARD_TEST_PRETIX_DIR`; its first start may still be installing), or one started
+/// here and left running for the next run.
+pub fn pretix() -> &'static Pretix {
+    static P: OnceLock<Pretix> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = match std::env::var("SWITCHBOARD_TEST_PRETIX_DIR") {
+            Ok(dir) => PathBuf::from(dir),
+            Err(_) => {
+                let dir = std::env::temp_dir().join("switchboard-test-pretix");
+                if Pretix::attach(&dir).is_none() {
+                    let ok = Command::new(repo().join("scripts/pretix.sh"))
+                        .arg("start")
+                        .arg(&dir)
+                        .arg(free_port().to_string())
+                        .stdout(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    assert!(ok, "scripts/pretix.sh start failed");
+                }
+                dir
+            }
+        };
+        // Installing and migrating takes minutes on a fresh machine.
+        let deadline = Instant::now() + Duration::from_secs(20 * 60);
+        loop {
+            if let Some(p) = Pretix::attach(&dir) {
+                return p;
+            }
+            if dir.join("failed").exists() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
+                panic!("pretix did not start: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
+impl Pretix {
+    /// Uses the instance running on `dir`, once it answers.
+    fn attach(dir: &Path) -> Option<Pretix> {
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
+        let base_url = state["base_url"].as_str()?.to_string();
+        std::net::TcpStream::connect(base_url.strip_prefix("http://")?).ok()?;
+        let up = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("{base_url}/api/v1/"))
+            .output()
+            .ok()?;
+        if up.stdout != b"401" {
+            return None;
+        }
+        Some(Pretix {
+            base_url,
+            token: state["token"].as_str()?.to_string(),
+            actions: state["webhook_actions"]
+                .as_array()?
+                .iter()
+                .filter_map(|a| a.as_str().map(String::from))
+                .collect(),
+            // The development server closes connections it kept alive without notice.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .ok()?,
+        })
+    }
+
+    /// One call to the REST API (`path` below `/api/v1`).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}/api/v1{path}", self.base_url)
+        };
+        let mut req = self
+            .http
+            .request(method.clone(), &url)
+            .header("Authorization", format!("Token {}", self.token));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            bail!("pretix {method} {path}: {status} {text}");
+        }
+        Ok(if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text)?
+        })
+    }
+
+    /// A new event, a copy of the template's products and question.
+    pub async fn event(&self) -> Result<PretixEvent> {
+        let slug = format!("t{}", suffix());
+        let events = "/organizers/switchboard/events";
+        self.api(
+            reqwest::Method::POST,
+            &format!("{events}/conf/clone/"),
+            Some(
+                json!({"name": {"en": slug}, "slug": slug, "live": false, "currency": "EUR",
+                        "date_from": "2030-06-01T10:00:00Z", "has_subevents": false}),
+            ),
+        )
+        .await?;
+        self.api(
+            reqwest::Method::PATCH,
+            &format!("{events}/{slug}/"),
+            Some(json!({"live": true})),
+        )
+        .await?;
+        let items = self
+            .api(
+                reqwest::Method::GET,
+                &format!("{events}/{slug}/items/"),
+                None,
+            )
+            .await?;
+        let item = |price: &str| {
+            items["results"]
+                .as_array()
+                .and_then(|r| r.iter().find(|i| i["default_price"] == price))
+                .and_then(|i| i["id"].as_i64())
+                .context("an item")
+        };
+        let questions = self
+            .api(
+                reqwest::Method::GET,
+                &format!("{events}/{slug}/questions/"),
+                None,
+            )
+            .await?;
+        let question = questions["results"][0]["id"]
+            .as_i64()
+            .context("the question")?;
+        Ok(PretixEvent {
+            organizer: "switchboard".into(),
+            paid_item: item("10.00")?,
+            free_item: item("0.00")?,
+            question,
+            slug,
+        })
+    }
+}
+
+impl PretixEvent {
+    /// Sends the event's order actions to `url`.
+    pub async fn webhook(&self, pretix: &Pretix, url: &str) -> Result<()> {
+        pretix
+            .api(
+                reqwest::Method::POST,
+                &format!("/organizers/{}/webhooks/", self.organizer),
+                Some(
+                    json!({"target_url": url, "enabled": true, "all_events": false,
+                            "limit_events": [self.slug], "action_types": pretix.actions}),
+                ),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn orders(&self) -> String {
+        format!("/organizers/{}/events/{}/orders", self.organizer, self.slug)
+    }
+
+    /// Places an order with one position per answer (`""`: the question left empty): pending
+    /// for the paid product, paid at once for the free one.
+    pub async fn order(&self, pretix: &Pretix, answers: &[&str], free: bool) -> Result<Value> {
+        let item = if free { self.free_item } else { self.paid_item };
+        let positions: Vec<Value> = answers
+            .iter()
+            .map(|a| {
+                let answers = if a.is_empty() {
+                    json!([])
+                } else {
+                    json!([{"question": self.question, "answer": a, "options": []}])
+                };
+                json!({"item": item, "attendee_name_parts": {"given_name": "Attendee", "family_name": a},
+                       "answers": answers})
+            })
+            .collect();
+        let mut body = json!({"email": "attendee@example.org", "locale": "en",
+                              "sales_channel": "web", "send_email": false,
+                              "positions": positions});
+        if !free {
+            body["payment_provider"] = json!("manual");
+        }
+        pretix
+            .api(
+                reqwest::Method::POST,
+                &format!("{}/", self.orders()),
+                Some(body),
+            )
+            .await
+    }
+
+    /// Marks an order paid (`mark_paid`) or canceled (`mark_canceled`).
+    pub async fn mark(&self, pretix: &Pretix, code: &str, how: &str) -> Result<()> {
+        pretix
+            .api(
+                reqwest::Method::POST,
+                &format!("{}/{code}/{how}/", self.orders()),
+                Some(json!({"send_email": false})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Changes the Matrix ID an order's position gave.
+    pub async fn answer(&self, pretix: &Pretix, position_id: i64, answer: &str) -> Result<()> {
+        pretix
+            .api(
+                reqwest::Method::PATCH,
+                &format!(
+                    "/organizers/{}/events/{}/orderpositions/{position_id}/",
+                    self.organizer, self.slug
+                ),
+                Some(json!({"answers": [{"question": self.question, "answer": answer, "options": []}]})),
+            )
+            .await?;
+        Ok(())
     }
 }

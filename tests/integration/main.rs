@@ -6,7 +6,7 @@ mod harness;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use futures::StreamExt;
 use harness::{Db, Setup, Switchboard, synapse, wait_for};
 use hmac::{Hmac, Mac};
@@ -46,6 +46,7 @@ on_both_databases!(
     helpdesk_relays_media_reactions_edits_redactions,
     honoroit_drop_in,
     helpdesk_outage_longer_than_a_sync,
+    pretix_orders_invite_attendees,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -2289,5 +2290,206 @@ async fn helpdesk_access_lists() -> Result<()> {
             .then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// A pretix room for a test: the organiser's, the bot invited (it joins when it first acts
+/// there) with power to invite and remove.
+async fn pretix_room(organiser: &harness::User, bot: &harness::User) -> Result<String> {
+    organiser
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id],
+                            "power_level_content_override": {"users": {&bot.user_id: 100}}}))
+        .await
+}
+
+/// pretix orders, from a real pretix: a pending order invites nobody; once paid, each
+/// attendee with a Matrix ID is; the same webhook four times invites once; an answer that is
+/// not a Matrix ID is reported; a changed answer swaps the attendee; a cancellation removes
+/// them.
+async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
+    let hs = synapse();
+    let px = harness::pretix();
+    let bot = hs.user("bot").await?;
+    let organiser = hs.user("organiser").await?;
+    let [alice, bob, carol, dave] = [
+        hs.user("alice").await?,
+        hs.user("bob").await?,
+        hs.user("carol").await?,
+        hs.user("dave").await?,
+    ];
+    let room = pretix_room(&organiser, &bot).await?;
+    let management = pretix_room(&organiser, &bot).await?;
+    let secret = format!("hook-secret-{}", harness::suffix());
+    let ev = px.event().await?;
+    let sb = Switchboard::start(Setup {
+        synapse: hs,
+        bot: &bot,
+        db,
+        extra: format!(
+            "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
+             [sources.conf.pretix]\nurl = \"{}\"\napi_token = \"{}\"\n\n\
+             [[sources.conf.pretix.events]]\norganizer = \"{}\"\nevent = \"{}\"\n\
+             rooms = [\"{room}\"]\nmanagement_room = \"{management}\"\n",
+            px.base_url, px.token, ev.organizer, ev.slug
+        ),
+        encryption: false,
+        login: None,
+    })
+    .await?;
+    ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
+        .await?;
+    let member = |user: &harness::User| {
+        let (organiser, room, id) = (&organiser, room.clone(), user.user_id.clone());
+        async move { organiser.membership(&room, &id).await.ok().flatten() }
+    };
+    let orders_done = |n: usize| {
+        let sb = &sb;
+        async move {
+            let text = sb
+                .http()
+                .get(format!("{}/metrics", sb.base))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            let line = "switchboard_actions_total{kind=\"pretix_order\",outcome=\"done\"} ";
+            let done: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix(line))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            (done >= n).then_some(done)
+        }
+    };
+
+    // Pending: pretix calls, Switchboard reads the order, and invites nobody.
+    let order = ev.order(px, &[&alice.user_id, &bob.user_id], false).await?;
+    let code = order["code"].as_str().context("code")?.to_string();
+    wait_for("the pending order read", || orders_done(1)).await?;
+    assert_eq!(member(&alice).await, None, "not invited while pending");
+
+    // Paid (payment.confirmed, then paid): both attendees.
+    ev.mark(px, &code, "mark_paid").await?;
+    for user in [&alice, &bob] {
+        wait_for("the invite", || async {
+            (member(user).await.as_deref() == Some("invite")).then_some(())
+        })
+        .await?;
+    }
+    alice.join(&room).await?;
+
+    // The same webhook four times: accepted once, and no second invite.
+    let hook = format!("{}/hooks/conf/{secret}", sb.base);
+    let body = json!({"notification_id": 999_999, "organizer": ev.organizer, "event": ev.slug,
+                      "code": code, "action": "pretix.event.order.paid"});
+    let mut duplicates = 0;
+    for _ in 0..4 {
+        let answer: Value = sb
+            .http()
+            .post(&hook)
+            .json(&body)
+            .send()
+            .await?
+            .json()
+            .await?;
+        duplicates += usize::from(answer["duplicate"] == true);
+    }
+    assert_eq!(duplicates, 3);
+    let before = orders_done(0).await.unwrap_or(0);
+    wait_for("the redelivered order read", || orders_done(before + 1)).await?;
+    let invites = |user: &harness::User| {
+        let (organiser, room, id) = (&organiser, room.clone(), user.user_id.clone());
+        async move {
+            organiser
+                .timeline(&room)
+                .await
+                .unwrap_or_default()
+                .iter()
+                .filter(|e| {
+                    e["type"] == "m.room.member"
+                        && e["state_key"] == json!(id)
+                        && e["content"]["membership"] == "invite"
+                })
+                .count()
+        }
+    };
+    assert_eq!(invites(&alice).await, 1);
+    assert_eq!(invites(&bob).await, 1);
+
+    // Without the secret, or with a wrong one: refused.
+    let wrong = sb
+        .http()
+        .post(format!("{}/hooks/conf/wrong-secret-0000", sb.base))
+        .json(&body)
+        .send()
+        .await?
+        .status();
+    assert_eq!(wrong.as_u16(), 401);
+    let bare = sb
+        .http()
+        .post(format!("{}/hooks/conf", sb.base))
+        .json(&body)
+        .send()
+        .await?
+        .status();
+    assert_eq!(bare.as_u16(), 401);
+
+    // A free order (paid at once) with an answer that is no Matrix ID: reported, the other
+    // attendee invited.
+    let free = ev
+        .order(px, &["carol at example dot org", &carol.user_id], true)
+        .await?;
+    wait_for("carol's invite", || async {
+        (member(&carol).await.as_deref() == Some("invite")).then_some(())
+    })
+    .await?;
+    let report = wait_for("the report", || async {
+        let said = organiser.messages(&management).await.ok()?;
+        said.into_iter()
+            .find(|b| b.contains("\"carol at example dot org\" is not a Matrix ID"))
+    })
+    .await?;
+    assert!(
+        report.contains(free["code"].as_str().unwrap_or("?")),
+        "{report}"
+    );
+
+    // Bob's answer changes to Dave: Dave is invited, Bob's invite withdrawn.
+    let bob_position = order["positions"][1]["id"].as_i64().context("position")?;
+    ev.answer(px, bob_position, &dave.user_id).await?;
+    wait_for("dave in, bob out", || async {
+        let swapped = member(&dave).await.as_deref() == Some("invite")
+            && member(&bob).await.as_deref() == Some("leave");
+        swapped.then_some(())
+    })
+    .await?;
+
+    // Canceled: Alice (joined) and Dave are removed, with the reason.
+    ev.mark(px, &code, "mark_canceled").await?;
+    wait_for("alice and dave removed", || async {
+        let gone = member(&alice).await.as_deref() == Some("leave")
+            && member(&dave).await.as_deref() == Some("leave");
+        gone.then_some(())
+    })
+    .await?;
+    let kick = organiser
+        .timeline(&room)
+        .await?
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == json!(alice.user_id))
+        .context("alice's membership")?;
+    assert_eq!(kick["sender"], json!(bot.user_id), "removed by the bot");
+    assert_eq!(
+        kick["content"]["reason"],
+        "Your ticket for this event is no longer valid."
+    );
+    assert_eq!(
+        member(&carol).await.as_deref(),
+        Some("invite"),
+        "another order"
+    );
     Ok(())
 }

@@ -201,6 +201,19 @@ pub enum Action {
     Invite { room: String, user: String },
     /// Leave `room`.
     Leave { room: String },
+    /// pretix: read the order from pretix's API and bring the rooms in line with it
+    /// (invites, removals and reports, queued as actions of their own).
+    PretixOrder {
+        organizer: String,
+        event: String,
+        code: String,
+    },
+    /// Remove `user` from `room` (a pending invite is withdrawn), unless they are not in it.
+    Kick {
+        room: String,
+        user: String,
+        reason: String,
+    },
 }
 
 impl Action {
@@ -217,6 +230,8 @@ impl Action {
             Action::StartChat { .. } => "start_chat",
             Action::Invite { .. } => "invite",
             Action::Leave { .. } => "leave",
+            Action::PretixOrder { .. } => "pretix_order",
+            Action::Kick { .. } => "kick",
         }
     }
 }

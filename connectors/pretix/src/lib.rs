@@ -1,0 +1,447 @@
+//! pretix source: an order's attendees become members of the event's Matrix rooms while the
+//! order is paid, and leave them when it is canceled.
+//!
+//! pretix's webhook (`{notification_id, organizer, event, code, action}`) is only a trigger:
+//! the service stores it, then reads the order from pretix's REST API and acts on its current
+//! state. This crate holds the configuration, reads the trigger, and decides from an order
+//! who belongs in which room. Talking to pretix and to Matrix is the service's job.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use switchboard_connector::{Delivery, EventKind, RejectReason, TicketEvent, WebhookSource};
+
+/// Configuration of a pretix source (`kind = "pretix"`).
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretixConfig {
+    /// pretix's base URL, e.g. `https://pretix.eu` (the API is under `/api/v1/`).
+    pub url: String,
+    /// An API token of a team with access to the events' orders (pretix: Organizer, Teams,
+    /// API tokens). Or `api_token_file`.
+    pub api_token: Option<String>,
+    pub api_token_file: Option<std::path::PathBuf>,
+    /// The identifier of the question whose answer is an attendee's Matrix ID.
+    #[serde(default = "default_question")]
+    pub question: String,
+    /// Remove attendees from the rooms when their order is canceled or expires, or their
+    /// position is canceled.
+    #[serde(default = "default_true")]
+    pub kick: bool,
+    /// The reason given with a removal.
+    #[serde(default = "default_kick_reason")]
+    pub kick_reason: String,
+    /// Which rooms an event's attendees belong in.
+    #[serde(default)]
+    pub events: Vec<EventRooms>,
+}
+
+impl std::fmt::Debug for PretixConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PretixConfig")
+            .field("url", &self.url)
+            .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field("question", &self.question)
+            .field("kick", &self.kick)
+            .field("events", &self.events)
+            .finish()
+    }
+}
+
+/// The rooms of one pretix event.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventRooms {
+    /// The organizer's short form (slug), as in the event's URL.
+    pub organizer: String,
+    /// The event's short form (slug).
+    pub event: String,
+    /// Rooms (IDs, `!...`) every paid attendee is invited to.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// More rooms for attendees of particular products: product (item) ID -> room IDs.
+    #[serde(default)]
+    pub items: BTreeMap<String, Vec<String>>,
+    /// Where problems with an order's answers are reported (a room ID); none: only logged.
+    pub management_room: Option<String>,
+}
+
+fn default_question() -> String {
+    "matrix".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_kick_reason() -> String {
+    "Your ticket for this event is no longer valid.".into()
+}
+
+impl PretixConfig {
+    /// Problems a config check reports, as (key below this source, message).
+    pub fn problems(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        match url_base(&self.url) {
+            Some(_) => {}
+            None => out.push((
+                "url".into(),
+                format!("`{}` is not an http(s) URL", self.url),
+            )),
+        }
+        if self.question.trim().is_empty() {
+            out.push(("question".into(), "must not be empty".into()));
+        }
+        for (i, ev) in self.events.iter().enumerate() {
+            for (key, value) in [("organizer", &ev.organizer), ("event", &ev.event)] {
+                if !is_slug(value) {
+                    out.push((
+                        format!("events.{i}.{key}"),
+                        format!("`{value}` is not a pretix short form"),
+                    ));
+                }
+            }
+            let rooms =
+                ev.rooms
+                    .iter()
+                    .map(|r| ("rooms".to_string(), r))
+                    .chain(ev.items.iter().flat_map(|(item, rs)| {
+                        rs.iter().map(move |r| (format!("items.{item}"), r))
+                    }))
+                    .chain(
+                        ev.management_room
+                            .iter()
+                            .map(|r| ("management_room".to_string(), r)),
+                    );
+            for (key, room) in rooms {
+                if !is_room_id(room) {
+                    out.push((
+                        format!("events.{i}.{key}"),
+                        format!("`{room}` is not a room ID (!...)"),
+                    ));
+                }
+            }
+            if ev.rooms.is_empty() && ev.items.is_empty() {
+                out.push((
+                    format!("events.{i}.rooms"),
+                    "name at least one room (or `items`)".into(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// The rooms configured for an event, if it is one of this source's.
+    pub fn event(&self, organizer: &str, event: &str) -> Option<&EventRooms> {
+        self.events
+            .iter()
+            .find(|e| e.organizer == organizer && e.event == event)
+    }
+
+    /// The API URL of one order.
+    pub fn order_url(&self, order: &OrderRef) -> String {
+        format!(
+            "{}/api/v1/organizers/{}/events/{}/orders/{}/",
+            url_base(&self.url).unwrap_or_default(),
+            order.organizer,
+            order.event,
+            order.code
+        )
+    }
+}
+
+/// `url` without a trailing slash, if it is an http(s) URL.
+fn url_base(url: &str) -> Option<&str> {
+    let base = url.trim_end_matches('/');
+    let rest = base
+        .strip_prefix("https://")
+        .or_else(|| base.strip_prefix("http://"))?;
+    (!rest.is_empty() && !rest.contains(char::is_whitespace)).then_some(base)
+}
+
+/// pretix's short forms (slugs) and order codes: letters, digits, `-`, `_` and `.`.
+fn is_slug(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 100
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn is_room_id(s: &str) -> bool {
+    s.strip_prefix('!')
+        .is_some_and(|id| !id.is_empty() && !id.contains(char::is_whitespace))
+}
+
+/// One order, as a webhook names it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct OrderRef {
+    pub organizer: String,
+    pub event: String,
+    pub code: String,
+}
+
+impl OrderRef {
+    /// The order's key in links and logs: `organizer/event/code`.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.organizer, self.event, self.code)
+    }
+
+    /// The order a key (`organizer/event/code`) names.
+    pub fn from_key(key: &str) -> Option<OrderRef> {
+        let mut parts = key.splitn(3, '/');
+        let (o, e, c) = (parts.next()?, parts.next()?, parts.next()?);
+        [o, e, c].iter().all(|p| is_slug(p)).then(|| OrderRef {
+            organizer: o.into(),
+            event: e.into(),
+            code: c.into(),
+        })
+    }
+}
+
+/// pretix's webhooks: checked and stored as a trigger to read the order.
+pub struct PretixHook;
+
+impl WebhookSource for PretixHook {
+    fn accept(&self, _headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, RejectReason> {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|e| RejectReason::Malformed(e.to_string()))?;
+        let text = |key: &str| -> Result<String, RejectReason> {
+            let s = v
+                .get(key)
+                .and_then(|s| s.as_str())
+                .ok_or_else(|| RejectReason::Unmapped(format!("`{key}` (a string) is missing")))?;
+            if key != "action" && !is_slug(s) {
+                return Err(RejectReason::Unmapped(format!(
+                    "`{key}` is not a pretix short form or code"
+                )));
+            }
+            Ok(s.to_string())
+        };
+        let order = OrderRef {
+            organizer: text("organizer")?,
+            event: text("event")?,
+            code: text("code")?,
+        };
+        let action = text("action")?;
+        if !action.starts_with("pretix.") {
+            return Err(RejectReason::Unmapped(format!(
+                "`action` is not a pretix action: `{action}`"
+            )));
+        }
+        let notification = match v.get("notification_id") {
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            _ => {
+                return Err(RejectReason::Unmapped(
+                    "`notification_id` is missing".into(),
+                ));
+            }
+        };
+        let mut event = TicketEvent::new(order.key(), EventKind::Updated);
+        event.status = Some(action.clone());
+        event.payload = serde_json::json!({
+            "organizer": order.organizer,
+            "event": order.event,
+            "code": order.code,
+            "action": action,
+        });
+        Ok(Delivery {
+            // pretix sends a notification again (same ID) when an attempt failed.
+            dedupe_key: format!("{}/{notification}", order.key()),
+            events: vec![event],
+        })
+    }
+}
+
+/// Who belongs in which room by one order's current state.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// (room, user) pairs the order grants: each valid attendee of a paid order in each of
+    /// their rooms. Empty for an order that is not paid.
+    pub grants: BTreeSet<(String, String)>,
+    /// Whether those it granted before and no longer grants should leave: the order (or a
+    /// position) was canceled or expired. False while it is pending: nothing was granted.
+    pub revoke: bool,
+    /// Answers that are not Matrix user IDs: (position ID, answer as given).
+    pub invalid: Vec<(u64, String)>,
+    /// The order's status as pretix gives it (`n`, `p`, `e`, `c`).
+    pub status: String,
+}
+
+/// What an order (pretix's JSON) means for the event's rooms.
+pub fn membership(order: &serde_json::Value, rooms: &EventRooms, question: &str) -> Membership {
+    let status = order["status"].as_str().unwrap_or_default().to_string();
+    let paid = status == "p";
+    let mut out = Membership {
+        revoke: status == "c" || status == "e" || paid,
+        status,
+        ..Membership::default()
+    };
+    let positions = order["positions"].as_array().into_iter().flatten();
+    for position in positions.filter(|p| p["canceled"] != true) {
+        let Some(answer) = position["answers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["question_identifier"] == question)
+            .and_then(|a| a["answer"].as_str())
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+        else {
+            continue;
+        };
+        if !switchboard_connector::is_matrix_user_id(answer) {
+            let id = position["positionid"].as_u64().unwrap_or_default();
+            out.invalid.push((id, answer.to_string()));
+            continue;
+        }
+        if !paid {
+            continue;
+        }
+        let item = position["item"].to_string();
+        let extra = rooms.items.get(&item).into_iter().flatten();
+        for room in rooms.rooms.iter().chain(extra) {
+            out.grants.insert((room.clone(), answer.to_string()));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rooms() -> EventRooms {
+        serde_json::from_value(json!({
+            "organizer": "switchboard", "event": "conf",
+            "rooms": ["!all"], "items": {"2": ["!free"]}, "management_room": "!mgmt",
+        }))
+        .expect("rooms")
+    }
+
+    fn order() -> serde_json::Value {
+        serde_json::from_str(include_str!("../fixtures/order-paid.json")).expect("fixture")
+    }
+
+    #[test]
+    fn a_paid_order_grants_its_valid_attendees_and_names_the_invalid_ones() {
+        let m = membership(&order(), &rooms(), "matrix");
+        assert_eq!(m.status, "p");
+        assert_eq!(
+            m.grants,
+            BTreeSet::from([("!all".to_string(), "@alice:example.org".to_string())])
+        );
+        assert_eq!(
+            m.invalid,
+            [(2, "alice".to_string())],
+            "no answer is no problem"
+        );
+        assert!(m.revoke);
+        assert!(
+            membership(&order(), &rooms(), "other").grants.is_empty(),
+            "another question"
+        );
+    }
+
+    #[test]
+    fn pending_canceled_and_per_product_rooms() {
+        let mut pending = order();
+        pending["status"] = json!("n");
+        let m = membership(&pending, &rooms(), "matrix");
+        assert!(m.grants.is_empty() && !m.revoke, "{m:?}");
+        assert_eq!(
+            m.invalid.len(),
+            1,
+            "a bad answer is reported before payment"
+        );
+
+        let mut canceled = order();
+        canceled["status"] = json!("c");
+        let m = membership(&canceled, &rooms(), "matrix");
+        assert!(m.grants.is_empty() && m.revoke);
+
+        let mut free = order();
+        free["positions"][0]["item"] = json!(2);
+        let m = membership(&free, &rooms(), "matrix");
+        let rooms_of_alice: Vec<&str> = m.grants.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rooms_of_alice, ["!all", "!free"]);
+
+        let mut one_canceled = order();
+        one_canceled["positions"][0]["canceled"] = json!(true);
+        let m = membership(&one_canceled, &rooms(), "matrix");
+        assert!(m.grants.is_empty() && m.revoke);
+    }
+
+    #[test]
+    fn webhooks_are_checked_and_keyed_by_notification() {
+        let body = json!({"notification_id": 10, "organizer": "switchboard", "event": "conf",
+                          "code": "RDMAK", "action": "pretix.event.order.paid"});
+        let d = PretixHook
+            .accept(&http::HeaderMap::new(), body.to_string().as_bytes())
+            .expect("accepted");
+        assert_eq!(d.dedupe_key, "switchboard/conf/RDMAK/10");
+        assert_eq!(d.events[0].ticket, "switchboard/conf/RDMAK");
+        assert_eq!(
+            OrderRef::from_key(&d.events[0].ticket).map(|o| o.code),
+            Some("RDMAK".to_string())
+        );
+        for (bad, why) in [
+            (json!({"organizer": "o"}), "missing"),
+            (
+                json!({"notification_id": 1, "organizer": "../x", "event": "e", "code": "C",
+                       "action": "pretix.event.order.paid"}),
+                "short form",
+            ),
+            (
+                json!({"notification_id": 1, "organizer": "o", "event": "e", "code": "C",
+                       "action": "order.paid"}),
+                "not a pretix action",
+            ),
+            (
+                json!({"organizer": "o", "event": "e", "code": "C",
+                       "action": "pretix.event.order.paid"}),
+                "notification_id",
+            ),
+        ] {
+            match PretixHook.accept(&http::HeaderMap::new(), bad.to_string().as_bytes()) {
+                Err(RejectReason::Unmapped(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            PretixHook.accept(&http::HeaderMap::new(), b"{"),
+            Err(RejectReason::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn config_problems_name_their_keys() {
+        let cfg: PretixConfig = serde_json::from_value(json!({
+            "url": "pretix.example.org",
+            "events": [{"organizer": "o", "event": "e v", "rooms": ["#alias:x"]},
+                       {"organizer": "o", "event": "e"}],
+        }))
+        .expect("config");
+        let keys: Vec<String> = cfg.problems().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            ["url", "events.0.event", "events.0.rooms", "events.1.rooms"]
+        );
+        let ok: PretixConfig = serde_json::from_value(json!({
+            "url": "https://pretix.eu/", "api_token": "t",
+            "events": [{"organizer": "o", "event": "e", "rooms": ["!r"]}],
+        }))
+        .expect("config");
+        assert!(ok.problems().is_empty());
+        let order = OrderRef {
+            organizer: "o".into(),
+            event: "e".into(),
+            code: "ABC12".into(),
+        };
+        assert_eq!(
+            ok.order_url(&order),
+            "https://pretix.eu/api/v1/organizers/o/events/e/orders/ABC12/"
+        );
+        assert!(!format!("{ok:?}").contains("\"t\""), "no token in Debug");
+    }
+}
