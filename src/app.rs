@@ -124,6 +124,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let engine = Arc::new(Engine::new(cfg, &metrics));
     let helpdesk = engine.helpdesk();
     let helpdesk_wake = engine_wake.clone();
+    let pretix_wake = engine_wake.clone();
     if let Some(helpdesk) = &helpdesk {
         helpdesk.load_settings(&store).await?;
         tokio::spawn(crate::helpdesk::close_idle(
@@ -152,6 +153,9 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let store2 = store.clone();
     let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
     let pretix = crate::pretix::Pretix::new(&loaded, store.clone(), metrics.clone()).map(Arc::new);
+    if let Some(pretix) = &pretix {
+        tokio::spawn(pretix.clone().poll(pretix_wake));
+    }
     tokio::spawn(async move {
         let Some(login) = login else { return };
         let mut backoff = Duration::from_secs(1);

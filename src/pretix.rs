@@ -4,11 +4,13 @@
 //! that fails is retried without holding up the others.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use switchboard_connector::Action;
-use switchboard_pretix::{OrderRef, PretixConfig, membership};
+use switchboard_connector::{Action, EventKind, TicketEvent};
+use switchboard_pretix::{EventRooms, OrderRef, PretixConfig, membership};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::config::{Loaded, Secret, SourceKind};
@@ -160,14 +162,24 @@ impl Pretix {
         token: &Secret,
         order: &OrderRef,
     ) -> Result<serde_json::Value, Failure> {
-        let url = cfg.order_url(order);
+        self.get(&cfg.order_url(order), token, &order.key()).await
+    }
+
+    /// One GET of pretix's API, its failures sorted into those worth another try (network,
+    /// 5xx, 429) and those that are not (401/403: the token; 404; other 4xx).
+    async fn get(
+        &self,
+        url: &str,
+        token: &Secret,
+        what: &str,
+    ) -> Result<serde_json::Value, Failure> {
         let transient = |message: String, retry_after: Option<Duration>| Failure::Transient {
             message,
             retry_after,
         };
         let response = self
             .http
-            .get(&url)
+            .get(url)
             .header("Authorization", format!("Token {}", token.expose()))
             .header("Accept", "application/json")
             .send()
@@ -188,16 +200,136 @@ impl Pretix {
             .map(Duration::from_secs);
         let message = match status.as_u16() {
             401 | 403 => format!(
-                "pretix refused the API token ({status}) for {}: check its team's permissions",
-                order.key()
+                "pretix refused the API token ({status}) for {what}: check its team's permissions"
             ),
-            404 => format!("pretix has no order {}", order.key()),
-            _ => format!("pretix answered {status} for {}", order.key()),
+            404 => format!("pretix has no {what}"),
+            _ => format!("pretix answered {status} for {what}"),
         };
         if status.as_u16() == 429 || status.is_server_error() {
             Err(transient(message, retry_after))
         } else {
             Err(Failure::Permanent(message))
         }
+    }
+
+    /// Asks pretix, every `poll_minutes`, for each configured event's orders changed since
+    /// the last look, and puts each into the inbox as its webhook would (deduplicated by
+    /// order and change time), so an order whose webhooks pretix gave up on is not missed.
+    /// The first look at an event only notes where pretix stands: orders from before
+    /// Switchboard watched the event are not swept up.
+    pub async fn poll(self: Arc<Self>, wake: Arc<Notify>) {
+        let mut tasks = Vec::new();
+        for (source, (cfg, _)) in &self.sources {
+            if cfg.poll_minutes <= 0.0 {
+                continue;
+            }
+            let every =
+                Duration::from_secs_f64(cfg.poll_minutes * 60.0).max(Duration::from_secs(1));
+            let (me, source, wake) = (self.clone(), source.clone(), wake.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    me.poll_source(&source, &wake).await;
+                    tokio::time::sleep(every).await;
+                }
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    async fn poll_source(&self, source: &str, wake: &Notify) {
+        let Some((cfg, token)) = self.sources.get(source) else {
+            return;
+        };
+        for rooms in &cfg.events {
+            match self.poll_event(source, cfg, token, rooms).await {
+                Ok(0) => {}
+                Ok(queued) => {
+                    info!(source, organizer = %rooms.organizer, event = %rooms.event, orders = queued, "changed orders found by polling pretix");
+                    wake.notify_one();
+                }
+                Err(error) => {
+                    warn!(source, organizer = %rooms.organizer, event = %rooms.event, %error, "cannot poll pretix; trying again later");
+                }
+            }
+        }
+    }
+
+    /// One look at one event's changed orders; how many were new to the inbox.
+    async fn poll_event(
+        &self,
+        source: &str,
+        cfg: &PretixConfig,
+        token: &Secret,
+        rooms: &EventRooms,
+    ) -> Result<usize, String> {
+        let what = format!("event {}/{}", rooms.organizer, rooms.event);
+        let cursor = format!("pretix.{source}.{}/{}.since", rooms.organizer, rooms.event);
+        let db = |e: crate::store::StoreError| format!("database: {e}");
+        let failed = |f: Failure| match f {
+            Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
+        };
+        let Some(since) = self.store.cursor(&cursor).await.map_err(db)? else {
+            // The newest change pretix has now (by its clock), or none yet.
+            let url = cfg.orders_url(rooms, "").replace(
+                "ordering=last_modified",
+                "ordering=-last_modified&page_size=1",
+            );
+            let page = self.get(&url, token, &what).await.map_err(failed)?;
+            let newest = page["results"][0]["last_modified"].as_str().unwrap_or("");
+            self.store.set_cursor(&cursor, newest).await.map_err(db)?;
+            info!(source, organizer = %rooms.organizer, event = %rooms.event, "watching the event's orders for changes from now on");
+            return Ok(0);
+        };
+        let path = cfg.orders_url(rooms, &since);
+        let mut next = Some(path.clone());
+        let mut newest = since.clone();
+        let mut queued = 0;
+        while let Some(url) = next.take() {
+            let page = self.get(&url, token, &what).await.map_err(failed)?;
+            for order in page["results"].as_array().into_iter().flatten() {
+                let (Some(code), Some(modified)) =
+                    (order["code"].as_str(), order["last_modified"].as_str())
+                else {
+                    continue;
+                };
+                let order = OrderRef {
+                    organizer: rooms.organizer.clone(),
+                    event: rooms.event.clone(),
+                    code: code.to_string(),
+                };
+                let mut event = TicketEvent::new(order.key(), EventKind::Updated);
+                event.status = Some("poll".into());
+                event.payload = json!({"organizer": order.organizer, "event": order.event,
+                                       "code": order.code, "action": "poll"});
+                let events = serde_json::to_string(&[event]).map_err(|e| e.to_string())?;
+                let accepted = self
+                    .store
+                    .accept(
+                        source,
+                        &format!("{}/changed/{modified}", order.key()),
+                        &events,
+                    )
+                    .await
+                    .map_err(db)?;
+                queued += usize::from(!accepted.duplicate);
+                // Oldest first: the last one is the newest change.
+                newest = modified.to_string();
+            }
+            // The next page: the query of pretix's link, on the configured URL (pretix may
+            // know itself by another name; the token goes nowhere else).
+            next = page["next"]
+                .as_str()
+                .and_then(|n| url::Url::parse(n).ok())
+                .and_then(|n| {
+                    n.query()
+                        .map(|q| format!("{}?{q}", path.split('?').next().unwrap_or_default()))
+                });
+        }
+        if newest != since {
+            self.store.set_cursor(&cursor, &newest).await.map_err(db)?;
+        }
+        Ok(queued)
     }
 }

@@ -2493,3 +2493,160 @@ async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
     );
     Ok(())
 }
+
+/// The config of a test's pretix source: one event, one room, the webhook's URL secret.
+fn pretix_source(
+    px: &harness::Pretix,
+    ev: &harness::PretixEvent,
+    room: &str,
+    secret: &str,
+) -> String {
+    format!(
+        "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
+         [sources.conf.pretix]\nurl = \"{}\"\napi_token = \"{}\"\npoll_minutes = 0.05\n\n\
+         [[sources.conf.pretix.events]]\norganizer = \"{}\"\nevent = \"{}\"\nrooms = [\"{room}\"]\n",
+        px.base_url, px.token, ev.organizer, ev.slug
+    )
+}
+
+/// How many times `user` was invited into `room`, as `reader` sees its timeline.
+async fn invites_of(reader: &harness::User, room: &str, user: &str) -> Result<usize> {
+    Ok(reader
+        .timeline(room)
+        .await?
+        .iter()
+        .filter(|e| {
+            e["type"] == "m.room.member"
+                && e["state_key"] == json!(user)
+                && e["content"]["membership"] == "invite"
+        })
+        .count())
+}
+
+/// Orders whose webhooks pretix gave up on while Switchboard was down are found by asking
+/// pretix for the event's changed orders when it is back, through every page (55 orders,
+/// pretix pages by 50), and each attendee is invited once.
+#[tokio::test]
+async fn pretix_catches_up_on_missed_webhooks() -> Result<()> {
+    let hs = synapse();
+    let px = harness::pretix();
+    let bot = hs.user("bot").await?;
+    let organiser = hs.user("organiser").await?;
+    let alice = hs.user("alice").await?;
+    let bob = hs.user("bob").await?;
+    let room = pretix_room(&organiser, &bot).await?;
+    let secret = format!("hook-secret-{}", harness::suffix());
+    let ev = px.event().await?;
+    let mut sb = Switchboard::start(Setup {
+        synapse: hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: pretix_source(px, &ev, &room, &secret),
+        encryption: false,
+        login: None,
+    })
+    .await?;
+    ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
+        .await?;
+    wait_for("the first look at the event", || async {
+        sb.log()
+            .contains("watching the event's orders for changes from now on")
+            .then_some(())
+    })
+    .await?;
+    sb.kill();
+    // pretix's webhooks find nobody listening; it gives up after a few tries.
+    for _ in 0..54 {
+        ev.order(px, &[&alice.user_id], true).await?;
+    }
+    ev.order(px, &[&bob.user_id], true).await?;
+    sb.spawn().await?;
+    for user in [&alice, &bob] {
+        wait_for("the invite", || async {
+            let m = organiser.membership(&room, &user.user_id).await.ok()??;
+            (m == "invite").then_some(())
+        })
+        .await?;
+    }
+    wait_for("all 55 orders read", || async {
+        let text = sb
+            .http()
+            .get(format!("{}/metrics", sb.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let done: usize = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("switchboard_actions_total{kind=\"pretix_order\",outcome=\"done\"} ")
+            })
+            .and_then(|v| v.trim().parse().ok())?;
+        (done >= 55).then_some(())
+    })
+    .await?;
+    assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
+    assert_eq!(invites_of(&organiser, &room, &bob.user_id).await?, 1);
+    Ok(())
+}
+
+/// A webhook accepted while the homeserver is down, then a restart before the invite could
+/// be sent: after the restart the attendee is invited, once.
+#[tokio::test]
+async fn pretix_restart_between_webhook_and_invite() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchboard-pretix-{}", harness::suffix()));
+    let hs = harness::Synapse::start(&dir, harness::free_port(), true)?;
+    let px = harness::pretix();
+    let bot = hs.user("bot").await?;
+    let organiser = hs.user("organiser").await?;
+    let alice = hs.user("alice").await?;
+    let room = pretix_room(&organiser, &bot).await?;
+    let secret = format!("hook-secret-{}", harness::suffix());
+    let ev = px.event().await?;
+    let mut sb = Switchboard::start(Setup {
+        synapse: &hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: pretix_source(px, &ev, &room, &secret),
+        encryption: false,
+        login: None,
+    })
+    .await?;
+    ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
+        .await?;
+    wait_for("ready", || async {
+        (sb.status_of("/ready").await == 200).then_some(())
+    })
+    .await?;
+    hs.stop();
+    ev.order(px, &[&alice.user_id], true).await?;
+    // The order is read, and its invite waits for the homeserver.
+    wait_for("the invite queued", || async {
+        let text = sb
+            .http()
+            .get(format!("{}/metrics", sb.base))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .any(|l| l.starts_with("switchboard_actions_total{kind=\"invite\",outcome=\"retry\"}"))
+            .then_some(())
+    })
+    .await?;
+    sb.kill();
+    hs.restart()?;
+    sb.spawn().await?;
+    wait_for("the invite", || async {
+        let m = organiser.membership(&room, &alice.user_id).await.ok()??;
+        (m == "invite").then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
+    Ok(())
+}

@@ -35,6 +35,11 @@ pub struct PretixConfig {
     /// Which rooms an event's attendees belong in.
     #[serde(default)]
     pub events: Vec<EventRooms>,
+    /// How often pretix is asked for orders changed since the last look, in minutes
+    /// (fractions allowed); 0 never. Catches what webhooks missed: pretix gives up on a
+    /// webhook after a few attempts.
+    #[serde(default = "default_poll_minutes")]
+    pub poll_minutes: f64,
 }
 
 impl std::fmt::Debug for PretixConfig {
@@ -73,6 +78,9 @@ fn default_question() -> String {
 fn default_true() -> bool {
     true
 }
+fn default_poll_minutes() -> f64 {
+    5.0
+}
 fn default_kick_reason() -> String {
     "Your ticket for this event is no longer valid.".into()
 }
@@ -87,6 +95,9 @@ impl PretixConfig {
                 "url".into(),
                 format!("`{}` is not an http(s) URL", self.url),
             )),
+        }
+        if !(self.poll_minutes >= 0.0 && self.poll_minutes.is_finite()) {
+            out.push(("poll_minutes".into(), "must be 0 (never) or more".into()));
         }
         if self.question.trim().is_empty() {
             out.push(("question".into(), "must not be empty".into()));
@@ -135,6 +146,26 @@ impl PretixConfig {
         self.events
             .iter()
             .find(|e| e.organizer == organizer && e.event == event)
+    }
+
+    /// The API URL of an event's orders, oldest change first, changed since `since` (all
+    /// when empty).
+    pub fn orders_url(&self, rooms: &EventRooms, since: &str) -> String {
+        let mut url = format!(
+            "{}/api/v1/organizers/{}/events/{}/orders/?ordering=last_modified",
+            url_base(&self.url).unwrap_or_default(),
+            rooms.organizer,
+            rooms.event
+        );
+        if !since.is_empty() {
+            url.push_str("&modified_since=");
+            url.extend(since.chars().flat_map(|c| match c {
+                '+' => "%2B".chars().collect::<Vec<_>>(),
+                ':' => "%3A".chars().collect(),
+                c => vec![c],
+            }));
+        }
+        url
     }
 
     /// The API URL of one order.
@@ -443,5 +474,11 @@ mod tests {
             "https://pretix.eu/api/v1/organizers/o/events/e/orders/ABC12/"
         );
         assert!(!format!("{ok:?}").contains("\"t\""), "no token in Debug");
+        assert_eq!(
+            ok.orders_url(&ok.events[0], "2026-12-01T00:00:00.5+00:00"),
+            "https://pretix.eu/api/v1/organizers/o/events/e/orders/?ordering=last_modified\
+             &modified_since=2026-12-01T00%3A00%3A00.5%2B00%3A00"
+        );
+        assert!(!ok.orders_url(&ok.events[0], "").contains("modified_since"));
     }
 }
