@@ -152,9 +152,11 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let concurrency = cfg.matrix.concurrency;
     let store2 = store.clone();
     let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
-    let pretix = crate::pretix::Pretix::new(&loaded, store.clone(), metrics.clone()).map(Arc::new);
+    let pretix =
+        crate::pretix::Pretix::new(&loaded, store.clone(), metrics.clone(), pretix_wake.clone())
+            .map(Arc::new);
     if let Some(pretix) = &pretix {
-        tokio::spawn(pretix.clone().poll(pretix_wake));
+        tokio::spawn(pretix.clone().poll());
     }
     tokio::spawn(async move {
         let Some(login) = login else { return };
@@ -174,6 +176,9 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         info!(user = %sink.user_id(), "connected to the homeserver");
         if let Some(helpdesk) = helpdesk {
             sink.serve_helpdesk(helpdesk, helpdesk_wake);
+        }
+        if let Some((source, organisers)) = pretix.as_ref().and_then(|p| p.organisers()) {
+            sink.serve_organisers(source, organisers, pretix_wake);
         }
         tokio::spawn(sink.clone().stay_connected(metrics.clone()));
         let worker = Arc::new(Worker {

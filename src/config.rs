@@ -967,6 +967,32 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
         );
     }
 
+    let helpdesk = c.sources.values().any(|s| s.kind == SourceKind::MatrixDm);
+    for (id, src) in &c.sources {
+        let commands = src
+            .pretix
+            .as_ref()
+            .is_some_and(|p| !p.organisers.is_empty());
+        if commands && helpdesk {
+            err(
+                &format!("sources.{id}.pretix.organisers"),
+                "a bot that serves a matrix_dm helpdesk takes no pretix commands (use another bot)"
+                    .into(),
+            );
+        }
+    }
+    if let Some((second, _)) = c
+        .sources
+        .iter()
+        .filter(|(_, s)| s.pretix.as_ref().is_some_and(|p| !p.organisers.is_empty()))
+        .nth(1)
+    {
+        err(
+            &format!("sources.{second}.pretix.organisers"),
+            "one bot takes the commands of at most one pretix source".into(),
+        );
+    }
+
     let env = minijinja::Environment::new();
     for (i, rule) in c.rules.iter().enumerate() {
         let key = format!("rules.{i}");
@@ -1130,6 +1156,24 @@ homeserver = "http://127.0.0.1:8008"
             "{errs:?}"
         );
         assert!(keys.contains(&("sources.help.kind", Some(11))), "{errs:?}");
+    }
+
+    #[test]
+    fn pretix_commands_need_a_bot_without_a_helpdesk() {
+        let text = format!(
+            "{MINIMAL}\n[sources.px]\nkind = \"pretix\"\npath_secret = \"0123456789abcdef-x\"\n\
+             [sources.px.pretix]\nurl = \"https://pretix.example\"\napi_token = \"tok\"\n\
+             organisers = [\"@org:example.org\"]\n\
+             [sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+        );
+        let errs = parse(&text).expect_err("invalid");
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "sources.px.pretix.organisers" && e.line == Some(16)),
+            "{errs:?}"
+        );
+        let alone = text.split("[sources.help]").next().unwrap_or_default();
+        assert!(parse(alone).is_ok());
     }
 
     #[test]

@@ -319,6 +319,19 @@ pub async fn drain(
         if engine.pretix.contains(&row.source_id) {
             // The webhook only says that an order changed: its action reads the order.
             for ev in &events {
+                if let (Some(room), Some(sender), Some(body)) = (
+                    ev.payload["room"].as_str(),
+                    ev.payload["sender"].as_str(),
+                    ev.payload["command"].as_str(),
+                ) {
+                    let a = Action::PretixCommand {
+                        room: room.into(),
+                        sender: sender.into(),
+                        body: body.into(),
+                    };
+                    actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+                    continue;
+                }
                 let Some(order) = switchboard_pretix::OrderRef::from_key(&ev.ticket) else {
                     continue;
                 };
@@ -366,6 +379,7 @@ pub async fn drain(
                     | Action::Invite { .. }
                     | Action::Leave { .. }
                     | Action::PretixOrder { .. }
+                    | Action::PretixCommand { .. }
                     | Action::Kick { .. } => {}
                 }
                 actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);

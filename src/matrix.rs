@@ -24,7 +24,7 @@ use matrix_sdk::ruma::{
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
-use switchboard_connector::{Action, Apology, RoomSpec};
+use switchboard_connector::{Action, Apology, EventKind, RoomSpec, TicketEvent};
 use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
@@ -146,6 +146,9 @@ pub struct MatrixSink {
     helpdesk: std::sync::OnceLock<(Arc<Helpdesk>, Arc<tokio::sync::Notify>)>,
     /// Opens what a Honoroit of this account sealed with the same data secret.
     sealer: Sealer,
+    /// The pretix source whose organisers' commands the sync hears, who they are, and the
+    /// engine's wake-up, once `serve_organisers` ran.
+    organisers: std::sync::OnceLock<(String, Vec<String>, Arc<tokio::sync::Notify>)>,
 }
 
 /// Where the sync stood after the last response whose messages are in the inbox.
@@ -238,6 +241,7 @@ impl MatrixSink {
             sealer: sealer.clone(),
             rooms: Mutex::new(HashMap::new()),
             helpdesk: std::sync::OnceLock::new(),
+            organisers: std::sync::OnceLock::new(),
         })
     }
 
@@ -246,6 +250,19 @@ impl MatrixSink {
     pub fn serve_helpdesk(&self, helpdesk: Arc<Helpdesk>, wake: Arc<tokio::sync::Notify>) {
         helpdesk.know_bot(self.user_id.as_str());
         if self.helpdesk.set((helpdesk, wake)).is_ok() {
+            self.want_sync();
+        }
+    }
+
+    /// Puts the commands of a pretix source's organisers that the sync hears into the
+    /// inbox from now on (the sync starts if it was not running), and accepts their invites.
+    pub fn serve_organisers(
+        &self,
+        source: String,
+        organisers: Vec<String>,
+        wake: Arc<tokio::sync::Notify>,
+    ) {
+        if self.organisers.set((source, organisers, wake)).is_ok() {
             self.want_sync();
         }
     }
@@ -290,9 +307,10 @@ impl MatrixSink {
         // With a helpdesk, the sync goes on from the last response whose messages reached
         // the inbox; without a stored position it starts now and relays nothing older.
         let helpdesk = self.helpdesk.get().cloned();
+        let organisers = self.organisers.get().cloned();
         let mut resumed = false;
         let mut last_retry = std::time::Instant::now();
-        if helpdesk.is_some() {
+        if helpdesk.is_some() || organisers.is_some() {
             loop {
                 match self.store.cursor(SYNC_CURSOR).await {
                     Ok(token) => {
@@ -313,6 +331,21 @@ impl MatrixSink {
             match self.client.sync_once(settings.clone()).await {
                 Ok(resp) => {
                     metrics.homeserver_up.set(1);
+                    if let Some((source, users, wake)) = &organisers {
+                        let taken = match self.hear_organisers(source, users, &resp, resumed).await
+                        {
+                            Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
+                            Err(error) => Err(error),
+                        };
+                        if let Err(error) = taken {
+                            warn!(%error, "cannot store what the sync heard; retrying");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(15));
+                            continue;
+                        }
+                        resumed = true;
+                        wake.notify_one();
+                    }
                     if let Some((helpdesk, wake)) = &helpdesk {
                         let taken = match self.hear(helpdesk, &resp, resumed).await {
                             Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
@@ -483,6 +516,56 @@ impl MatrixSink {
                     == Some(self.user_id.as_str())
             })
         })
+    }
+
+    /// What one sync response brought for a pretix source's organisers: their invites are
+    /// accepted (others' declined), and their commands (`!word ...`) go into the inbox,
+    /// keyed by event ID (`deliver` false: only the invites, on a first sync).
+    async fn hear_organisers(
+        &self,
+        source: &str,
+        organisers: &[String],
+        resp: &matrix_sdk::sync::SyncResponse,
+        deliver: bool,
+    ) -> crate::store::Result<()> {
+        for room in self.client.invited_rooms() {
+            let inviter = match room.invite_details().await {
+                Ok(details) => details.inviter.map(|m| m.user_id().to_string()),
+                Err(_) => None,
+            };
+            let outcome = if inviter.is_some_and(|i| organisers.contains(&i)) {
+                room.join().await
+            } else {
+                room.leave().await
+            };
+            if let Err(error) = outcome {
+                warn!(room = %room.room_id(), %error, "cannot answer an invite; trying again later");
+            }
+        }
+        if !deliver {
+            return Ok(());
+        }
+        for (id, update) in &resp.rooms.joined {
+            for raw in update.timeline.events.iter().filter_map(json_of) {
+                let sender = raw["sender"].as_str().unwrap_or_default();
+                let body = raw["content"]["body"].as_str().unwrap_or_default();
+                if raw["type"] != "m.room.message"
+                    || sender == self.user_id.as_str()
+                    || !body.starts_with('!')
+                {
+                    continue;
+                }
+                let Some(event_id) = raw["event_id"].as_str() else {
+                    continue;
+                };
+                let mut command = TicketEvent::new(format!("command:{id}"), EventKind::Updated);
+                command.payload = json!({"room": id.as_str(), "sender": sender,
+                                         "command": body, "event_id": event_id});
+                let events = serde_json::to_string(&[command])?;
+                self.store.accept(source, event_id, &events).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Hands the helpdesk what one sync response brought: accepts or declines invites, and
@@ -871,8 +954,8 @@ impl MatrixSink {
                     .map_err(|e| Failure::from_sdk(&e))?;
                 Ok(format!("removed {user}"))
             }
-            // Read from pretix, not done in Matrix: the worker hands it to the pretix side.
-            Action::PretixOrder { .. } => Err(Failure::Permanent(
+            // Read from pretix, not done in Matrix: the worker hands them to the pretix side.
+            Action::PretixOrder { .. } | Action::PretixCommand { .. } => Err(Failure::Permanent(
                 "no pretix source is configured for this action".into(),
             )),
             Action::Leave { room } => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use switchboard_connector::{Action, EventKind, TicketEvent};
-use switchboard_pretix::{EventRooms, OrderRef, PretixConfig, membership};
+use switchboard_pretix::{Command, EventRooms, HELP, OrderRef, PretixConfig, membership};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -27,11 +27,18 @@ pub struct Pretix {
     http: reqwest::Client,
     store: Store,
     metrics: Metrics,
+    /// Tells the engine that the inbox has something (polling, `!batchinvite`).
+    wake: Arc<Notify>,
 }
 
 impl Pretix {
     /// The configured pretix sources; `None` if there are none.
-    pub fn new(loaded: &Loaded, store: Store, metrics: Metrics) -> Option<Pretix> {
+    pub fn new(
+        loaded: &Loaded,
+        store: Store,
+        metrics: Metrics,
+        wake: Arc<Notify>,
+    ) -> Option<Pretix> {
         let sources: HashMap<_, _> = loaded
             .config
             .sources
@@ -55,6 +62,7 @@ impl Pretix {
             http,
             store,
             metrics,
+            wake,
         })
     }
 
@@ -66,7 +74,14 @@ impl Pretix {
                 row.source_id
             )));
         };
-        let Some(rooms) = cfg.event(&order.organizer, &order.event) else {
+        let rooms = self
+            .rooms_for(&row.source_id, cfg, &order.organizer, &order.event)
+            .await
+            .map_err(|e| Failure::Transient {
+                message: format!("database: {e}"),
+                retry_after: None,
+            })?;
+        let Some(rooms) = rooms.as_ref() else {
             warn!(source = %row.source_id, order = %order.key(), "an order of an event with no rooms configured; ignored");
             return Ok(format!(
                 "skipped: no rooms for {}/{}",
@@ -217,7 +232,7 @@ impl Pretix {
     /// order and change time), so an order whose webhooks pretix gave up on is not missed.
     /// The first look at an event only notes where pretix stands: orders from before
     /// Switchboard watched the event are not swept up.
-    pub async fn poll(self: Arc<Self>, wake: Arc<Notify>) {
+    pub async fn poll(self: Arc<Self>) {
         let mut tasks = Vec::new();
         for (source, (cfg, _)) in &self.sources {
             if cfg.poll_minutes <= 0.0 {
@@ -225,10 +240,10 @@ impl Pretix {
             }
             let every =
                 Duration::from_secs_f64(cfg.poll_minutes * 60.0).max(Duration::from_secs(1));
-            let (me, source, wake) = (self.clone(), source.clone(), wake.clone());
+            let (me, source) = (self.clone(), source.clone());
             tasks.push(tokio::spawn(async move {
                 loop {
-                    me.poll_source(&source, &wake).await;
+                    me.poll_source(&source).await;
                     tokio::time::sleep(every).await;
                 }
             }));
@@ -238,16 +253,23 @@ impl Pretix {
         }
     }
 
-    async fn poll_source(&self, source: &str, wake: &Notify) {
+    async fn poll_source(&self, source: &str) {
         let Some((cfg, token)) = self.sources.get(source) else {
             return;
         };
-        for rooms in &cfg.events {
+        let events = match self.events(source, cfg).await {
+            Ok(events) => events,
+            Err(error) => {
+                warn!(source, %error, "cannot read the events to poll; trying again later");
+                return;
+            }
+        };
+        for rooms in &events {
             match self.poll_event(source, cfg, token, rooms).await {
                 Ok(0) => {}
                 Ok(queued) => {
                     info!(source, organizer = %rooms.organizer, event = %rooms.event, orders = queued, "changed orders found by polling pretix");
-                    wake.notify_one();
+                    self.wake.notify_one();
                 }
                 Err(error) => {
                     warn!(source, organizer = %rooms.organizer, event = %rooms.event, %error, "cannot poll pretix; trying again later");
@@ -317,19 +339,266 @@ impl Pretix {
                 // Oldest first: the last one is the newest change.
                 newest = modified.to_string();
             }
-            // The next page: the query of pretix's link, on the configured URL (pretix may
-            // know itself by another name; the token goes nowhere else).
-            next = page["next"]
-                .as_str()
-                .and_then(|n| url::Url::parse(n).ok())
-                .and_then(|n| {
-                    n.query()
-                        .map(|q| format!("{}?{q}", path.split('?').next().unwrap_or_default()))
-                });
+            next = next_page(&page, &path);
         }
         if newest != since {
             self.store.set_cursor(&cursor, &newest).await.map_err(db)?;
         }
         Ok(queued)
+    }
+
+    /// An event's rooms: those of the config file and those mapped from the chat.
+    async fn rooms_for(
+        &self,
+        source: &str,
+        cfg: &PretixConfig,
+        organizer: &str,
+        event: &str,
+    ) -> crate::store::Result<Option<EventRooms>> {
+        let mapped: Vec<String> = self
+            .store
+            .pretix_rooms(source)
+            .await?
+            .into_iter()
+            .filter(|(o, e, _)| o == organizer && e == event)
+            .map(|(_, _, room)| room)
+            .collect();
+        let mut rooms = match cfg.event(organizer, event) {
+            Some(rooms) => rooms.clone(),
+            None if mapped.is_empty() => return Ok(None),
+            None => bare_event(organizer, event),
+        };
+        for room in mapped {
+            if !rooms.rooms.contains(&room) {
+                rooms.rooms.push(room);
+            }
+        }
+        Ok(Some(rooms))
+    }
+
+    /// Every event with rooms: the config file's and those mapped from the chat.
+    async fn events(
+        &self,
+        source: &str,
+        cfg: &PretixConfig,
+    ) -> crate::store::Result<Vec<EventRooms>> {
+        let mut events = cfg.events.clone();
+        for (organizer, event, _) in self.store.pretix_rooms(source).await? {
+            let known = events
+                .iter()
+                .any(|e| e.organizer == organizer && e.event == event);
+            if !known && let Some(rooms) = self.rooms_for(source, cfg, &organizer, &event).await? {
+                events.push(rooms);
+            }
+        }
+        Ok(events)
+    }
+
+    /// The source whose commands the bot takes, and who may give them.
+    pub fn organisers(&self) -> Option<(String, Vec<String>)> {
+        self.sources
+            .iter()
+            .find(|(_, (cfg, _))| !cfg.organisers.is_empty())
+            .map(|(id, (cfg, _))| (id.clone(), cfg.organisers.clone()))
+    }
+
+    /// Runs an organiser's command; the answer to post in the room.
+    pub async fn command(
+        &self,
+        row: &OutboxRow,
+        room: &str,
+        sender: &str,
+        body: &str,
+    ) -> Result<String, Failure> {
+        let Some((cfg, token)) = self.sources.get(&row.source_id) else {
+            return Err(Failure::Permanent(format!(
+                "`{}` is not a pretix source",
+                row.source_id
+            )));
+        };
+        if !cfg.organisers.iter().any(|o| o == sender) {
+            return Ok("Only the organisers named in the configuration may do that.".into());
+        }
+        let Some(command) = switchboard_pretix::command(body) else {
+            return Ok(HELP.into());
+        };
+        let event_api = |o: &str, e: &str| {
+            format!(
+                "{}/api/v1/organizers/{o}/events/{e}/",
+                cfg.url.trim_end_matches('/')
+            )
+        };
+        Ok(match command {
+            Command::Help => HELP.into(),
+            Command::Usage(usage) => format!("Usage: {usage}"),
+            Command::SetRoom(o, e) => {
+                let what = format!("event {o}/{e}");
+                let event = match self.get(&event_api(&o, &e), token, &what).await {
+                    Ok(event) => event,
+                    Err(Failure::Permanent(message)) => return Ok(format!("Not set: {message}.")),
+                    Err(transient) => return Err(transient),
+                };
+                self.store
+                    .set_pretix_room(&row.source_id, &o, &e, room, sender)
+                    .await
+                    .map_err(db_failure)?;
+                info!(source = %row.source_id, organizer = %o, event = %e, room, by = sender, "room mapped to a pretix event");
+                format!(
+                    "This room now gets the paid attendees of {} ({o}/{e}) who give their \
+                     Matrix ID. For orders paid before now: !batchinvite {o}/{e}",
+                    event_name(&event).unwrap_or(&e)
+                )
+            }
+            Command::UnsetRoom => {
+                let n = self
+                    .store
+                    .unset_pretix_room(&row.source_id, room)
+                    .await
+                    .map_err(db_failure)?;
+                match n {
+                    0 => "This room was not mapped to an event from the chat.".into(),
+                    _ => "This room gets no more attendees (those invited stay).".into(),
+                }
+            }
+            Command::Status => {
+                let mapped = self
+                    .store
+                    .pretix_rooms(&row.source_id)
+                    .await
+                    .map_err(db_failure)?;
+                let here: Vec<(String, String, &str)> = cfg
+                    .events
+                    .iter()
+                    .filter(|e| {
+                        e.rooms
+                            .iter()
+                            .chain(e.items.values().flatten())
+                            .any(|r| r == room)
+                    })
+                    .map(|e| (e.organizer.clone(), e.event.clone(), "the config file"))
+                    .chain(
+                        mapped
+                            .into_iter()
+                            .filter(|(_, _, r)| r == room)
+                            .map(|(o, e, _)| (o, e, "!setroom")),
+                    )
+                    .collect();
+                let mut lines = Vec::new();
+                for (o, e, how) in here {
+                    let what = format!("event {o}/{e}");
+                    let state = match self.get(&event_api(&o, &e), token, &what).await {
+                        Ok(_) => "pretix answers".to_string(),
+                        Err(Failure::Permanent(m) | Failure::Transient { message: m, .. }) => m,
+                    };
+                    lines.push(format!("{o}/{e} (from {how}): {state}"));
+                }
+                if lines.is_empty() {
+                    "This room gets the attendees of no event; !setroom <event URL> maps it.".into()
+                } else {
+                    format!(
+                        "This room gets the paid attendees of:\n{}",
+                        lines.join("\n")
+                    )
+                }
+            }
+            Command::BatchInvite(o, e) => {
+                let rooms = self
+                    .rooms_for(&row.source_id, cfg, &o, &e)
+                    .await
+                    .map_err(db_failure)?;
+                if rooms.is_none() {
+                    return Ok(format!(
+                        "No room gets the attendees of {o}/{e}: map one first with !setroom."
+                    ));
+                }
+                let queued = self.batch(&row.source_id, cfg, token, &o, &e).await?;
+                self.wake.notify_one();
+                format!(
+                    "{queued} paid orders of {o}/{e} are read again: their attendees who are \
+                     not in the rooms yet are being invited."
+                )
+            }
+        })
+    }
+
+    /// Every paid order of an event, page after page, into the inbox as a trigger
+    /// (deduplicated by order and change time); how many.
+    async fn batch(
+        &self,
+        source: &str,
+        cfg: &PretixConfig,
+        token: &Secret,
+        organizer: &str,
+        event: &str,
+    ) -> Result<usize, Failure> {
+        let path = format!(
+            "{}&status=p",
+            cfg.orders_url(&bare_event(organizer, event), "")
+        );
+        let what = format!("event {organizer}/{event}");
+        let mut next = Some(path.clone());
+        let mut count = 0;
+        while let Some(url) = next.take() {
+            let page = self.get(&url, token, &what).await?;
+            for order in page["results"].as_array().into_iter().flatten() {
+                let (Some(code), Some(modified)) =
+                    (order["code"].as_str(), order["last_modified"].as_str())
+                else {
+                    continue;
+                };
+                let order = OrderRef {
+                    organizer: organizer.into(),
+                    event: event.into(),
+                    code: code.into(),
+                };
+                let mut trigger = TicketEvent::new(order.key(), EventKind::Updated);
+                trigger.status = Some("batchinvite".into());
+                trigger.payload = json!({"organizer": organizer, "event": event,
+                                         "code": code, "action": "batchinvite"});
+                let events = serde_json::to_string(&[trigger]).unwrap_or_default();
+                self.store
+                    .accept(
+                        source,
+                        &format!("{}/changed/{modified}", order.key()),
+                        &events,
+                    )
+                    .await
+                    .map_err(db_failure)?;
+                count += 1;
+            }
+            next = next_page(&page, &path);
+        }
+        Ok(count)
+    }
+}
+
+/// The next page of a list: the query of pretix's `next` link, on the configured URL
+/// (pretix may know itself by another name; the token goes nowhere else).
+fn next_page(page: &serde_json::Value, first: &str) -> Option<String> {
+    let next = url::Url::parse(page["next"].as_str()?).ok()?;
+    let base = first.split('?').next().unwrap_or_default();
+    Some(format!("{base}?{}", next.query()?))
+}
+
+/// An event's name (the first of its languages).
+fn event_name(event: &serde_json::Value) -> Option<&str> {
+    event["name"].as_object()?.values().find_map(|v| v.as_str())
+}
+
+/// An event with no rooms of the config file.
+fn bare_event(organizer: &str, event: &str) -> EventRooms {
+    EventRooms {
+        organizer: organizer.into(),
+        event: event.into(),
+        rooms: Vec::new(),
+        items: Default::default(),
+        management_room: None,
+    }
+}
+
+fn db_failure(e: crate::store::StoreError) -> Failure {
+    Failure::Transient {
+        message: format!("database: {e}"),
+        retry_after: None,
     }
 }

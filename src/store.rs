@@ -624,6 +624,56 @@ impl Store {
         Ok(changes)
     }
 
+    /// Maps a room to a pretix event (`!setroom`); mapping it again changes nothing.
+    pub async fn set_pretix_room(
+        &self,
+        source_id: &str,
+        organizer: &str,
+        event: &str,
+        room_id: &str,
+        by: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pretix_rooms (source_id, organizer, event, room_id, added_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(source_id)
+        .bind(organizer)
+        .bind(event)
+        .bind(room_id)
+        .bind(by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a room's mappings (`!unsetroom`); how many there were.
+    pub async fn unset_pretix_room(&self, source_id: &str, room_id: &str) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM pretix_rooms WHERE source_id = $1 AND room_id = $2")
+                .bind(source_id)
+                .bind(room_id)
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// The pretix events rooms were mapped to from the chat: (organizer, event, room).
+    pub async fn pretix_rooms(&self, source_id: &str) -> Result<Vec<(String, String, String)>> {
+        sqlx::query(
+            "SELECT organizer, event, room_id FROM pretix_rooms WHERE source_id = $1 \
+             ORDER BY organizer, event, room_id",
+        )
+        .bind(source_id)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+    }
+
     /// Marks an action done.
     pub async fn complete(&self, id: i64, result: Option<&str>) -> Result<()> {
         self.finish(id, "done", None, result).await

@@ -201,6 +201,18 @@ impl Worker {
                 };
                 pretix.order(row, &order).await
             }
+            (Action::PretixCommand { room, sender, body }, Some(pretix)) => {
+                match pretix.command(row, room, sender, body).await {
+                    Ok(answer) => {
+                        let answer = Action::Send {
+                            room: room.clone(),
+                            content: serde_json::json!({"msgtype": "m.notice", "body": answer}),
+                        };
+                        self.sink.execute(row, &answer).await
+                    }
+                    Err(failure) => Err(failure),
+                }
+            }
             _ => self.sink.execute(row, &action).await,
         };
         self.metrics

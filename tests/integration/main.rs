@@ -2650,3 +2650,126 @@ async fn pretix_restart_between_webhook_and_invite() -> Result<()> {
     assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
     Ok(())
 }
+
+/// Organisers map rooms from the chat: `!setroom` with the event's URL, `!status`,
+/// `!batchinvite` for the orders paid before (55 of them, over two pages), `!unsetroom`,
+/// help for anything else; someone who is not an organiser is refused.
+#[tokio::test]
+async fn pretix_commands() -> Result<()> {
+    let hs = synapse();
+    let px = harness::pretix();
+    let bot = hs.user("bot").await?;
+    let organiser = hs.user("organiser").await?;
+    let stranger = hs.user("stranger").await?;
+    let alice = hs.user("alice").await?;
+    let bob = hs.user("bob").await?;
+    let carol = hs.user("carol").await?;
+    let ev = px.event().await?;
+    // Paid before anyone watched the event.
+    for _ in 0..54 {
+        ev.order(px, &[&alice.user_id], true).await?;
+    }
+    ev.order(px, &[&bob.user_id], true).await?;
+    let secret = format!("hook-secret-{}", harness::suffix());
+    let sb = Switchboard::start(Setup {
+        synapse: hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: format!(
+            "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
+             [sources.conf.pretix]\nurl = \"{}\"\napi_token = \"{}\"\npoll_minutes = 0\n\
+             organisers = [\"{}\"]\n",
+            px.base_url, px.token, organiser.user_id
+        ),
+        encryption: false,
+        login: None,
+    })
+    .await?;
+    ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
+        .await?;
+    let room = organiser
+        .create_room(
+            json!({"preset": "private_chat", "invite": [bot.user_id, stranger.user_id],
+                            "power_level_content_override": {"users": {&bot.user_id: 100}}}),
+        )
+        .await?;
+    stranger.join(&room).await?;
+    wait_in_room(&bot, &room, true).await?;
+    let answer = |from: &'static str| {
+        let (organiser, room) = (&organiser, room.clone());
+        async move {
+            wait_for(from, || async {
+                organiser
+                    .messages(&room)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .find(|b| b.contains(from))
+            })
+            .await
+        }
+    };
+    let event_url = format!("{}/switchboard/{}/", px.base_url, ev.slug);
+    stranger
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": format!("!setroom {event_url}")}),
+        )
+        .await?;
+    answer("Only the organisers").await?;
+    organiser
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": format!("!setroom {event_url}")}),
+        )
+        .await?;
+    answer("This room now gets the paid attendees of").await?;
+    organiser
+        .send(&room, json!({"msgtype": "m.text", "body": "!status"}))
+        .await?;
+    let status = answer("This room gets the paid attendees of:").await?;
+    assert!(
+        status.contains(&format!(
+            "switchboard/{} (from !setroom): pretix answers",
+            ev.slug
+        )),
+        "{status}"
+    );
+
+    // A webhook for an order paid now: the room mapped from the chat counts.
+    ev.order(px, &[&carol.user_id], true).await?;
+    wait_for("carol's invite", || async {
+        let m = organiser.membership(&room, &carol.user_id).await.ok()??;
+        (m == "invite").then_some(())
+    })
+    .await?;
+    assert_eq!(organiser.membership(&room, &alice.user_id).await?, None);
+
+    organiser
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": format!("!batchinvite switchboard/{}", ev.slug)}),
+        )
+        .await?;
+    let batch = answer("paid orders of").await?;
+    assert!(batch.starts_with("56 paid orders"), "{batch}");
+    for user in [&alice, &bob] {
+        wait_for("the invite", || async {
+            let m = organiser.membership(&room, &user.user_id).await.ok()??;
+            (m == "invite").then_some(())
+        })
+        .await?;
+    }
+    assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
+    assert_eq!(invites_of(&organiser, &room, &carol.user_id).await?, 1);
+
+    organiser
+        .send(&room, json!({"msgtype": "m.text", "body": "!unsetroom"}))
+        .await?;
+    answer("This room gets no more attendees").await?;
+    organiser
+        .send(&room, json!({"msgtype": "m.text", "body": "!what"}))
+        .await?;
+    answer("!batchinvite <event URL>: invite every paid attendee").await?;
+    Ok(())
+}

@@ -208,6 +208,12 @@ pub enum Action {
         event: String,
         code: String,
     },
+    /// pretix: an organiser's command in `room`, answered there.
+    PretixCommand {
+        room: String,
+        sender: String,
+        body: String,
+    },
     /// Remove `user` from `room` (a pending invite is withdrawn), unless they are not in it.
     Kick {
         room: String,
@@ -231,6 +237,7 @@ impl Action {
             Action::Invite { .. } => "invite",
             Action::Leave { .. } => "leave",
             Action::PretixOrder { .. } => "pretix_order",
+            Action::PretixCommand { .. } => "pretix_command",
             Action::Kick { .. } => "kick",
         }
     }

@@ -40,6 +40,10 @@ pub struct PretixConfig {
     /// webhook after a few attempts.
     #[serde(default = "default_poll_minutes")]
     pub poll_minutes: f64,
+    /// Who may run the chat commands (`!setroom`, `!batchinvite`, ...), by Matrix user ID.
+    /// Empty: no commands. Their invites into rooms are accepted.
+    #[serde(default)]
+    pub organisers: Vec<String>,
 }
 
 impl std::fmt::Debug for PretixConfig {
@@ -98,6 +102,14 @@ impl PretixConfig {
         }
         if !(self.poll_minutes >= 0.0 && self.poll_minutes.is_finite()) {
             out.push(("poll_minutes".into(), "must be 0 (never) or more".into()));
+        }
+        for id in &self.organisers {
+            if !switchboard_connector::is_matrix_user_id(id) {
+                out.push((
+                    "organisers".into(),
+                    format!("`{id}` is not a Matrix user ID"),
+                ));
+            }
         }
         if self.question.trim().is_empty() {
             out.push(("question".into(), "must not be empty".into()));
@@ -180,6 +192,70 @@ impl PretixConfig {
     }
 }
 
+/// The event an organiser names in a command: its URL in pretix
+/// (`https://pretix.eu/<organizer>/<event>/`, anything after the event ignored) or
+/// `<organizer>/<event>`.
+pub fn event_of(text: &str) -> Option<(String, String)> {
+    let path = match text.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, path)| path),
+        None => text,
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let mut parts = path.split('/').filter(|p| !p.is_empty());
+    let (organizer, event) = (parts.next()?, parts.next()?);
+    (is_slug(organizer) && is_slug(event)).then(|| (organizer.to_string(), event.to_string()))
+}
+
+/// A command an organiser sent in a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `!setroom <event>`: this room gets the event's paid attendees.
+    SetRoom(String, String),
+    /// `!unsetroom`: this room gets no more attendees.
+    UnsetRoom,
+    /// `!status`: the events mapped to this room, and whether pretix answers for them.
+    Status,
+    /// `!batchinvite <event>`: every paid order of the event, read again.
+    BatchInvite(String, String),
+    /// `!help`, or anything unknown.
+    Help,
+    /// A command with a missing or wrong argument: its usage.
+    Usage(&'static str),
+}
+
+/// The command in a message, if it is one (`!word ...`).
+pub fn command(body: &str) -> Option<Command> {
+    let mut words = body.split_whitespace();
+    let word = words.next()?.strip_prefix('!')?.to_ascii_lowercase();
+    let mut event = |usage| match words.next().and_then(event_of) {
+        Some((o, e)) => Ok((o, e)),
+        None => Err(Command::Usage(usage)),
+    };
+    Some(match word.as_str() {
+        "setroom" => {
+            match event("!setroom <event URL>, e.g. !setroom https://pretix.eu/democon/2027/") {
+                Ok((o, e)) => Command::SetRoom(o, e),
+                Err(usage) => usage,
+            }
+        }
+        "unsetroom" => Command::UnsetRoom,
+        "status" => Command::Status,
+        "batchinvite" => match event("!batchinvite <event URL>") {
+            Ok((o, e)) => Command::BatchInvite(o, e),
+            Err(usage) => usage,
+        },
+        _ => Command::Help,
+    })
+}
+
+/// What `!help` answers.
+pub const HELP: &str = "Commands (organisers only):
+!setroom <event URL>: paid attendees of the event are invited to this room
+!unsetroom: this room gets no more attendees
+!status: the events this room gets attendees of
+!batchinvite <event URL>: invite every paid attendee of the event not invited yet
+!help: this list";
+
 /// `url` without a trailing slash, if it is an http(s) URL.
 fn url_base(url: &str) -> Option<&str> {
     let base = url.trim_end_matches('/');
@@ -189,9 +265,10 @@ fn url_base(url: &str) -> Option<&str> {
     (!rest.is_empty() && !rest.contains(char::is_whitespace)).then_some(base)
 }
 
-/// pretix's short forms (slugs) and order codes: letters, digits, `-`, `_` and `.`.
+/// pretix's short forms (slugs) and order codes: letters, digits, `-`, `_` and `.`, the
+/// first a letter or digit.
 fn is_slug(s: &str) -> bool {
-    !s.is_empty()
+    s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.len() <= 100
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
@@ -443,6 +520,32 @@ mod tests {
             PretixHook.accept(&http::HeaderMap::new(), b"{"),
             Err(RejectReason::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn commands_and_event_urls() {
+        assert_eq!(
+            command("!setroom https://pretix.eu/democon/2027/"),
+            Some(Command::SetRoom("democon".into(), "2027".into()))
+        );
+        assert_eq!(
+            command("!BatchInvite http://127.0.0.1:8000/o/e/order/ABC/?x=1"),
+            Some(Command::BatchInvite("o".into(), "e".into()))
+        );
+        assert_eq!(
+            event_of("democon/2027"),
+            Some(("democon".into(), "2027".into()))
+        );
+        assert_eq!(event_of("https://pretix.eu/democon/"), None);
+        assert!(matches!(command("!setroom"), Some(Command::Usage(_))));
+        assert!(matches!(
+            command("!setroom https://pretix.eu/../x/"),
+            Some(Command::Usage(_))
+        ));
+        assert_eq!(command("!unsetroom"), Some(Command::UnsetRoom));
+        assert_eq!(command("!status"), Some(Command::Status));
+        assert_eq!(command("!whatever"), Some(Command::Help));
+        assert_eq!(command("hello !status"), None);
     }
 
     #[test]
