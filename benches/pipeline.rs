@@ -142,6 +142,7 @@ async fn intake_only(db_url: &str) -> Result<String> {
         link_create: false,
     };
     let state = Arc::new(switchboard::http::HttpState {
+        pretix: None,
         store,
         sources: [("bench".to_string(), source)].into_iter().collect(),
         metrics: switchboard::metrics::Metrics::new(),

@@ -96,7 +96,18 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let engine_wake = Arc::new(Notify::new());
     let outbox_wake = Arc::new(Notify::new());
 
+    let pretix_wake = engine_wake.clone();
+    let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
+    let pretix = crate::pretix::Pretix::new(
+        &loaded,
+        store.clone(),
+        metrics.clone(),
+        pretix_wake.clone(),
+        sealer.clone(),
+    )
+    .map(Arc::new);
     let state = Arc::new(HttpState {
+        pretix: pretix.clone(),
         store: store.clone(),
         sources: sources(&loaded),
         metrics: metrics.clone(),
@@ -124,7 +135,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let engine = Arc::new(Engine::new(cfg, &metrics));
     let helpdesk = engine.helpdesk();
     let helpdesk_wake = engine_wake.clone();
-    let pretix_wake = engine_wake.clone();
     if let Some(helpdesk) = &helpdesk {
         helpdesk.load_settings(&store).await?;
         tokio::spawn(crate::helpdesk::close_idle(
@@ -151,10 +161,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let data_dir = cfg.data_dir.clone();
     let concurrency = cfg.matrix.concurrency;
     let store2 = store.clone();
-    let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
-    let pretix =
-        crate::pretix::Pretix::new(&loaded, store.clone(), metrics.clone(), pretix_wake.clone())
-            .map(Arc::new);
     if let Some(pretix) = &pretix {
         tokio::spawn(pretix.clone().poll());
     }

@@ -512,6 +512,8 @@ pub struct Secrets {
     pub basic_auth: BTreeMap<String, (String, Secret)>,
     /// pretix API token per source ID.
     pub pretix_tokens: BTreeMap<String, Secret>,
+    /// pretix OAuth client secret per source ID.
+    pub pretix_oauth_secrets: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -882,26 +884,40 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
                         err(&format!("{key}.pretix.{k}"), problem);
                     }
                     let k = format!("{key}.pretix.api_token");
-                    // Expanded as every secret is (the connector's config holds a plain
-                    // string).
-                    let token = match px.api_token.as_deref().map(expand_env) {
-                        Some(Ok(t)) => Some(Secret(t)),
-                        Some(Err(e)) => {
-                            err(&k, e);
-                            None
-                        }
-                        None => None,
-                    };
-                    match secret_or_file(&k, token.as_ref(), px.api_token_file.as_deref(), err) {
-                        Some(t) if !t.expose().trim().is_empty() => {
+                    match plain_secret(&k, px.api_token.as_deref(), px.api_token_file.as_deref(), err)
+                    {
+                        Ok(Some(t)) => {
                             s.pretix_tokens.insert(id.clone(), t);
                         }
-                        // Named above already.
-                        None if px.api_token.is_some() => {}
-                        _ => err(
+                        Ok(None) if px.oauth.is_none() => err(
                             &k,
-                            "an API token (`api_token` or `api_token_file`) is required".into(),
+                            "an API token (`api_token` or `api_token_file`), or `oauth`, is required"
+                                .into(),
                         ),
+                        _ => {}
+                    }
+                    if let Some(oauth) = &px.oauth {
+                        let k = format!("{key}.pretix.oauth.client_secret");
+                        let secret = plain_secret(
+                            &k,
+                            oauth.client_secret.as_deref(),
+                            oauth.client_secret_file.as_deref(),
+                            err,
+                        );
+                        match secret {
+                            Ok(Some(secret)) => {
+                                s.pretix_oauth_secrets.insert(id.clone(), secret);
+                            }
+                            Ok(None) => err(&k, "required (or `client_secret_file`)".into()),
+                            Err(()) => {}
+                        }
+                        if px.organisers.is_empty() {
+                            err(
+                                &format!("{key}.pretix.organisers"),
+                                "`oauth` is authorized with `!authorize`: name the organisers"
+                                    .into(),
+                            );
+                        }
                     }
                     if src.path_secret.is_none()
                         && src.path_secret_file.is_none()
@@ -1049,6 +1065,32 @@ impl ActionConfig {
     }
 }
 
+/// A secret held as a plain string by a connector's config: `${VAR}` expanded as for every
+/// secret, or read from its `*_file`. `Err` when a problem was reported; `None` when neither
+/// is given (or the value is empty).
+fn plain_secret(
+    key: &str,
+    value: Option<&str>,
+    file: Option<&Path>,
+    err: &mut dyn FnMut(&str, String),
+) -> Result<Option<Secret>, ()> {
+    let value = match value.map(expand_env) {
+        Some(Ok(v)) => Some(Secret(v)),
+        Some(Err(e)) => {
+            err(key, e);
+            return Err(());
+        }
+        None => None,
+    };
+    let given = value.is_some() || file.is_some();
+    match secret_or_file(key, value.as_ref(), file, err) {
+        Some(s) if !s.expose().trim().is_empty() => Ok(Some(s)),
+        Some(_) => Ok(None),
+        None if given => Err(()),
+        None => Ok(None),
+    }
+}
+
 fn secret_or_file(
     key: &str,
     value: Option<&Secret>,
@@ -1174,6 +1216,33 @@ homeserver = "http://127.0.0.1:8008"
         );
         let alone = text.split("[sources.help]").next().unwrap_or_default();
         assert!(parse(alone).is_ok());
+    }
+
+    #[test]
+    fn pretix_oauth_replaces_the_token_and_needs_organisers() {
+        let text = format!(
+            "{MINIMAL}\n[sources.px]\nkind = \"pretix\"\npath_secret = \"0123456789abcdef-x\"\n\
+             [sources.px.pretix]\nurl = \"https://pretix.example\"\n\
+             organisers = [\"@org:example.org\"]\n\
+             [sources.px.pretix.oauth]\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
+             public_url = \"https://sb.example\"\n"
+        );
+        let l = parse(&text).expect("valid without an API token");
+        assert_eq!(l.secrets.pretix_oauth_secrets["px"].expose(), "cs");
+        assert!(!l.secrets.pretix_tokens.contains_key("px"));
+        let nobody = text.replace("organisers = [\"@org:example.org\"]\n", "");
+        let errs = parse(&nobody).expect_err("invalid");
+        assert!(
+            errs.iter().any(|e| e.key == "sources.px.pretix.organisers"),
+            "{errs:?}"
+        );
+        let no_secret = text.replace("client_secret = \"cs\"\n", "");
+        let errs = parse(&no_secret).expect_err("invalid");
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "sources.px.pretix.oauth.client_secret"),
+            "{errs:?}"
+        );
     }
 
     #[test]

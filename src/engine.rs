@@ -319,6 +319,16 @@ pub async fn drain(
         if engine.pretix.contains(&row.source_id) {
             // The webhook only says that an order changed: its action reads the order.
             for ev in &events {
+                if let (Some(room), Some(notice)) =
+                    (ev.payload["room"].as_str(), ev.payload["notice"].as_str())
+                {
+                    let a = Action::Send {
+                        room: room.into(),
+                        content: json!({"msgtype": "m.notice", "body": notice}),
+                    };
+                    actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+                    continue;
+                }
                 if let (Some(room), Some(sender), Some(body)) = (
                     ev.payload["room"].as_str(),
                     ev.payload["sender"].as_str(),

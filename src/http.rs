@@ -38,6 +38,8 @@ pub struct Source {
 
 /// Shared state of the handlers.
 pub struct HttpState {
+    /// The pretix sources, for their OAuth callback page.
+    pub pretix: Option<Arc<crate::pretix::Pretix>>,
     pub store: Store,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
@@ -108,6 +110,29 @@ pub fn routes(
                     .unwrap_or_else(Reject::reply)
             },
         );
+    let oauth = warp::path!("oauth" / "pretix" / String / "callback")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(warp::query::<HashMap<String, String>>())
+        .then(
+            |source: String, state: Arc<HttpState>, query: HashMap<String, String>| async move {
+                let Some(pretix) = &state.pretix else {
+                    return Reject(StatusCode::NOT_FOUND, "no pretix source".into()).reply();
+                };
+                let (ok, text) = pretix.callback(&source, &query).await;
+                let status = if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                let page = format!(
+                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Switchboard</title>\
+                     </head><body><p>{}</p></body></html>",
+                    html_escape(&text)
+                );
+                warp::reply::with_status(warp::reply::html(page), status).into_response()
+            },
+        );
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_state.clone())
@@ -135,6 +160,8 @@ pub fn routes(
     );
     hooks
         .or(link)
+        .unify()
+        .or(oauth)
         .unify()
         .or(metrics)
         .unify()
@@ -290,6 +317,14 @@ fn authenticate(
         }
     }
     Ok(())
+}
+
+/// Text for an HTML page.
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Reads the body, refusing more than `limit` bytes whether or not a length was announced.

@@ -16,19 +16,27 @@ use tracing::{info, warn};
 use crate::config::{Loaded, Secret, SourceKind};
 use crate::matrix::Failure;
 use crate::metrics::Metrics;
-use crate::store::{NewAction, OutboxRow, PretixChanges, Store};
+use crate::seal::Sealer;
+use crate::store::{NewAction, OutboxRow, PretixChanges, Store, now_ms};
 
 /// How long a call to pretix may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The pretix sources, and what reads from them.
 pub struct Pretix {
-    sources: HashMap<String, (PretixConfig, Secret)>,
+    /// Each source's config and API token (none: OAuth only).
+    sources: HashMap<String, (PretixConfig, Option<Secret>)>,
     http: reqwest::Client,
     store: Store,
     metrics: Metrics,
     /// Tells the engine that the inbox has something (polling, `!batchinvite`).
     wake: Arc<Notify>,
+    /// Each source's OAuth client secret.
+    client_secrets: HashMap<String, Secret>,
+    /// Seals OAuth tokens at rest.
+    sealer: Sealer,
+    /// One refresh of an OAuth token at a time.
+    oauth_lock: tokio::sync::Mutex<()>,
 }
 
 impl Pretix {
@@ -38,6 +46,7 @@ impl Pretix {
         store: Store,
         metrics: Metrics,
         wake: Arc<Notify>,
+        sealer: Sealer,
     ) -> Option<Pretix> {
         let sources: HashMap<_, _> = loaded
             .config
@@ -45,7 +54,7 @@ impl Pretix {
             .iter()
             .filter(|(_, s)| s.kind == SourceKind::Pretix)
             .filter_map(|(id, s)| {
-                let token = loaded.secrets.pretix_tokens.get(id)?.clone();
+                let token = loaded.secrets.pretix_tokens.get(id).cloned();
                 Some((id.clone(), (s.pretix.clone()?, token)))
             })
             .collect();
@@ -63,12 +72,20 @@ impl Pretix {
             store,
             metrics,
             wake,
+            client_secrets: loaded
+                .secrets
+                .pretix_oauth_secrets
+                .clone()
+                .into_iter()
+                .collect(),
+            sealer,
+            oauth_lock: tokio::sync::Mutex::new(()),
         })
     }
 
     /// Reads the order and queues what its state asks for.
     pub async fn order(&self, row: &OutboxRow, order: &OrderRef) -> Result<String, Failure> {
-        let Some((cfg, token)) = self.sources.get(&row.source_id) else {
+        let Some((cfg, _)) = self.sources.get(&row.source_id) else {
             return Err(Failure::Permanent(format!(
                 "`{}` is not a pretix source",
                 row.source_id
@@ -88,7 +105,7 @@ impl Pretix {
                 order.organizer, order.event
             ));
         };
-        let current = self.fetch(cfg, token, order).await?;
+        let current = self.fetch(&row.source_id, cfg, order).await?;
         let m = membership(&current, rooms, &cfg.question);
         let plan = |changes: &PretixChanges| {
             let mut out = Vec::new();
@@ -122,10 +139,14 @@ impl Pretix {
             }
             if let Some(management) = &rooms.management_room {
                 for (position, answer) in &changes.reports {
+                    let what = if answer.is_empty() {
+                        "gave no Matrix ID".to_string()
+                    } else {
+                        format!("\"{answer}\" is not a Matrix ID (like @name:example.org)")
+                    };
                     let body = format!(
-                        "Order {} (position {position}): \"{answer}\" is not a Matrix ID \
-                         (like @name:example.org), so this attendee was not invited. Correct \
-                         the answer in pretix and they will be.",
+                        "Order {} (position {position}): {what}, so this attendee was not \
+                         invited. Correct the answer in pretix and they will be.",
                         order.code
                     );
                     add(
@@ -173,33 +194,39 @@ impl Pretix {
     /// The order as pretix has it now.
     async fn fetch(
         &self,
+        source: &str,
         cfg: &PretixConfig,
-        token: &Secret,
         order: &OrderRef,
     ) -> Result<serde_json::Value, Failure> {
-        self.get(&cfg.order_url(order), token, &order.key()).await
+        self.get(source, &cfg.order_url(order), &order.key()).await
     }
 
-    /// One GET of pretix's API, its failures sorted into those worth another try (network,
-    /// 5xx, 429) and those that are not (401/403: the token; 404; other 4xx).
-    async fn get(
-        &self,
-        url: &str,
-        token: &Secret,
-        what: &str,
-    ) -> Result<serde_json::Value, Failure> {
+    /// One GET of pretix's API with the source's authorization, its failures sorted into
+    /// those worth another try (network, 5xx, 429, no authorization yet) and those that are
+    /// not (401/403: the token; 404; other 4xx). An OAuth token pretix refuses is refreshed
+    /// once.
+    async fn get(&self, source: &str, url: &str, what: &str) -> Result<serde_json::Value, Failure> {
         let transient = |message: String, retry_after: Option<Duration>| Failure::Transient {
             message,
             retry_after,
         };
-        let response = self
-            .http
-            .get(url)
-            .header("Authorization", format!("Token {}", token.expose()))
-            .header("Accept", "application/json")
-            .send()
+        let send = |auth: String| {
+            self.http
+                .get(url)
+                .header("Authorization", auth)
+                .header("Accept", "application/json")
+                .send()
+        };
+        let (auth, oauth) = self.authorization(source, false).await?;
+        let mut response = send(auth)
             .await
             .map_err(|e| transient(format!("pretix: {}", e.without_url()), None))?;
+        if response.status().as_u16() == 401 && oauth {
+            let (auth, _) = self.authorization(source, true).await?;
+            response = send(auth)
+                .await
+                .map_err(|e| transient(format!("pretix: {}", e.without_url()), None))?;
+        }
         let status = response.status();
         if status.is_success() {
             return response
@@ -215,7 +242,8 @@ impl Pretix {
             .map(Duration::from_secs);
         let message = match status.as_u16() {
             401 | 403 => format!(
-                "pretix refused the API token ({status}) for {what}: check its team's permissions"
+                "pretix refused the authorization ({status}) for {what}: check the token's \
+                 permissions, or !authorize again"
             ),
             404 => format!("pretix has no {what}"),
             _ => format!("pretix answered {status} for {what}"),
@@ -224,6 +252,230 @@ impl Pretix {
             Err(transient(message, retry_after))
         } else {
             Err(Failure::Permanent(message))
+        }
+    }
+
+    /// The `Authorization` header for a source: its OAuth token when an organiser
+    /// authorized Switchboard (refreshed when it expires, or when `refresh`), otherwise its
+    /// API token; and whether it is OAuth's. Neither yet: a failure worth another try, so
+    /// that nothing is lost before `!authorize`.
+    async fn authorization(&self, source: &str, refresh: bool) -> Result<(String, bool), Failure> {
+        let _one_at_a_time = self.oauth_lock.lock().await;
+        if let Some(stored) = self
+            .store
+            .setting(&token_key(source))
+            .await
+            .map_err(db_failure)?
+        {
+            let json = self
+                .sealer
+                .open(OAUTH_PURPOSE, &stored)
+                .map_err(|e| Failure::Permanent(format!("the stored pretix authorization: {e}")))?;
+            let mut token: OAuthToken = serde_json::from_str(&json)
+                .map_err(|e| Failure::Permanent(format!("the stored pretix authorization: {e}")))?;
+            if (refresh || now_ms() > token.expires_at - 60_000)
+                && let Some(refresh_token) = token.refresh_token.clone()
+            {
+                token = self
+                    .exchange(
+                        source,
+                        &[
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", &refresh_token),
+                        ],
+                    )
+                    .await?;
+                self.keep_token(source, &token).await?;
+                info!(source, "pretix OAuth token refreshed");
+            }
+            return Ok((format!("Bearer {}", token.access_token), true));
+        }
+        match self.sources.get(source).and_then(|(_, t)| t.as_ref()) {
+            Some(token) => Ok((format!("Token {}", token.expose()), false)),
+            None => Err(Failure::Transient {
+                message: "pretix is not authorized yet: an organiser sends !authorize".into(),
+                retry_after: Some(Duration::from_secs(10)),
+            }),
+        }
+    }
+
+    /// Asks pretix's token endpoint for a token (`params`: the grant).
+    async fn exchange(&self, source: &str, params: &[(&str, &str)]) -> Result<OAuthToken, Failure> {
+        let (cfg, _) = self
+            .sources
+            .get(source)
+            .ok_or_else(|| Failure::Permanent(format!("`{source}` is not a pretix source")))?;
+        let (Some(oauth), Some(secret)) = (&cfg.oauth, self.client_secrets.get(source)) else {
+            return Err(Failure::Permanent("no `oauth` is configured".into()));
+        };
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            for (k, v) in params {
+                form.append_pair(k, v);
+            }
+            form.finish()
+        };
+        let response = self
+            .http
+            .post(cfg.token_url())
+            .basic_auth(&oauth.client_id, Some(secret.expose()))
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .body(form)
+            .send()
+            .await
+            .map_err(|e| Failure::Transient {
+                message: format!("pretix: {}", e.without_url()),
+                retry_after: None,
+            })?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = format!(
+                "pretix refused ({status}): {}",
+                answer["error"].as_str().unwrap_or("no reason given")
+            );
+            return Err(if status.is_server_error() {
+                Failure::Transient {
+                    message,
+                    retry_after: None,
+                }
+            } else {
+                Failure::Permanent(message)
+            });
+        }
+        let access_token = answer["access_token"]
+            .as_str()
+            .ok_or_else(|| Failure::Permanent("pretix sent no access token".into()))?
+            .to_string();
+        Ok(OAuthToken {
+            access_token,
+            refresh_token: answer["refresh_token"].as_str().map(String::from),
+            expires_at: now_ms() + answer["expires_in"].as_i64().unwrap_or(3600) * 1000,
+        })
+    }
+
+    /// Stores a source's OAuth token, sealed with the data secret.
+    async fn keep_token(&self, source: &str, token: &OAuthToken) -> Result<(), Failure> {
+        let json = serde_json::to_string(token).map_err(|e| Failure::Permanent(e.to_string()))?;
+        self.store
+            .set_setting(&token_key(source), &self.sealer.seal(OAUTH_PURPOSE, &json))
+            .await
+            .map_err(db_failure)
+    }
+
+    /// A new link for an organiser to authorize Switchboard in pretix (`None` without
+    /// `oauth`); its state remembers who asked, where.
+    async fn authorize_link(
+        &self,
+        source: &str,
+        room: &str,
+        sender: &str,
+    ) -> Result<Option<String>, Failure> {
+        let Some((cfg, _)) = self.sources.get(source) else {
+            return Ok(None);
+        };
+        let state = hex::encode(rand::random::<[u8; 16]>());
+        let Some(link) = cfg.authorize_url(source, &state) else {
+            return Ok(None);
+        };
+        let asked = json!({"room": room, "sender": sender, "at": now_ms()});
+        self.store
+            .set_setting(&state_key(source, &state), &asked.to_string())
+            .await
+            .map_err(db_failure)?;
+        Ok(Some(link))
+    }
+
+    /// Completes an authorization: the state must be one of this source's links, unused
+    /// and at most an hour old; the code is exchanged for a token, which is kept. Returns
+    /// the room and the organiser who asked.
+    pub async fn complete(
+        &self,
+        source: &str,
+        code: &str,
+        state: &str,
+    ) -> Result<(String, String), String> {
+        let key = state_key(source, state);
+        let asked = self
+            .store
+            .setting(&key)
+            .await
+            .map_err(|e| format!("database: {e}"))?
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+            .ok_or("this link is unknown or was used already; send !authorize for a new one")?;
+        self.store
+            .delete_setting(&key)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        if now_ms() - asked["at"].as_i64().unwrap_or_default() > 3_600_000 {
+            return Err("this link is more than an hour old; send !authorize for a new one".into());
+        }
+        let redirect = self
+            .sources
+            .get(source)
+            .and_then(|(cfg, _)| cfg.oauth.as_ref())
+            .map(|o| o.redirect_uri(source))
+            .ok_or("no `oauth` is configured")?;
+        let token = self
+            .exchange(
+                source,
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", &redirect),
+                ],
+            )
+            .await
+            .map_err(|f| match f {
+                Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
+            })?;
+        self.keep_token(source, &token).await.map_err(|f| match f {
+            Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
+        })?;
+        let (room, sender) = (
+            asked["room"].as_str().unwrap_or_default().to_string(),
+            asked["sender"].as_str().unwrap_or_default().to_string(),
+        );
+        info!(source, by = %sender, "pretix authorized with OAuth");
+        // Orders that waited for the authorization go on now.
+        self.wake.notify_one();
+        Ok((room, sender))
+    }
+
+    /// The callback page pretix sends the organiser's browser to: completes the
+    /// authorization and tells the room. The page's text, and whether it worked.
+    pub async fn callback(&self, source: &str, query: &HashMap<String, String>) -> (bool, String) {
+        if let Some(error) = query.get("error") {
+            return (
+                false,
+                format!("pretix did not authorize Switchboard: {error}."),
+            );
+        }
+        let (Some(code), Some(state)) = (query.get("code"), query.get("state")) else {
+            return (false, "This address has no authorization code.".into());
+        };
+        match self.complete(source, code, state).await {
+            Ok((room, sender)) => {
+                let notice = format!(
+                    "pretix is authorized: Switchboard reads the orders with {sender}'s permission."
+                );
+                let mut told = TicketEvent::new(format!("command:{room}"), EventKind::Updated);
+                told.payload = json!({"room": room, "notice": notice});
+                if let Ok(events) = serde_json::to_string(&[told])
+                    && self
+                        .store
+                        .accept(source, &format!("oauth/{state}"), &events)
+                        .await
+                        .is_ok()
+                {
+                    self.wake.notify_one();
+                }
+                (
+                    true,
+                    "Switchboard can now read the orders. You can close this page.".into(),
+                )
+            }
+            Err(reason) => (false, format!("Not authorized: {reason}")),
         }
     }
 
@@ -254,7 +506,7 @@ impl Pretix {
     }
 
     async fn poll_source(&self, source: &str) {
-        let Some((cfg, token)) = self.sources.get(source) else {
+        let Some((cfg, _)) = self.sources.get(source) else {
             return;
         };
         let events = match self.events(source, cfg).await {
@@ -265,7 +517,7 @@ impl Pretix {
             }
         };
         for rooms in &events {
-            match self.poll_event(source, cfg, token, rooms).await {
+            match self.poll_event(source, cfg, rooms).await {
                 Ok(0) => {}
                 Ok(queued) => {
                     info!(source, organizer = %rooms.organizer, event = %rooms.event, orders = queued, "changed orders found by polling pretix");
@@ -283,7 +535,6 @@ impl Pretix {
         &self,
         source: &str,
         cfg: &PretixConfig,
-        token: &Secret,
         rooms: &EventRooms,
     ) -> Result<usize, String> {
         let what = format!("event {}/{}", rooms.organizer, rooms.event);
@@ -298,7 +549,7 @@ impl Pretix {
                 "ordering=last_modified",
                 "ordering=-last_modified&page_size=1",
             );
-            let page = self.get(&url, token, &what).await.map_err(failed)?;
+            let page = self.get(source, &url, &what).await.map_err(failed)?;
             let newest = page["results"][0]["last_modified"].as_str().unwrap_or("");
             self.store.set_cursor(&cursor, newest).await.map_err(db)?;
             info!(source, organizer = %rooms.organizer, event = %rooms.event, "watching the event's orders for changes from now on");
@@ -309,7 +560,7 @@ impl Pretix {
         let mut newest = since.clone();
         let mut queued = 0;
         while let Some(url) = next.take() {
-            let page = self.get(&url, token, &what).await.map_err(failed)?;
+            let page = self.get(source, &url, &what).await.map_err(failed)?;
             for order in page["results"].as_array().into_iter().flatten() {
                 let (Some(code), Some(modified)) =
                     (order["code"].as_str(), order["last_modified"].as_str())
@@ -410,7 +661,7 @@ impl Pretix {
         sender: &str,
         body: &str,
     ) -> Result<String, Failure> {
-        let Some((cfg, token)) = self.sources.get(&row.source_id) else {
+        let Some((cfg, _)) = self.sources.get(&row.source_id) else {
             return Err(Failure::Permanent(format!(
                 "`{}` is not a pretix source",
                 row.source_id
@@ -430,10 +681,36 @@ impl Pretix {
         };
         Ok(match command {
             Command::Help => HELP.into(),
+            Command::Authorize(None) => {
+                match self.authorize_link(&row.source_id, room, sender).await? {
+                    Some(link) => format!(
+                        "To let Switchboard read the orders with your pretix account, open:\n{link}\n\
+                     If the page pretix then sends you to cannot be opened, copy its address \
+                     and send: !authorize <address>"
+                    ),
+                    None => "pretix OAuth is not configured (`oauth` in the config file); \
+                         Switchboard reads pretix with the API token."
+                        .into(),
+                }
+            }
+            Command::Authorize(Some(address)) => {
+                let Some((code, state)) = switchboard_pretix::code_of(&address) else {
+                    return Ok("That address has no authorization code: send !authorize \
+                               for a new link."
+                        .into());
+                };
+                match self.complete(&row.source_id, &code, &state).await {
+                    Ok(_) => format!(
+                        "pretix is authorized: Switchboard reads the orders with {sender}'s \
+                         permission."
+                    ),
+                    Err(reason) => format!("Not authorized: {reason}"),
+                }
+            }
             Command::Usage(usage) => format!("Usage: {usage}"),
             Command::SetRoom(o, e) => {
                 let what = format!("event {o}/{e}");
-                let event = match self.get(&event_api(&o, &e), token, &what).await {
+                let event = match self.get(&row.source_id, &event_api(&o, &e), &what).await {
                     Ok(event) => event,
                     Err(Failure::Permanent(message)) => return Ok(format!("Not set: {message}.")),
                     Err(transient) => return Err(transient),
@@ -486,7 +763,7 @@ impl Pretix {
                 let mut lines = Vec::new();
                 for (o, e, how) in here {
                     let what = format!("event {o}/{e}");
-                    let state = match self.get(&event_api(&o, &e), token, &what).await {
+                    let state = match self.get(&row.source_id, &event_api(&o, &e), &what).await {
                         Ok(_) => "pretix answers".to_string(),
                         Err(Failure::Permanent(m) | Failure::Transient { message: m, .. }) => m,
                     };
@@ -511,7 +788,7 @@ impl Pretix {
                         "No room gets the attendees of {o}/{e}: map one first with !setroom."
                     ));
                 }
-                let queued = self.batch(&row.source_id, cfg, token, &o, &e).await?;
+                let queued = self.batch(&row.source_id, cfg, &o, &e).await?;
                 self.wake.notify_one();
                 format!(
                     "{queued} paid orders of {o}/{e} are read again: their attendees who are \
@@ -527,7 +804,6 @@ impl Pretix {
         &self,
         source: &str,
         cfg: &PretixConfig,
-        token: &Secret,
         organizer: &str,
         event: &str,
     ) -> Result<usize, Failure> {
@@ -539,7 +815,7 @@ impl Pretix {
         let mut next = Some(path.clone());
         let mut count = 0;
         while let Some(url) = next.take() {
-            let page = self.get(&url, token, &what).await?;
+            let page = self.get(source, &url, &what).await?;
             for order in page["results"].as_array().into_iter().flatten() {
                 let (Some(code), Some(modified)) =
                     (order["code"].as_str(), order["last_modified"].as_str())
@@ -601,4 +877,24 @@ fn db_failure(e: crate::store::StoreError) -> Failure {
         message: format!("database: {e}"),
         retry_after: None,
     }
+}
+
+/// An OAuth token from pretix, as kept (sealed) in `settings`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct OAuthToken {
+    access_token: String,
+    refresh_token: Option<String>,
+    /// When it expires (milliseconds since the epoch).
+    expires_at: i64,
+}
+
+/// What OAuth tokens are sealed for.
+const OAUTH_PURPOSE: &str = "pretix.oauth";
+
+fn token_key(source: &str) -> String {
+    format!("pretix.{source}.oauth")
+}
+
+fn state_key(source: &str, state: &str) -> String {
+    format!("pretix.{source}.oauth_state.{state}")
 }

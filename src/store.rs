@@ -979,6 +979,15 @@ impl Store {
         row.map(|r| r.try_get(0)).transpose().map_err(Into::into)
     }
 
+    pub async fn delete_setting(&self, key: &str) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM settings WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
+    }
+
     pub async fn set_setting(&self, key: &str, value: &str) -> Result<()> {
         upsert(&self.pool, "settings", "key", key, value).await
     }

@@ -681,6 +681,8 @@ where
 /// A pretix on loopback (`scripts/pretix.sh`), with the organizer `switchboard` and a
 /// template event `conf` that each test copies into an event of its own.
 pub struct Pretix {
+    /// Its data directory, for `scripts/pretix.sh`.
+    dir: PathBuf,
     pub base_url: String,
     pub token: String,
     /// Every order action, for webhooks.
@@ -752,6 +754,7 @@ impl Pretix {
             return None;
         }
         Some(Pretix {
+            dir: dir.to_owned(),
             base_url,
             token: state["token"].as_str()?.to_string(),
             actions: state["webhook_actions"]
@@ -765,6 +768,40 @@ impl Pretix {
                 .build()
                 .ok()?,
         })
+    }
+
+    /// An OAuth application that sends browsers back to `redirect_uri`: its client ID and
+    /// secret.
+    pub fn oauth_app(&self, redirect_uri: &str) -> Result<(String, String)> {
+        let v = self.script(&["oauth-app"], redirect_uri)?;
+        let v: Value = serde_json::from_str(&v)?;
+        Ok((
+            v["client_id"].as_str().context("client_id")?.to_string(),
+            v["client_secret"]
+                .as_str()
+                .context("client_secret")?
+                .to_string(),
+        ))
+    }
+
+    /// Plays the organiser's browser on an authorization link: logs in to pretix, allows,
+    /// and returns the address pretix sends the browser back to.
+    pub fn oauth_authorize(&self, link: &str) -> Result<String> {
+        Ok(self.script(&["oauth-authorize"], link)?.trim().to_string())
+    }
+
+    /// `scripts/pretix.sh <command> <dir> <arg>`'s output.
+    fn script(&self, command: &[&str], arg: &str) -> Result<String> {
+        let out = Command::new(repo().join("scripts/pretix.sh"))
+            .args(command)
+            .arg(&self.dir)
+            .arg(arg)
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("scripts/pretix.sh {command:?} failed");
+        }
+        Ok(String::from_utf8(out.stdout)?)
     }
 
     /// One call to the REST API (`path` below `/api/v1`).

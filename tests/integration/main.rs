@@ -2304,8 +2304,8 @@ async fn pretix_room(organiser: &harness::User, bot: &harness::User) -> Result<S
 
 /// pretix orders, from a real pretix: a pending order invites nobody; once paid, each
 /// attendee with a Matrix ID is; the same webhook four times invites once; an answer that is
-/// not a Matrix ID is reported; a changed answer swaps the attendee; a cancellation removes
-/// them.
+/// not a Matrix ID, or none, is reported; a changed answer swaps the attendee; a
+/// cancellation removes them.
 async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
     let hs = synapse();
     let px = harness::pretix();
@@ -2439,7 +2439,7 @@ async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
     // A free order (paid at once) with an answer that is no Matrix ID: reported, the other
     // attendee invited.
     let free = ev
-        .order(px, &["carol at example dot org", &carol.user_id], true)
+        .order(px, &["carol at example dot org", &carol.user_id, ""], true)
         .await?;
     wait_for("carol's invite", || async {
         (member(&carol).await.as_deref() == Some("invite")).then_some(())
@@ -2455,6 +2455,16 @@ async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
         report.contains(free["code"].as_str().unwrap_or("?")),
         "{report}"
     );
+    let free_code = free["code"].as_str().unwrap_or("?").to_string();
+    wait_for("the report of the missing answer", || async {
+        let said = organiser.messages(&management).await.ok()?;
+        said.into_iter().find(|b| {
+            b.contains(&format!(
+                "Order {free_code} (position 3): gave no Matrix ID"
+            ))
+        })
+    })
+    .await?;
 
     // Bob's answer changes to Dave: Dave is invited, Bob's invite withdrawn.
     let bob_position = order["positions"][1]["id"].as_i64().context("position")?;
@@ -2771,5 +2781,118 @@ async fn pretix_commands() -> Result<()> {
         .send(&room, json!({"msgtype": "m.text", "body": "!what"}))
         .await?;
     answer("!batchinvite <event URL>: invite every paid attendee").await?;
+    Ok(())
+}
+
+/// pretix OAuth instead of an API token: an order waits until an organiser authorizes
+/// Switchboard (`!authorize`, the link, pretix's consent page, the callback page), then its
+/// attendee is invited; the fallback of pasting the address pretix sent the browser back to
+/// works too; a used link is refused; the token is sealed at rest.
+#[tokio::test]
+async fn pretix_oauth() -> Result<()> {
+    let hs = synapse();
+    let px = harness::pretix();
+    let bot = hs.user("bot").await?;
+    let organiser = hs.user("organiser").await?;
+    let alice = hs.user("alice").await?;
+    let room = pretix_room(&organiser, &bot).await?;
+    let secret = format!("hook-secret-{}", harness::suffix());
+    let ev = px.event().await?;
+    // The OAuth application needs Switchboard's address, known once it listens: the config
+    // is completed then, and Switchboard restarted.
+    let mut sb = Switchboard::start(Setup {
+        synapse: hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: format!(
+            "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
+             [sources.conf.pretix]\nurl = \"{}\"\npoll_minutes = 0\norganisers = [\"{}\"]\n\n\
+             [sources.conf.pretix.oauth]\nclient_id = \"PENDING-ID\"\n\
+             client_secret = \"PENDING-SECRET\"\npublic_url = \"http://pending.invalid\"\n\n\
+             [[sources.conf.pretix.events]]\norganizer = \"{}\"\nevent = \"{}\"\nrooms = [\"{room}\"]\n",
+            px.base_url, organiser.user_id, ev.organizer, ev.slug
+        ),
+        encryption: false,
+        login: None,
+    })
+    .await?;
+    let (client_id, client_secret) =
+        px.oauth_app(&format!("{}/oauth/pretix/conf/callback", sb.base))?;
+    let path = sb.dir.join("switchboard.toml");
+    let config = std::fs::read_to_string(&path)?
+        .replace("PENDING-ID", &client_id)
+        .replace("PENDING-SECRET", &client_secret)
+        .replace("http://pending.invalid", &sb.base);
+    std::fs::write(&path, config)?;
+    sb.set_top_level("data_secret", "\"the data secret of the oauth test\"")?;
+    sb.kill();
+    sb.spawn().await?;
+    ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
+        .await?;
+    wait_in_room(&bot, &room, true).await?;
+
+    // Paid before anyone authorized Switchboard: it waits.
+    ev.order(px, &[&alice.user_id], true).await?;
+    let said = |what: &'static str, n: usize| {
+        let (organiser, room) = (&organiser, room.clone());
+        async move {
+            wait_for(what, || async {
+                let found: Vec<String> = organiser
+                    .messages(&room)
+                    .await
+                    .ok()?
+                    .into_iter()
+                    .filter(|b| b.contains(what))
+                    .collect();
+                (found.len() >= n).then_some(found)
+            })
+            .await
+        }
+    };
+    let link_of = |answer: &str| {
+        answer
+            .lines()
+            .find(|l| l.starts_with("http"))
+            .map(String::from)
+            .context("a link")
+    };
+
+    organiser
+        .send(&room, json!({"msgtype": "m.text", "body": "!authorize"}))
+        .await?;
+    let answers = said("To let Switchboard read the orders", 1).await?;
+    let back = px.oauth_authorize(&link_of(&answers[0])?)?;
+    assert!(back.starts_with(&sb.base), "{back}");
+    let page = sb.http().get(&back).send().await?;
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.text().await?.contains("can now read the orders"));
+    said("pretix is authorized: Switchboard reads the orders with", 1).await?;
+    wait_for("alice's invite", || async {
+        let m = organiser.membership(&room, &alice.user_id).await.ok()??;
+        (m == "invite").then_some(())
+    })
+    .await?;
+
+    // The fallback: the address pasted into the room.
+    organiser
+        .send(&room, json!({"msgtype": "m.text", "body": "!authorize"}))
+        .await?;
+    let answers = said("To let Switchboard read the orders", 2).await?;
+    let back = px.oauth_authorize(&link_of(&answers[1])?)?;
+    organiser
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": format!("!authorize {back}")}),
+        )
+        .await?;
+    said("pretix is authorized: Switchboard reads the orders with", 2).await?;
+    let again = sb.http().get(&back).send().await?;
+    assert_eq!(again.status().as_u16(), 400, "a link works once");
+
+    let stored = sb
+        .sqlite_setting("pretix.conf.oauth")
+        .await?
+        .context("the token")?;
+    assert!(stored.starts_with("sealed:v1:"), "{stored}");
     Ok(())
 }

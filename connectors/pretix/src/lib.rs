@@ -44,6 +44,41 @@ pub struct PretixConfig {
     /// Empty: no commands. Their invites into rooms are accepted.
     #[serde(default)]
     pub organisers: Vec<String>,
+    /// An OAuth application in pretix, for `!authorize` instead of (or before) an API token.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// A pretix OAuth application (pretix: Your account, Authorized applications, Own
+/// applications), its redirect URI `<public_url>/oauth/pretix/<source id>/callback`.
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthConfig {
+    pub client_id: String,
+    /// Or `client_secret_file`.
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<std::path::PathBuf>,
+    /// Where pretix sends the organiser's browser back: Switchboard's address as the
+    /// organiser's browser reaches it, e.g. `https://switchboard.example.org`.
+    pub public_url: String,
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("client_id", &self.client_id)
+            .field("public_url", &self.public_url)
+            .finish()
+    }
+}
+
+impl OAuthConfig {
+    /// The redirect URI of `source`'s callback.
+    pub fn redirect_uri(&self, source: &str) -> String {
+        format!(
+            "{}/oauth/pretix/{source}/callback",
+            self.public_url.trim_end_matches('/')
+        )
+    }
 }
 
 impl std::fmt::Debug for PretixConfig {
@@ -69,7 +104,8 @@ pub struct EventRooms {
     /// Rooms (IDs, `!...`) every paid attendee is invited to.
     #[serde(default)]
     pub rooms: Vec<String>,
-    /// More rooms for attendees of particular products: product (item) ID -> room IDs.
+    /// More rooms for attendees of particular products: product (item) ID, or
+    /// `<item ID>/<variation ID>` for one variation of it -> room IDs.
     #[serde(default)]
     pub items: BTreeMap<String, Vec<String>>,
     /// Where problems with an order's answers are reported (a room ID); none: only logged.
@@ -102,6 +138,17 @@ impl PretixConfig {
         }
         if !(self.poll_minutes >= 0.0 && self.poll_minutes.is_finite()) {
             out.push(("poll_minutes".into(), "must be 0 (never) or more".into()));
+        }
+        if let Some(oauth) = &self.oauth {
+            if url_base(&oauth.public_url).is_none() {
+                out.push((
+                    "oauth.public_url".into(),
+                    format!("`{}` is not an http(s) URL", oauth.public_url),
+                ));
+            }
+            if oauth.client_id.trim().is_empty() {
+                out.push(("oauth.client_id".into(), "must not be empty".into()));
+            }
         }
         for id in &self.organisers {
             if !switchboard_connector::is_matrix_user_id(id) {
@@ -180,6 +227,36 @@ impl PretixConfig {
         url
     }
 
+    /// Where an organiser's browser goes to let Switchboard read pretix (`state` ties the
+    /// answer to the request).
+    pub fn authorize_url(&self, source: &str, state: &str) -> Option<String> {
+        let oauth = self.oauth.as_ref()?;
+        let query: String = [
+            ("client_id", oauth.client_id.as_str()),
+            ("response_type", "code"),
+            ("scope", "read"),
+            ("state", state),
+            ("approval_prompt", "force"),
+            ("redirect_uri", &oauth.redirect_uri(source)),
+        ]
+        .iter()
+        .map(|(k, v)| format!("{k}={}", encode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+        Some(format!(
+            "{}/api/v1/oauth/authorize?{query}",
+            url_base(&self.url)?
+        ))
+    }
+
+    /// pretix's token endpoint.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/api/v1/oauth/token",
+            url_base(&self.url).unwrap_or_default()
+        )
+    }
+
     /// The API URL of one order.
     pub fn order_url(&self, order: &OrderRef) -> String {
         format!(
@@ -190,6 +267,66 @@ impl PretixConfig {
             order.code
         )
     }
+}
+
+/// Percent-encodes a query value.
+pub fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The `code` and `state` of the address pretix sent the browser back to.
+pub fn code_of(redirect: &str) -> Option<(String, String)> {
+    let query = redirect.split_once('?')?.1.split('#').next()?;
+    let mut code = None;
+    let mut state = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let v = decode(v);
+        match k {
+            "code" => code = Some(v),
+            "state" => state = Some(v),
+            _ => {}
+        }
+    }
+    Some((
+        code.filter(|c| !c.is_empty())?,
+        state.filter(|s| !s.is_empty())?,
+    ))
+}
+
+fn decode(v: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = v.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
+            .flatten();
+        match (escaped, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The event an organiser names in a command: its URL in pretix
@@ -217,6 +354,9 @@ pub enum Command {
     Status,
     /// `!batchinvite <event>`: every paid order of the event, read again.
     BatchInvite(String, String),
+    /// `!authorize`: a link to let Switchboard read pretix; with the address pretix sent
+    /// the browser back to, when that page could not be reached.
+    Authorize(Option<String>),
     /// `!help`, or anything unknown.
     Help,
     /// A command with a missing or wrong argument: its usage.
@@ -239,6 +379,7 @@ pub fn command(body: &str) -> Option<Command> {
             }
         }
         "unsetroom" => Command::UnsetRoom,
+        "authorize" => Command::Authorize(words.next().map(String::from)),
         "status" => Command::Status,
         "batchinvite" => match event("!batchinvite <event URL>") {
             Ok((o, e)) => Command::BatchInvite(o, e),
@@ -250,6 +391,7 @@ pub fn command(body: &str) -> Option<Command> {
 
 /// What `!help` answers.
 pub const HELP: &str = "Commands (organisers only):
+!authorize: a link to let Switchboard read the orders with your pretix account
 !setroom <event URL>: paid attendees of the event are invited to this room
 !unsetroom: this room gets no more attendees
 !status: the events this room gets attendees of
@@ -369,7 +511,8 @@ pub struct Membership {
     /// Whether those it granted before and no longer grants should leave: the order (or a
     /// position) was canceled or expired. False while it is pending: nothing was granted.
     pub revoke: bool,
-    /// Answers that are not Matrix user IDs: (position ID, answer as given).
+    /// Answers that are not Matrix user IDs: (position ID, answer as given); an empty
+    /// answer is a paid position that gave none.
     pub invalid: Vec<(u64, String)>,
     /// The order's status as pretix gives it (`n`, `p`, `e`, `c`).
     pub status: String,
@@ -386,19 +529,23 @@ pub fn membership(order: &serde_json::Value, rooms: &EventRooms, question: &str)
     };
     let positions = order["positions"].as_array().into_iter().flatten();
     for position in positions.filter(|p| p["canceled"] != true) {
-        let Some(answer) = position["answers"]
+        let id = position["positionid"].as_u64().unwrap_or_default();
+        let answer = position["answers"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|a| a["question_identifier"] == question)
             .and_then(|a| a["answer"].as_str())
             .map(str::trim)
-            .filter(|a| !a.is_empty())
-        else {
+            .filter(|a| !a.is_empty());
+        let Some(answer) = answer else {
+            // Nobody to invite: the organisers hear of it once the order is paid.
+            if paid {
+                out.invalid.push((id, String::new()));
+            }
             continue;
         };
         if !switchboard_connector::is_matrix_user_id(answer) {
-            let id = position["positionid"].as_u64().unwrap_or_default();
             out.invalid.push((id, answer.to_string()));
             continue;
         }
@@ -406,7 +553,11 @@ pub fn membership(order: &serde_json::Value, rooms: &EventRooms, question: &str)
             continue;
         }
         let item = position["item"].to_string();
-        let extra = rooms.items.get(&item).into_iter().flatten();
+        let variation = format!("{item}/{}", position["variation"]);
+        let extra = [&item, &variation]
+            .into_iter()
+            .filter_map(|k| rooms.items.get(k))
+            .flatten();
         for room in rooms.rooms.iter().chain(extra) {
             out.grants.insert((room.clone(), answer.to_string()));
         }
@@ -441,8 +592,8 @@ mod tests {
         );
         assert_eq!(
             m.invalid,
-            [(2, "alice".to_string())],
-            "no answer is no problem"
+            [(2, "alice".to_string()), (3, String::new())],
+            "an invalid answer, and none"
         );
         assert!(m.revoke);
         assert!(
@@ -458,9 +609,9 @@ mod tests {
         let m = membership(&pending, &rooms(), "matrix");
         assert!(m.grants.is_empty() && !m.revoke, "{m:?}");
         assert_eq!(
-            m.invalid.len(),
-            1,
-            "a bad answer is reported before payment"
+            m.invalid,
+            [(2, "alice".to_string())],
+            "a bad answer is reported before payment, a missing one once paid"
         );
 
         let mut canceled = order();
@@ -473,6 +624,16 @@ mod tests {
         let m = membership(&free, &rooms(), "matrix");
         let rooms_of_alice: Vec<&str> = m.grants.iter().map(|(r, _)| r.as_str()).collect();
         assert_eq!(rooms_of_alice, ["!all", "!free"]);
+
+        let mut variant = order();
+        variant["positions"][0]["variation"] = json!(7);
+        let mut with_variation = rooms();
+        with_variation
+            .items
+            .insert("1/7".into(), vec!["!vip".into()]);
+        let m = membership(&variant, &with_variation, "matrix");
+        let rooms_of_alice: Vec<&str> = m.grants.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(rooms_of_alice, ["!all", "!vip"]);
 
         let mut one_canceled = order();
         one_canceled["positions"][0]["canceled"] = json!(true);
@@ -546,6 +707,28 @@ mod tests {
         assert_eq!(command("!status"), Some(Command::Status));
         assert_eq!(command("!whatever"), Some(Command::Help));
         assert_eq!(command("hello !status"), None);
+        assert_eq!(command("!authorize"), Some(Command::Authorize(None)));
+        assert_eq!(
+            code_of("http://sb.example/oauth/pretix/px/callback?code=ab%2Bc&state=s1"),
+            Some(("ab+c".into(), "s1".into()))
+        );
+        assert_eq!(
+            code_of("http://sb.example/callback?error=access_denied"),
+            None
+        );
+        let cfg: PretixConfig = serde_json::from_value(json!({
+            "url": "https://pretix.eu",
+            "oauth": {"client_id": "cid", "client_secret": "x", "public_url": "https://sb.example/"},
+        }))
+        .expect("config");
+        let url = cfg.authorize_url("px", "st").expect("oauth");
+        assert_eq!(
+            url,
+            "https://pretix.eu/api/v1/oauth/authorize?client_id=cid&response_type=code&scope=read\
+             &state=st&approval_prompt=force\
+             &redirect_uri=https%3A%2F%2Fsb.example%2Foauth%2Fpretix%2Fpx%2Fcallback"
+        );
+        assert!(!format!("{cfg:?}").contains("\"x\""));
     }
 
     #[test]
