@@ -331,23 +331,15 @@ impl MatrixSink {
             match self.client.sync_once(settings.clone()).await {
                 Ok(resp) => {
                     metrics.homeserver_up.set(1);
-                    if let Some((source, users, wake)) = &organisers {
-                        let taken = match self.hear_organisers(source, users, &resp, resumed).await
-                        {
-                            Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
-                            Err(error) => Err(error),
-                        };
-                        if let Err(error) = taken {
-                            warn!(%error, "cannot store what the sync heard; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(15));
-                            continue;
+                    let heard = match (&helpdesk, &organisers) {
+                        (Some((helpdesk, _)), _) => Some(self.hear(helpdesk, &resp, resumed).await),
+                        (None, Some((source, users, _))) => {
+                            Some(self.hear_organisers(source, users, &resp, resumed).await)
                         }
-                        resumed = true;
-                        wake.notify_one();
-                    }
-                    if let Some((helpdesk, wake)) = &helpdesk {
-                        let taken = match self.hear(helpdesk, &resp, resumed).await {
+                        (None, None) => None,
+                    };
+                    if let Some(heard) = heard {
+                        let taken = match heard {
                             Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
                             Err(error) => Err(error),
                         };
@@ -358,21 +350,26 @@ impl MatrixSink {
                             backoff = (backoff * 2).min(Duration::from_secs(15));
                             continue;
                         }
-                        if !resumed {
-                            self.take_over_honoroit(helpdesk, &resp).await;
-                        }
-                        // Room keys come as to-device events, maybe after their messages.
-                        if resumed
-                            && (!resp.to_device.is_empty()
-                                || last_retry.elapsed() >= UNDECRYPTED_RETRY)
-                        {
-                            last_retry = std::time::Instant::now();
-                            if let Err(error) = self.retry_undecrypted(helpdesk).await {
-                                warn!(%error, "cannot try undecrypted events again");
+                        if let Some((helpdesk, _)) = &helpdesk {
+                            if !resumed {
+                                self.take_over_honoroit(helpdesk, &resp).await;
+                            }
+                            // Room keys come as to-device events, maybe after their messages.
+                            if resumed
+                                && (!resp.to_device.is_empty()
+                                    || last_retry.elapsed() >= UNDECRYPTED_RETRY)
+                            {
+                                last_retry = std::time::Instant::now();
+                                if let Err(error) = self.retry_undecrypted(helpdesk).await {
+                                    warn!(%error, "cannot try undecrypted events again");
+                                }
                             }
                         }
                         resumed = true;
-                        wake.notify_one();
+                        let wakes = helpdesk.iter().map(|(_, w)| w);
+                        for wake in wakes.chain(organisers.iter().map(|(_, _, w)| w)) {
+                            wake.notify_one();
+                        }
                     }
                     let echoes = self.brings_own_events(&resp);
                     settings = settings.token(resp.next_batch);

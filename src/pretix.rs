@@ -555,12 +555,30 @@ impl Pretix {
             info!(source, organizer = %rooms.organizer, event = %rooms.event, "watching the event's orders for changes from now on");
             return Ok(0);
         };
-        let path = cfg.orders_url(rooms, &since);
-        let mut next = Some(path.clone());
-        let mut newest = since.clone();
-        let mut queued = 0;
+        let listed = self
+            .queue_orders(source, rooms, &cfg.orders_url(rooms, &since), "poll")
+            .await
+            .map_err(failed)?;
+        if let Some(newest) = listed.newest.filter(|n| *n != since) {
+            self.store.set_cursor(&cursor, &newest).await.map_err(db)?;
+        }
+        Ok(listed.new)
+    }
+
+    /// Every order of a list (`first`: its first page), page after page, into the inbox as
+    /// a trigger to read it (`action` says why), deduplicated by order and change time.
+    async fn queue_orders(
+        &self,
+        source: &str,
+        rooms: &EventRooms,
+        first: &str,
+        action: &str,
+    ) -> Result<Listed, Failure> {
+        let what = format!("event {}/{}", rooms.organizer, rooms.event);
+        let mut listed = Listed::default();
+        let mut next = Some(first.to_string());
         while let Some(url) = next.take() {
-            let page = self.get(source, &url, &what).await.map_err(failed)?;
+            let page = self.get(source, &url, &what).await?;
             for order in page["results"].as_array().into_iter().flatten() {
                 let (Some(code), Some(modified)) =
                     (order["code"].as_str(), order["last_modified"].as_str())
@@ -572,11 +590,12 @@ impl Pretix {
                     event: rooms.event.clone(),
                     code: code.to_string(),
                 };
-                let mut event = TicketEvent::new(order.key(), EventKind::Updated);
-                event.status = Some("poll".into());
-                event.payload = json!({"organizer": order.organizer, "event": order.event,
-                                       "code": order.code, "action": "poll"});
-                let events = serde_json::to_string(&[event]).map_err(|e| e.to_string())?;
+                let mut trigger = TicketEvent::new(order.key(), EventKind::Updated);
+                trigger.status = Some(action.into());
+                trigger.payload = json!({"organizer": order.organizer, "event": order.event,
+                                         "code": order.code, "action": action});
+                let events = serde_json::to_string(&[trigger])
+                    .map_err(|e| Failure::Permanent(e.to_string()))?;
                 let accepted = self
                     .store
                     .accept(
@@ -585,17 +604,15 @@ impl Pretix {
                         &events,
                     )
                     .await
-                    .map_err(db)?;
-                queued += usize::from(!accepted.duplicate);
+                    .map_err(db_failure)?;
+                listed.all += 1;
+                listed.new += usize::from(!accepted.duplicate);
                 // Oldest first: the last one is the newest change.
-                newest = modified.to_string();
+                listed.newest = Some(modified.to_string());
             }
-            next = next_page(&page, &path);
+            next = next_page(&page, first);
         }
-        if newest != since {
-            self.store.set_cursor(&cursor, &newest).await.map_err(db)?;
-        }
-        Ok(queued)
+        Ok(listed)
     }
 
     /// An event's rooms: those of the config file and those mapped from the chat.
@@ -798,8 +815,7 @@ impl Pretix {
         })
     }
 
-    /// Every paid order of an event, page after page, into the inbox as a trigger
-    /// (deduplicated by order and change time); how many.
+    /// Every paid order of an event read again; how many.
     async fn batch(
         &self,
         source: &str,
@@ -807,44 +823,12 @@ impl Pretix {
         organizer: &str,
         event: &str,
     ) -> Result<usize, Failure> {
-        let path = format!(
-            "{}&status=p",
-            cfg.orders_url(&bare_event(organizer, event), "")
-        );
-        let what = format!("event {organizer}/{event}");
-        let mut next = Some(path.clone());
-        let mut count = 0;
-        while let Some(url) = next.take() {
-            let page = self.get(source, &url, &what).await?;
-            for order in page["results"].as_array().into_iter().flatten() {
-                let (Some(code), Some(modified)) =
-                    (order["code"].as_str(), order["last_modified"].as_str())
-                else {
-                    continue;
-                };
-                let order = OrderRef {
-                    organizer: organizer.into(),
-                    event: event.into(),
-                    code: code.into(),
-                };
-                let mut trigger = TicketEvent::new(order.key(), EventKind::Updated);
-                trigger.status = Some("batchinvite".into());
-                trigger.payload = json!({"organizer": organizer, "event": event,
-                                         "code": code, "action": "batchinvite"});
-                let events = serde_json::to_string(&[trigger]).unwrap_or_default();
-                self.store
-                    .accept(
-                        source,
-                        &format!("{}/changed/{modified}", order.key()),
-                        &events,
-                    )
-                    .await
-                    .map_err(db_failure)?;
-                count += 1;
-            }
-            next = next_page(&page, &path);
-        }
-        Ok(count)
+        let rooms = bare_event(organizer, event);
+        let first = format!("{}&status=p", cfg.orders_url(&rooms, ""));
+        Ok(self
+            .queue_orders(source, &rooms, &first, "batchinvite")
+            .await?
+            .all)
     }
 }
 
@@ -897,4 +881,15 @@ fn token_key(source: &str) -> String {
 
 fn state_key(source: &str, state: &str) -> String {
     format!("pretix.{source}.oauth_state.{state}")
+}
+
+/// What `queue_orders` found.
+#[derive(Default)]
+struct Listed {
+    /// Orders listed.
+    all: usize,
+    /// Of those, new to the inbox.
+    new: usize,
+    /// The last one's change time.
+    newest: Option<String>,
 }

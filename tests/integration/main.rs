@@ -2321,20 +2321,17 @@ async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
     let management = pretix_room(&organiser, &bot).await?;
     let secret = format!("hook-secret-{}", harness::suffix());
     let ev = px.event().await?;
-    let sb = Switchboard::start(Setup {
-        synapse: hs,
-        bot: &bot,
+    let sb = start(
         db,
-        extra: format!(
+        &bot,
+        &format!(
             "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
              [sources.conf.pretix]\nurl = \"{}\"\napi_token = \"{}\"\n\n\
              [[sources.conf.pretix.events]]\norganizer = \"{}\"\nevent = \"{}\"\n\
              rooms = [\"{room}\"]\nmanagement_room = \"{management}\"\n",
             px.base_url, px.token, ev.organizer, ev.slug
         ),
-        encryption: false,
-        login: None,
-    })
+    )
     .await?;
     ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
         .await?;
@@ -2345,21 +2342,7 @@ async fn pretix_orders_invite_attendees(db: Db) -> Result<()> {
     let orders_done = |n: usize| {
         let sb = &sb;
         async move {
-            let text = sb
-                .http()
-                .get(format!("{}/metrics", sb.base))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
-            let line = "switchboard_actions_total{kind=\"pretix_order\",outcome=\"done\"} ";
-            let done: usize = text
-                .lines()
-                .find_map(|l| l.strip_prefix(line))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+            let done = actions(sb, "pretix_order", "done").await;
             (done >= n).then_some(done)
         }
     };
@@ -2547,15 +2530,7 @@ async fn pretix_catches_up_on_missed_webhooks() -> Result<()> {
     let room = pretix_room(&organiser, &bot).await?;
     let secret = format!("hook-secret-{}", harness::suffix());
     let ev = px.event().await?;
-    let mut sb = Switchboard::start(Setup {
-        synapse: hs,
-        bot: &bot,
-        db: Db::Sqlite,
-        extra: pretix_source(px, &ev, &room, &secret),
-        encryption: false,
-        login: None,
-    })
-    .await?;
+    let mut sb = start(Db::Sqlite, &bot, &pretix_source(px, &ev, &room, &secret)).await?;
     ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
         .await?;
     wait_for("the first look at the event", || async {
@@ -2572,29 +2547,10 @@ async fn pretix_catches_up_on_missed_webhooks() -> Result<()> {
     ev.order(px, &[&bob.user_id], true).await?;
     sb.spawn().await?;
     for user in [&alice, &bob] {
-        wait_for("the invite", || async {
-            let m = organiser.membership(&room, &user.user_id).await.ok()??;
-            (m == "invite").then_some(())
-        })
-        .await?;
+        wait_membership(&organiser, &room, user, "invite").await?;
     }
     wait_for("all 55 orders read", || async {
-        let text = sb
-            .http()
-            .get(format!("{}/metrics", sb.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        let done: usize = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("switchboard_actions_total{kind=\"pretix_order\",outcome=\"done\"} ")
-            })
-            .and_then(|v| v.trim().parse().ok())?;
-        (done >= 55).then_some(())
+        (actions(&sb, "pretix_order", "done").await >= 55).then_some(())
     })
     .await?;
     assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
@@ -2634,28 +2590,13 @@ async fn pretix_restart_between_webhook_and_invite() -> Result<()> {
     ev.order(px, &[&alice.user_id], true).await?;
     // The order is read, and its invite waits for the homeserver.
     wait_for("the invite queued", || async {
-        let text = sb
-            .http()
-            .get(format!("{}/metrics", sb.base))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .any(|l| l.starts_with("switchboard_actions_total{kind=\"invite\",outcome=\"retry\"}"))
-            .then_some(())
+        (actions(&sb, "invite", "retry").await > 0).then_some(())
     })
     .await?;
     sb.kill();
     hs.restart()?;
     sb.spawn().await?;
-    wait_for("the invite", || async {
-        let m = organiser.membership(&room, &alice.user_id).await.ok()??;
-        (m == "invite").then_some(())
-    })
-    .await?;
+    wait_membership(&organiser, &room, &alice, "invite").await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
     Ok(())
@@ -2681,19 +2622,16 @@ async fn pretix_commands() -> Result<()> {
     }
     ev.order(px, &[&bob.user_id], true).await?;
     let secret = format!("hook-secret-{}", harness::suffix());
-    let sb = Switchboard::start(Setup {
-        synapse: hs,
-        bot: &bot,
-        db: Db::Sqlite,
-        extra: format!(
+    let sb = start(
+        Db::Sqlite,
+        &bot,
+        &format!(
             "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
              [sources.conf.pretix]\nurl = \"{}\"\napi_token = \"{}\"\npoll_minutes = 0\n\
              organisers = [\"{}\"]\n",
             px.base_url, px.token, organiser.user_id
         ),
-        encryption: false,
-        login: None,
-    })
+    )
     .await?;
     ev.webhook(px, &format!("{}/hooks/conf/{secret}", sb.base))
         .await?;
@@ -2748,11 +2686,7 @@ async fn pretix_commands() -> Result<()> {
 
     // A webhook for an order paid now: the room mapped from the chat counts.
     ev.order(px, &[&carol.user_id], true).await?;
-    wait_for("carol's invite", || async {
-        let m = organiser.membership(&room, &carol.user_id).await.ok()??;
-        (m == "invite").then_some(())
-    })
-    .await?;
+    wait_membership(&organiser, &room, &carol, "invite").await?;
     assert_eq!(organiser.membership(&room, &alice.user_id).await?, None);
 
     organiser
@@ -2764,11 +2698,7 @@ async fn pretix_commands() -> Result<()> {
     let batch = answer("paid orders of").await?;
     assert!(batch.starts_with("56 paid orders"), "{batch}");
     for user in [&alice, &bob] {
-        wait_for("the invite", || async {
-            let m = organiser.membership(&room, &user.user_id).await.ok()??;
-            (m == "invite").then_some(())
-        })
-        .await?;
+        wait_membership(&organiser, &room, user, "invite").await?;
     }
     assert_eq!(invites_of(&organiser, &room, &alice.user_id).await?, 1);
     assert_eq!(invites_of(&organiser, &room, &carol.user_id).await?, 1);
@@ -2800,21 +2730,14 @@ async fn pretix_oauth() -> Result<()> {
     let ev = px.event().await?;
     // The OAuth application needs Switchboard's address, known once it listens: the config
     // is completed then, and Switchboard restarted.
-    let mut sb = Switchboard::start(Setup {
-        synapse: hs,
-        bot: &bot,
-        db: Db::Sqlite,
-        extra: format!(
+    let mut sb = start(Db::Sqlite, &bot, &format!(
             "\n[sources.conf]\nkind = \"pretix\"\npath_secret = \"{secret}\"\n\n\
              [sources.conf.pretix]\nurl = \"{}\"\npoll_minutes = 0\norganisers = [\"{}\"]\n\n\
              [sources.conf.pretix.oauth]\nclient_id = \"PENDING-ID\"\n\
              client_secret = \"PENDING-SECRET\"\npublic_url = \"http://pending.invalid\"\n\n\
              [[sources.conf.pretix.events]]\norganizer = \"{}\"\nevent = \"{}\"\nrooms = [\"{room}\"]\n",
             px.base_url, organiser.user_id, ev.organizer, ev.slug
-        ),
-        encryption: false,
-        login: None,
-    })
+        ))
     .await?;
     let (client_id, client_secret) =
         px.oauth_app(&format!("{}/oauth/pretix/conf/callback", sb.base))?;
@@ -2867,11 +2790,7 @@ async fn pretix_oauth() -> Result<()> {
     assert_eq!(page.status().as_u16(), 200);
     assert!(page.text().await?.contains("can now read the orders"));
     said("pretix is authorized: Switchboard reads the orders with", 1).await?;
-    wait_for("alice's invite", || async {
-        let m = organiser.membership(&room, &alice.user_id).await.ok()??;
-        (m == "invite").then_some(())
-    })
-    .await?;
+    wait_membership(&organiser, &room, &alice, "invite").await?;
 
     // The fallback: the address pasted into the room.
     organiser
@@ -2895,4 +2814,35 @@ async fn pretix_oauth() -> Result<()> {
         .context("the token")?;
     assert!(stored.starts_with("sealed:v1:"), "{stored}");
     Ok(())
+}
+
+/// How many actions of `kind` ended with `outcome` (`done`, `retry`, `failed`), by
+/// Switchboard's metrics; 0 before the first.
+async fn actions(sb: &Switchboard, kind: &str, outcome: &str) -> usize {
+    let Ok(response) = sb.http().get(format!("{}/metrics", sb.base)).send().await else {
+        return 0;
+    };
+    let text = response.text().await.unwrap_or_default();
+    let series = format!("switchboard_actions_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `user`'s membership of `room`, as `reader` sees it, is `state`.
+async fn wait_membership(
+    reader: &harness::User,
+    room: &str,
+    user: &harness::User,
+    state: &str,
+) -> Result<()> {
+    wait_for(
+        &format!("{} to be {state} in {room}", user.user_id),
+        || async {
+            let m = reader.membership(room, &user.user_id).await.ok()??;
+            (m == state).then_some(())
+        },
+    )
+    .await
 }
