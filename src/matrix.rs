@@ -25,7 +25,7 @@ use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
 use switchboard_connector::{Action, Apology, EventKind, RoomSpec, TicketEvent};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
 use crate::helpdesk::{Heard, Helpdesk, PENDING_DM, Role};
@@ -70,6 +70,13 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// What went wrong, whether or not it may pass.
+    pub fn into_message(self) -> String {
+        match self {
+            Failure::Permanent(message) | Failure::Transient { message, .. } => message,
+        }
+    }
+
     fn from_sdk(e: &matrix_sdk::Error) -> Failure {
         // Not in the room (left, or removed): trying again changes nothing.
         if let matrix_sdk::Error::WrongRoomState(_) = e {
@@ -740,8 +747,9 @@ impl MatrixSink {
             let decrypted = match (&room, raw) {
                 (Some(room), Ok(raw)) => match room.decrypt_event(&raw, None).await {
                     Ok(event) => json_of(&event).filter(|e| e["type"] != "m.room.encrypted"),
+                    // Without encryption there is nothing to decrypt with: the wait runs out.
                     Err(error) => {
-                        warn!(event = %kept.event_id, %error, "cannot try to decrypt an event");
+                        debug!(event = %kept.event_id, %error, "cannot try to decrypt an event");
                         None
                     }
                 },

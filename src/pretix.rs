@@ -3,7 +3,7 @@
 //! queued as actions of their own, each in its own lane (`member:<room>:<user>`), so one
 //! that fails is retried without holding up the others.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub struct Pretix {
     /// Tells the engine that the inbox has something (polling, `!batchinvite`).
     wake: Arc<Notify>,
     /// Each source's OAuth client secret.
-    client_secrets: HashMap<String, Secret>,
+    client_secrets: BTreeMap<String, Secret>,
     /// Seals OAuth tokens at rest.
     sealer: Sealer,
     /// One refresh of an OAuth token at a time.
@@ -72,12 +72,7 @@ impl Pretix {
             store,
             metrics,
             wake,
-            client_secrets: loaded
-                .secrets
-                .pretix_oauth_secrets
-                .clone()
-                .into_iter()
-                .collect(),
+            client_secrets: loaded.secrets.pretix_oauth_secrets.clone(),
             sealer,
             oauth_lock: tokio::sync::Mutex::new(()),
         })
@@ -94,10 +89,7 @@ impl Pretix {
         let rooms = self
             .rooms_for(&row.source_id, cfg, &order.organizer, &order.event)
             .await
-            .map_err(|e| Failure::Transient {
-                message: format!("database: {e}"),
-                retry_after: None,
-            })?;
+            .map_err(db_failure)?;
         let Some(rooms) = rooms.as_ref() else {
             warn!(source = %row.source_id, order = %order.key(), "an order of an event with no rooms configured; ignored");
             return Ok(format!(
@@ -164,10 +156,7 @@ impl Pretix {
             .store
             .apply_pretix(row, &m.grants, m.revoke && cfg.kick, &m.invalid, &plan)
             .await
-            .map_err(|e| Failure::Transient {
-                message: format!("database: {e}"),
-                retry_after: None,
-            })?;
+            .map_err(db_failure)?;
         for (position, answer) in &changes.reports {
             warn!(source = %row.source_id, order = %order.key(), position, answer = %answer, "an answer is not a Matrix ID");
         }
@@ -426,12 +415,10 @@ impl Pretix {
                 ],
             )
             .await
-            .map_err(|f| match f {
-                Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
-            })?;
-        self.keep_token(source, &token).await.map_err(|f| match f {
-            Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
-        })?;
+            .map_err(Failure::into_message)?;
+        self.keep_token(source, &token)
+            .await
+            .map_err(Failure::into_message)?;
         let (room, sender) = (
             asked["room"].as_str().unwrap_or_default().to_string(),
             asked["sender"].as_str().unwrap_or_default().to_string(),
@@ -540,16 +527,16 @@ impl Pretix {
         let what = format!("event {}/{}", rooms.organizer, rooms.event);
         let cursor = format!("pretix.{source}.{}/{}.since", rooms.organizer, rooms.event);
         let db = |e: crate::store::StoreError| format!("database: {e}");
-        let failed = |f: Failure| match f {
-            Failure::Permanent(m) | Failure::Transient { message: m, .. } => m,
-        };
         let Some(since) = self.store.cursor(&cursor).await.map_err(db)? else {
             // The newest change pretix has now (by its clock), or none yet.
             let url = cfg.orders_url(rooms, "").replace(
                 "ordering=last_modified",
                 "ordering=-last_modified&page_size=1",
             );
-            let page = self.get(source, &url, &what).await.map_err(failed)?;
+            let page = self
+                .get(source, &url, &what)
+                .await
+                .map_err(Failure::into_message)?;
             let newest = page["results"][0]["last_modified"].as_str().unwrap_or("");
             self.store.set_cursor(&cursor, newest).await.map_err(db)?;
             info!(source, organizer = %rooms.organizer, event = %rooms.event, "watching the event's orders for changes from now on");
@@ -558,7 +545,7 @@ impl Pretix {
         let listed = self
             .queue_orders(source, rooms, &cfg.orders_url(rooms, &since), "poll")
             .await
-            .map_err(failed)?;
+            .map_err(Failure::into_message)?;
         if let Some(newest) = listed.newest.filter(|n| *n != since) {
             self.store.set_cursor(&cursor, &newest).await.map_err(db)?;
         }
@@ -623,40 +610,33 @@ impl Pretix {
         organizer: &str,
         event: &str,
     ) -> crate::store::Result<Option<EventRooms>> {
-        let mapped: Vec<String> = self
-            .store
-            .pretix_rooms(source)
+        Ok(self
+            .events(source, cfg)
             .await?
             .into_iter()
-            .filter(|(o, e, _)| o == organizer && e == event)
-            .map(|(_, _, room)| room)
-            .collect();
-        let mut rooms = match cfg.event(organizer, event) {
-            Some(rooms) => rooms.clone(),
-            None if mapped.is_empty() => return Ok(None),
-            None => bare_event(organizer, event),
-        };
-        for room in mapped {
-            if !rooms.rooms.contains(&room) {
-                rooms.rooms.push(room);
-            }
-        }
-        Ok(Some(rooms))
+            .find(|e| e.organizer == organizer && e.event == event))
     }
 
-    /// Every event with rooms: the config file's and those mapped from the chat.
+    /// Every event with rooms: the config file's, with the rooms mapped from the chat
+    /// added (one query).
     async fn events(
         &self,
         source: &str,
         cfg: &PretixConfig,
     ) -> crate::store::Result<Vec<EventRooms>> {
         let mut events = cfg.events.clone();
-        for (organizer, event, _) in self.store.pretix_rooms(source).await? {
+        for (organizer, event, room) in self.store.pretix_rooms(source).await? {
             let known = events
-                .iter()
-                .any(|e| e.organizer == organizer && e.event == event);
-            if !known && let Some(rooms) = self.rooms_for(source, cfg, &organizer, &event).await? {
-                events.push(rooms);
+                .iter_mut()
+                .find(|e| e.organizer == organizer && e.event == event);
+            match known {
+                Some(e) if e.rooms.contains(&room) => {}
+                Some(e) => e.rooms.push(room),
+                None => {
+                    let mut e = bare_event(&organizer, &event);
+                    e.rooms.push(room);
+                    events.push(e);
+                }
             }
         }
         Ok(events)
@@ -782,7 +762,7 @@ impl Pretix {
                     let what = format!("event {o}/{e}");
                     let state = match self.get(&row.source_id, &event_api(&o, &e), &what).await {
                         Ok(_) => "pretix answers".to_string(),
-                        Err(Failure::Permanent(m) | Failure::Transient { message: m, .. }) => m,
+                        Err(failure) => failure.into_message(),
                     };
                     lines.push(format!("{o}/{e} (from {how}): {state}"));
                 }
