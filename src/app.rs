@@ -151,6 +151,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         metrics.clone(),
     ));
 
+    tokio::spawn(watch_problems(store.clone(), metrics.clone()));
     if cfg.database.retention_days > 0 {
         let retention = Duration::from_secs(u64::from(cfg.database.retention_days) * 86_400);
         tokio::spawn(prune(store.clone(), retention));
@@ -203,6 +204,18 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         store,
         server,
     })
+}
+
+/// Keeps the `waiting_for_operator` gauges current: at start, then every 15 s.
+async fn watch_problems(store: Store, metrics: Metrics) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        ticks.tick().await;
+        match store.problem_counts().await {
+            Ok(counts) => metrics.set_waiting(&counts),
+            Err(error) => warn!(%error, "cannot count failed and set-aside items"),
+        }
+    }
 }
 
 /// Deletes finished records older than `retention`: a minute after start, then hourly.

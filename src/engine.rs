@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use crate::config::{self, ActionConfig, Config, RuleConfig, SourceKind};
 use crate::helpdesk::Helpdesk;
 use crate::metrics::Metrics;
-use crate::store::{Link, NewAction, Store};
+use crate::store::{InboxRow, Link, NewAction, Store};
 
 /// The compiled rules.
 pub struct Engine {
@@ -255,6 +255,9 @@ fn matches(rule: &RuleConfig, source_id: &str, event: &TicketEvent, ctx: &Value)
     })
 }
 
+/// Failed tries after which a delivery the engine cannot turn into actions is set aside.
+pub const MAX_DELIVERY_TRIES: i64 = 3;
+
 /// Moves deliveries from the inbox to the outbox until the process stops.
 pub async fn run(
     engine: Arc<Engine>,
@@ -265,14 +268,20 @@ pub async fn run(
 ) {
     loop {
         match drain(&engine, &store, &metrics).await {
-            Ok(0) => {
+            Ok(Drained { troubled: true, .. }) => {
+                // A delivery failed and will be tried again: not at once, so a database
+                // that refuses it for a moment has that moment.
+                outbox_wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Ok(Drained { deliveries: 0, .. }) => {
                 tokio::select! {
                     _ = wake.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
-            Ok(n) => {
-                debug!(deliveries = n, "queued actions");
+            Ok(Drained { deliveries, .. }) => {
+                debug!(deliveries, "queued actions");
                 outbox_wake.notify_one();
             }
             Err(error) => {
@@ -283,122 +292,181 @@ pub async fn run(
     }
 }
 
-/// Processes one batch of deliveries in one transaction; returns how many.
+/// What one `drain` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Drained {
+    /// Deliveries looked at.
+    pub deliveries: usize,
+    /// Some could not be turned into actions and wait for another try.
+    pub troubled: bool,
+}
+
+/// Processes one batch of deliveries, in one transaction while the database takes them.
+/// A delivery it refuses (one that cannot be planned, or whose actions cannot be stored)
+/// does not hold up the others: the batch is then stored one delivery at a time, and the
+/// refused one is tried again, then set aside after `MAX_DELIVERY_TRIES`.
 pub async fn drain(
     engine: &Engine,
     store: &Store,
     metrics: &Metrics,
-) -> crate::store::Result<usize> {
+) -> crate::store::Result<Drained> {
     let rows = store.unprocessed(200).await?;
     // Rooms known at the start of the batch, for skipping open_room where it would do nothing.
     let mut links: HashMap<(String, String), Option<Link>> = HashMap::new();
     let mut batch = Vec::with_capacity(rows.len());
+    let mut refused: Vec<(&InboxRow, String)> = Vec::new();
     for row in &rows {
-        let events: Vec<TicketEvent> = match serde_json::from_str(&row.events) {
-            Ok(e) => e,
-            Err(error) => {
-                // Intake wrote this; a row that does not parse is a bug, not something to retry.
-                warn!(inbox_id = row.id, %error, "stored delivery does not parse; skipped");
-                Vec::new()
-            }
-        };
-        let mut actions = Vec::new();
-        if let Some(helpdesk) = engine
-            .helpdesk
-            .as_ref()
-            .filter(|h| h.source_id == row.source_id)
-        {
-            for ev in &events {
-                for (lane, a) in helpdesk.plan(store, ev).await? {
-                    actions.push(queued(metrics, &row.source_id, lane, &a)?);
-                }
-            }
-            batch.push((row.id, actions));
-            continue;
+        match plan(engine, store, metrics, row, &mut links).await {
+            Ok(actions) => batch.push((row.id, actions)),
+            Err(e) if e.is_refusal() => refused.push((row, e.to_string())),
+            Err(e) => return Err(e),
         }
-        if engine.pretix.contains(&row.source_id) {
-            // The webhook only says that an order changed: its action reads the order.
-            for ev in &events {
-                if let (Some(room), Some(notice)) =
-                    (ev.payload["room"].as_str(), ev.payload["notice"].as_str())
-                {
-                    let a = Action::Send {
-                        room: room.into(),
-                        content: json!({"msgtype": "m.notice", "body": notice}),
-                    };
-                    actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-                    continue;
-                }
-                if let (Some(room), Some(sender), Some(body)) = (
-                    ev.payload["room"].as_str(),
-                    ev.payload["sender"].as_str(),
-                    ev.payload["command"].as_str(),
-                ) {
-                    let a = Action::PretixCommand {
-                        room: room.into(),
-                        sender: sender.into(),
-                        body: body.into(),
-                    };
-                    actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-                    continue;
-                }
-                let Some(order) = switchboard_pretix::OrderRef::from_key(&ev.ticket) else {
-                    continue;
-                };
-                let a = Action::PretixOrder {
-                    organizer: order.organizer,
-                    event: order.event,
-                    code: order.code,
-                };
-                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-            }
-            batch.push((row.id, actions));
-            continue;
-        }
-        for ev in &events {
-            for a in engine.actions(&row.source_id, ev) {
-                match &a {
-                    Action::OpenRoom(spec) => {
-                        let link =
-                            batch_link(&mut links, store, &row.source_id, &ev.ticket).await?;
-                        if link.as_ref().is_some_and(|l| {
-                            !l.closed && spec.invite.iter().all(|u| l.invited.contains(u))
-                        }) {
-                            continue;
-                        }
-                        // Reopened by this action: later ones in the batch see it open.
-                        if let Some(l) = link {
-                            l.closed = false;
-                        }
-                    }
-                    Action::Close { .. } => {
-                        // The room is closed once this action runs: an open_room after it
-                        // in the batch must not be skipped.
-                        let link =
-                            batch_link(&mut links, store, &row.source_id, &ev.ticket).await?;
-                        if let Some(l) = link {
-                            l.closed = true;
-                        }
-                    }
-                    Action::Post { .. }
-                    | Action::ThreadOpen { .. }
-                    | Action::ThreadPost { .. }
-                    | Action::Send { .. }
-                    | Action::StartChat { .. }
-                    | Action::Relay { .. }
-                    | Action::Invite { .. }
-                    | Action::Leave { .. }
-                    | Action::PretixOrder { .. }
-                    | Action::PretixCommand { .. }
-                    | Action::Kick { .. } => {}
-                }
-                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-            }
-        }
-        batch.push((row.id, actions));
     }
-    store.commit_actions(&batch).await?;
-    Ok(rows.len())
+    match store.commit_actions(&batch).await {
+        Ok(()) => {}
+        Err(e) if e.is_refusal() => {
+            for one in &batch {
+                match store.commit_actions(std::slice::from_ref(one)).await {
+                    Ok(()) => {}
+                    Err(e) if e.is_refusal() => {
+                        if let Some(row) = rows.iter().find(|r| r.id == one.0) {
+                            refused.push((row, e.to_string()));
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    let troubled = !refused.is_empty();
+    for (row, error) in refused {
+        if store
+            .delivery_failed(row.id, &error, MAX_DELIVERY_TRIES)
+            .await?
+        {
+            warn!(
+                inbox_id = row.id,
+                source = %row.source_id,
+                %error,
+                "delivery set aside: its actions cannot be queued (`switchboard failed` \
+                 lists it, `switchboard retry` tries it again)"
+            );
+            metrics
+                .set_aside
+                .with_label_values(&[&row.source_id, "delivery"])
+                .inc();
+        } else {
+            warn!(inbox_id = row.id, source = %row.source_id, %error, "cannot queue a delivery's actions; trying again");
+        }
+    }
+    Ok(Drained {
+        deliveries: rows.len(),
+        troubled,
+    })
+}
+
+/// One delivery's actions, in order.
+async fn plan(
+    engine: &Engine,
+    store: &Store,
+    metrics: &Metrics,
+    row: &InboxRow,
+    links: &mut HashMap<(String, String), Option<Link>>,
+) -> crate::store::Result<Vec<NewAction>> {
+    // Intake wrote this; a row that does not parse (a bug, or an edited row) is refused
+    // and set aside, not skipped.
+    let events: Vec<TicketEvent> = serde_json::from_str(&row.events)?;
+    let mut actions = Vec::new();
+    if let Some(helpdesk) = engine
+        .helpdesk
+        .as_ref()
+        .filter(|h| h.source_id == row.source_id)
+    {
+        for ev in &events {
+            for (lane, a) in helpdesk.plan(store, ev).await? {
+                actions.push(queued(metrics, &row.source_id, lane, &a)?);
+            }
+        }
+        return Ok(actions);
+    }
+    if engine.pretix.contains(&row.source_id) {
+        // The webhook only says that an order changed: its action reads the order.
+        for ev in &events {
+            if let (Some(room), Some(notice)) =
+                (ev.payload["room"].as_str(), ev.payload["notice"].as_str())
+            {
+                let a = Action::Send {
+                    room: room.into(),
+                    content: json!({"msgtype": "m.notice", "body": notice}),
+                };
+                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+                continue;
+            }
+            if let (Some(room), Some(sender), Some(body)) = (
+                ev.payload["room"].as_str(),
+                ev.payload["sender"].as_str(),
+                ev.payload["command"].as_str(),
+            ) {
+                let a = Action::PretixCommand {
+                    room: room.into(),
+                    sender: sender.into(),
+                    body: body.into(),
+                };
+                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+                continue;
+            }
+            let Some(order) = switchboard_pretix::OrderRef::from_key(&ev.ticket) else {
+                continue;
+            };
+            let a = Action::PretixOrder {
+                organizer: order.organizer,
+                event: order.event,
+                code: order.code,
+            };
+            actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+        }
+        return Ok(actions);
+    }
+    for ev in &events {
+        for a in engine.actions(&row.source_id, ev) {
+            match &a {
+                Action::OpenRoom(spec) => {
+                    let link = batch_link(links, store, &row.source_id, &ev.ticket).await?;
+                    if link.as_ref().is_some_and(|l| {
+                        !l.closed && spec.invite.iter().all(|u| l.invited.contains(u))
+                    }) {
+                        continue;
+                    }
+                    // Reopened by this action: later ones in the batch see it open.
+                    if let Some(l) = link {
+                        l.closed = false;
+                    }
+                }
+                Action::Close { .. } => {
+                    // The room is closed once this action runs: an open_room after it
+                    // in the batch must not be skipped.
+                    let link = batch_link(links, store, &row.source_id, &ev.ticket).await?;
+                    if let Some(l) = link {
+                        l.closed = true;
+                    }
+                }
+                Action::Post { .. }
+                | Action::ThreadOpen { .. }
+                | Action::ThreadPost { .. }
+                | Action::Send { .. }
+                | Action::StartChat { .. }
+                | Action::Relay { .. }
+                | Action::Invite { .. }
+                | Action::Leave { .. }
+                | Action::PretixOrder { .. }
+                | Action::PretixCommand { .. }
+                | Action::Kick { .. } => {}
+            }
+            actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
+        }
+    }
+    Ok(actions)
 }
 
 /// An action to queue in a ticket's lane, counted.
@@ -516,7 +584,8 @@ mod tests {
         assert_eq!(
             drain(&engine(""), &store, &Metrics::new())
                 .await
-                .expect("drain"),
+                .expect("drain")
+                .deliveries,
             3
         );
         let lease = Duration::from_secs(60);
@@ -537,6 +606,65 @@ mod tests {
         // after the close is not: it reopens the room.
         assert_eq!(kinds, ["post", "post", "close", "open_room", "post"]);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A delivery the database refuses (a NUL in the ticket key on PostgreSQL, written past
+    /// intake's checks) or that does not parse is tried `MAX_DELIVERY_TRIES` times and set
+    /// aside; the deliveries around it are queued at once, and an operator's retry brings it
+    /// back.
+    #[tokio::test]
+    async fn a_refused_delivery_is_set_aside_and_the_others_go_on() {
+        for store in crate::store::tests::stores().await {
+            let pg = store.dialect() == crate::store::Dialect::Postgres;
+            let good = |key: &str| {
+                serde_json::to_string(&vec![TicketEvent {
+                    body: Some(format!("hello {key}")),
+                    ..TicketEvent::new(key, EventKind::Updated)
+                }])
+                .expect("json")
+            };
+            store.accept("t", "d1", &good("A")).await.expect("accept");
+            let poison = if pg {
+                good("P\u{0}1")
+            } else {
+                "[{\"not\": \"an event\"}]".to_string()
+            };
+            let bad = store.accept("t", "d2", &poison).await.expect("accept");
+            store.accept("t", "d3", &good("B")).await.expect("accept");
+            let (engine, metrics) = (engine(""), Metrics::new());
+            let first = drain(&engine, &store, &metrics).await.expect("drain");
+            assert_eq!((first.deliveries, first.troubled), (3, true));
+            // The two good deliveries are queued at once: open_room and post each.
+            assert_eq!(store.pending_actions().await.expect("count"), 4);
+            for _ in 1..MAX_DELIVERY_TRIES {
+                let again = drain(&engine, &store, &metrics).await.expect("drain");
+                assert_eq!(again.deliveries, 1);
+            }
+            // Set aside: no longer tried, listed with its error, counted.
+            let idle = drain(&engine, &store, &metrics).await.expect("drain");
+            assert_eq!((idle.deliveries, idle.troubled), (0, false));
+            let problems = store.problems(Some("t"), None, 10).await.expect("problems");
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].id, format!("delivery:{}", bad.id));
+            assert_eq!(problems[0].tries, MAX_DELIVERY_TRIES);
+            assert!(!problems[0].error.is_empty());
+            let counts = store.problem_counts().await.expect("counts");
+            assert_eq!(counts.deliveries.get("t"), Some(&1));
+            assert!(
+                metrics
+                    .render()
+                    .contains("switchboard_set_aside_total{item=\"delivery\",source=\"t\"} 1")
+            );
+            // The operator's retry puts it back; it fails again (nothing was mended).
+            let n = store
+                .retry_problems(&crate::store::Retry::One(problems[0].id.clone()))
+                .await
+                .expect("retry");
+            assert_eq!(n, 1);
+            let back = drain(&engine, &store, &metrics).await.expect("drain");
+            assert_eq!((back.deliveries, back.troubled), (1, true));
+            assert_eq!(store.pending_actions().await.expect("count"), 4);
+        }
     }
 
     #[test]

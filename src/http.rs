@@ -239,15 +239,19 @@ where
         count("rejected_signature");
         return Err(Reject(StatusCode::UNAUTHORIZED, reason));
     }
-    let delivery = source.hook.accept(headers, &body).map_err(|r| {
-        let (status, outcome) = match &r {
-            RejectReason::Signature(_) => (StatusCode::UNAUTHORIZED, "rejected_signature"),
-            RejectReason::Malformed(_) => (StatusCode::BAD_REQUEST, "rejected_malformed"),
-            _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected_unmapped"),
-        };
-        count(outcome);
-        Reject(status, r.to_string())
-    })?;
+    let delivery = source
+        .hook
+        .accept(headers, &body)
+        .and_then(|d| switchboard_connector::check_delivery(&d).map(|()| d))
+        .map_err(|r| {
+            let (status, outcome) = match &r {
+                RejectReason::Signature(_) => (StatusCode::UNAUTHORIZED, "rejected_signature"),
+                RejectReason::Malformed(_) => (StatusCode::BAD_REQUEST, "rejected_malformed"),
+                _ => (StatusCode::UNPROCESSABLE_ENTITY, "rejected_unmapped"),
+            };
+            count(outcome);
+            Reject(status, r.to_string())
+        })?;
     let events = serde_json::to_string(&delivery.events)
         .map_err(|e| Reject(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     match state

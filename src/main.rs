@@ -36,6 +36,36 @@ enum Command {
     },
     /// Print the config file's JSON Schema.
     Schema,
+    /// List what did not go through and waits for an operator: actions that failed for
+    /// good or were set aside after failing again and again, and deliveries set aside.
+    /// Works against a running or a stopped instance's database.
+    Failed {
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        /// Only this ticket's actions.
+        #[arg(long)]
+        ticket: Option<String>,
+        /// At most this many, newest first.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Put failed or set-aside items back in line, once their cause is mended (e.g. the
+    /// bot was given power in a room). A running instance picks them up within a second.
+    Retry {
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+        /// An item as `switchboard failed` lists it: `action:<id>` or `delivery:<id>`.
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        id: Option<String>,
+        /// Every failed or set-aside item (of `--source`, if given).
+        #[arg(long)]
+        all_failed: bool,
+        #[arg(long, requires = "all_failed")]
+        source: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -64,6 +94,51 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Failed {
+            config,
+            source,
+            ticket,
+            limit,
+        } => operate(config, |store| async move {
+            let problems = store
+                .problems(source.as_deref(), ticket.as_deref(), limit)
+                .await?;
+            if problems.is_empty() {
+                println!("nothing failed or set aside");
+            }
+            for p in problems {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{} tries\t{}\t{}",
+                    p.id,
+                    rfc3339(p.updated_at),
+                    p.source_id,
+                    p.ticket_key.as_deref().unwrap_or("-"),
+                    p.kind,
+                    p.tries,
+                    p.state,
+                    p.error.replace(['\n', '\t'], " "),
+                );
+            }
+            Ok(())
+        }),
+        Command::Retry {
+            config,
+            id,
+            all_failed: _,
+            source,
+        } => operate(config, |store| async move {
+            use switchboard::store::Retry;
+            let which = match id {
+                Some(id) => Retry::One(id),
+                None => Retry::All { source },
+            };
+            let n = store.retry_problems(&which).await?;
+            println!("{n} put back in line");
+            if n == 0 && matches!(which, Retry::One(_)) {
+                anyhow::bail!("no failed or set-aside item with that ID");
+            }
+            Ok(())
+        }),
         Command::Run { config } => {
             let (loaded, from, warnings) = match load(config) {
                 Ok(l) => l,
@@ -94,6 +169,65 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Runs an operator's command against the configured database.
+fn operate<F, Fut>(config: Option<PathBuf>, job: F) -> ExitCode
+where
+    F: FnOnce(switchboard::store::Store) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (loaded, _, _) = match load(config) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let url = match &loaded.secrets.database_url {
+            Some(u) => u.expose().to_string(),
+            None => switchboard::store::Store::sqlite_url(&loaded.config.data_dir),
+        };
+        let store = switchboard::store::Store::connect(&url, None).await?;
+        job(store).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A Unix time in milliseconds as UTC, to the second.
+fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// The config: the file named, else `switchboard.toml` if it exists, else the Honoroit

@@ -65,6 +65,10 @@ pub enum Failure {
         message: String,
         retry_after: Option<Duration>,
     },
+    /// The far end answered with an error that another try may mend but that is not an
+    /// outage (a 500 for this request, a database refusing this row): retried like
+    /// `Transient`, and set aside after `worker::MAX_REFUSED` of these.
+    Refused(String),
     /// Will never work (4xx other than 429): recorded, not retried.
     Permanent(String),
 }
@@ -73,7 +77,9 @@ impl Failure {
     /// What went wrong, whether or not it may pass.
     pub fn into_message(self) -> String {
         match self {
-            Failure::Permanent(message) | Failure::Transient { message, .. } => message,
+            Failure::Permanent(message)
+            | Failure::Refused(message)
+            | Failure::Transient { message, .. } => message,
         }
     }
 
@@ -90,8 +96,9 @@ impl Failure {
     }
 }
 
-/// 429 and 5xx are transient, other HTTP errors permanent; anything that is not an HTTP
-/// answer (network, timeout, a store hiccup) is transient.
+/// 429, 502, 503 and 504 (overload, a proxy in front of a homeserver that is down) and
+/// anything that is not an HTTP answer (network, timeout) are transient; other 5xx are
+/// refusals (retried, but set aside in the end); other HTTP errors are permanent.
 fn classify(api: Option<&matrix_sdk::ruma::api::error::Error>, message: String) -> Failure {
     let Some(api) = api else {
         return Failure::Transient {
@@ -120,11 +127,14 @@ fn classify(api: Option<&matrix_sdk::ruma::api::error::Error>, message: String) 
             retry_after,
         };
     }
-    if status.is_server_error() {
+    if matches!(status.as_u16(), 502..=504) {
         return Failure::Transient {
             message,
             retry_after: None,
         };
+    }
+    if status.is_server_error() {
+        return Failure::Refused(message);
     }
     let code = api
         .error_kind()
@@ -1449,7 +1459,10 @@ const BACKFILL_MAX: usize = 1000;
 const RELAYED_TYPES: [&str; 3] = ["m.room.message", "m.reaction", REDACTION];
 const REDACTION: &str = "m.room.redaction";
 
-fn db_failure(e: crate::store::StoreError) -> Failure {
+pub(crate) fn db_failure(e: crate::store::StoreError) -> Failure {
+    if e.is_refusal() {
+        return Failure::Refused(e.to_string());
+    }
     Failure::Transient {
         message: e.to_string(),
         retry_after: None,

@@ -2,7 +2,8 @@
 //! outcomes); never user IDs, room IDs or ticket keys.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -29,6 +30,12 @@ pub struct Metrics {
     pub relayed: IntCounterVec,
     /// Seconds from an event's sending to its copy's sending on the other side, by direction.
     pub relay_seconds: HistogramVec,
+    /// Items set aside because they kept failing, by source and item (`delivery` or an
+    /// action's kind).
+    pub set_aside: IntCounterVec,
+    /// Items that wait for an operator now, by source, item (`action`, `delivery`) and
+    /// state (`failed`, `set_aside`); refreshed every 15 s.
+    pub waiting: IntGaugeVec,
 }
 
 impl Metrics {
@@ -97,7 +104,26 @@ impl Metrics {
             &["direction"],
         )
         .expect("valid metric");
+        let set_aside = IntCounterVec::new(
+            Opts::new(
+                "set_aside_total",
+                "Items set aside because they kept failing, by source and item",
+            ),
+            &["source", "item"],
+        )
+        .expect("valid metric");
+        let waiting = IntGaugeVec::new(
+            Opts::new(
+                "waiting_for_operator",
+                "Items that failed or were set aside and wait for an operator, by source, \
+                 item and state",
+            ),
+            &["source", "item", "state"],
+        )
+        .expect("valid metric");
+        let _ = registry.register(Box::new(waiting.clone()));
         for c in [
+            &set_aside,
             &webhooks,
             &actions_queued,
             &actions,
@@ -121,6 +147,24 @@ impl Metrics {
             requests_closed,
             relayed,
             relay_seconds,
+            set_aside,
+            waiting,
+        }
+    }
+
+    /// Sets the `waiting_for_operator` gauges from the store's counts; a source whose items
+    /// were all retried goes back to 0.
+    pub fn set_waiting(&self, counts: &crate::store::ProblemCounts) {
+        self.waiting.reset();
+        for ((source, state), n) in &counts.actions {
+            self.waiting
+                .with_label_values(&[source, "action", state])
+                .set(*n);
+        }
+        for (source, n) in &counts.deliveries {
+            self.waiting
+                .with_label_values(&[source, "delivery", "set_aside"])
+                .set(*n);
         }
     }
 

@@ -237,8 +237,10 @@ impl Pretix {
             404 => format!("pretix has no {what}"),
             _ => format!("pretix answered {status} for {what}"),
         };
-        if status.as_u16() == 429 || status.is_server_error() {
+        if matches!(status.as_u16(), 429 | 502..=504) {
             Err(transient(message, retry_after))
+        } else if status.is_server_error() {
+            Err(Failure::Refused(message))
         } else {
             Err(Failure::Permanent(message))
         }
@@ -323,11 +325,13 @@ impl Pretix {
                 "pretix refused ({status}): {}",
                 answer["error"].as_str().unwrap_or("no reason given")
             );
-            return Err(if status.is_server_error() {
+            return Err(if matches!(status.as_u16(), 502..=504) {
                 Failure::Transient {
                     message,
                     retry_after: None,
                 }
+            } else if status.is_server_error() {
+                Failure::Refused(message)
             } else {
                 Failure::Permanent(message)
             });
@@ -837,10 +841,7 @@ fn bare_event(organizer: &str, event: &str) -> EventRooms {
 }
 
 fn db_failure(e: crate::store::StoreError) -> Failure {
-    Failure::Transient {
-        message: format!("database: {e}"),
-        retry_after: None,
-    }
+    crate::matrix::db_failure(e)
 }
 
 /// An OAuth token from pretix, as kept (sealed) in `settings`.

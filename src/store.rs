@@ -34,6 +34,37 @@ pub enum StoreError {
     Intake(String),
 }
 
+impl StoreError {
+    /// Whether the database refused this statement for what it holds (a value it cannot
+    /// store, a broken constraint, a stored JSON value that does not parse), so trying the
+    /// same again fails the same. Lost connections, timeouts, lock waits, deadlocks,
+    /// serialization failures and a server shutting down are not refusals: they pass.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            StoreError::Json(_) => true,
+            StoreError::Db(sqlx::Error::Database(e)) => {
+                let code = e.code().unwrap_or_default();
+                // SQLite: 5 busy, 6 locked, 10 I/O, 13 full. PostgreSQL: 40 transaction
+                // rollback, 53 insufficient resources, 57 operator intervention, 08
+                // connection, 58 system error.
+                let passing = ["5", "6", "10", "13", "517", "261", "262"].contains(&code.as_ref())
+                    || ["40", "53", "57", "08", "58"]
+                        .iter()
+                        .any(|class| code.len() == 5 && code.starts_with(class));
+                !passing
+            }
+            StoreError::Db(
+                sqlx::Error::Encode(_)
+                | sqlx::Error::Decode(_)
+                | sqlx::Error::ColumnDecode { .. }
+                | sqlx::Error::ColumnNotFound(_)
+                | sqlx::Error::TypeNotFound { .. },
+            ) => true,
+            _ => false,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,6 +135,9 @@ pub struct OutboxRow {
     pub attempts: i64,
     /// Stable across re-queueing: the delivery's ID and the action's position in it.
     pub txn_key: String,
+    /// Errors so far that the far end answered (`Failure::Refused`): at
+    /// `worker::MAX_REFUSED` the action is set aside.
+    pub errors: i64,
 }
 
 /// A ticket's room.
@@ -146,6 +180,44 @@ pub struct OutboxCounts {
     pub pending: i64,
     pub done: i64,
     pub failed: i64,
+    pub set_aside: i64,
+}
+
+/// Something that did not go through and waits for an operator: an action that failed or
+/// was set aside, or a delivery that was set aside (`Store::problems`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `action:<id>` or `delivery:<id>`, as `switchboard retry` takes it.
+    pub id: String,
+    pub source_id: String,
+    /// The ticket, for an action; a delivery's tickets are in its events.
+    pub ticket_key: Option<String>,
+    /// The action's kind (`open_room`, `post`, ...) or `delivery`.
+    pub kind: String,
+    /// `failed` (a permanent error) or `set_aside` (kept failing).
+    pub state: String,
+    pub tries: i64,
+    pub error: String,
+    /// When it last changed (Unix ms).
+    pub updated_at: i64,
+}
+
+/// What `Store::retry_problems` puts back in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// One item by its `Problem::id`.
+    One(String),
+    /// Every failed or set-aside item, of one source or of all.
+    All { source: Option<String> },
+}
+
+/// Counts of items waiting for an operator, by source (`Store::problem_counts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProblemCounts {
+    /// (source, state) -> actions failed or set aside.
+    pub actions: HashMap<(String, String), i64>,
+    /// source -> deliveries set aside.
+    pub deliveries: HashMap<String, i64>,
 }
 
 /// A query on the Any driver, as `sqlx::query` builds it.
@@ -351,7 +423,7 @@ impl Store {
     pub async fn unprocessed(&self, limit: i64) -> Result<Vec<InboxRow>> {
         let rows = sqlx::query(
             "SELECT id, source_id, events FROM inbox WHERE processed_at IS NULL \
-             ORDER BY id LIMIT $1",
+             AND set_aside_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
@@ -482,7 +554,7 @@ impl Store {
         let sql = format!(
             "UPDATE outbox SET locked_until = $1, attempts = attempts + 1, updated_at = $2 \
              WHERE id IN ({pick}) \
-             RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, '')"
+             RETURNING id, source_id, ticket_key, action, attempts, COALESCE(txn_key, ''), errors"
         );
         let q = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(now + lease.as_millis() as i64)
@@ -705,16 +777,23 @@ impl Store {
         Ok(())
     }
 
-    /// Puts an action back for a later try.
-    pub async fn retry(&self, id: i64, after: Duration, error: &str) -> Result<()> {
+    /// Marks an action set aside: it kept failing, and waits for an operator.
+    pub async fn set_aside(&self, id: i64, error: &str) -> Result<()> {
+        self.finish(id, "set_aside", Some(error), None).await
+    }
+
+    /// Puts an action back for a later try; `refused` counts the error towards setting it
+    /// aside.
+    pub async fn retry(&self, id: i64, after: Duration, error: &str, refused: bool) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "UPDATE outbox SET next_attempt_at = $1, last_error = $2, locked_until = NULL, \
-             updated_at = $3 WHERE id = $4",
+             updated_at = $3, errors = errors + $4 WHERE id = $5",
         )
         .bind(now + after.as_millis() as i64)
         .bind(error)
         .bind(now)
+        .bind(i64::from(refused))
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -748,14 +827,14 @@ impl Store {
 
     /// Deletes finished records created before `cutoff` (Unix milliseconds): deliveries
     /// already turned into actions, and actions done or failed. Pending work is never
-    /// deleted, nor are links. A redelivery of a delivery whose record is gone is no longer
+    /// deleted, nor are links, nor anything set aside. A redelivery of a delivery whose record is gone is no longer
     /// recognised as a repeat. Returns how many deliveries and actions were deleted.
     pub async fn prune(&self, cutoff: i64) -> Result<(u64, u64)> {
         let deliveries = self
             .prune_table("inbox", "processed_at IS NOT NULL", cutoff)
             .await?;
         let actions = self
-            .prune_table("outbox", "state <> 'pending'", cutoff)
+            .prune_table("outbox", "state IN ('done', 'failed')", cutoff)
             .await?;
         Ok((deliveries, actions))
     }
@@ -814,6 +893,7 @@ impl Store {
                 "pending" => c.pending = n,
                 "done" => c.done = n,
                 "failed" => c.failed = n,
+                "set_aside" => c.set_aside = n,
                 _ => {}
             }
         }
@@ -832,6 +912,168 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect()
+    }
+
+    /// Counts a failed try of a delivery the engine could not turn into actions; at `max`
+    /// tries it is set aside. Returns whether it was.
+    pub async fn delivery_failed(&self, id: i64, error: &str, max: i64) -> Result<bool> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE inbox SET attempts = attempts + 1, last_error = $1, updated_at = $2, \
+             set_aside_at = CASE WHEN attempts + 1 >= $3 THEN $2 ELSE NULL END \
+             WHERE id = $4 AND processed_at IS NULL RETURNING set_aside_at",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(max)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
+            None => false,
+        })
+    }
+
+    /// Failed and set-aside actions and set-aside deliveries, newest first, at most
+    /// `limit`, of one source and (for actions) one ticket if given.
+    pub async fn problems(
+        &self,
+        source: Option<&str>,
+        ticket: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Problem>> {
+        let actions = sqlx::query(
+            "SELECT id, source_id, ticket_key, action, state, attempts, \
+             COALESCE(last_error, ''), updated_at FROM outbox \
+             WHERE state IN ('failed', 'set_aside') AND ($1 IS NULL OR source_id = $1) \
+             AND ($2 IS NULL OR ticket_key = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(source)
+        .bind(ticket)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(actions.len());
+        for r in &actions {
+            let action: String = r.try_get(3)?;
+            let kind = serde_json::from_str::<serde_json::Value>(&action)
+                .ok()
+                .and_then(|v| v["type"].as_str().map(String::from))
+                .unwrap_or_else(|| "unknown".into());
+            out.push(Problem {
+                id: format!("action:{}", r.try_get::<i64, _>(0)?),
+                source_id: r.try_get(1)?,
+                ticket_key: Some(r.try_get(2)?),
+                kind,
+                state: r.try_get(4)?,
+                tries: r.try_get(5)?,
+                error: r.try_get(6)?,
+                updated_at: r.try_get(7)?,
+            });
+        }
+        if ticket.is_none() {
+            let deliveries = sqlx::query(
+                "SELECT id, source_id, attempts, COALESCE(last_error, ''), updated_at FROM inbox \
+                 WHERE set_aside_at IS NOT NULL AND ($1 IS NULL OR source_id = $1) \
+                 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(source)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &deliveries {
+                out.push(Problem {
+                    id: format!("delivery:{}", r.try_get::<i64, _>(0)?),
+                    source_id: r.try_get(1)?,
+                    ticket_key: None,
+                    kind: "delivery".into(),
+                    state: "set_aside".into(),
+                    tries: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                    updated_at: r.try_get(4)?,
+                });
+            }
+            out.sort_by_key(|p| std::cmp::Reverse(p.updated_at));
+            out.truncate(limit.max(0) as usize);
+        }
+        Ok(out)
+    }
+
+    /// Puts failed or set-aside items back in line, to be tried again as if new; returns
+    /// how many. An action goes back before its ticket's later actions; a delivery is
+    /// processed again by the engine.
+    pub async fn retry_problems(&self, which: &Retry) -> Result<u64> {
+        let now = now_ms();
+        let (action, delivery, source) = match which {
+            Retry::One(id) => {
+                let (what, n) = id
+                    .split_once(':')
+                    .and_then(|(w, n)| Some((w, n.parse::<i64>().ok()?)))
+                    .or_else(|| Some(("action", id.parse::<i64>().ok()?)))
+                    .ok_or_else(|| StoreError::Intake(format!("`{id}` is no item ID")))?;
+                match what {
+                    "action" => (Some(n), None, None),
+                    "delivery" => (None, Some(n), None),
+                    _ => return Err(StoreError::Intake(format!("`{id}` is no item ID"))),
+                }
+            }
+            Retry::All { source } => (None, None, source.as_deref()),
+        };
+        let all = matches!(which, Retry::All { .. });
+        let mut n = 0;
+        if all || action.is_some() {
+            n += sqlx::query(
+                "UPDATE outbox SET state = 'pending', errors = 0, next_attempt_at = $1, \
+                 locked_until = NULL, updated_at = $1 WHERE state IN ('failed', 'set_aside') \
+                 AND ($2 IS NULL OR id = $2) AND ($3 IS NULL OR source_id = $3)",
+            )
+            .bind(now)
+            .bind(action)
+            .bind(source)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        if all || delivery.is_some() {
+            n += sqlx::query(
+                "UPDATE inbox SET set_aside_at = NULL, attempts = 0, updated_at = $1 \
+                 WHERE set_aside_at IS NOT NULL AND ($2 IS NULL OR id = $2) \
+                 AND ($3 IS NULL OR source_id = $3)",
+            )
+            .bind(now)
+            .bind(delivery)
+            .bind(source)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// How many items wait for an operator, by source (index-only on both databases).
+    pub async fn problem_counts(&self) -> Result<ProblemCounts> {
+        let mut c = ProblemCounts::default();
+        let rows = sqlx::query(
+            "SELECT source_id, state, COUNT(*) FROM outbox \
+             WHERE state IN ('failed', 'set_aside') GROUP BY source_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            c.actions
+                .insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+        }
+        let rows = sqlx::query(
+            "SELECT source_id, COUNT(*) FROM inbox WHERE set_aside_at IS NOT NULL \
+             GROUP BY source_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            c.deliveries.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        Ok(c)
     }
 
     pub async fn link(&self, source_id: &str, ticket_key: &str) -> Result<Option<Link>> {
@@ -1014,6 +1256,18 @@ async fn intake_writer(pool: AnyPool, dialect: Dialect, mut rx: mpsc::Receiver<I
             Ok(accepted) => {
                 for (req, acc) in batch.drain(..).zip(accepted) {
                     let _ = req.reply.send(Ok(acc));
+                }
+            }
+            Err(_) if batch.len() > 1 => {
+                // One delivery the database refuses must not fail the others written with
+                // it: each is written alone and gets its own answer.
+                for req in batch.drain(..) {
+                    let one = std::slice::from_ref(&req);
+                    let answer = match write_batch(&pool, dialect, one).await {
+                        Ok(mut accepted) => accepted.pop().ok_or_else(missing),
+                        Err(e) => Err(StoreError::Intake(e.to_string())),
+                    };
+                    let _ = req.reply.send(answer);
                 }
             }
             Err(e) => {
@@ -1227,6 +1481,7 @@ fn outbox_row(r: &AnyRow) -> Result<OutboxRow> {
         } else {
             txn_key
         },
+        errors: r.try_get(6)?,
     })
 }
 
@@ -1410,7 +1665,8 @@ pub(crate) mod tests {
                 OutboxCounts {
                     pending: 1,
                     done: 0,
-                    failed: 0
+                    failed: 0,
+                    set_aside: 0,
                 }
             );
             // A kept delivery is still a repeat; a pruned one is new again.
@@ -1495,7 +1751,7 @@ pub(crate) mod tests {
             assert_eq!(next.attempts, 2, "the lease counted as an attempt");
             // A transient failure puts it back, due later, with the attempt counted.
             store
-                .retry(next.id, Duration::from_millis(0), "503")
+                .retry(next.id, Duration::from_millis(0), "503", false)
                 .await
                 .expect("retry");
             let again = store.claim(10, lease).await.expect("claim");
@@ -1544,7 +1800,7 @@ pub(crate) mod tests {
             assert!((soon - 5_000..=soon).contains(&due), "{due} vs {soon}");
             // A retry in 2 s comes before the leases.
             store
-                .retry(heads[1].id, Duration::from_secs(2), "503")
+                .retry(heads[1].id, Duration::from_secs(2), "503", false)
                 .await
                 .expect("retry");
             let due = store.next_due().await.expect("due").expect("the retry");

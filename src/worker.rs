@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use rand::Rng;
+use std::panic::AssertUnwindSafe;
 use switchboard_connector::Action;
 use switchboard_pretix::OrderRef;
 use tokio::sync::Notify;
@@ -21,6 +23,9 @@ use crate::store::{OutboxRow, Store, now_ms};
 const LEASE: Duration = Duration::from_secs(90);
 /// How many of one ticket's queued actions a worker leases at a time.
 const RUN: i64 = 32;
+/// Errors the far end answered (`Failure::Refused`) after which an action is set aside:
+/// with the backoff below, about 45 s of trying.
+pub const MAX_REFUSED: i64 = 10;
 
 pub struct Worker {
     pub store: Store,
@@ -103,8 +108,13 @@ impl Worker {
             };
             let (recorded, outcome) =
                 tokio::join!(self.record(unrecorded.take()), self.run_one(&row));
-            if let Outcome::Retry(delay, message) = &outcome {
-                if let Err(error) = self.store.retry(row.id, *delay, message).await {
+            if let Outcome::Retry {
+                delay,
+                message,
+                refused,
+            } = &outcome
+            {
+                if let Err(error) = self.store.retry(row.id, *delay, message, *refused).await {
                     warn!(id = row.id, %error, "cannot record a retry");
                 }
                 // The rest waits behind this one; leave it to whoever runs it later.
@@ -163,10 +173,13 @@ impl Worker {
     /// Stores how an action ended. False if the store failed.
     async fn record(&self, outcome: Option<(i64, Outcome)>) -> bool {
         let written = match &outcome {
-            None | Some((_, Outcome::Retry(..))) => return true,
-            Some((id, Outcome::Done(result))) => self.store.complete(*id, Some(result)).await,
+            None | Some((_, Outcome::Retry { .. })) => return true,
+            Some((id, Outcome::Done(result) | Outcome::Skipped(result))) => {
+                self.store.complete(*id, Some(result)).await
+            }
             // The ticket's later actions still run: one failure does not block it.
             Some((id, Outcome::Failed(message))) => self.store.fail(*id, message).await,
+            Some((id, Outcome::SetAside(message))) => self.store.set_aside(*id, message).await,
         };
         match written {
             Ok(()) => true,
@@ -185,7 +198,33 @@ impl Worker {
         };
         let kind = action.kind();
         let started = Instant::now();
-        let outcome = match (&action, &self.pretix) {
+        // A panic in one action is that action's failure, not the worker's: it is counted
+        // like an error the far end answered, so it is set aside in the end.
+        let outcome = AssertUnwindSafe(self.dispatch(row, &action))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(Failure::Refused(format!("the action panicked: {what}")))
+            });
+        self.metrics
+            .action_seconds
+            .with_label_values(&[kind])
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = classify(&self.metrics, row, &action, outcome);
+        if matches!(outcome, Outcome::Done(_)) {
+            self.relayed(row, &action);
+        }
+        outcome
+    }
+
+    /// Carries out one action: pretix's with the pretix side, the rest with the sink.
+    async fn dispatch(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
+        match (action, &self.pretix) {
             (
                 Action::PretixOrder {
                     organizer,
@@ -213,43 +252,68 @@ impl Worker {
                     Err(failure) => Err(failure),
                 }
             }
-            _ => self.sink.execute(row, &action).await,
-        };
-        self.metrics
-            .action_seconds
-            .with_label_values(&[kind])
-            .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok(result) => {
-                debug!(id = row.id, kind, "action done");
-                self.metrics
-                    .actions
-                    .with_label_values(&[kind, "done"])
-                    .inc();
-                if !result.starts_with("skipped") {
-                    self.relayed(row, &action);
-                }
-                Outcome::Done(result)
+            _ => self.sink.execute(row, action).await,
+        }
+    }
+}
+
+/// What an action's result means for it: done, failed, tried again or set aside.
+fn classify(
+    metrics: &Metrics,
+    row: &OutboxRow,
+    action: &Action,
+    outcome: Result<String, Failure>,
+) -> Outcome {
+    let kind = action.kind();
+    match outcome {
+        Ok(result) => {
+            debug!(id = row.id, kind, "action done");
+            metrics.actions.with_label_values(&[kind, "done"]).inc();
+            if result.starts_with("skipped") {
+                return Outcome::Skipped(result);
             }
-            Err(Failure::Permanent(message)) => {
-                warn!(id = row.id, kind, error = %message, "action failed permanently");
-                self.metrics
-                    .actions
-                    .with_label_values(&[kind, "failed"])
-                    .inc();
-                Outcome::Failed(message)
-            }
-            Err(Failure::Transient {
+            Outcome::Done(result)
+        }
+        Err(Failure::Permanent(message)) => {
+            warn!(id = row.id, kind, error = %message, "action failed permanently");
+            metrics.actions.with_label_values(&[kind, "failed"]).inc();
+            Outcome::Failed(message)
+        }
+        Err(Failure::Refused(message)) if row.errors + 1 >= MAX_REFUSED => {
+            warn!(
+                id = row.id,
+                kind,
+                error = %message,
+                tries = row.errors + 1,
+                "action set aside: it kept failing (`switchboard failed` lists it, \
+                 `switchboard retry` tries it again)"
+            );
+            metrics
+                .actions
+                .with_label_values(&[kind, "set_aside"])
+                .inc();
+            metrics
+                .set_aside
+                .with_label_values(&[&row.source_id, kind])
+                .inc();
+            Outcome::SetAside(message)
+        }
+        Err(failure) => {
+            let refused = matches!(failure, Failure::Refused(_));
+            let delay = match &failure {
+                Failure::Transient {
+                    retry_after: Some(after),
+                    ..
+                } => *after,
+                _ => backoff(row.attempts),
+            };
+            let message = failure.into_message();
+            debug!(id = row.id, kind, error = %message, ?delay, refused, "action will be retried");
+            metrics.actions.with_label_values(&[kind, "retry"]).inc();
+            Outcome::Retry {
+                delay,
                 message,
-                retry_after,
-            }) => {
-                let delay = retry_after.unwrap_or_else(|| backoff(row.attempts));
-                debug!(id = row.id, kind, error = %message, ?delay, "action will be retried");
-                self.metrics
-                    .actions
-                    .with_label_values(&[kind, "retry"])
-                    .inc();
-                Outcome::Retry(delay, message)
+                refused,
             }
         }
     }
@@ -258,8 +322,17 @@ impl Worker {
 #[derive(Debug)]
 enum Outcome {
     Done(String),
+    /// Done, with nothing to do.
+    Skipped(String),
     Failed(String),
-    Retry(Duration, String),
+    /// Tried again after `delay`; `refused` counts it towards setting the action aside.
+    Retry {
+        delay: Duration,
+        message: String,
+        refused: bool,
+    },
+    /// Kept failing: kept with its error for an operator; the ticket's next action runs.
+    SetAside(String),
 }
 
 /// Exponential backoff with jitter: 250 ms doubling up to 10 s.
@@ -273,6 +346,61 @@ fn backoff(attempts: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn row(errors: i64) -> OutboxRow {
+        OutboxRow {
+            id: 1,
+            source_id: "t".into(),
+            ticket_key: "7".into(),
+            action: String::new(),
+            attempts: errors + 1,
+            txn_key: "1.0".into(),
+            errors,
+        }
+    }
+
+    #[test]
+    fn refusals_are_retried_then_set_aside_and_outages_never_are() {
+        let m = Metrics::new();
+        let post = Action::Post {
+            body: "hi".into(),
+            notice: false,
+        };
+        let refused = || Err(Failure::Refused("500 M_UNKNOWN".into()));
+        assert!(matches!(
+            classify(&m, &row(0), &post, refused()),
+            Outcome::Retry { refused: true, .. }
+        ));
+        assert!(matches!(
+            classify(&m, &row(MAX_REFUSED - 2), &post, refused()),
+            Outcome::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(&m, &row(MAX_REFUSED - 1), &post, refused()),
+            Outcome::SetAside(e) if e.contains("500")
+        ));
+        // An outage is tried again however long it lasts, after the time the server asked.
+        let outage = Failure::Transient {
+            message: "connection refused".into(),
+            retry_after: Some(Duration::from_secs(3)),
+        };
+        assert!(matches!(
+            classify(&m, &row(1000), &post, Err(outage)),
+            Outcome::Retry { refused: false, delay, .. } if delay == Duration::from_secs(3)
+        ));
+        assert!(matches!(
+            classify(&m, &row(0), &post, Err(Failure::Permanent("403".into()))),
+            Outcome::Failed(_)
+        ));
+        assert!(matches!(
+            classify(&m, &row(0), &post, Ok("skipped: no room".into())),
+            Outcome::Skipped(_)
+        ));
+        assert!(
+            m.render()
+                .contains("switchboard_set_aside_total{item=\"post\",source=\"t\"} 1")
+        );
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

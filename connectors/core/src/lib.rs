@@ -107,6 +107,83 @@ pub trait WebhookSource: Send + Sync {
     fn accept(&self, headers: &http::HeaderMap, body: &[u8]) -> Result<Delivery, RejectReason>;
 }
 
+/// Longest ticket key accepted (bytes). Keys are indexed in both databases and become part
+/// of room aliases; PostgreSQL refuses index entries much over 2 KB.
+pub const MAX_TICKET_KEY: usize = 255;
+/// Longest dedupe key accepted (bytes).
+pub const MAX_DEDUPE_KEY: usize = 512;
+
+/// Checks what every database and homeserver would refuse later, so a delivery that passes
+/// is stored and carried out the same on SQLite and PostgreSQL: keys that are empty, too
+/// long or hold control characters, and NUL characters anywhere (PostgreSQL cannot store
+/// them in text). Intake calls it for every source, after the source's own `accept`.
+pub fn check_delivery(delivery: &Delivery) -> Result<(), RejectReason> {
+    check_key("the delivery ID", &delivery.dedupe_key, MAX_DEDUPE_KEY)?;
+    for event in &delivery.events {
+        check_key("the ticket key", &event.ticket, MAX_TICKET_KEY)?;
+        let fields = [
+            ("title", event.title.as_deref()),
+            ("url", event.url.as_deref()),
+            ("status", event.status.as_deref()),
+            ("owner", event.owner.as_deref()),
+            ("body", event.body.as_deref()),
+        ];
+        for (name, value) in fields {
+            if value.is_some_and(|v| v.contains('\0')) {
+                return Err(nul(name));
+            }
+        }
+        if event.participants.iter().any(|p| p.contains('\0')) {
+            return Err(nul("participants"));
+        }
+        if let Some(path) = nul_in(&event.payload, "payload") {
+            return Err(nul(&path));
+        }
+    }
+    Ok(())
+}
+
+fn check_key(what: &str, key: &str, max: usize) -> Result<(), RejectReason> {
+    if key.is_empty() {
+        return Err(RejectReason::Unmapped(format!("{what} is empty")));
+    }
+    if key.len() > max {
+        return Err(RejectReason::Unmapped(format!(
+            "{what} is longer than {max} bytes"
+        )));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(RejectReason::Unmapped(format!(
+            "{what} contains a control character"
+        )));
+    }
+    Ok(())
+}
+
+fn nul(field: &str) -> RejectReason {
+    RejectReason::Unmapped(format!("`{field}` contains a NUL character (\\u0000)"))
+}
+
+/// The path of the first string or object key in `value` that holds a NUL character.
+fn nul_in(value: &serde_json::Value, path: &str) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| nul_in(v, &format!("{path}.{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(format!("{path}.{}", k.replace('\0', "\\u0000")))
+            } else {
+                nul_in(v, &format!("{path}.{k}"))
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Whether `s` looks like a Matrix user ID (`@localpart:server`).
 pub fn is_matrix_user_id(s: &str) -> bool {
     let Some(rest) = s.strip_prefix('@') else {
@@ -270,6 +347,35 @@ pub struct RoomSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_with_what_a_database_refuses_are_refused() {
+        let ok = |ticket: &str| Delivery {
+            dedupe_key: "id:1".into(),
+            events: vec![TicketEvent::new(ticket, EventKind::Opened)],
+        };
+        assert!(check_delivery(&ok("T-1")).is_ok());
+        let reason = |d: &Delivery| check_delivery(d).err().map(|e| e.to_string());
+        assert!(reason(&ok("P\u{0}1")).is_some_and(|r| r.contains("control character")));
+        assert!(reason(&ok("")).is_some_and(|r| r.contains("empty")));
+        assert!(reason(&ok(&"x".repeat(256))).is_some_and(|r| r.contains("255 bytes")));
+        assert!(check_delivery(&ok(&"é".repeat(127))).is_ok());
+        let mut d = ok("T-1");
+        d.dedupe_key = "a\nb".into();
+        assert!(reason(&d).is_some_and(|r| r.contains("delivery ID")));
+        let mut d = ok("T-1");
+        d.events[0].body = Some("a\u{0}b".into());
+        assert_eq!(
+            reason(&d).as_deref(),
+            Some("payload does not map: `body` contains a NUL character (\\u0000)")
+        );
+        let mut d = ok("T-1");
+        d.events[0].payload = serde_json::json!({"a": [1, {"b": "x\u{0}"}]});
+        assert!(reason(&d).is_some_and(|r| r.contains("`payload.a.1.b`")));
+        let mut d = ok("T-1");
+        d.events[0].payload = serde_json::json!({"k\u{0}": 1});
+        assert!(reason(&d).is_some_and(|r| r.contains("`payload.k\\u0000`")));
+    }
 
     #[test]
     fn matrix_ids() {
