@@ -1364,4 +1364,32 @@ api_token = \"t\"
             "schemas/config.schema.json is stale: run `switchboard schema > schemas/config.schema.json`"
         );
     }
+
+    proptest::proptest! {
+        /// Any text, and configs put together from real keys with any values: every problem
+        /// is reported (with a line), never a panic.
+        #[test]
+        fn any_config_text_is_checked(text in "(?s).{0,200}") {
+            let _ = parse(&text);
+        }
+
+        #[test]
+        fn any_values_of_real_keys_are_checked(
+            hs in "(?s).{0,30}", user in "(?s).{0,20}", listen in "(?s).{0,25}",
+            limit in proptest::num::i64::ANY, kind in "(?s).{0,12}", days in proptest::num::i64::ANY,
+        ) {
+            let q = |v: &str| toml_edit::Value::from(v).to_string();
+            let text = format!(
+                "[matrix]\nhomeserver = {}\nuser = {}\npassword = \"p\"\n[http]\nlisten = {}\n\
+                 body_limit = {limit}\n[database]\nretention_days = {days}\n[sources.a]\nkind = {}\n",
+                q(&hs), q(&user), q(&listen), q(&kind)
+            );
+            if let Err(errors) = parse(&text) {
+                proptest::prop_assert!(!errors.is_empty());
+                for e in errors {
+                    proptest::prop_assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
 }

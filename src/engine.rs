@@ -433,15 +433,34 @@ async fn plan(
             match &a {
                 Action::OpenRoom(spec) => {
                     let link = batch_link(links, store, &row.source_id, &ev.ticket).await?;
-                    if link.as_ref().is_some_and(|l| {
-                        !l.closed && spec.invite.iter().all(|u| l.invited.contains(u))
-                    }) {
-                        continue;
+                    // Each participant not invited before is invited by an action of their
+                    // own, after the room exists and before anything is posted (so that in
+                    // an encrypted room they get the messages' keys).
+                    let invites: Vec<Action> = spec
+                        .invite
+                        .iter()
+                        .filter(|u| !link.as_ref().is_some_and(|l| l.invited.contains(u)))
+                        .map(|u| Action::Participant { user: u.clone() })
+                        .collect();
+                    let open = link.as_ref().is_some_and(|l| !l.closed);
+                    // Later actions in the batch see the room open, with everyone invited.
+                    let seen = link.get_or_insert_with(|| Link {
+                        source_id: row.source_id.clone(),
+                        ticket_key: ev.ticket.clone(),
+                        room_id: String::new(),
+                        thread_id: None,
+                        invited: Vec::new(),
+                        closed: false,
+                    });
+                    seen.closed = false;
+                    seen.invited.extend(spec.invite.iter().cloned());
+                    if !open {
+                        actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
                     }
-                    // Reopened by this action: later ones in the batch see it open.
-                    if let Some(l) = link {
-                        l.closed = false;
+                    for invite in &invites {
+                        actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), invite)?);
                     }
+                    continue;
                 }
                 Action::Close { .. } => {
                     // The room is closed once this action runs: an open_room after it
@@ -458,6 +477,7 @@ async fn plan(
                 | Action::StartChat { .. }
                 | Action::Relay { .. }
                 | Action::Invite { .. }
+                | Action::Participant { .. }
                 | Action::Leave { .. }
                 | Action::PretixOrder { .. }
                 | Action::PretixCommand { .. }

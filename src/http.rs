@@ -95,9 +95,18 @@ pub fn routes(
              headers: HeaderMap,
              body| async move {
                 let limit = state.body_limit;
-                hook(&state, &source, secret.as_deref(), &headers, body, limit)
+                let mut response = hook(&state, &source, secret.as_deref(), &headers, body, limit)
                     .await
-                    .unwrap_or_else(Reject::reply)
+                    .unwrap_or_else(Reject::reply);
+                if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    // The body was not read to its end: the connection cannot carry another
+                    // request.
+                    response.headers_mut().insert(
+                        http::header::CONNECTION,
+                        http::HeaderValue::from_static("close"),
+                    );
+                }
+                response
             },
         );
     let link = warp::path!("link" / String / String)
@@ -331,7 +340,16 @@ fn html_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// How much of a body over the limit is read (and thrown away) before the `413`, so that a
+/// sender that writes its whole body before it reads the answer gets the answer instead of a
+/// connection closed under it; and for how long at most.
+const DRAIN_MAX: u64 = 32 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(15);
+
 /// Reads the body, refusing more than `limit` bytes whether or not a length was announced.
+/// A body announced too large is refused before it is sent when the sender waits for
+/// `100 Continue`; otherwise what the sender writes is read up to `DRAIN_MAX` and the
+/// `413` follows (and the connection is closed after it).
 async fn read_body<S, B>(headers: &HeaderMap, mut body: S, limit: u64) -> Result<Bytes, Reject>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
@@ -348,6 +366,13 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit) {
+        let waits = headers
+            .get(http::header::EXPECT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        if !waits {
+            drain(&mut body, limit).await;
+        }
         return Err(too_large());
     }
     let mut buf = BytesMut::with_capacity(announced.unwrap_or(4096).min(limit) as usize);
@@ -355,6 +380,7 @@ where
         let mut chunk =
             chunk.map_err(|e| Reject(StatusCode::BAD_REQUEST, format!("reading the body: {e}")))?;
         if buf.len() as u64 + chunk.remaining() as u64 > limit {
+            drain(&mut body, limit).await;
             return Err(too_large());
         }
         while chunk.has_remaining() {
@@ -365,6 +391,26 @@ where
         }
     }
     Ok(buf.freeze())
+}
+
+/// Reads and drops the rest of a body, up to `DRAIN_MAX` (or `limit`, if larger) bytes and
+/// `DRAIN_TIME`.
+async fn drain<S, B>(body: &mut S, limit: u64)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let max = DRAIN_MAX.max(limit);
+    let read = async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.remaining() as u64;
+            if seen > max {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }
 
 /// Checks an HMAC over the raw body in constant time, before anything parses it.
@@ -586,5 +632,36 @@ mod tests {
             read_body(&HeaderMap::new(), ok, 8).await.ok().as_deref(),
             Some(&b"1234"[..])
         );
+    }
+
+    proptest::proptest! {
+        /// Any signature header and body: a yes or a no, never a panic.
+        #[test]
+        fn any_signature_is_checked(header in "(?s).{0,80}", body in proptest::collection::vec(proptest::num::u8::ANY, 0..128)) {
+            let (cfg, secret) = sig();
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&header) {
+                h.insert("x-signature-256", v);
+            }
+            proptest::prop_assert!(verify_signature(&cfg, &secret, &h, &body).is_err() || header.starts_with("sha256="));
+        }
+
+        /// Any URL secret and authorization header: a yes or a no, never a panic.
+        #[test]
+        fn any_credentials_are_checked(path in proptest::option::of("(?s).{0,40}"), auth in "(?s).{0,60}") {
+            let source = Source {
+                id: "px".into(),
+                hook: Box::new(switchboard_pretix::PretixHook),
+                signature: None,
+                path_secret: Some(Secret::new("0123456789abcdef")),
+                basic_auth: Some(("u".into(), Secret::new("p"))),
+                link_create: false,
+            };
+            let mut h = HeaderMap::new();
+            if let Ok(v) = http::HeaderValue::from_str(&auth) {
+                h.insert(http::header::AUTHORIZATION, v);
+            }
+            let _ = authenticate(&source, path.as_deref(), &h);
+        }
     }
 }

@@ -4,6 +4,7 @@
 pub mod app;
 pub mod config;
 pub mod engine;
+pub mod fit;
 pub mod helpdesk;
 pub mod honoroit;
 pub mod http;

@@ -19,7 +19,8 @@ use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
-    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, UserId,
+    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, TransactionId,
+    UserId,
 };
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
@@ -89,6 +90,21 @@ impl Failure {
             return Failure::Permanent(e.to_string());
         }
         classify(e.as_client_api_error(), e.to_string())
+    }
+
+    /// For a permanent failure, the homeserver's own words in place of the client's, with
+    /// the error code kept (`reason (M_CODE)`).
+    fn with_reason(self, reason: Option<String>) -> Failure {
+        match (self, reason) {
+            (Failure::Permanent(message), Some(reason)) => {
+                let code = message
+                    .rsplit_once(" (M_")
+                    .map(|(_, code)| format!(" (M_{code}"))
+                    .unwrap_or_default();
+                Failure::Permanent(format!("{reason}{code}"))
+            }
+            (failure, _) => failure,
+        }
     }
 
     fn from_http(e: &matrix_sdk::HttpError) -> Failure {
@@ -928,33 +944,46 @@ impl MatrixSink {
                     admins: Vec::new(),
                     reopen_notice: None,
                 };
-                let room = self.create_room_once(row, &spec, true).await?;
+                let key = alias_localpart(&self.instance, row, true);
+                let (room, whole) = self.create_room_once(&key, &spec, true).await?;
                 self.store
                     .set_request_dm(*request, room.as_str())
                     .await
                     .map_err(db_failure)?;
+                if !whole {
+                    // Created by a try that failed after it (e.g. at the invite): the chat
+                    // is the request's now, and the customer is invited here.
+                    self.invite(room.as_str(), user, false).await?;
+                }
                 Ok(room.to_string())
             }
-            Action::Invite { room, user } => {
-                let uid = UserId::parse(user.as_str())
-                    .map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
-                let room = self.room(room).await?;
-                match self.membership(&room, &uid).await?.as_deref() {
-                    Some("join") | Some("invite") => {
-                        return Ok(format!("skipped: {user} is in the room or invited"));
-                    }
-                    Some("ban") => {
-                        return Err(Failure::Permanent(format!(
-                            "{user} is banned from the room"
-                        )));
-                    }
-                    _ => {}
+            Action::Invite { room, user } => self.invite(room, user, false).await,
+            Action::Participant { user } => {
+                let Some(link) = self.link(row).await? else {
+                    return Ok("skipped: the ticket has no room".into());
+                };
+                // Two events of a new ticket, planned before its first invite ran, ask for
+                // the same invite twice; the first try counts. A second lease is a retry
+                // (after a crash, or an operator's) and tries again.
+                if row.attempts <= 1 && link.invited.contains(user) {
+                    return Ok(format!("skipped: {user} was invited or tried before"));
                 }
-                match room.invite_user_by_id(&uid).await {
-                    Ok(()) => Ok(format!("invited {user}")),
-                    Err(e) if already_in_room(&e) => Ok(format!("not invited: {e}")),
-                    Err(e) => Err(Failure::from_sdk(&e)),
+                let outcome = self.invite(&link.room_id, user, true).await;
+                // Tried for good (done, or failed and told in the room): later events of the
+                // ticket do not ask again; an operator's retry does.
+                if !matches!(
+                    outcome,
+                    Err(Failure::Transient { .. } | Failure::Refused(_))
+                ) && !link.invited.contains(user)
+                {
+                    let mut invited = link.invited.clone();
+                    invited.push(user.clone());
+                    self.store
+                        .set_invited(&row.source_id, &row.ticket_key, &invited)
+                        .await
+                        .map_err(db_failure)?;
                 }
+                outcome
             }
             Action::Kick { room, user, reason } => {
                 let uid = UserId::parse(user.as_str())
@@ -1017,6 +1046,40 @@ impl MatrixSink {
                 Ok(result)
             }
         }
+    }
+
+    /// Invites `user` into `room` unless they are in it or invited. With `report`, an
+    /// invite that fails for good is told in the room, once however often it is tried (the
+    /// notice's transaction ID is the room's and the user's).
+    async fn invite(&self, room: &str, user: &str, report: bool) -> Result<String, Failure> {
+        let uid =
+            UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+        let room = self.room(room).await?;
+        let failure = match self.membership(&room, &uid).await?.as_deref() {
+            Some("join") | Some("invite") => {
+                return Ok(format!("skipped: {user} is in the room or invited"));
+            }
+            Some("ban") => Failure::Permanent(format!("{user} is banned from the room")),
+            _ => match room.invite_user_by_id(&uid).await {
+                Ok(()) => return Ok(format!("invited {user}")),
+                Err(e) if already_in_room(&e) => return Ok(format!("not invited: {e}")),
+                Err(e) => Failure::from_sdk(&e).with_reason(server_reason(&e)),
+            },
+        };
+        if let (Failure::Permanent(message), true) = (&failure, report) {
+            let reason = message.split(" (M_").next().unwrap_or(message);
+            let text = format!("Could not invite {user}: {reason}");
+            let content = RoomMessageEventContent::notice_plain(text);
+            let mut h = Sha256::new();
+            h.update(room.room_id().as_bytes());
+            h.update([0]);
+            h.update(user.as_bytes());
+            let txn = format!("switchboard.uninvited.{}", &hex::encode(h.finalize())[..24]);
+            if let Err(error) = self.send_message(&room, content, txn.into()).await {
+                warn!(?error, "cannot tell the room that an invite failed");
+            }
+        }
+        Err(failure)
     }
 
     /// Relays an event to the other side of its request (`Action::Relay`).
@@ -1136,6 +1199,11 @@ impl MatrixSink {
         content: RoomMessageEventContent,
         txn: OwnedTransactionId,
     ) -> Result<String, Failure> {
+        let json = serde_json::to_value(&content)
+            .map_err(|e| Failure::Permanent(format!("message does not serialize: {e}")))?;
+        if let Some(cut) = crate::fit::fit(&json, crate::fit::CONTENT_BUDGET) {
+            return self.send_cut(room, cut, txn).await;
+        }
         if room.encryption_state().is_encrypted() {
             let resp = room
                 .send(content)
@@ -1176,12 +1244,80 @@ impl MatrixSink {
         row: &OutboxRow,
         part: &str,
     ) -> Result<String, Failure> {
+        let txn = txn_id(row, part);
+        if event_type == "m.room.message"
+            && let Some(cut) = crate::fit::fit(&content, crate::fit::CONTENT_BUDGET)
+        {
+            return self.send_cut(room, cut, txn).await;
+        }
+        self.send_json(room, event_type, content, &txn).await
+    }
+
+    async fn send_json(
+        &self,
+        room: &Room,
+        event_type: &str,
+        content: serde_json::Value,
+        txn: &TransactionId,
+    ) -> Result<String, Failure> {
         let resp = room
             .send_raw(event_type, content)
-            .with_transaction_id(&txn_id(row, part))
+            .with_transaction_id(txn)
             .await
             .map_err(|e| Failure::from_sdk(&e))?;
         Ok(resp.response.event_id.to_string())
+    }
+
+    /// Sends a message cut to fit one event, then its whole text as a file (encrypted in an
+    /// encrypted room) in the same thread; returns the message's event ID. Each has a
+    /// transaction ID of its own, so a retry after either posts neither twice.
+    async fn send_cut(
+        &self,
+        room: &Room,
+        cut: crate::fit::Cut,
+        txn: OwnedTransactionId,
+    ) -> Result<String, Failure> {
+        let thread = cut
+            .content
+            .get("m.relates_to")
+            .filter(|r| r["rel_type"] == "m.thread")
+            .cloned();
+        let event = self
+            .send_json(room, "m.room.message", cut.content, &txn)
+            .await?;
+        let data = cut.full_text.into_bytes();
+        let size = data.len();
+        let mut file = json!({
+            "msgtype": "m.file",
+            "body": crate::fit::FULL_TEXT_FILE,
+            "filename": crate::fit::FULL_TEXT_FILE,
+            "info": { "mimetype": "text/plain; charset=utf-8", "size": size },
+        });
+        if room.encryption_state().is_encrypted() {
+            let mut reader = std::io::Cursor::new(data);
+            let encrypted = self
+                .client
+                .upload_encrypted_file(&mut reader)
+                .await
+                .map_err(|e| Failure::from_sdk(&e))?;
+            file["file"] = serde_json::to_value(&encrypted)
+                .map_err(|e| Failure::Permanent(format!("file does not serialize: {e}")))?;
+        } else {
+            let uploaded = self
+                .client
+                .media()
+                .upload(&mime::TEXT_PLAIN_UTF_8, data, None)
+                .await
+                .map_err(|e| Failure::from_sdk(&e))?;
+            file["url"] = json!(uploaded.content_uri);
+        }
+        if let Some(thread) = thread {
+            file["m.relates_to"] = thread;
+        }
+        let file_txn = OwnedTransactionId::from(format!("{txn}f"));
+        self.send_json(room, "m.room.message", file, &file_txn)
+            .await?;
+        Ok(event)
     }
 
     /// The room, with the sync started first if the room is encrypted.
@@ -1236,25 +1372,41 @@ impl MatrixSink {
         }
     }
 
+    /// A ticket's room: created (once per ticket, whatever the homeserver answers) and
+    /// linked before anyone is invited: each participant is invited by an action of their
+    /// own (`Action::Participant`), so one who cannot be invited leaves no room without a
+    /// link behind.
     async fn open_room(&self, row: &OutboxRow, spec: &RoomSpec) -> Result<String, Failure> {
-        if let Some(link) = self.link(row).await? {
-            if link.closed {
-                self.reopen(row, &link, spec).await?;
+        let link = match self.link(row).await? {
+            Some(link) => {
+                if link.closed {
+                    self.reopen(row, &link, spec).await?;
+                }
+                link
             }
-            return self.invite_new(row, &link, &spec.invite).await;
-        }
-        let room_id = self.create_room_once(row, spec, false).await?;
-        let link = Link {
-            source_id: row.source_id.clone(),
-            ticket_key: row.ticket_key.clone(),
-            room_id: room_id.to_string(),
-            thread_id: None,
-            invited: spec.invite.clone(),
-            closed: false,
+            None => {
+                let bare = RoomSpec {
+                    invite: Vec::new(),
+                    ..spec.clone()
+                };
+                let key = alias_localpart(&self.instance, row, false);
+                let (room_id, _) = self.create_room_once(&key, &bare, false).await?;
+                let link = Link {
+                    source_id: row.source_id.clone(),
+                    ticket_key: row.ticket_key.clone(),
+                    room_id: room_id.to_string(),
+                    thread_id: None,
+                    invited: Vec::new(),
+                    closed: false,
+                };
+                self.store.insert_link(&link).await.map_err(db_failure)?
+            }
         };
-        let stored = self.store.insert_link(&link).await.map_err(db_failure)?;
-        self.remember((stored.source_id, stored.ticket_key), &stored.room_id);
-        Ok(stored.room_id)
+        self.remember(
+            (link.source_id.clone(), link.ticket_key.clone()),
+            &link.room_id,
+        );
+        Ok(link.room_id)
     }
 
     /// A closed ticket's room, open again: its name back, a notice, the link marked open.
@@ -1273,34 +1425,34 @@ impl MatrixSink {
             .map_err(db_failure)
     }
 
-    /// Creates the room for an action, once: the alias is the action's idempotency key. If
-    /// an earlier try created the room but died before recording it, creating again fails
-    /// with M_ROOM_IN_USE and the alias leads to the room.
+    /// Creates a room once: the alias (`alias_local`) is the idempotency key. If an earlier
+    /// try created the room but died before recording it, creating again fails with
+    /// M_ROOM_IN_USE and the alias leads to the room; so does a request that created the room
+    /// and then failed (an invite the homeserver could not deliver). Returns the room and
+    /// whether this call created it whole.
     async fn create_room_once(
         &self,
-        row: &OutboxRow,
+        alias_local: &str,
         spec: &RoomSpec,
         direct: bool,
-    ) -> Result<OwnedRoomId, Failure> {
+    ) -> Result<(OwnedRoomId, bool), Failure> {
         if spec.encrypted {
             self.want_sync();
         }
-        let alias_local = alias_localpart(&self.instance, row);
-        match self.create_room(spec, &alias_local, direct).await {
-            Ok(id) => Ok(id),
-            Err(Failure::Permanent(msg)) if msg.contains("M_ROOM_IN_USE") => {
-                let alias = format!("#{alias_local}:{}", self.user_id.server_name());
-                let alias = RoomAliasId::parse(&alias)
-                    .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
-                let resp = self
-                    .client
-                    .resolve_room_alias(&alias)
-                    .await
-                    .map_err(|e| Failure::from_http(&e))?;
-                info!(room = %resp.room_id, "room was created by an earlier try");
-                Ok(resp.room_id)
+        let failure = match self.create_room(spec, alias_local, direct).await {
+            Ok(id) => return Ok((id, true)),
+            Err(failure) => failure,
+        };
+        let alias = format!("#{alias_local}:{}", self.user_id.server_name());
+        let alias = RoomAliasId::parse(&alias)
+            .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
+        match self.client.resolve_room_alias(&alias).await {
+            Ok(resp) => {
+                info!(room = %resp.room_id, "the room exists from an earlier or a failed try");
+                Ok((resp.room_id, false))
             }
-            Err(e) => Err(e),
+            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Err(failure),
+            Err(e) => Err(Failure::from_http(&e)),
         }
     }
 
@@ -1375,40 +1527,14 @@ impl MatrixSink {
             })?;
         Ok(room.room_id().to_owned())
     }
+}
 
-    async fn invite_new(
-        &self,
-        row: &OutboxRow,
-        link: &Link,
-        users: &[String],
-    ) -> Result<String, Failure> {
-        let new: Vec<&String> = users.iter().filter(|u| !link.invited.contains(u)).collect();
-        if new.is_empty() {
-            return Ok(link.room_id.clone());
-        }
-        let room = self.room(&link.room_id).await?;
-        let mut invited = link.invited.clone();
-        for u in new {
-            let Ok(uid) = UserId::parse(u) else { continue };
-            match room.invite_user_by_id(&uid).await {
-                Ok(()) => {}
-                Err(e) if already_in_room(&e) => {}
-                Err(e) => {
-                    // Record progress so a retry does not re-invite.
-                    let _ = self
-                        .store
-                        .set_invited(&row.source_id, &row.ticket_key, &invited)
-                        .await;
-                    return Err(Failure::from_sdk(&e));
-                }
-            }
-            invited.push(u.clone());
-        }
-        self.store
-            .set_invited(&row.source_id, &row.ticket_key, &invited)
-            .await
-            .map_err(db_failure)?;
-        Ok(link.room_id.clone())
+/// What the homeserver said about a failed request, in its own words, if it said something.
+fn server_reason(e: &matrix_sdk::Error) -> Option<String> {
+    use matrix_sdk::ruma::api::error::ErrorBody;
+    match &e.as_client_api_error()?.body {
+        ErrorBody::Standard(body) => Some(body.message.clone()),
+        _ => None,
     }
 }
 
@@ -1475,7 +1601,10 @@ fn txn_id(row: &OutboxRow, part: &str) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("switchboard.{}{part}", row.txn_key))
 }
 
-fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
+/// The alias that makes a room's creation idempotent: per ticket for a ticket's room (one
+/// room per ticket, whichever of its actions creates it), per action with `per_action`
+/// (a helpdesk's started chat).
+fn alias_localpart(instance: &str, row: &OutboxRow, per_action: bool) -> String {
     let mut h = Sha256::new();
     h.update(instance.as_bytes());
     h.update([0]);
@@ -1483,7 +1612,11 @@ fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
     h.update([0]);
     h.update(row.ticket_key.as_bytes());
     h.update([0]);
-    h.update(row.txn_key.as_bytes());
+    if per_action {
+        h.update(row.txn_key.as_bytes());
+    } else {
+        h.update(b"ticket");
+    }
     format!("switchboard_{}", &hex::encode(h.finalize())[..24])
 }
 

@@ -668,30 +668,7 @@ impl Store {
                 changes.reports.push((*position, answer.clone()));
             }
         }
-        let actions = plan(&changes);
-        if !actions.is_empty() {
-            let inbox_id: i64 = sqlx::query("SELECT inbox_id FROM outbox WHERE id = $1")
-                .bind(row.id)
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get(0)?;
-            for (i, a) in actions.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
-                     next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(inbox_id)
-                .bind(&a.source_id)
-                .bind(&a.ticket_key)
-                .bind(&a.action)
-                .bind(format!("{}.{}.{i}", row.txn_key, row.attempts))
-                .bind(now)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
+        queue_after(&mut tx, row, &plan(&changes)).await?;
         tx.commit().await?;
         Ok(changes)
     }
@@ -957,10 +934,9 @@ impl Store {
         let mut out = Vec::with_capacity(actions.len());
         for r in &actions {
             let action: String = r.try_get(3)?;
-            let kind = serde_json::from_str::<serde_json::Value>(&action)
-                .ok()
-                .and_then(|v| v["type"].as_str().map(String::from))
-                .unwrap_or_else(|| "unknown".into());
+            let kind = serde_json::from_str::<switchboard_connector::Action>(&action)
+                .map_or("unknown", |a| a.kind())
+                .to_string();
             out.push(Problem {
                 id: format!("action:{}", r.try_get::<i64, _>(0)?),
                 source_id: r.try_get(1)?,
@@ -1411,6 +1387,41 @@ async fn write_batch(
             })
         })
         .collect()
+}
+
+/// Queues actions that running `row` asked for, as part of its delivery, each with a
+/// transaction key of its own derived from `row`'s.
+async fn queue_after(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    row: &OutboxRow,
+    actions: &[NewAction],
+) -> Result<()> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let inbox_id: i64 = sqlx::query("SELECT inbox_id FROM outbox WHERE id = $1")
+        .bind(row.id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    for (i, a) in actions.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
+             next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(inbox_id)
+        .bind(&a.source_id)
+        .bind(&a.ticket_key)
+        .bind(&a.action)
+        .bind(format!("{}.{}.{i}", row.txn_key, row.attempts))
+        .bind(now)
+        .bind(now)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// A key intake could neither insert nor find (only if a row were deleted meanwhile).
@@ -1877,5 +1888,50 @@ pub(crate) mod tests {
             store.set_cursor("c", "42").await.expect("set");
             assert_eq!(store.cursor("c").await.expect("get").as_deref(), Some("42"));
         }
+    }
+
+    /// What intake accepts from any webhook body, both databases store and the engine turns
+    /// into actions: keys and text of any kind, within what intake's checks let through.
+    #[test]
+    fn what_intake_accepts_both_databases_store() {
+        use proptest::prelude::*;
+        use switchboard_connector::WebhookSource;
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let stores = rt.block_on(stores());
+        let engine = crate::engine::Engine::new(
+            &crate::config::parse(
+                "[matrix]\nhomeserver = \"http://h\"\nuser = \"bot\"\npassword = \"p\"\n\
+                 [sources.t]\nkind = \"webhook\"\n",
+            )
+            .expect("config")
+            .config,
+            &crate::metrics::Metrics::new(),
+        );
+        let text = "(?s)[a-z\\x00-\\x1f\\u{80}-\\u{10ffff}\"'\\\\ ]{0,40}";
+        let config = ProptestConfig {
+            cases: 48,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(id in text, title in text, body in text, delivery in text)| {
+            let payload = serde_json::json!({"ticket": {"id": id, "title": title},
+                "message": {"body": body}, "delivery_id": delivery});
+            let hook = switchboard_webhook::WebhookConfig::default();
+            let Ok(d) = hook
+                .accept(&http::HeaderMap::new(), payload.to_string().as_bytes())
+                .and_then(|d| switchboard_connector::check_delivery(&d).map(|()| d))
+            else {
+                return Ok(());
+            };
+            let events = serde_json::to_string(&d.events).expect("json");
+            for store in &stores {
+                rt.block_on(async {
+                    store.accept("t", &d.dedupe_key, &events).await.expect("stored");
+                    let metrics = crate::metrics::Metrics::new();
+                    let drained = crate::engine::drain(&engine, store, &metrics).await.expect("drained");
+                    assert!(!drained.troubled, "{:?} on {:?}", d, store.dialect());
+                    assert!(store.link("t", &d.events[0].ticket).await.is_ok());
+                });
+            }
+        });
     }
 }

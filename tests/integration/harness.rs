@@ -349,6 +349,24 @@ impl User {
             .collect())
     }
 
+    /// The content of a media file (`mxc://server/id`), downloaded as this user.
+    pub async fn download(&self, mxc: &str) -> Result<Vec<u8>> {
+        let path = mxc.strip_prefix("mxc://").context("an mxc URI")?;
+        let r = self
+            .http
+            .get(format!(
+                "{}/_matrix/client/v1/media/download/{path}",
+                self.base_url
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("download {mxc}: {}", r.status());
+        }
+        Ok(r.bytes().await?.to_vec())
+    }
+
     /// Rooms this user is invited to.
     pub async fn invites(&self) -> Result<Vec<String>> {
         let (_, v) = self.get("/v3/sync?timeout=0").await?;
@@ -621,6 +639,36 @@ impl Switchboard {
             }
         }
         Ok(String::from_utf8_lossy(&got).to_string())
+    }
+
+    /// Writes a raw HTTP request whole, as a sender that reads only once it has written
+    /// everything, and returns the whole answer (until the server closes, or 10 s).
+    pub async fn raw_answer(&self, request: &[u8]) -> Result<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.base.trim_start_matches("http://");
+        let mut conn = tokio::net::TcpStream::connect(addr).await?;
+        conn.write_all(request).await?;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got)).await;
+        Ok(String::from_utf8_lossy(&got).to_string())
+    }
+
+    /// Runs an operator's command (`switchboard <args> --config <this config>`); its exit
+    /// code and output.
+    pub fn cli(&self, args: &[&str]) -> Result<(i32, String)> {
+        let config = self.config.as_ref().context("no config file")?;
+        let out = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env_remove("SWITCHBOARD_CONFIG")
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.code().unwrap_or(-1), text))
     }
 
     /// The ticket's room, via `/link` (404 while there is none).

@@ -47,6 +47,8 @@ on_both_databases!(
     honoroit_drop_in,
     helpdesk_outage_longer_than_a_sync,
     pretix_orders_invite_attendees,
+    one_room_per_ticket_whatever_the_homeserver_answers,
+    long_messages_arrive_whole,
 );
 
 async fn start(db: Db, bot: &harness::User, extra: &str) -> Result<Switchboard> {
@@ -497,6 +499,37 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
             422,
         ),
         ("nope", good.clone().into_bytes(), vec![], 404),
+        // What a database or homeserver cannot store is refused the same on both.
+        (
+            "tickets",
+            br#"{"ticket": {"id": "P\u00001"}}"#.to_vec(),
+            vec![],
+            422,
+        ),
+        (
+            "tickets",
+            br#"{"ticket": {"id": "P-2"}, "message": {"body": "a\u0000b"}}"#.to_vec(),
+            vec![],
+            422,
+        ),
+        (
+            "tickets",
+            br#"{"ticket": {"id": "P-3", "note": "\ud800"}}"#.to_vec(),
+            vec![],
+            400,
+        ),
+        (
+            "tickets",
+            format!(r#"{{"ticket": {{"id": "{}"}}}}"#, "k".repeat(300)).into_bytes(),
+            vec![],
+            422,
+        ),
+        (
+            "tickets",
+            br#"{"ticket": {"id": "P-4"}, "delivery_id": "a\nb"}"#.to_vec(),
+            vec![],
+            422,
+        ),
     ];
     for (source, body, headers, want) in cases {
         let (status, reply) = sb.hook_raw(source, body, &headers).await?;
@@ -506,18 +539,29 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
             "a reason: {reply}"
         );
     }
-    // Oversize: refused from the announced length, before the body is read. (A client that
-    // keeps writing may see the connection close; a raw request shows the answer itself.)
-    let head = sb.raw_status("POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n{").await?;
+    // Oversize, announced: a sender that waits for 100 Continue gets the 413 before it
+    // sends the body; one that writes its whole body first reads the 413 and its reason
+    // after it (and the connection is closed).
+    let head = sb.raw_status("POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\nExpect: 100-continue\r\n\r\n").await?;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let mut whole = b"POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n".to_vec();
+    whole.extend(std::iter::repeat_n(b'a', 2 << 20));
+    let answer = sb.raw_answer(&whole).await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(answer.contains("the body is larger than"), "{answer}");
     // Oversize without an announced length (chunked): refused while reading.
     let chunk = "a".repeat(600 * 1024);
     let chunked = format!(
         "POST /hooks/tickets HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{len:x}\r\n{chunk}\r\n{len:x}\r\n{chunk}\r\n0\r\n\r\n",
         len = chunk.len()
     );
-    let head = sb.raw_status(&chunked).await?;
-    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    let answer = sb.raw_answer(chunked.as_bytes()).await?;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("the body is larger than"), "{answer}");
     let status = |path: &'static str| sb.status_of(path);
     assert_eq!(status("/no/such/path").await, 404);
     assert_eq!(status("/hooks/tickets").await, 405);
@@ -550,6 +594,134 @@ async fn bad_requests_are_refused(db: Db) -> Result<()> {
         ),
         "{metrics}"
     );
+    Ok(())
+}
+
+/// A participant the homeserver cannot invite (federation is off: "Federation denied") does
+/// not make a room per event: the ticket keeps one room, the others are invited, the
+/// failure is told in the room once and listed for the operator, and a retry from the
+/// command line tells nothing twice.
+async fn one_room_per_ticket_whatever_the_homeserver_answers(db: Db) -> Result<()> {
+    let s = synapse();
+    let (bot, alice) = (s.user("bot").await?, s.user("alice").await?);
+    let sb = start(db, &bot, "").await?;
+    let nobody = "@nobody:nowhere.invalid";
+    let people = [alice.user_id.as_str(), nobody];
+    for (i, status) in ["new", "open", "open"].iter().enumerate() {
+        let body = format!("event {i}");
+        let (code, reply) = sb
+            .hook(&ticket("U-1", status, Some(&body), &people, &alice.user_id))
+            .await?;
+        assert_eq!(code, 200, "{reply}");
+    }
+    let room = sb.wait_room("U-1").await?;
+    let told = format!("Could not invite {nobody}: ");
+    let all = [
+        "event 0".to_string(),
+        "event 1".into(),
+        "event 2".into(),
+        told.clone(),
+    ];
+    let msgs = wait_for("the messages and the notice", || async {
+        let m = bot.messages(&room).await.ok()?;
+        all.iter()
+            .all(|want| m.iter().any(|got| got.starts_with(want.as_str())))
+            .then_some(m)
+    })
+    .await
+    .with_context(|| sb.log())?;
+    assert_eq!(
+        bot.joined_rooms().await?,
+        std::slice::from_ref(&room),
+        "one room"
+    );
+    let invited = wait_for("alice's invite", || async {
+        bot.membership(&room, &alice.user_id).await.ok().flatten()
+    })
+    .await?;
+    assert_eq!(invited, "invite");
+    let notices: Vec<&String> = msgs.iter().filter(|m| m.starts_with(&told)).collect();
+    assert_eq!(notices.len(), 1, "{msgs:?}");
+    assert!(notices[0].contains("Federation denied"), "{notices:?}");
+    // The owner is room admin even though the room was made before anyone was invited.
+    let levels = bot
+        .state(&room, "m.room.power_levels")
+        .await?
+        .context("levels")?;
+    assert_eq!(levels["users"][&alice.user_id], 100, "{levels}");
+    // The operator sees the failed invite, and can try it again.
+    let (code, listed) = sb.cli(&["failed"])?;
+    assert_eq!(code, 0, "{listed}");
+    let line = listed
+        .lines()
+        .find(|l| l.contains("\tinvite\t"))
+        .with_context(|| listed.clone())?;
+    assert!(
+        line.contains("failed") && line.contains("Federation denied"),
+        "{line}"
+    );
+    let id = line.split('\t').next().context("id")?;
+    let (code, out) = sb.cli(&["retry", id])?;
+    assert_eq!((code, out.trim()), (0, "1 put back in line"));
+    wait_for("the retried invite to fail again", || async {
+        let (_, listed) = sb.cli(&["failed"]).ok()?;
+        listed
+            .lines()
+            .any(|l| l.starts_with(id) && l.contains("2 tries"))
+            .then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = bot.messages(&room).await?;
+    assert_eq!(again.iter().filter(|m| m.starts_with(&told)).count(), 1);
+    assert_eq!(bot.joined_rooms().await?.len(), 1);
+    Ok(())
+}
+
+/// A message too long for one event (80 KB here; the homeserver refuses events over 64 KiB)
+/// arrives cut at a paragraph, with a note, and whole as an attached file.
+async fn long_messages_arrive_whole(db: Db) -> Result<()> {
+    let s = synapse();
+    let (bot, alice) = (s.user("bot").await?, s.user("alice").await?);
+    let sb = start(db, &bot, "").await?;
+    let paragraph = format!("{}\n\n", "A quoted mail line, \"with quotes\". ".repeat(40));
+    let long = format!("Start of the article.\n\n{}End.", paragraph.repeat(60));
+    assert!(long.len() > 80_000);
+    let (code, reply) = sb
+        .hook(&ticket("L-1", "new", Some(&long), &[], &alice.user_id))
+        .await?;
+    assert_eq!(code, 200, "{reply}");
+    let room = sb.wait_room("L-1").await?;
+    let events = wait_for("the message and its file", || async {
+        let t = bot.timeline(&room).await.ok()?;
+        let m: Vec<Value> = t
+            .into_iter()
+            .filter(|e| e["type"] == "m.room.message")
+            .collect();
+        (m.len() >= 2).then_some(m)
+    })
+    .await
+    .with_context(|| sb.log())?;
+    assert_eq!(events.len(), 2, "{events:?}");
+    let text = events[0]["content"]["body"].as_str().context("body")?;
+    assert!(text.starts_with("Start of the article."));
+    assert!(text.len() < long.len());
+    let note = format!(
+        "\n\n[The message was cut here: it is {} characters long.",
+        long.chars().count()
+    );
+    let (kept, _) = text.split_once(&note).with_context(|| text.to_string())?;
+    assert!(long.starts_with(kept), "the cut keeps the start as it was");
+    assert!(
+        kept.ends_with('.'),
+        "cut at a paragraph: {:?}",
+        &kept[kept.len() - 20..]
+    );
+    let file = &events[1]["content"];
+    assert_eq!(file["msgtype"], "m.file");
+    assert_eq!(file["body"], "message.txt");
+    let url = file["url"].as_str().context("url")?;
+    assert_eq!(String::from_utf8(bot.download(url).await?)?, long);
     Ok(())
 }
 

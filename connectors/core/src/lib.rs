@@ -276,6 +276,9 @@ pub enum Action {
     },
     /// Invite `user` into `room`.
     Invite { room: String, user: String },
+    /// Invite `user` into the ticket's room (a participant); an invite that fails for good
+    /// is told in the room ("Could not invite @x: reason").
+    Participant { user: String },
     /// Leave `room`.
     Leave { room: String },
     /// pretix: read the order from pretix's API and bring the rooms in line with it
@@ -311,7 +314,7 @@ impl Action {
             Action::Relay { .. } => "relay",
             Action::Send { .. } => "send",
             Action::StartChat { .. } => "start_chat",
-            Action::Invite { .. } => "invite",
+            Action::Invite { .. } | Action::Participant { .. } => "invite",
             Action::Leave { .. } => "leave",
             Action::PretixOrder { .. } => "pretix_order",
             Action::PretixCommand { .. } => "pretix_command",

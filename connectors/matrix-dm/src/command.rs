@@ -205,4 +205,13 @@ mod tests {
         assert_eq!(parse("!support", "!support done"), Some(Ok(Command::Done)));
         assert_eq!(parse("!support", "!ho done"), None);
     }
+
+    proptest::proptest! {
+        /// Any message, with any prefix: a command, an error or nothing, never a panic.
+        #[test]
+        fn any_message_parses_or_not(prefix in "(?s).{0,5}", body in "(?s).{0,80}") {
+            let _ = parse(&prefix, &body);
+            let _ = parse("!ho", &format!("!ho {body}"));
+        }
+    }
 }

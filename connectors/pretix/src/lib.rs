@@ -767,4 +767,19 @@ mod tests {
         );
         assert!(!ok.orders_url(&ok.events[0], "").contains("modified_since"));
     }
+
+    proptest::proptest! {
+        /// Any bytes, and any JSON with the fields pretix sends: an answer, never a panic.
+        #[test]
+        fn any_trigger_gets_an_answer(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..256),
+            code in "(?s).{0,20}", organizer in "(?s).{0,20}", event in "(?s).{0,20}",
+            action in "(?s).{0,30}", id in proptest::num::i64::ANY,
+        ) {
+            let _ = PretixHook.accept(&http::HeaderMap::new(), &body);
+            let v = serde_json::json!({"notification_id": id, "organizer": organizer,
+                "event": event, "code": code, "action": action});
+            let _ = PretixHook.accept(&http::HeaderMap::new(), v.to_string().as_bytes());
+        }
+    }
 }

@@ -276,4 +276,28 @@ mod tests {
         let bad_type = r#"{"ticket":{"id":1,"participants":{"a":1}}}"#;
         assert!(matches!(accept(bad_type), Err(RejectReason::Unmapped(_))));
     }
+
+    proptest::proptest! {
+        /// Any bytes at all: an answer, never a panic.
+        #[test]
+        fn any_body_gets_an_answer(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = WebhookConfig::default().accept(&http::HeaderMap::new(), &body);
+        }
+
+        /// Any text in any field: an accepted delivery has a ticket key of at most 255 bytes
+        /// and only Matrix IDs to invite.
+        #[test]
+        fn any_fields_map_or_are_refused(
+            id in "(?s).{0,300}", title in "(?s).{0,50}", body in "(?s).{0,200}",
+            people in proptest::collection::vec("(?s)@?.{0,20}", 0..3), status in "(?s).{0,10}",
+        ) {
+            let payload = json!({"ticket": {"id": id, "title": title, "status": status,
+                "participants": people}, "message": {"body": body}});
+            if let Ok(d) = accept(&payload.to_string()) {
+                let e = &d.events[0];
+                proptest::prop_assert!(!e.ticket.is_empty() && e.ticket.len() <= 255);
+                proptest::prop_assert!(e.participants.iter().all(|p| is_matrix_user_id(p)));
+            }
+        }
+    }
 }
