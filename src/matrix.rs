@@ -92,21 +92,6 @@ impl Failure {
         classify(e.as_client_api_error(), e.to_string())
     }
 
-    /// For a permanent failure, the homeserver's own words in place of the client's, with
-    /// the error code kept (`reason (M_CODE)`).
-    fn with_reason(self, reason: Option<String>) -> Failure {
-        match (self, reason) {
-            (Failure::Permanent(message), Some(reason)) => {
-                let code = message
-                    .rsplit_once(" (M_")
-                    .map(|(_, code)| format!(" (M_{code}"))
-                    .unwrap_or_default();
-                Failure::Permanent(format!("{reason}{code}"))
-            }
-            (failure, _) => failure,
-        }
-    }
-
     fn from_http(e: &matrix_sdk::HttpError) -> Failure {
         classify(e.as_client_api_error(), e.to_string())
     }
@@ -1055,19 +1040,25 @@ impl MatrixSink {
         let uid =
             UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
         let room = self.room(room).await?;
-        let failure = match self.membership(&room, &uid).await?.as_deref() {
+        // The failure, and why in words for the room: the homeserver's own, if it gave any.
+        let (failure, reason) = match self.membership(&room, &uid).await?.as_deref() {
             Some("join") | Some("invite") => {
                 return Ok(format!("skipped: {user} is in the room or invited"));
             }
-            Some("ban") => Failure::Permanent(format!("{user} is banned from the room")),
+            Some("ban") => {
+                let why = "they are banned from the room".to_string();
+                (Failure::Permanent(format!("{user}: {why}")), why)
+            }
             _ => match room.invite_user_by_id(&uid).await {
                 Ok(()) => return Ok(format!("invited {user}")),
                 Err(e) if already_in_room(&e) => return Ok(format!("not invited: {e}")),
-                Err(e) => Failure::from_sdk(&e).with_reason(server_reason(&e)),
+                Err(e) => (
+                    Failure::from_sdk(&e),
+                    server_reason(&e).unwrap_or_else(|| e.to_string()),
+                ),
             },
         };
-        if let (Failure::Permanent(message), true) = (&failure, report) {
-            let reason = message.split(" (M_").next().unwrap_or(message);
+        if let (Failure::Permanent(_), true) = (&failure, report) {
             let text = format!("Could not invite {user}: {reason}");
             let content = RoomMessageEventContent::notice_plain(text);
             let mut h = Sha256::new();
@@ -1514,17 +1505,7 @@ impl MatrixSink {
             .client
             .create_room(req)
             .await
-            .map_err(|e| match Failure::from_sdk(&e) {
-                Failure::Permanent(m) => Failure::Permanent(format!(
-                    "{m}{}",
-                    if e.client_api_error_kind() == Some(&ErrorKind::RoomInUse) {
-                        " (M_ROOM_IN_USE)"
-                    } else {
-                        ""
-                    }
-                )),
-                other => other,
-            })?;
+            .map_err(|e| Failure::from_sdk(&e))?;
         Ok(room.room_id().to_owned())
     }
 }

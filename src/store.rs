@@ -32,6 +32,9 @@ pub enum StoreError {
     /// The batch a delivery was written in failed (the message is the database's).
     #[error("intake: {0}")]
     Intake(String),
+    /// An operator named an item that is not `action:<id>` or `delivery:<id>`.
+    #[error("`{0}` is no item ID (action:<id> or delivery:<id>)")]
+    ItemId(String),
 }
 
 impl StoreError {
@@ -987,11 +990,11 @@ impl Store {
                     .split_once(':')
                     .and_then(|(w, n)| Some((w, n.parse::<i64>().ok()?)))
                     .or_else(|| Some(("action", id.parse::<i64>().ok()?)))
-                    .ok_or_else(|| StoreError::Intake(format!("`{id}` is no item ID")))?;
+                    .ok_or_else(|| StoreError::ItemId(id.clone()))?;
                 match what {
                     "action" => (Some(n), None, None),
                     "delivery" => (None, Some(n), None),
-                    _ => return Err(StoreError::Intake(format!("`{id}` is no item ID"))),
+                    _ => return Err(StoreError::ItemId(id.clone())),
                 }
             }
             Retry::All { source } => (None, None, source.as_deref()),
