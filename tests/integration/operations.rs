@@ -1,0 +1,169 @@
+//! Running Switchboard as an operator does: `check-config`, the ways the bot logs in, the
+//! data secret that seals the stored session, and who may read `/metrics`.
+
+use anyhow::Result;
+
+use crate::common::{start, ticket, wait_messages};
+use crate::harness::{self, Db, Setup, Switchboard, synapse, wait_for};
+
+#[tokio::test]
+async fn check_config_names_key_and_line() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchboard-cfg-{}", harness::suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[matrix]\nhomeserver = \"http://127.0.0.1:1\"\nuser = \"@bot:localhost\"\nencryption = \"yes\"\n\n[sources.t]\nkind = \"webhok\"\n",
+    )?;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 7: `sources.t.kind`"), "{stderr}");
+    assert!(stderr.contains("line 4: `matrix.encryption`"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Switchboard on SQLite with the given `[matrix]` login line.
+async fn start_with_login(bot: &harness::User, login: String) -> Result<Switchboard> {
+    Switchboard::start(Setup {
+        synapse: synapse(),
+        bot,
+        db: Db::Sqlite,
+        extra: String::new(),
+        encryption: false,
+        login: Some(login),
+    })
+    .await
+}
+
+/// Logs in the other two ways (shared secret, access token), and keeps its device across a
+/// restart: the stored session is reused, not replaced by a new login.
+#[tokio::test]
+async fn logins_by_shared_secret_and_access_token() -> Result<()> {
+    let s = synapse();
+    for how in ["shared_secret", "access_token"] {
+        let bot = s.user("bot").await?;
+        let login = match how {
+            "shared_secret" => format!("shared_secret = \"{}\"", harness::SHARED_SECRET),
+            _ => format!("access_token = \"{}\"", bot.token),
+        };
+        let mut sb = start_with_login(&bot, login).await?;
+        sb.hook(&ticket("S-1", "new", Some(how), &[], &bot.user_id))
+            .await?;
+        let room = sb.wait_room("S-1").await?;
+        assert_eq!(wait_messages(&bot, &room, 1).await?, vec![how]);
+        let devices = bot.devices().await?;
+        sb.kill();
+        sb.spawn().await?;
+        sb.hook(&ticket(
+            "S-1",
+            "open",
+            Some("after restart"),
+            &[],
+            &bot.user_id,
+        ))
+        .await?;
+        wait_messages(&bot, &room, 2).await?;
+        assert_eq!(
+            bot.devices().await?,
+            devices,
+            "{how}: no new device after a restart"
+        );
+    }
+    Ok(())
+}
+
+/// With a data secret the stored session is sealed: the access token is not in the
+/// database, a restart reuses the session, and a new secret (or one set later) means a new
+/// login instead of a failure.
+#[tokio::test]
+async fn data_secret_seals_the_stored_session() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let mut sb = start_with_login(&bot, format!("access_token = \"{}\"", bot.token)).await?;
+    let mut sent = Vec::new();
+    let mut say = async |sb: &Switchboard, text: &str| -> Result<Vec<String>> {
+        sent.push(text.to_string());
+        sb.hook(&ticket("D-1", "open", Some(text), &[], &bot.user_id))
+            .await?;
+        let room = sb.wait_room("D-1").await?;
+        let got = wait_messages(&bot, &room, sent.len()).await?;
+        assert_eq!(got, sent);
+        Ok(got)
+    };
+    say(&sb, "before a secret").await?;
+    let plain = sb.sqlite_setting("matrix.session").await?.expect("session");
+    assert!(plain.contains(&bot.token), "stored as is without a secret");
+
+    // A secret set later: the crypto store made without it is replaced, the session sealed.
+    sb.kill();
+    sb.set_top_level("data_secret", "\"first secret\"")?;
+    sb.spawn().await?;
+    say(&sb, "with a secret").await?;
+    let sealed = wait_for("a sealed session", || async {
+        let v = sb.sqlite_setting("matrix.session").await.ok()??;
+        v.starts_with("sealed:v1:").then_some(v)
+    })
+    .await?;
+    assert!(!sealed.contains(&bot.token), "{sealed}");
+
+    // A restart with the same secret reuses the session: nothing is written again (each
+    // sealing has a fresh nonce, so a new login would change the value).
+    sb.kill();
+    sb.spawn().await?;
+    say(&sb, "after a restart").await?;
+    assert_eq!(
+        sb.sqlite_setting("matrix.session").await?,
+        Some(sealed.clone())
+    );
+
+    // Another secret: the stored session does not open, so Switchboard logs in again.
+    sb.kill();
+    sb.set_top_level("data_secret", "\"second secret\"")?;
+    sb.spawn().await?;
+    say(&sb, "with another secret").await?;
+    let resealed = sb.sqlite_setting("matrix.session").await?.expect("session");
+    assert!(resealed.starts_with("sealed:v1:") && resealed != sealed);
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
+    let s = synapse();
+    let bot = s.user("bot").await?;
+    let extra = "\n[metrics]\nusername = \"prom\"\npassword = \"scrape-me\"\nallow_ips = [\"127.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    let url = format!("{}/metrics", sb.base);
+    let r = sb.http().get(&url).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = sb
+        .http()
+        .get(&url)
+        .basic_auth("prom", Some("wrong"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let r = sb
+        .http()
+        .get(&url)
+        .basic_auth("prom", Some("scrape-me"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let text = r.text().await?;
+    assert!(text.contains("switchboard_homeserver_up"), "{text}");
+    assert!(!text.contains(&bot.user_id), "no user IDs in metrics");
+    drop(sb);
+
+    // An allowlist that leaves loopback out.
+    let extra = "\n[metrics]\nallow_ips = [\"10.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    let r = sb.http().get(format!("{}/metrics", sb.base)).send().await?;
+    assert_eq!(r.status().as_u16(), 403);
+    Ok(())
+}
