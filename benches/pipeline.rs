@@ -132,17 +132,34 @@ async fn bare_warp() -> Result<String> {
 /// store), without the engine and the Matrix side that would share its CPU.
 async fn intake_only(db_url: &str) -> Result<String> {
     use switchboard::config::{Secret, SignatureConfig};
+    use switchboard_connector::Kind;
     let store = Store::connect(db_url, None).await?;
+    let host = Arc::new(switchboard::host::ServiceHost::new(
+        store.clone(),
+        Arc::new(tokio::sync::Notify::new()),
+        switchboard::seal::Sealer::new(None),
+        switchboard::metrics::Metrics::new(),
+    ));
+    let info = switchboard_connector::SourceInfo {
+        id: "bench".into(),
+        authenticated: true,
+        bot: "bench".into(),
+    };
+    let checked: switchboard_connector::Checked =
+        Box::<switchboard_webhook::WebhookConfig>::default();
+    let connector = switchboard_webhook::Webhook
+        .build(&info, &checked, host)
+        .map_err(anyhow::Error::msg)?;
     let source = switchboard::http::Source {
         id: "bench".into(),
-        hook: Box::new(switchboard_webhook::WebhookConfig::default()),
+        connector,
         signature: Some((SignatureConfig::default(), Secret::new("bench-secret"))),
         path_secret: None,
         basic_auth: None,
         link_create: false,
     };
     let state = Arc::new(switchboard::http::HttpState {
-        pretix: None,
+        routes: Default::default(),
         store,
         sources: [("bench".to_string(), source)].into_iter().collect(),
         metrics: switchboard::metrics::Metrics::new(),

@@ -8,8 +8,11 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::config::{Loaded, SourceKind};
+use switchboard_connector::{Connector, Host};
+
+use crate::config::Loaded;
 use crate::engine::{self, Engine};
+use crate::host::ServiceHost;
 use crate::http::{self, HttpState, Source};
 use crate::matrix::MatrixSink;
 use crate::metrics::Metrics;
@@ -23,6 +26,9 @@ use crate::worker::Worker;
 pub enum AppError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    /// A connector cannot be built, or the connectors clash.
+    #[error("source `{source_id}`: {reason}")]
+    Connector { source_id: String, reason: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -38,19 +44,39 @@ pub struct Running {
     pub server: tokio::task::JoinHandle<()>,
 }
 
-/// Builds the sources from the config: one registration per connector kind.
-fn sources(loaded: &Loaded) -> HashMap<String, Source> {
-    loaded
-        .config
-        .sources
+/// Builds each connector source's running connector.
+fn build_connectors(
+    loaded: &Loaded,
+    host: &Arc<dyn Host>,
+) -> Result<HashMap<String, Arc<dyn Connector>>, AppError> {
+    let kinds = crate::registry::kinds();
+    let mut built = HashMap::new();
+    for (id, (info, checked)) in &loaded.connectors.0 {
+        let kind = &loaded.config.sources[id].kind;
+        let Some(k) = kinds.get(kind.as_str()) else {
+            continue;
+        };
+        let connector =
+            k.build(info, checked, host.clone())
+                .map_err(|reason| AppError::Connector {
+                    source_id: id.clone(),
+                    reason,
+                })?;
+        built.insert(id.clone(), connector);
+    }
+    Ok(built)
+}
+
+/// Intake's view of the sources with a webhook.
+fn sources(
+    loaded: &Loaded,
+    connectors: &HashMap<String, Arc<dyn Connector>>,
+) -> HashMap<String, Source> {
+    connectors
         .iter()
-        .filter_map(|(id, cfg)| {
-            let hook: Box<dyn switchboard_connector::WebhookSource> = match cfg.kind {
-                SourceKind::Webhook => Box::new(cfg.webhook.clone().unwrap_or_default()),
-                // Hears Matrix, not HTTP.
-                SourceKind::MatrixDm => return None,
-                SourceKind::Pretix => Box::new(switchboard_pretix::PretixHook),
-            };
+        .filter(|(_, c)| c.webhook().is_some())
+        .map(|(id, connector)| {
+            let cfg = &loaded.config.sources[id];
             let signature = cfg.signature.clone().and_then(|s| {
                 loaded
                     .secrets
@@ -58,17 +84,15 @@ fn sources(loaded: &Loaded) -> HashMap<String, Source> {
                     .get(id)
                     .map(|secret| (s, secret.clone()))
             });
-            Some((
-                id.clone(),
-                Source {
-                    id: id.clone(),
-                    hook,
-                    signature,
-                    path_secret: loaded.secrets.path_secrets.get(id).cloned(),
-                    basic_auth: loaded.secrets.basic_auth.get(id).cloned(),
-                    link_create: cfg.link_create,
-                },
-            ))
+            let source = Source {
+                id: id.clone(),
+                connector: connector.clone(),
+                signature,
+                path_secret: loaded.secrets.path_secrets.get(id).cloned(),
+                basic_auth: loaded.secrets.basic_auth.get(id).cloned(),
+                link_create: cfg.link_create,
+            };
+            (id.clone(), source)
         })
         .collect()
 }
@@ -96,20 +120,28 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let engine_wake = Arc::new(Notify::new());
     let outbox_wake = Arc::new(Notify::new());
 
-    let pretix_wake = engine_wake.clone();
     let sealer = Sealer::new(loaded.secrets.data_secret.as_ref().map(|s| s.expose()));
-    let pretix = crate::pretix::Pretix::new(
-        &loaded,
+    let owners = crate::registry::action_owners().map_err(|reason| AppError::Connector {
+        source_id: String::new(),
+        reason,
+    })?;
+    let host: Arc<dyn Host> = Arc::new(ServiceHost::new(
         store.clone(),
-        metrics.clone(),
-        pretix_wake.clone(),
+        engine_wake.clone(),
         sealer.clone(),
-    )
-    .map(Arc::new);
+        metrics.clone(),
+    ));
+    let connectors = build_connectors(&loaded, &host)?;
+    let mut routes = HashMap::new();
+    for connector in connectors.values() {
+        for route in connector.clone().routes() {
+            routes.insert(route.path.clone(), route);
+        }
+    }
     let state = Arc::new(HttpState {
-        pretix: pretix.clone(),
+        routes,
         store: store.clone(),
-        sources: sources(&loaded),
+        sources: sources(&loaded, &connectors),
         metrics: metrics.clone(),
         engine_wake: engine_wake.clone(),
         body_limit: cfg.http.body_limit,
@@ -132,7 +164,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     info!(%addr, "listening");
     let server = tokio::spawn(server);
 
-    let engine = Arc::new(Engine::new(cfg, &metrics));
+    let engine = Arc::new(Engine::new(cfg, &metrics, connectors.clone()));
     let helpdesk = engine.helpdesk();
     let helpdesk_wake = engine_wake.clone();
     if let Some(helpdesk) = &helpdesk {
@@ -162,9 +194,14 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let data_dir = cfg.data_dir.clone();
     let concurrency = cfg.matrix.concurrency;
     let store2 = store.clone();
-    if let Some(pretix) = &pretix {
-        tokio::spawn(pretix.clone().poll());
+    for connector in connectors.values() {
+        tokio::spawn(connector.clone().run());
     }
+    let listeners: Vec<Arc<dyn Connector>> = connectors
+        .values()
+        .filter(|c| c.listener().is_some())
+        .cloned()
+        .collect();
     tokio::spawn(async move {
         let Some(login) = login else { return };
         let mut backoff = Duration::from_secs(1);
@@ -184,14 +221,14 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         if let Some(helpdesk) = helpdesk {
             sink.serve_helpdesk(helpdesk, helpdesk_wake);
         }
-        if let Some((source, organisers)) = pretix.as_ref().and_then(|p| p.organisers()) {
-            sink.serve_organisers(source, organisers, pretix_wake);
-        }
+        sink.serve_listeners(listeners);
         tokio::spawn(sink.clone().stay_connected(metrics.clone()));
         let worker = Arc::new(Worker {
             store: store2,
             sink,
-            pretix,
+            connectors,
+            owners,
+            host,
             metrics,
             concurrency,
             wake: outbox_wake,

@@ -7,11 +7,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
-use serde::{Deserialize, Deserializer};
-use switchboard_connector::EventKind;
+use serde::Deserialize;
+use switchboard_connector::{Checked, Checker, EventKind, SourceInfo};
 use switchboard_matrix_dm::MatrixDmConfig;
-use switchboard_pretix::PretixConfig;
-use switchboard_webhook::WebhookConfig;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -207,43 +205,33 @@ pub enum LogFormat {
     Json,
 }
 
-/// The kinds of source Switchboard has.
-#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum SourceKind {
-    /// A generic JSON webhook; options under `webhook`.
-    Webhook,
-    /// A helpdesk in Matrix: customers' direct chats with the bot become threads in a
-    /// backoffice room; options under `matrix_dm`. At most one per bot.
-    MatrixDm,
-    /// pretix: paid orders invite their attendees into the event's rooms; options under
-    /// `pretix`.
-    Pretix,
-}
+/// The kind of the built-in Matrix DM helpdesk (options under `matrix_dm`). The other kinds
+/// are the registered connectors'.
+pub const MATRIX_DM: &str = "matrix_dm";
 
 /// One ticket source.
 #[derive(Debug, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SourceConfig {
-    /// Which connector reads this source.
-    pub kind: SourceKind,
+    /// Which connector reads this source; its options go in the section of the same name
+    /// (`[sources.<id>.<kind>]`).
+    pub kind: String,
     /// Verify an HMAC signature on every webhook before reading its body.
     pub signature: Option<SignatureConfig>,
     /// Whether `/link/{source}/{key}` may create the room of a ticket that has none yet.
     #[serde(default)]
     pub link_create: bool,
-    /// Options of the generic webhook connector (`kind = "webhook"`).
-    pub webhook: Option<WebhookConfig>,
     /// Options of the Matrix DM helpdesk (`kind = "matrix_dm"`).
     pub matrix_dm: Option<MatrixDmConfig>,
-    /// Options of the pretix source (`kind = "pretix"`).
-    pub pretix: Option<PretixConfig>,
     /// A secret the webhook's URL carries as its last segment: `/hooks/<source>/<secret>`.
     /// For senders that cannot sign (pretix). Or `path_secret_file`.
     pub path_secret: Option<Secret>,
     pub path_secret_file: Option<PathBuf>,
     /// HTTP basic authentication the webhook's sender must give.
     pub basic_auth: Option<BasicAuthConfig>,
+    /// The connector's section (`[sources.<id>.<kind>]`): its schema is the connector's.
+    #[serde(flatten)]
+    #[schemars(skip)]
+    pub sections: BTreeMap<String, serde_json::Value>,
 }
 
 /// HTTP basic authentication of webhooks.
@@ -394,62 +382,8 @@ pub enum RoomPreset {
     PublicChat,
 }
 
-/// A secret value: `${VAR}` parts are replaced from the environment when the file is read.
-/// Never printed.
-#[derive(Clone, PartialEq, Eq, JsonSchema)]
-#[schemars(with = "String")]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(s: impl Into<String>) -> Self {
-        Secret(s.into())
-    }
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(d)?;
-        expand_env(&raw)
-            .map(Secret)
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-/// Replaces `${VAR}` with the variable's value; an unset variable is an error. `$${` is a
-/// literal `${`.
-fn expand_env(raw: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(raw.len());
-    let mut rest = raw;
-    while let Some(start) = rest.find("${") {
-        if rest[..start].ends_with('$') {
-            out.push_str(&rest[..start]);
-            out.push('{');
-            rest = &rest[start + 2..];
-            continue;
-        }
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| "unclosed `${` in value".to_string())?;
-        let name = &after[..end];
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
-        out.push_str(&value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
+pub use switchboard_connector::Secret;
+use switchboard_connector::config::secret_or_file;
 
 /// One problem in a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -495,6 +429,18 @@ impl std::error::Error for ConfigErrors {}
 pub struct Loaded {
     pub config: Config,
     pub secrets: Secrets,
+    /// Each connector source's checked config, by source ID.
+    pub connectors: Connectors,
+}
+
+/// The connectors' checked configs, by source ID.
+#[derive(Default)]
+pub struct Connectors(pub BTreeMap<String, (SourceInfo, Checked)>);
+
+impl fmt::Debug for Connectors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.keys()).finish()
+    }
 }
 
 /// Secrets read from values or `*_file` keys.
@@ -510,10 +456,6 @@ pub struct Secrets {
     pub path_secrets: BTreeMap<String, Secret>,
     /// Webhook basic authentication (username, password) per source ID.
     pub basic_auth: BTreeMap<String, (String, Secret)>,
-    /// pretix API token per source ID.
-    pub pretix_tokens: BTreeMap<String, Secret>,
-    /// pretix OAuth client secret per source ID.
-    pub pretix_oauth_secrets: BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone)]
@@ -575,7 +517,7 @@ pub fn parse(text: &str) -> Result<Loaded, Vec<ConfigError>> {
             }]);
         }
     };
-    let secrets = validate(&config, &mut |key: &str, message: String| {
+    let (secrets, connectors) = validate(&config, &mut |key: &str, message: String| {
         errors.push(ConfigError {
             key: key.to_string(),
             line: lines.line(key),
@@ -583,15 +525,39 @@ pub fn parse(text: &str) -> Result<Loaded, Vec<ConfigError>> {
         })
     });
     if errors.is_empty() {
-        Ok(Loaded { config, secrets })
+        Ok(Loaded {
+            config,
+            secrets,
+            connectors,
+        })
     } else {
         Err(errors)
     }
 }
 
 /// The config's JSON Schema, as `switchboard schema` prints it and `schemas/` keeps it.
+/// Each registered connector's section is a property of a source, with the connector's
+/// schema, and `kind` one of the registered kinds.
 pub fn json_schema() -> serde_json::Value {
-    serde_json::to_value(schemars::schema_for!(Config)).unwrap_or_default()
+    let mut generator = schemars::SchemaGenerator::default();
+    let kinds = crate::registry::kinds();
+    let sections: Vec<(&str, schemars::Schema)> = kinds
+        .iter()
+        .map(|(name, kind)| (*name, kind.schema(&mut generator)))
+        .collect();
+    let mut schema =
+        serde_json::to_value(generator.into_root_schema_for::<Config>()).unwrap_or_default();
+    let source = &mut schema["$defs"]["SourceConfig"];
+    source["additionalProperties"] = false.into();
+    let names: Vec<&str> = kinds.keys().copied().chain([MATRIX_DM]).collect();
+    source["properties"]["kind"]["enum"] = names.into();
+    for (name, section) in sections {
+        let description = format!("Options of the `{name}` connector (`kind = \"{name}\"`).");
+        let mut section = serde_json::to_value(section).unwrap_or_default();
+        section["description"] = description.into();
+        source["properties"][name] = section;
+    }
+    schema
 }
 
 fn schema_errors(doc: &Spanned<DeTable<'_>>, lines: &KeyLines) -> Vec<ConfigError> {
@@ -707,7 +673,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// Checks what the schema cannot (cross-references, exclusive choices, files) and reads
 /// `*_file` secrets.
-fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
+fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secrets, Connectors) {
     let mut s = Secrets {
         database_url: secret_or_file(
             "database.url",
@@ -723,6 +689,8 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
         ),
         ..Secrets::default()
     };
+    let kinds = crate::registry::kinds();
+    let mut connectors: BTreeMap<String, (SourceInfo, Checked)> = BTreeMap::new();
     if let Some(url) = &s.database_url {
         let u = url.expose();
         if !(u.starts_with("sqlite:") || u.starts_with("postgres:") || u.starts_with("postgresql:"))
@@ -852,18 +820,8 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
                 );
             }
         }
-        match src.kind {
-            SourceKind::Webhook => {
-                if let Some(w) = &src.webhook
-                    && w.fields.ticket.is_empty()
-                {
-                    err(
-                        &format!("{key}.webhook.fields.ticket"),
-                        "must not be empty".into(),
-                    );
-                }
-            }
-            SourceKind::MatrixDm => match &src.matrix_dm {
+        if src.kind == MATRIX_DM {
+            match &src.matrix_dm {
                 None => err(
                     &format!("{key}.matrix_dm"),
                     "required for kind = \"matrix_dm\"".into(),
@@ -873,64 +831,44 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
                         err(&format!("{key}.matrix_dm.{k}"), problem);
                     }
                 }
-            },
-            SourceKind::Pretix => match &src.pretix {
-                None => err(
-                    &format!("{key}.pretix"),
-                    "required for kind = \"pretix\"".into(),
+            }
+        } else if let Some(kind) = kinds.get(src.kind.as_str()) {
+            let info = SourceInfo {
+                id: id.clone(),
+                authenticated: src.signature.is_some()
+                    || src.path_secret.is_some()
+                    || src.path_secret_file.is_some()
+                    || src.basic_auth.is_some(),
+                bot: c.matrix.user.clone(),
+            };
+            let mut check = Checker::new(id, kind.name(), &mut *err);
+            if let Some(checked) = kind.check(&info, src.sections.get(kind.name()), &mut check) {
+                connectors.insert(id.clone(), (info, checked));
+            }
+        } else {
+            let known: Vec<&str> = kinds.keys().copied().chain([MATRIX_DM]).collect();
+            err(
+                &format!("{key}.kind"),
+                format!("no kind `{}`; the kinds are {}", src.kind, known.join(", ")),
+            );
+        }
+        for section in src.sections.keys().filter(|s| **s != src.kind) {
+            err(
+                &format!("{key}.{section}"),
+                format!(
+                    "options of kind `{section}`, but this source is `{}`",
+                    src.kind
                 ),
-                Some(px) => {
-                    for (k, problem) in px.problems() {
-                        err(&format!("{key}.pretix.{k}"), problem);
-                    }
-                    let k = format!("{key}.pretix.api_token");
-                    match plain_secret(&k, px.api_token.as_deref(), px.api_token_file.as_deref(), err)
-                    {
-                        Ok(Some(t)) => {
-                            s.pretix_tokens.insert(id.clone(), t);
-                        }
-                        Ok(None) if px.oauth.is_none() => err(
-                            &k,
-                            "an API token (`api_token` or `api_token_file`), or `oauth`, is required"
-                                .into(),
-                        ),
-                        _ => {}
-                    }
-                    if let Some(oauth) = &px.oauth {
-                        let k = format!("{key}.pretix.oauth.client_secret");
-                        let secret = plain_secret(
-                            &k,
-                            oauth.client_secret.as_deref(),
-                            oauth.client_secret_file.as_deref(),
-                            err,
-                        );
-                        match secret {
-                            Ok(Some(secret)) => {
-                                s.pretix_oauth_secrets.insert(id.clone(), secret);
-                            }
-                            Ok(None) => err(&k, "required (or `client_secret_file`)".into()),
-                            Err(()) => {}
-                        }
-                        if px.organisers.is_empty() {
-                            err(
-                                &format!("{key}.pretix.organisers"),
-                                "`oauth` is authorized with `!authorize`: name the organisers"
-                                    .into(),
-                            );
-                        }
-                    }
-                    if src.path_secret.is_none()
-                        && src.path_secret_file.is_none()
-                        && src.basic_auth.is_none()
-                    {
-                        err(
-                            &format!("{key}.path_secret"),
-                            "pretix does not sign its webhooks: give `path_secret` or `basic_auth`"
-                                .into(),
-                        );
-                    }
-                }
-            },
+            );
+        }
+        if src.matrix_dm.is_some() && src.kind != MATRIX_DM {
+            err(
+                &format!("{key}.matrix_dm"),
+                format!(
+                    "options of kind `matrix_dm`, but this source is `{}`",
+                    src.kind
+                ),
+            );
         }
         let k = format!("{key}.path_secret");
         match secret_or_file(
@@ -971,44 +909,37 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
             }
         }
     }
-    if let Some(second) = c
-        .sources
-        .iter()
-        .filter(|(_, s)| s.kind == SourceKind::MatrixDm)
-        .nth(1)
-    {
+    if let Some(second) = c.sources.iter().filter(|(_, s)| s.kind == MATRIX_DM).nth(1) {
         err(
             &format!("sources.{}.kind", second.0),
             "one bot serves at most one matrix_dm source".into(),
         );
     }
-
-    let helpdesk = c.sources.values().any(|s| s.kind == SourceKind::MatrixDm);
-    for (id, src) in &c.sources {
-        let commands = src
-            .pretix
-            .as_ref()
-            .is_some_and(|p| !p.organisers.is_empty());
-        if commands && helpdesk {
-            err(
-                &format!("sources.{id}.pretix.organisers"),
-                "a bot that serves a matrix_dm helpdesk takes no pretix commands (use another bot)"
-                    .into(),
-            );
-        }
+    for (name, kind) in &kinds {
+        let mine: Vec<(&SourceInfo, &Checked)> = connectors
+            .iter()
+            .filter(|(id, _)| c.sources[*id].kind == *name)
+            .map(|(_, (info, checked))| (info, checked))
+            .collect();
+        kind.check_together(&mine, &mut *err);
     }
-    if let Some((second, _)) = c
+    // The sync hears Matrix for one source at a time.
+    let mut listening = c
         .sources
         .iter()
-        .filter(|(_, s)| s.pretix.as_ref().is_some_and(|p| !p.organisers.is_empty()))
-        .nth(1)
-    {
+        .filter(|(_, s)| s.kind == MATRIX_DM)
+        .map(|(id, _)| format!("sources.{id}"))
+        .chain(connectors.iter().filter_map(|(id, (_, checked))| {
+            let kind = &kinds[c.sources[id].kind.as_str()];
+            kind.listens(checked)
+                .then(|| format!("sources.{id}.{}", kind.name()))
+        }));
+    if let (Some(first), Some(second)) = (listening.next(), listening.next()) {
         err(
-            &format!("sources.{second}.pretix.organisers"),
-            "one bot takes the commands of at most one pretix source".into(),
+            &second,
+            format!("`{first}` hears Matrix already: one bot hears Matrix for one source"),
         );
     }
-
     let env = minijinja::Environment::new();
     for (i, rule) in c.rules.iter().enumerate() {
         let key = format!("rules.{i}");
@@ -1035,7 +966,7 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> Secrets {
             }
         }
     }
-    s
+    (s, Connectors(connectors))
 }
 
 impl ActionConfig {
@@ -1065,58 +996,6 @@ impl ActionConfig {
     }
 }
 
-/// A secret held as a plain string by a connector's config: `${VAR}` expanded as for every
-/// secret, or read from its `*_file`. `Err` when a problem was reported; `None` when neither
-/// is given (or the value is empty).
-fn plain_secret(
-    key: &str,
-    value: Option<&str>,
-    file: Option<&Path>,
-    err: &mut dyn FnMut(&str, String),
-) -> Result<Option<Secret>, ()> {
-    let value = match value.map(expand_env) {
-        Some(Ok(v)) => Some(Secret(v)),
-        Some(Err(e)) => {
-            err(key, e);
-            return Err(());
-        }
-        None => None,
-    };
-    let given = value.is_some() || file.is_some();
-    match secret_or_file(key, value.as_ref(), file, err) {
-        Some(s) if !s.expose().trim().is_empty() => Ok(Some(s)),
-        Some(_) => Ok(None),
-        None if given => Err(()),
-        None => Ok(None),
-    }
-}
-
-fn secret_or_file(
-    key: &str,
-    value: Option<&Secret>,
-    file: Option<&Path>,
-    err: &mut dyn FnMut(&str, String),
-) -> Option<Secret> {
-    match (value, file) {
-        (Some(_), Some(_)) => {
-            err(key, format!("give `{key}` or `{key}_file`, not both"));
-            None
-        }
-        (Some(v), None) => Some(v.clone()),
-        (None, Some(path)) => match std::fs::read_to_string(path) {
-            Ok(text) => Some(Secret(text.trim_end_matches(['\n', '\r']).to_string())),
-            Err(e) => {
-                err(
-                    &format!("{key}_file"),
-                    format!("cannot read {}: {e}", path.display()),
-                );
-                None
-            }
-        },
-        (None, None) => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1140,7 +1019,7 @@ kind = "webhook"
             l.secrets.matrix_login,
             Some(MatrixLogin::Password(_))
         ));
-        assert_eq!(l.config.sources["tickets"].kind, SourceKind::Webhook);
+        assert_eq!(l.config.sources["tickets"].kind, "webhook");
     }
 
     #[test]
@@ -1176,7 +1055,7 @@ homeserver = "http://127.0.0.1:8008"
             "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
         );
         let l = parse(&ok).expect("valid");
-        assert_eq!(l.config.sources["help"].kind, SourceKind::MatrixDm);
+        assert_eq!(l.config.sources["help"].kind, MATRIX_DM);
 
         let text = format!(
             "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n\n\
@@ -1201,110 +1080,37 @@ homeserver = "http://127.0.0.1:8008"
     }
 
     #[test]
-    fn pretix_commands_need_a_bot_without_a_helpdesk() {
+    fn connector_sections_are_checked_by_their_connector_with_lines() {
         let text = format!(
-            "{MINIMAL}\n[sources.px]\nkind = \"pretix\"\npath_secret = \"0123456789abcdef-x\"\n\
-             [sources.px.pretix]\nurl = \"https://pretix.example\"\napi_token = \"tok\"\n\
-             organisers = [\"@org:example.org\"]\n\
-             [sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
-        );
-        let errs = parse(&text).expect_err("invalid");
-        assert!(
-            errs.iter()
-                .any(|e| e.key == "sources.px.pretix.organisers" && e.line == Some(16)),
-            "{errs:?}"
-        );
-        let alone = text.split("[sources.help]").next().unwrap_or_default();
-        assert!(parse(alone).is_ok());
-    }
-
-    #[test]
-    fn pretix_oauth_replaces_the_token_and_needs_organisers() {
-        let text = format!(
-            "{MINIMAL}\n[sources.px]\nkind = \"pretix\"\npath_secret = \"0123456789abcdef-x\"\n\
-             [sources.px.pretix]\nurl = \"https://pretix.example\"\n\
-             organisers = [\"@org:example.org\"]\n\
-             [sources.px.pretix.oauth]\nclient_id = \"cid\"\nclient_secret = \"cs\"\n\
-             public_url = \"https://sb.example\"\n"
-        );
-        let l = parse(&text).expect("valid without an API token");
-        assert_eq!(l.secrets.pretix_oauth_secrets["px"].expose(), "cs");
-        assert!(!l.secrets.pretix_tokens.contains_key("px"));
-        let nobody = text.replace("organisers = [\"@org:example.org\"]\n", "");
-        let errs = parse(&nobody).expect_err("invalid");
-        assert!(
-            errs.iter().any(|e| e.key == "sources.px.pretix.organisers"),
-            "{errs:?}"
-        );
-        let no_secret = text.replace("client_secret = \"cs\"\n", "");
-        let errs = parse(&no_secret).expect_err("invalid");
-        assert!(
-            errs.iter()
-                .any(|e| e.key == "sources.px.pretix.oauth.client_secret"),
-            "{errs:?}"
-        );
-    }
-
-    #[test]
-    fn pretix_sources_are_checked() {
-        let ok = format!(
-            "{MINIMAL}
-[sources.px]
-kind = \"pretix\"
-path_secret = \"0123456789abcdef-x\"
-             [sources.px.pretix]
-url = \"https://pretix.example\"
-api_token = \"tok\"
-             [[sources.px.pretix.events]]
-organizer = \"o\"
-event = \"e\"
-rooms = [\"!r\"]
-"
-        );
-        let l = parse(&ok).expect("valid");
-        assert_eq!(l.secrets.pretix_tokens["px"].expose(), "tok");
-        assert_eq!(l.secrets.path_secrets["px"].expose(), "0123456789abcdef-x");
-
-        let basic = ok.replace(
-            "path_secret = \"0123456789abcdef-x\"",
-            "basic_auth = { username = \"pretix\", password = \"pw\" }",
-        );
-        let l = parse(&basic).expect("valid");
-        assert_eq!(l.secrets.basic_auth["px"].0, "pretix");
-
-        let text = format!(
-            "{MINIMAL}
-[sources.px]
-kind = \"pretix\"
-path_secret = \"short\"
-             [sources.px.pretix]
-url = \"pretix.example\"
-             [[sources.px.pretix.events]]
-organizer = \"o\"
-event = \"e\"
-rooms = [\"#r\"]
-             [sources.open]
-kind = \"pretix\"
-[sources.open.pretix]
-             url = \"https://p.example\"
-api_token = \"t\"
-"
+            "{MINIMAL}\n[sources.other]\nkind = \"webhook\"\n[sources.other.webhook.fields]\n\
+             ticket = \"\"\n"
         );
         let errs = parse(&text).expect_err("invalid");
         let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
-        for want in [
-            ("sources.px.path_secret", Some(12)),
-            ("sources.px.pretix.url", Some(14)),
-            ("sources.px.pretix.events.0.rooms", Some(18)),
-            ("sources.open.path_secret", Some(19)),
-        ] {
-            assert!(keys.contains(&want), "{want:?} in {errs:?}");
-        }
         assert!(
-            keys.iter()
-                .any(|(k, _)| *k == "sources.px.pretix.api_token"),
+            keys.contains(&("sources.other.webhook.fields.ticket", Some(13))),
             "{errs:?}"
         );
+        let unknown = format!("{MINIMAL}\n[sources.third]\nkind = \"nosuchkind\"\n");
+        let errs = parse(&unknown).expect_err("invalid");
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "sources.third.kind" && e.message.contains("webhook")),
+            "{errs:?}"
+        );
+        // A section of another kind than the source's is named.
+        let misplaced = format!(
+            "{MINIMAL}\n[sources.other]\nkind = \"matrix_dm\"\n[sources.other.webhook]\n\
+             [sources.other.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+        );
+        let errs = parse(&misplaced).expect_err("invalid");
+        assert!(
+            errs.iter()
+                .any(|e| e.key == "sources.other.webhook" && e.line == Some(12)),
+            "{errs:?}"
+        );
+        let l = parse(MINIMAL).expect("valid");
+        assert!(l.connectors.0.contains_key("tickets"));
     }
 
     #[test]
@@ -1343,9 +1149,12 @@ api_token = \"t\"
         );
         assert_eq!(errs[0].key, "matrix.password");
         let path = std::env::var("PATH").expect("PATH is set");
-        assert_eq!(expand_env("a${PATH}b").expect("set"), format!("a{path}b"));
         assert_eq!(
-            expand_env("a$${PATH}b${PATH}").expect("escaped"),
+            switchboard_connector::config::expand_env("a${PATH}b").expect("set"),
+            format!("a{path}b")
+        );
+        assert_eq!(
+            switchboard_connector::config::expand_env("a$${PATH}b${PATH}").expect("escaped"),
             format!("a${{PATH}}b{path}")
         );
     }

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use minijinja::Environment;
 use serde_json::{Value, json};
-use switchboard_connector::{Action, EventKind, RoomSpec, TicketEvent, lookup};
+use switchboard_connector::{Action, Connector, EventKind, Queued, RoomSpec, TicketEvent, lookup};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::config::{self, ActionConfig, Config, RuleConfig, SourceKind};
+use crate::config::{self, ActionConfig, Config, MATRIX_DM, RuleConfig};
 use crate::helpdesk::Helpdesk;
 use crate::metrics::Metrics;
 use crate::store::{InboxRow, Link, NewAction, Store};
@@ -24,8 +24,8 @@ pub struct Engine {
     /// The Matrix DM helpdesk, if one is configured: its deliveries are planned by it, not
     /// by the rules.
     helpdesk: Option<Arc<Helpdesk>>,
-    /// pretix sources: each delivery is a trigger to read its order.
-    pretix: std::collections::HashSet<String>,
+    /// Each source's connector, which may plan its events itself (`Connector::plan`).
+    connectors: HashMap<String, Arc<dyn Connector>>,
 }
 
 /// The rules used when the config has none: a room per ticket, messages posted into it,
@@ -72,7 +72,11 @@ pub fn default_rules() -> Vec<RuleConfig> {
 }
 
 impl Engine {
-    pub fn new(config: &Config, metrics: &Metrics) -> Engine {
+    pub fn new(
+        config: &Config,
+        metrics: &Metrics,
+        connectors: HashMap<String, Arc<dyn Connector>>,
+    ) -> Engine {
         let rules = if config.rules.is_empty() {
             default_rules()
         } else {
@@ -95,10 +99,7 @@ impl Engine {
             }
         }
         let helpdesk = config.sources.iter().find_map(|(id, src)| {
-            let dm = src
-                .matrix_dm
-                .clone()
-                .filter(|_| src.kind == SourceKind::MatrixDm)?;
+            let dm = src.matrix_dm.clone().filter(|_| src.kind == MATRIX_DM)?;
             Some(Arc::new(Helpdesk::new(
                 id,
                 dm,
@@ -106,18 +107,12 @@ impl Engine {
                 metrics.clone(),
             )))
         });
-        let pretix = config
-            .sources
-            .iter()
-            .filter(|(_, s)| s.kind == SourceKind::Pretix)
-            .map(|(id, _)| id.clone())
-            .collect();
         Engine {
             rules,
             env,
             encryption: config.matrix.encryption,
             helpdesk,
-            pretix,
+            connectors,
         }
     }
 
@@ -390,45 +385,17 @@ async fn plan(
         }
         return Ok(actions);
     }
-    if engine.pretix.contains(&row.source_id) {
-        // The webhook only says that an order changed: its action reads the order.
-        for ev in &events {
-            if let (Some(room), Some(notice)) =
-                (ev.payload["room"].as_str(), ev.payload["notice"].as_str())
-            {
-                let a = Action::Send {
-                    room: room.into(),
-                    content: json!({"msgtype": "m.notice", "body": notice}),
-                };
-                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-                continue;
-            }
-            if let (Some(room), Some(sender), Some(body)) = (
-                ev.payload["room"].as_str(),
-                ev.payload["sender"].as_str(),
-                ev.payload["command"].as_str(),
-            ) {
-                let a = Action::PretixCommand {
-                    room: room.into(),
-                    sender: sender.into(),
-                    body: body.into(),
-                };
-                actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-                continue;
-            }
-            let Some(order) = switchboard_pretix::OrderRef::from_key(&ev.ticket) else {
-                continue;
-            };
-            let a = Action::PretixOrder {
-                organizer: order.organizer,
-                event: order.event,
-                code: order.code,
-            };
-            actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
-        }
-        return Ok(actions);
-    }
+    let connector = engine.connectors.get(&row.source_id);
     for ev in &events {
+        // A connector that plans its events itself; otherwise the rules do.
+        if let Some(connector) = connector
+            && let Some(planned) = connector.plan(ev).await?
+        {
+            for q in &planned {
+                actions.push(queued_own(metrics, &row.source_id, q));
+            }
+            continue;
+        }
         for a in engine.actions(&row.source_id, ev) {
             match &a {
                 Action::OpenRoom(spec) => {
@@ -479,8 +446,6 @@ async fn plan(
                 | Action::Invite { .. }
                 | Action::Participant { .. }
                 | Action::Leave { .. }
-                | Action::PretixOrder { .. }
-                | Action::PretixCommand { .. }
                 | Action::Kick { .. } => {}
             }
             actions.push(queued(metrics, &row.source_id, ev.ticket.clone(), &a)?);
@@ -505,6 +470,16 @@ fn queued(
         ticket_key,
         action: serde_json::to_string(action)?,
     })
+}
+
+/// A connector's action to queue in its lane, counted.
+fn queued_own(metrics: &Metrics, source_id: &str, q: &Queued) -> NewAction {
+    metrics.actions_queued.with_label_values(&[q.kind()]).inc();
+    NewAction {
+        source_id: source_id.to_string(),
+        ticket_key: q.lane.clone(),
+        action: q.action.to_string(),
+    }
 }
 
 /// A ticket's room as the batch being processed sees it: read from the store the first
@@ -533,7 +508,7 @@ mod tests {
              [sources.t]\nkind = \"webhook\"\n{rules}"
         );
         let loaded = crate::config::parse(&text).expect("valid config");
-        Engine::new(&loaded.config, &Metrics::new())
+        Engine::new(&loaded.config, &Metrics::new(), HashMap::new())
     }
 
     fn event(kind: EventKind) -> TicketEvent {

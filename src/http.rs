@@ -14,7 +14,7 @@ use hmac::{Hmac, Mac};
 use http::{HeaderMap, StatusCode};
 use serde_json::json;
 use subtle::ConstantTimeEq;
-use switchboard_connector::{EventKind, RejectReason, TicketEvent, WebhookSource};
+use switchboard_connector::{Connector, EventKind, RejectReason, Route, RouteRequest, TicketEvent};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 use warp::reply::Response;
@@ -27,7 +27,8 @@ use crate::store::Store;
 /// One configured source as intake sees it.
 pub struct Source {
     pub id: String,
-    pub hook: Box<dyn WebhookSource>,
+    /// The source's connector: its webhook intake (`Connector::webhook`) takes the body.
+    pub connector: Arc<dyn Connector>,
     pub signature: Option<(SignatureConfig, Secret)>,
     /// The secret the URL must end with (`/hooks/<source>/<secret>`).
     pub path_secret: Option<Secret>,
@@ -38,8 +39,8 @@ pub struct Source {
 
 /// Shared state of the handlers.
 pub struct HttpState {
-    /// The pretix sources, for their OAuth callback page.
-    pub pretix: Option<Arc<crate::pretix::Pretix>>,
+    /// Connectors' routes of their own, by path.
+    pub routes: HashMap<Vec<String>, Route>,
     pub store: Store,
     pub sources: HashMap<String, Source>,
     pub metrics: Metrics,
@@ -119,27 +120,34 @@ pub fn routes(
                     .unwrap_or_else(Reject::reply)
             },
         );
-    let oauth = warp::path!("oauth" / "pretix" / String / "callback")
-        .and(warp::get())
+    // Connectors' own pages, by their exact path.
+    let own = warp::get()
+        .and(warp::path::full())
         .and(with_state.clone())
         .and(warp::query::<HashMap<String, String>>())
-        .then(
-            |source: String, state: Arc<HttpState>, query: HashMap<String, String>| async move {
-                let Some(pretix) = &state.pretix else {
-                    return Reject(StatusCode::NOT_FOUND, "no pretix source".into()).reply();
+        .and_then(
+            |path: warp::path::FullPath, state: Arc<HttpState>, query| async move {
+                let segments: Vec<String> = path
+                    .as_str()
+                    .split('/')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        percent_encoding::percent_decode_str(s)
+                            .decode_utf8_lossy()
+                            .into_owned()
+                    })
+                    .collect();
+                let Some(route) = state.routes.get(&segments) else {
+                    return Err(warp::reject::not_found());
                 };
-                let (ok, text) = pretix.callback(&source, &query).await;
-                let status = if ok {
-                    StatusCode::OK
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
-                let page = format!(
-                    "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>Switchboard</title>\
-                     </head><body><p>{}</p></body></html>",
-                    html_escape(&text)
-                );
-                warp::reply::with_status(warp::reply::html(page), status).into_response()
+                let reply = (route.handler)(RouteRequest { query }).await;
+                let status =
+                    StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                let mut response = warp::reply::with_status(reply.body, status).into_response();
+                if let Ok(v) = http::HeaderValue::from_str(reply.content_type) {
+                    response.headers_mut().insert(http::header::CONTENT_TYPE, v);
+                }
+                Ok(response)
             },
         );
     let metrics = warp::path!("metrics")
@@ -170,7 +178,7 @@ pub fn routes(
     hooks
         .or(link)
         .unify()
-        .or(oauth)
+        .or(own)
         .unify()
         .or(metrics)
         .unify()
@@ -249,8 +257,16 @@ where
         return Err(Reject(StatusCode::UNAUTHORIZED, reason));
     }
     let delivery = source
-        .hook
-        .accept(headers, &body)
+        .connector
+        .webhook()
+        .map_or_else(
+            || {
+                Err(RejectReason::Unmapped(
+                    "this source takes no webhooks".into(),
+                ))
+            },
+            |hook| hook.accept(headers, &body),
+        )
         .and_then(|d| switchboard_connector::check_delivery(&d).map(|()| d))
         .map_err(|r| {
             let (status, outcome) = match &r {
@@ -330,14 +346,6 @@ fn authenticate(
         }
     }
     Ok(())
-}
-
-/// Text for an HTML page.
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// How much of a body over the limit is read (and thrown away) before the `413`, so that a
@@ -558,11 +566,15 @@ fn metrics(
 mod tests {
     use super::*;
 
+    /// A source whose authentication is all that is tested.
+    struct Intakeless;
+    impl Connector for Intakeless {}
+
     #[test]
     fn url_secrets_and_basic_auth_are_checked() {
         let source = |path: Option<&str>, basic: Option<(&str, &str)>| Source {
             id: "px".into(),
-            hook: Box::new(switchboard_pretix::PretixHook),
+            connector: Arc::new(Intakeless),
             signature: None,
             path_secret: path.map(Secret::new),
             basic_auth: basic.map(|(u, p)| (u.to_string(), Secret::new(p))),
@@ -651,7 +663,7 @@ mod tests {
         fn any_credentials_are_checked(path in proptest::option::of("(?s).{0,40}"), auth in "(?s).{0,60}") {
             let source = Source {
                 id: "px".into(),
-                hook: Box::new(switchboard_pretix::PretixHook),
+                connector: Arc::new(Intakeless),
                 signature: None,
                 path_secret: Some(Secret::new("0123456789abcdef")),
                 basic_auth: Some(("u".into(), Secret::new("p"))),

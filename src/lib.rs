@@ -3,14 +3,16 @@
 
 pub mod app;
 pub mod config;
+pub mod connectors;
 pub mod engine;
 pub mod fit;
 pub mod helpdesk;
 pub mod honoroit;
+pub mod host;
 pub mod http;
 pub mod matrix;
 pub mod metrics;
-pub mod pretix;
+pub mod registry;
 pub mod seal;
 pub mod store;
 pub mod worker;

@@ -25,7 +25,7 @@ use matrix_sdk::ruma::{
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
-use switchboard_connector::{Action, Apology, EventKind, RoomSpec, TicketEvent};
+use switchboard_connector::{ActAs, Action, Apology, Connector, Listener, Matrix, RoomSpec};
 use tracing::{debug, info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
@@ -58,43 +58,20 @@ pub enum MatrixError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// How an action failed, which decides whether it is tried again.
-#[derive(Debug)]
-pub enum Failure {
-    /// Worth another try (network, 5xx, 429); `retry_after` when the server said when.
-    Transient {
-        message: String,
-        retry_after: Option<Duration>,
-    },
-    /// The far end answered with an error that another try may mend but that is not an
-    /// outage (a 500 for this request, a database refusing this row): retried like
-    /// `Transient`, and set aside after `worker::MAX_REFUSED` of these.
-    Refused(String),
-    /// Will never work (4xx other than 429): recorded, not retried.
-    Permanent(String),
+pub use switchboard_connector::Failure;
+
+/// A failed request of the Matrix client, classified.
+fn sdk_failure(e: &matrix_sdk::Error) -> Failure {
+    // Not in the room (left, or removed): trying again changes nothing.
+    if let matrix_sdk::Error::WrongRoomState(_) = e {
+        return Failure::Permanent(e.to_string());
+    }
+    classify(e.as_client_api_error(), e.to_string())
 }
 
-impl Failure {
-    /// What went wrong, whether or not it may pass.
-    pub fn into_message(self) -> String {
-        match self {
-            Failure::Permanent(message)
-            | Failure::Refused(message)
-            | Failure::Transient { message, .. } => message,
-        }
-    }
-
-    fn from_sdk(e: &matrix_sdk::Error) -> Failure {
-        // Not in the room (left, or removed): trying again changes nothing.
-        if let matrix_sdk::Error::WrongRoomState(_) = e {
-            return Failure::Permanent(e.to_string());
-        }
-        classify(e.as_client_api_error(), e.to_string())
-    }
-
-    fn from_http(e: &matrix_sdk::HttpError) -> Failure {
-        classify(e.as_client_api_error(), e.to_string())
-    }
+/// A failed HTTP request to the homeserver, classified.
+fn http_failure(e: &matrix_sdk::HttpError) -> Failure {
+    classify(e.as_client_api_error(), e.to_string())
 }
 
 /// 429, 502, 503 and 504 (overload, a proxy in front of a homeserver that is down) and
@@ -164,9 +141,8 @@ pub struct MatrixSink {
     helpdesk: std::sync::OnceLock<(Arc<Helpdesk>, Arc<tokio::sync::Notify>)>,
     /// Opens what a Honoroit of this account sealed with the same data secret.
     sealer: Sealer,
-    /// The pretix source whose organisers' commands the sync hears, who they are, and the
-    /// engine's wake-up, once `serve_organisers` ran.
-    organisers: std::sync::OnceLock<(String, Vec<String>, Arc<tokio::sync::Notify>)>,
+    /// The connectors that hear Matrix, once `serve_listeners` ran.
+    listeners: std::sync::OnceLock<Vec<Arc<dyn Connector>>>,
 }
 
 /// Where the sync stood after the last response whose messages are in the inbox.
@@ -259,7 +235,7 @@ impl MatrixSink {
             sealer: sealer.clone(),
             rooms: Mutex::new(HashMap::new()),
             helpdesk: std::sync::OnceLock::new(),
-            organisers: std::sync::OnceLock::new(),
+            listeners: std::sync::OnceLock::new(),
         })
     }
 
@@ -272,15 +248,13 @@ impl MatrixSink {
         }
     }
 
-    /// Puts the commands of a pretix source's organisers that the sync hears into the
-    /// inbox from now on (the sync starts if it was not running), and accepts their invites.
-    pub fn serve_organisers(
-        &self,
-        source: String,
-        organisers: Vec<String>,
-        wake: Arc<tokio::sync::Notify>,
-    ) {
-        if self.organisers.set((source, organisers, wake)).is_ok() {
+    /// Hands what the sync hears to the connectors that listen (`Connector::listener`)
+    /// from now on (the sync starts if it was not running).
+    pub fn serve_listeners(&self, connectors: Vec<Arc<dyn Connector>>) {
+        if connectors.is_empty() {
+            return;
+        }
+        if self.listeners.set(connectors).is_ok() {
             self.want_sync();
         }
     }
@@ -325,10 +299,10 @@ impl MatrixSink {
         // With a helpdesk, the sync goes on from the last response whose messages reached
         // the inbox; without a stored position it starts now and relays nothing older.
         let helpdesk = self.helpdesk.get().cloned();
-        let organisers = self.organisers.get().cloned();
+        let listeners = self.listeners.get().cloned().unwrap_or_default();
         let mut resumed = false;
         let mut last_retry = std::time::Instant::now();
-        if helpdesk.is_some() || organisers.is_some() {
+        if helpdesk.is_some() || !listeners.is_empty() {
             loop {
                 match self.store.cursor(SYNC_CURSOR).await {
                     Ok(token) => {
@@ -349,12 +323,12 @@ impl MatrixSink {
             match self.client.sync_once(settings.clone()).await {
                 Ok(resp) => {
                     metrics.homeserver_up.set(1);
-                    let heard = match (&helpdesk, &organisers) {
-                        (Some((helpdesk, _)), _) => Some(self.hear(helpdesk, &resp, resumed).await),
-                        (None, Some((source, users, _))) => {
-                            Some(self.hear_organisers(source, users, &resp, resumed).await)
+                    let heard = match &helpdesk {
+                        Some((helpdesk, _)) => Some(self.hear(helpdesk, &resp, resumed).await),
+                        None if !listeners.is_empty() => {
+                            Some(self.hear_listeners(&listeners, &resp, resumed).await)
                         }
-                        (None, None) => None,
+                        None => None,
                     };
                     if let Some(heard) = heard {
                         let taken = match heard {
@@ -384,8 +358,7 @@ impl MatrixSink {
                             }
                         }
                         resumed = true;
-                        let wakes = helpdesk.iter().map(|(_, w)| w);
-                        for wake in wakes.chain(organisers.iter().map(|(_, _, w)| w)) {
+                        if let Some((_, wake)) = &helpdesk {
                             wake.notify_one();
                         }
                     }
@@ -533,51 +506,52 @@ impl MatrixSink {
         })
     }
 
-    /// What one sync response brought for a pretix source's organisers: their invites are
-    /// accepted (others' declined), and their commands (`!word ...`) go into the inbox,
-    /// keyed by event ID (`deliver` false: only the invites, on a first sync).
-    async fn hear_organisers(
+    /// What one sync response brought for the listening connectors: an invite is accepted
+    /// when one of them takes it (and declined otherwise), and the events of each joined
+    /// room, the bot's own left out, are handed to each (`deliver` false: only the invites,
+    /// on a first sync whose events are history).
+    async fn hear_listeners(
         &self,
-        source: &str,
-        organisers: &[String],
+        connectors: &[Arc<dyn Connector>],
         resp: &matrix_sdk::sync::SyncResponse,
         deliver: bool,
     ) -> crate::store::Result<()> {
+        let listeners: Vec<&dyn Listener> =
+            connectors.iter().filter_map(|c| c.listener()).collect();
         for room in self.client.invited_rooms() {
+            let room_id = room.room_id().to_string();
             let inviter = match room.invite_details().await {
                 Ok(details) => details.inviter.map(|m| m.user_id().to_string()),
                 Err(_) => None,
             };
-            let outcome = if inviter.is_some_and(|i| organisers.contains(&i)) {
+            let outcome = if listeners
+                .iter()
+                .any(|l| l.takes_invite(&room_id, inviter.as_deref()))
+            {
                 room.join().await
             } else {
                 room.leave().await
             };
             if let Err(error) = outcome {
-                warn!(room = %room.room_id(), %error, "cannot answer an invite; trying again later");
+                warn!(room = %room_id, %error, "cannot answer an invite; trying again later");
             }
         }
         if !deliver {
             return Ok(());
         }
         for (id, update) in &resp.rooms.joined {
-            for raw in update.timeline.events.iter().filter_map(json_of) {
-                let sender = raw["sender"].as_str().unwrap_or_default();
-                let body = raw["content"]["body"].as_str().unwrap_or_default();
-                if raw["type"] != "m.room.message"
-                    || sender == self.user_id.as_str()
-                    || !body.starts_with('!')
-                {
-                    continue;
-                }
-                let Some(event_id) = raw["event_id"].as_str() else {
-                    continue;
-                };
-                let mut command = TicketEvent::new(format!("command:{id}"), EventKind::Updated);
-                command.payload = json!({"room": id.as_str(), "sender": sender,
-                                         "command": body, "event_id": event_id});
-                let events = serde_json::to_string(&[command])?;
-                self.store.accept(source, event_id, &events).await?;
+            let events: Vec<serde_json::Value> = update
+                .timeline
+                .events
+                .iter()
+                .filter_map(json_of)
+                .filter(|e| e["sender"] != self.user_id.as_str())
+                .collect();
+            if events.is_empty() {
+                continue;
+            }
+            for listener in &listeners {
+                listener.heard(id.as_str(), &events).await?;
             }
         }
         Ok(())
@@ -970,32 +944,8 @@ impl MatrixSink {
                 }
                 outcome
             }
-            Action::Kick { room, user, reason } => {
-                let uid = UserId::parse(user.as_str())
-                    .map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
-                let room = self.room(room).await?;
-                match self.membership(&room, &uid).await?.as_deref() {
-                    Some("join") | Some("invite") | Some("knock") => {}
-                    _ => return Ok(format!("skipped: {user} is not in the room")),
-                }
-                room.kick_user(&uid, Some(reason))
-                    .await
-                    .map_err(|e| Failure::from_sdk(&e))?;
-                Ok(format!("removed {user}"))
-            }
-            // Read from pretix, not done in Matrix: the worker hands them to the pretix side.
-            Action::PretixOrder { .. } | Action::PretixCommand { .. } => Err(Failure::Permanent(
-                "no pretix source is configured for this action".into(),
-            )),
-            Action::Leave { room } => {
-                let id = RoomId::parse(room.as_str())
-                    .map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
-                match self.client.get_room(&id) {
-                    Some(r) => r.leave().await.map_err(|e| Failure::from_sdk(&e))?,
-                    None => return Ok("skipped: not in the room".into()),
-                }
-                Ok(format!("left {room}"))
-            }
+            Action::Kick { room, user, reason } => self.kick(room, user, reason).await,
+            Action::Leave { room } => self.leave(room).await,
             Action::OpenRoom(spec) => self.open_room(row, spec).await,
             Action::Post { body, notice } => {
                 let Some(room_id) = self.room_of(row).await? else {
@@ -1022,7 +972,7 @@ impl MatrixSink {
                 if let Some(name) = rename {
                     room.set_name(name.clone())
                         .await
-                        .map_err(|e| Failure::from_sdk(&e))?;
+                        .map_err(|e| sdk_failure(&e))?;
                 }
                 self.store
                     .set_link_closed(&row.source_id, &row.ticket_key, true)
@@ -1030,6 +980,43 @@ impl MatrixSink {
                     .map_err(db_failure)?;
                 Ok(result)
             }
+        }
+    }
+
+    /// Removes `user` from `room` (a pending invite is withdrawn) unless they are not in it.
+    async fn kick(&self, room: &str, user: &str, reason: &str) -> Result<String, Failure> {
+        let uid =
+            UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+        let room = self.room(room).await?;
+        match self.membership(&room, &uid).await?.as_deref() {
+            Some("join") | Some("invite") | Some("knock") => {}
+            _ => return Ok(format!("skipped: {user} is not in the room")),
+        }
+        room.kick_user(&uid, Some(reason))
+            .await
+            .map_err(|e| sdk_failure(&e))?;
+        Ok(format!("removed {user}"))
+    }
+
+    async fn leave(&self, room: &str) -> Result<String, Failure> {
+        let id =
+            RoomId::parse(room).map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
+        match self.client.get_room(&id) {
+            Some(r) => r.leave().await.map_err(|e| sdk_failure(&e))?,
+            None => return Ok("skipped: not in the room".into()),
+        }
+        Ok(format!("left {room}"))
+    }
+
+    /// Refuses to act as anyone but the bot: a bot logged in as one user cannot (an
+    /// appservice could).
+    fn acting(&self, who: ActAs<'_>) -> Result<(), Failure> {
+        match who {
+            Some(user) if user != self.user_id.as_str() => Err(Failure::Permanent(format!(
+                "cannot act as {user}: the bot is logged in as {}",
+                self.user_id
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -1053,7 +1040,7 @@ impl MatrixSink {
                 Ok(()) => return Ok(format!("invited {user}")),
                 Err(e) if already_in_room(&e) => return Ok(format!("not invited: {e}")),
                 Err(e) => (
-                    Failure::from_sdk(&e),
+                    sdk_failure(&e),
                     server_reason(&e).unwrap_or_else(|| e.to_string()),
                 ),
             },
@@ -1105,7 +1092,7 @@ impl MatrixSink {
                 let resp = room
                     .redact(&id, None, Some(txn_id(row, "")))
                     .await
-                    .map_err(|e| Failure::from_http(&e))?;
+                    .map_err(|e| http_failure(&e))?;
                 return Ok(resp.event_id.to_string());
             }
             if let Some(serde_json::Value::Object(rel)) = content.get_mut("m.relates_to") {
@@ -1200,7 +1187,7 @@ impl MatrixSink {
                 .send(content)
                 .with_transaction_id(txn)
                 .await
-                .map_err(|e| Failure::from_sdk(&e))?;
+                .map_err(|e| sdk_failure(&e))?;
             return Ok(resp.response.event_id.to_string());
         }
         let request =
@@ -1210,7 +1197,7 @@ impl MatrixSink {
             .client
             .send(request)
             .await
-            .map_err(|e| Failure::from_http(&e))?;
+            .map_err(|e| http_failure(&e))?;
         Ok(resp.event_id.to_string())
     }
 
@@ -1255,7 +1242,7 @@ impl MatrixSink {
             .send_raw(event_type, content)
             .with_transaction_id(txn)
             .await
-            .map_err(|e| Failure::from_sdk(&e))?;
+            .map_err(|e| sdk_failure(&e))?;
         Ok(resp.response.event_id.to_string())
     }
 
@@ -1290,7 +1277,7 @@ impl MatrixSink {
                 .client
                 .upload_encrypted_file(&mut reader)
                 .await
-                .map_err(|e| Failure::from_sdk(&e))?;
+                .map_err(|e| sdk_failure(&e))?;
             file["file"] = serde_json::to_value(&encrypted)
                 .map_err(|e| Failure::Permanent(format!("file does not serialize: {e}")))?;
         } else {
@@ -1299,7 +1286,7 @@ impl MatrixSink {
                 .media()
                 .upload(&mime::TEXT_PLAIN_UTF_8, data, None)
                 .await
-                .map_err(|e| Failure::from_sdk(&e))?;
+                .map_err(|e| sdk_failure(&e))?;
             file["url"] = json!(uploaded.content_uri);
         }
         if let Some(thread) = thread {
@@ -1317,7 +1304,7 @@ impl MatrixSink {
         let state = room
             .latest_encryption_state()
             .await
-            .map_err(|e| Failure::from_sdk(&e))?;
+            .map_err(|e| sdk_failure(&e))?;
         if state.is_encrypted() {
             self.want_sync();
         }
@@ -1344,7 +1331,7 @@ impl MatrixSink {
                 Ok(membership.map(String::from))
             }
             Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
-            Err(e) => Err(Failure::from_http(&e)),
+            Err(e) => Err(http_failure(&e)),
         }
     }
 
@@ -1359,7 +1346,7 @@ impl MatrixSink {
                 .client
                 .join_room_by_id(&id)
                 .await
-                .map_err(|e| Failure::from_sdk(&e)),
+                .map_err(|e| sdk_failure(&e)),
         }
     }
 
@@ -1405,7 +1392,7 @@ impl MatrixSink {
         let room = self.encryption_aware(&link.room_id).await?;
         room.set_name(spec.name.clone())
             .await
-            .map_err(|e| Failure::from_sdk(&e))?;
+            .map_err(|e| sdk_failure(&e))?;
         if let Some(text) = &spec.reopen_notice {
             let content = RoomMessageEventContent::notice_plain(text);
             self.send_message(&room, content, txn_id(row, "r")).await?;
@@ -1443,7 +1430,7 @@ impl MatrixSink {
                 Ok((resp.room_id, false))
             }
             Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Err(failure),
-            Err(e) => Err(Failure::from_http(&e)),
+            Err(e) => Err(http_failure(&e)),
         }
     }
 
@@ -1505,8 +1492,137 @@ impl MatrixSink {
             .client
             .create_room(req)
             .await
-            .map_err(|e| Failure::from_sdk(&e))?;
+            .map_err(|e| sdk_failure(&e))?;
         Ok(room.room_id().to_owned())
+    }
+}
+
+/// Matrix as connectors use it (`switchboard_connector::Matrix`).
+#[async_trait::async_trait]
+impl Matrix for MatrixSink {
+    fn bot(&self) -> &str {
+        self.user_id.as_str()
+    }
+
+    async fn send(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event_type: &str,
+        content: serde_json::Value,
+        txn: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.encryption_aware(room).await?;
+        let txn = OwnedTransactionId::from(txn);
+        if event_type == "m.room.message"
+            && let Some(cut) = crate::fit::fit(&content, crate::fit::CONTENT_BUDGET)
+        {
+            return self.send_cut(&room, cut, txn).await;
+        }
+        self.send_json(&room, event_type, content, &txn).await
+    }
+
+    async fn redact(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event: &str,
+        txn: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.encryption_aware(room).await?;
+        let id = EventId::parse(event)
+            .map_err(|e| Failure::Permanent(format!("event ID {event}: {e}")))?;
+        let resp = room
+            .redact(&id, None, Some(OwnedTransactionId::from(txn)))
+            .await
+            .map_err(|e| http_failure(&e))?;
+        Ok(resp.event_id.to_string())
+    }
+
+    async fn create_room(
+        &self,
+        who: ActAs<'_>,
+        spec: &RoomSpec,
+        alias_key: &str,
+        direct: bool,
+    ) -> Result<(String, bool), Failure> {
+        self.acting(who)?;
+        let (room, whole) = self.create_room_once(alias_key, spec, direct).await?;
+        Ok((room.to_string(), whole))
+    }
+
+    async fn invite(&self, who: ActAs<'_>, room: &str, user: &str) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::invite(self, room, user, false).await
+    }
+
+    async fn kick(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        user: &str,
+        reason: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::kick(self, room, user, reason).await
+    }
+
+    async fn leave(&self, who: ActAs<'_>, room: &str) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::leave(self, room).await
+    }
+
+    async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, Failure> {
+        let uid =
+            UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+        let room = self.room(room).await?;
+        MatrixSink::membership(self, &room, &uid).await
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>, Failure> {
+        let room = self.room(room).await?;
+        let members = room
+            .members(matrix_sdk::RoomMemberships::JOIN)
+            .await
+            .map_err(|e| sdk_failure(&e))?;
+        Ok(members.iter().map(|m| m.user_id().to_string()).collect())
+    }
+
+    async fn state(
+        &self,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<serde_json::Value>, Failure> {
+        use matrix_sdk::ruma::api::client::state::get_state_event_for_key;
+        let id =
+            RoomId::parse(room).map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
+        let request =
+            get_state_event_for_key::v3::Request::new(id, event_type.into(), state_key.to_string());
+        match self.client.send(request).await {
+            Ok(response) => Ok(serde_json::from_str(response.event_or_content.get()).ok()),
+            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(http_failure(&e)),
+        }
+    }
+
+    async fn set_state(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+        content: serde_json::Value,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.room(room).await?;
+        let resp = room
+            .send_state_event_raw(event_type, state_key, content)
+            .await
+            .map_err(|e| sdk_failure(&e))?;
+        Ok(resp.event_id.to_string())
     }
 }
 

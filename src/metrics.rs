@@ -169,6 +169,11 @@ impl Metrics {
     }
 
     /// The text exposition format.
+    /// The registry, where connectors add their own metrics (named `switchboard_...`).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

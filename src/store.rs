@@ -7,10 +7,11 @@ pub use requests::{Counts, Request};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Row};
+use switchboard_connector::{ActionRow, DbError};
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors of the store.
@@ -32,6 +33,9 @@ pub enum StoreError {
     /// The batch a delivery was written in failed (the message is the database's).
     #[error("intake: {0}")]
     Intake(String),
+    /// The registered connectors clash (two migrations with one number).
+    #[error("connectors: {0}")]
+    Connectors(String),
     /// An operator named an item that is not `action:<id>` or `delivery:<id>`.
     #[error("`{0}` is no item ID (action:<id> or delivery:<id>)")]
     ItemId(String),
@@ -45,39 +49,42 @@ impl StoreError {
     pub fn is_refusal(&self) -> bool {
         match self {
             StoreError::Json(_) => true,
-            StoreError::Db(sqlx::Error::Database(e)) => {
-                let code = e.code().unwrap_or_default();
-                // SQLite: 5 busy, 6 locked, 10 I/O, 13 full. PostgreSQL: 40 transaction
-                // rollback, 53 insufficient resources, 57 operator intervention, 08
-                // connection, 58 system error.
-                let passing = ["5", "6", "10", "13", "517", "261", "262"].contains(&code.as_ref())
-                    || ["40", "53", "57", "08", "58"]
-                        .iter()
-                        .any(|class| code.len() == 5 && code.starts_with(class));
-                !passing
-            }
-            StoreError::Db(
-                sqlx::Error::Encode(_)
-                | sqlx::Error::Decode(_)
-                | sqlx::Error::ColumnDecode { .. }
-                | sqlx::Error::ColumnNotFound(_)
-                | sqlx::Error::TypeNotFound { .. },
-            ) => true,
+            StoreError::Db(e) => switchboard_connector::db::refuses(e),
             _ => false,
+        }
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> StoreError {
+        match e {
+            DbError::Db(e) => StoreError::Db(e),
+            DbError::Json(e) => StoreError::Json(e),
+            // Non-exhaustive: a kind added later is a database problem too.
+            #[allow(unreachable_patterns)]
+            other => StoreError::Intake(other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> DbError {
+        match e {
+            StoreError::Db(e) => DbError::Db(e),
+            StoreError::Json(e) => DbError::Json(e),
+            other => DbError::Db(sqlx::Error::Protocol(other.to_string())),
         }
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Postgres,
-}
+pub use switchboard_connector::{Accepted, Dialect, now_ms};
 
-static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/sqlite");
-static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/postgres");
+/// The service's own migrations; each connector's are run with them (`registry::migrator`).
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("schemas/migrations/sqlite");
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator =
+    sqlx::migrate!("schemas/migrations/postgres");
 
 /// The store: a pool, the dialect it speaks, and the intake writer.
 #[derive(Clone, Debug)]
@@ -101,14 +108,6 @@ const INTAKE_BATCH: usize = 512;
 
 /// How long a caller waits for a free connection before it gets an error.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What intake learned when it stored a delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Accepted {
-    pub id: i64,
-    /// The same dedupe key was accepted before; nothing new was stored.
-    pub duplicate: bool,
-}
 
 /// An accepted delivery the engine has not turned into actions yet.
 #[derive(Debug, Clone)]
@@ -153,17 +152,6 @@ pub struct Link {
     /// Users invited so far (JSON list).
     pub invited: Vec<String>,
     pub closed: bool,
-}
-
-/// What one pretix order's new state changed (`apply_pretix`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PretixChanges {
-    /// (room, user) to invite.
-    pub invites: Vec<(String, String)>,
-    /// (room, user) to remove.
-    pub removals: Vec<(String, String)>,
-    /// (position ID, answer) to report as not a Matrix ID.
-    pub reports: Vec<(u64, String)>,
 }
 
 /// An event heard but not decrypted yet (`keep_undecrypted`).
@@ -264,13 +252,6 @@ impl Params {
     }
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl Store {
     /// Connects, creating a SQLite file if needed, and runs the migrations.
     pub async fn connect(url: &str, max_connections: Option<u32>) -> Result<Store> {
@@ -344,10 +325,14 @@ impl Store {
             }
         };
         let pool = opts.connect(&url).await?;
-        match dialect {
-            Dialect::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
-            Dialect::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
-        }
+        let core = match dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        crate::registry::migrator(core, dialect)
+            .map_err(StoreError::Connectors)?
+            .run(&pool)
+            .await?;
         let (tx, rx) = mpsc::channel(4 * INTAKE_BATCH);
         // Intake's writer has a thread and a runtime of its own: it waits on the database
         // several times per batch, and on the shared runtime every one of those waits ended
@@ -385,6 +370,11 @@ impl Store {
     /// The default SQLite URL for a data directory.
     pub fn sqlite_url(data_dir: &Path) -> String {
         format!("sqlite://{}", data_dir.join("switchboard.db").display())
+    }
+
+    /// The pool, for the tables of connectors (through `host::ServiceHost`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -583,147 +573,6 @@ impl Store {
         }
         q.execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Brings one pretix order's grants in line with what it grants now, and queues what
-    /// that takes, in one transaction: a grant new to the order is an invite; one it no
-    /// longer has (with `revoke`) is a removal unless another order grants the same; an
-    /// invalid answer not reported before is a report. `plan` turns the changes into
-    /// actions; they are queued after `row` (the order's action), each with a stable
-    /// transaction key. Running it again for the same state changes and queues nothing.
-    pub async fn apply_pretix(
-        &self,
-        row: &OutboxRow,
-        grants: &std::collections::BTreeSet<(String, String)>,
-        revoke: bool,
-        invalid: &[(u64, String)],
-        plan: &(dyn Fn(&PretixChanges) -> Vec<NewAction> + Sync),
-    ) -> Result<PretixChanges> {
-        let (source, order) = (&row.source_id, &row.ticket_key);
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let held: HashSet<(String, String)> = sqlx::query(
-            "SELECT room_id, user_id FROM pretix_grants WHERE source_id = $1 AND order_key = $2",
-        )
-        .bind(source)
-        .bind(order)
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<Result<_>>()?;
-        let mut changes = PretixChanges::default();
-        for (room, user) in grants.iter().filter(|g| !held.contains(*g)) {
-            sqlx::query(
-                "INSERT INTO pretix_grants (source_id, order_key, room_id, user_id, created_at) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(source)
-            .bind(order)
-            .bind(room)
-            .bind(user)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            changes.invites.push((room.clone(), user.clone()));
-        }
-        let mut gone: Vec<&(String, String)> =
-            held.iter().filter(|g| !grants.contains(*g)).collect();
-        gone.sort();
-        for (room, user) in gone.into_iter().filter(|_| revoke) {
-            sqlx::query(
-                "DELETE FROM pretix_grants WHERE source_id = $1 AND order_key = $2 \
-                 AND room_id = $3 AND user_id = $4",
-            )
-            .bind(source)
-            .bind(order)
-            .bind(room)
-            .bind(user)
-            .execute(&mut *tx)
-            .await?;
-            let elsewhere = sqlx::query(
-                "SELECT 1 FROM pretix_grants WHERE source_id = $1 AND room_id = $2 \
-                 AND user_id = $3 LIMIT 1",
-            )
-            .bind(source)
-            .bind(room)
-            .bind(user)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if elsewhere.is_none() {
-                changes.removals.push((room.clone(), user.clone()));
-            }
-        }
-        for (position, answer) in invalid {
-            let new = sqlx::query(
-                "INSERT INTO pretix_reports (source_id, order_key, position_id, answer, created_at) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            )
-            .bind(source)
-            .bind(order)
-            .bind(*position as i64)
-            .bind(answer)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if new > 0 {
-                changes.reports.push((*position, answer.clone()));
-            }
-        }
-        queue_after(&mut tx, row, &plan(&changes)).await?;
-        tx.commit().await?;
-        Ok(changes)
-    }
-
-    /// Maps a room to a pretix event (`!setroom`); mapping it again changes nothing.
-    pub async fn set_pretix_room(
-        &self,
-        source_id: &str,
-        organizer: &str,
-        event: &str,
-        room_id: &str,
-        by: &str,
-    ) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO pretix_rooms (source_id, organizer, event, room_id, added_by, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-        )
-        .bind(source_id)
-        .bind(organizer)
-        .bind(event)
-        .bind(room_id)
-        .bind(by)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    /// Removes a room's mappings (`!unsetroom`); how many there were.
-    pub async fn unset_pretix_room(&self, source_id: &str, room_id: &str) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM pretix_rooms WHERE source_id = $1 AND room_id = $2")
-                .bind(source_id)
-                .bind(room_id)
-                .execute(&self.pool)
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    /// The pretix events rooms were mapped to from the chat: (organizer, event, room).
-    pub async fn pretix_rooms(&self, source_id: &str) -> Result<Vec<(String, String, String)>> {
-        sqlx::query(
-            "SELECT organizer, event, room_id FROM pretix_rooms WHERE source_id = $1 \
-             ORDER BY organizer, event, room_id",
-        )
-        .bind(source_id)
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
-        .collect()
     }
 
     /// Marks an action done.
@@ -1394,9 +1243,9 @@ async fn write_batch(
 
 /// Queues actions that running `row` asked for, as part of its delivery, each with a
 /// transaction key of its own derived from `row`'s.
-async fn queue_after(
+pub async fn queue_after(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    row: &OutboxRow,
+    row: &ActionRow,
     actions: &[NewAction],
 ) -> Result<()> {
     if actions.is_empty() {
@@ -1909,6 +1758,7 @@ pub(crate) mod tests {
             .expect("config")
             .config,
             &crate::metrics::Metrics::new(),
+            HashMap::new(),
         );
         let text = "(?s)[a-z\\x00-\\x1f\\u{80}-\\u{10ffff}\"'\\\\ ]{0,40}";
         let config = ProptestConfig {

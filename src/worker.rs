@@ -1,7 +1,7 @@
 //! The outbox worker: runs queued actions against the Matrix sink, in order per ticket and in
 //! parallel across tickets, retrying transient failures with backoff.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -9,14 +9,12 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use rand::Rng;
 use std::panic::AssertUnwindSafe;
-use switchboard_connector::Action;
-use switchboard_pretix::OrderRef;
+use switchboard_connector::{Action, ActionContext, ActionRow, Connector, Host};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::matrix::{Failure, MatrixSink};
 use crate::metrics::Metrics;
-use crate::pretix::Pretix;
 use crate::store::{OutboxRow, Store, now_ms};
 
 /// How long a claimed action is reserved for this worker. Longer than any one request.
@@ -30,8 +28,11 @@ pub const MAX_REFUSED: i64 = 10;
 pub struct Worker {
     pub store: Store,
     pub sink: Arc<MatrixSink>,
-    /// Reads pretix orders (`pretix_order` actions), if pretix sources are configured.
-    pub pretix: Option<Arc<Pretix>>,
+    /// Each source's connector, which runs the actions of its kind's own types.
+    pub connectors: HashMap<String, Arc<dyn Connector>>,
+    /// The action types connectors run (the rest are the service's own).
+    pub owners: BTreeMap<&'static str, &'static str>,
+    pub host: Arc<dyn Host>,
     pub metrics: Metrics,
     pub concurrency: usize,
     /// Woken when new actions are queued.
@@ -192,15 +193,27 @@ impl Worker {
 
     /// Runs one action and classifies the outcome.
     async fn run_one(&self, row: &OutboxRow) -> Outcome {
-        let action: Action = match serde_json::from_str(&row.action) {
+        let stored: serde_json::Value = match serde_json::from_str(&row.action) {
             Ok(a) => a,
             Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
         };
-        let kind = action.kind();
+        let type_ = stored["type"].as_str().unwrap_or_default().to_string();
+        let core = if self.owners.contains_key(type_.as_str()) {
+            None
+        } else {
+            match serde_json::from_value::<Action>(stored.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
+            }
+        };
+        let kind = match &core {
+            Some(action) => action.kind().to_string(),
+            None => type_,
+        };
         let started = Instant::now();
         // A panic in one action is that action's failure, not the worker's: it is counted
         // like an error the far end answered, so it is set aside in the end.
-        let outcome = AssertUnwindSafe(self.dispatch(row, &action))
+        let outcome = AssertUnwindSafe(self.dispatch(row, core.as_ref(), &stored))
             .catch_unwind()
             .await
             .unwrap_or_else(|panic| {
@@ -213,47 +226,45 @@ impl Worker {
             });
         self.metrics
             .action_seconds
-            .with_label_values(&[kind])
+            .with_label_values(&[&kind])
             .observe(started.elapsed().as_secs_f64());
-        let outcome = classify(&self.metrics, row, &action, outcome);
-        if matches!(outcome, Outcome::Done(_)) {
-            self.relayed(row, &action);
+        let outcome = classify(&self.metrics, row, &kind, outcome);
+        if let (Outcome::Done(_), Some(action)) = (&outcome, &core) {
+            self.relayed(row, action);
         }
         outcome
     }
 
-    /// Carries out one action: pretix's with the pretix side, the rest with the sink.
-    async fn dispatch(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
-        match (action, &self.pretix) {
-            (
-                Action::PretixOrder {
-                    organizer,
-                    event,
-                    code,
-                },
-                Some(pretix),
-            ) => {
-                let order = OrderRef {
-                    organizer: organizer.clone(),
-                    event: event.clone(),
-                    code: code.clone(),
-                };
-                pretix.order(row, &order).await
-            }
-            (Action::PretixCommand { room, sender, body }, Some(pretix)) => {
-                match pretix.command(row, room, sender, body).await {
-                    Ok(answer) => {
-                        let answer = Action::Send {
-                            room: room.clone(),
-                            content: serde_json::json!({"msgtype": "m.notice", "body": answer}),
-                        };
-                        self.sink.execute(row, &answer).await
-                    }
-                    Err(failure) => Err(failure),
-                }
-            }
-            _ => self.sink.execute(row, action).await,
+    /// Carries out one action: the service's own with the sink, a connector's with the
+    /// connector of the row's source.
+    async fn dispatch(
+        &self,
+        row: &OutboxRow,
+        core: Option<&Action>,
+        stored: &serde_json::Value,
+    ) -> Result<String, Failure> {
+        if let Some(action) = core {
+            return self.sink.execute(row, action).await;
         }
+        let Some(connector) = self.connectors.get(&row.source_id) else {
+            return Err(Failure::Permanent(format!(
+                "no source `{}` is configured to run this action",
+                row.source_id
+            )));
+        };
+        let action_row = ActionRow {
+            id: row.id,
+            source_id: row.source_id.clone(),
+            lane: row.ticket_key.clone(),
+            txn_key: row.txn_key.clone(),
+            attempts: row.attempts,
+        };
+        let cx = ActionContext {
+            row: &action_row,
+            host: &*self.host,
+            matrix: &*self.sink,
+        };
+        connector.execute(&cx, stored).await
     }
 }
 
@@ -261,10 +272,9 @@ impl Worker {
 fn classify(
     metrics: &Metrics,
     row: &OutboxRow,
-    action: &Action,
+    kind: &str,
     outcome: Result<String, Failure>,
 ) -> Outcome {
-    let kind = action.kind();
     match outcome {
         Ok(result) => {
             debug!(id = row.id, kind, "action done");
@@ -362,21 +372,18 @@ mod tests {
     #[test]
     fn refusals_are_retried_then_set_aside_and_outages_never_are() {
         let m = Metrics::new();
-        let post = Action::Post {
-            body: "hi".into(),
-            notice: false,
-        };
+        let post = "post";
         let refused = || Err(Failure::Refused("500 M_UNKNOWN".into()));
         assert!(matches!(
-            classify(&m, &row(0), &post, refused()),
+            classify(&m, &row(0), post, refused()),
             Outcome::Retry { refused: true, .. }
         ));
         assert!(matches!(
-            classify(&m, &row(MAX_REFUSED - 2), &post, refused()),
+            classify(&m, &row(MAX_REFUSED - 2), post, refused()),
             Outcome::Retry { .. }
         ));
         assert!(matches!(
-            classify(&m, &row(MAX_REFUSED - 1), &post, refused()),
+            classify(&m, &row(MAX_REFUSED - 1), post, refused()),
             Outcome::SetAside(e) if e.contains("500")
         ));
         // An outage is tried again however long it lasts, after the time the server asked.
@@ -385,15 +392,15 @@ mod tests {
             retry_after: Some(Duration::from_secs(3)),
         };
         assert!(matches!(
-            classify(&m, &row(1000), &post, Err(outage)),
+            classify(&m, &row(1000), post, Err(outage)),
             Outcome::Retry { refused: false, delay, .. } if delay == Duration::from_secs(3)
         ));
         assert!(matches!(
-            classify(&m, &row(0), &post, Err(Failure::Permanent("403".into()))),
+            classify(&m, &row(0), post, Err(Failure::Permanent("403".into()))),
             Outcome::Failed(_)
         ));
         assert!(matches!(
-            classify(&m, &row(0), &post, Ok("skipped: no room".into())),
+            classify(&m, &row(0), post, Ok("skipped: no room".into())),
             Outcome::Skipped(_)
         ));
         assert!(

@@ -3,8 +3,18 @@
 //!
 //! pretix's webhook (`{notification_id, organizer, event, code, action}`) is only a trigger:
 //! the service stores it, then reads the order from pretix's REST API and acts on its current
-//! state. This crate holds the configuration, reads the trigger, and decides from an order
-//! who belongs in which room. Talking to pretix and to Matrix is the service's job.
+//! state. This crate is the whole connector: the configuration (`kind`), the trigger, who
+//! belongs in which room by an order (here), reading pretix (`api`, `orders`), organisers'
+//! commands (`chat`) and its tables (`tables`).
+
+mod api;
+mod chat;
+mod kind;
+mod orders;
+mod source;
+mod tables;
+
+pub use kind::Pretix;
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,10 @@
 //! Generic JSON webhook source: maps any JSON body to ticket events by configurable field
 //! paths, so a system that can POST JSON needs no code of its own to reach Matrix.
 
+mod kind;
+
+pub use kind::Webhook;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::Value;

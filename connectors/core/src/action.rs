@@ -1,0 +1,153 @@
+//! Actions: what the engine and connectors ask of the Matrix side, stored in the outbox as
+//! JSON until a worker has carried them out.
+
+use serde::{Deserialize, Serialize};
+
+/// What the engine asks the Matrix sink to do for one ticket. Stored in the outbox as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Action {
+    /// Create the ticket's room if it has none; otherwise invite users not yet invited.
+    OpenRoom(RoomSpec),
+    /// Post a message into the ticket's room.
+    Post { body: String, notice: bool },
+    /// Post a closing notice and rename the room.
+    Close {
+        notice: Option<String>,
+        rename: Option<String>,
+    },
+    /// Helpdesk: post a request's thread root (`content`) into `room`, unless the request
+    /// has its root already.
+    ThreadOpen {
+        request: i64,
+        room: String,
+        content: serde_json::Value,
+    },
+    /// Helpdesk: post `content` into a request's thread in `room`.
+    ThreadPost {
+        request: i64,
+        room: String,
+        content: serde_json::Value,
+    },
+    /// Helpdesk: relay an event (`origin`, sent at `origin_ts`, Unix ms) to the other side
+    /// of its request as an event of `event_type` into `room`: the backoffice room if
+    /// `to_operators` (a message goes into the request's thread), else the customer's chat.
+    /// With `about` (the event it reacts to, edits or redacts), it is about that event's
+    /// counterpart, and skipped if there is none. The copy is recorded, so reactions, edits
+    /// and redactions can follow it.
+    Relay {
+        request: i64,
+        room: String,
+        to_operators: bool,
+        event_type: String,
+        content: serde_json::Value,
+        origin: String,
+        origin_ts: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<String>,
+        /// Sent instead if the relay fails for good: a message into the origin's room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        apology: Option<Apology>,
+    },
+    /// Send a message with this content into `room` as it is.
+    Send {
+        room: String,
+        content: serde_json::Value,
+    },
+    /// Helpdesk: create the direct chat with `user` for a request an operator started,
+    /// unless the request has its chat already.
+    StartChat {
+        request: i64,
+        user: String,
+        encrypted: bool,
+    },
+    /// Invite `user` into `room`.
+    Invite { room: String, user: String },
+    /// Invite `user` into the ticket's room (a participant); an invite that fails for good
+    /// is told in the room ("Could not invite @x: reason").
+    Participant { user: String },
+    /// Leave `room`.
+    Leave { room: String },
+    /// Remove `user` from `room` (a pending invite is withdrawn), unless they are not in it.
+    Kick {
+        room: String,
+        user: String,
+        reason: String,
+    },
+}
+
+impl Action {
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::OpenRoom(_) => "open_room",
+            Action::Post { .. } => "post",
+            Action::Close { .. } => "close",
+            Action::ThreadOpen { .. } => "thread_open",
+            Action::ThreadPost { .. } => "thread_post",
+            Action::Relay { .. } => "relay",
+            Action::Send { .. } => "send",
+            Action::StartChat { .. } => "start_chat",
+            Action::Invite { .. } | Action::Participant { .. } => "invite",
+            Action::Leave { .. } => "leave",
+            Action::Kick { .. } => "kick",
+        }
+    }
+}
+
+/// A message for the sender of an event that could not be relayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Apology {
+    pub room: String,
+    pub content: serde_json::Value,
+}
+
+/// Everything needed to create a ticket's room in one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomSpec {
+    pub name: String,
+    pub topic: String,
+    /// `private_chat`, `trusted_private_chat` or `public_chat`.
+    pub preset: String,
+    pub encrypted: bool,
+    /// Users to invite.
+    pub invite: Vec<String>,
+    /// Users to give power level 100.
+    pub admins: Vec<String>,
+    /// Posted when the ticket's room was closed and is opened again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reopen_notice: Option<String>,
+}
+
+/// An action to queue in a lane (the ticket key its actions run in order under), as it
+/// is stored: a JSON object whose `type` names its kind. The service runs the core's kinds
+/// (`Action`); a connector runs those it declares (`Kind::action_kinds`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queued {
+    pub lane: String,
+    pub action: serde_json::Value,
+}
+
+impl Queued {
+    /// One of the core's actions.
+    pub fn core(lane: impl Into<String>, action: &Action) -> Queued {
+        Queued {
+            lane: lane.into(),
+            // An enum of strings and JSON values always serializes.
+            action: serde_json::to_value(action).unwrap_or_default(),
+        }
+    }
+
+    /// One of a connector's own actions: a value that serializes to an object with `type`.
+    pub fn own<T: Serialize>(lane: impl Into<String>, action: &T) -> serde_json::Result<Queued> {
+        Ok(Queued {
+            lane: lane.into(),
+            action: serde_json::to_value(action)?,
+        })
+    }
+
+    /// The action's kind (its `type`), for logs and metrics labels.
+    pub fn kind(&self) -> &str {
+        self.action["type"].as_str().unwrap_or("unknown")
+    }
+}
