@@ -24,4 +24,5 @@ mod common;
 mod helpdesk;
 mod operations;
 mod pretix;
+mod upgrade;
 mod webhook;
