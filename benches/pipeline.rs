@@ -137,7 +137,7 @@ async fn intake_only(db_url: &str) -> Result<String> {
     let host = Arc::new(switchboard::host::ServiceHost::new(
         store.clone(),
         Arc::new(tokio::sync::Notify::new()),
-        switchboard::seal::Sealer::new(None),
+        None,
         switchboard::metrics::Metrics::new(),
     ));
     let info = switchboard_connector::SourceInfo {
@@ -462,9 +462,16 @@ impl Desk {
         )
         .await?;
         // Other customers' open requests (never written to again), untimed.
+        let host = Arc::new(switchboard::host::ServiceHost::new(
+            sb.store.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            None,
+            switchboard::metrics::Metrics::new(),
+        ));
+        let requests = switchboard_matrix_dm::requests::Requests::new(host);
         for i in 1..open {
             let user = format!("@seed{i}:bench.example");
-            sb.store
+            requests
                 .open_request(
                     "help",
                     &user,

@@ -128,10 +128,20 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     let host: Arc<dyn Host> = Arc::new(ServiceHost::new(
         store.clone(),
         engine_wake.clone(),
-        sealer.clone(),
+        loaded
+            .secrets
+            .data_secret
+            .as_ref()
+            .map(|s| s.expose().to_string()),
         metrics.clone(),
     ));
     let connectors = build_connectors(&loaded, &host)?;
+    for (id, connector) in &connectors {
+        connector.prepare().await.map_err(|e| AppError::Connector {
+            source_id: id.clone(),
+            reason: e.to_string(),
+        })?;
+    }
     let mut routes = HashMap::new();
     for connector in connectors.values() {
         for route in connector.clone().routes() {
@@ -164,17 +174,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     info!(%addr, "listening");
     let server = tokio::spawn(server);
 
-    let engine = Arc::new(Engine::new(cfg, &metrics, connectors.clone()));
-    let helpdesk = engine.helpdesk();
-    let helpdesk_wake = engine_wake.clone();
-    if let Some(helpdesk) = &helpdesk {
-        helpdesk.load_settings(&store).await?;
-        tokio::spawn(crate::helpdesk::close_idle(
-            helpdesk.clone(),
-            store.clone(),
-            engine_wake.clone(),
-        ));
-    }
+    let engine = Arc::new(Engine::new(cfg, connectors.clone()));
     tokio::spawn(engine::run(
         engine,
         store.clone(),
@@ -197,11 +197,13 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     for connector in connectors.values() {
         tokio::spawn(connector.clone().run());
     }
-    let listeners: Vec<Arc<dyn Connector>> = connectors
-        .values()
-        .filter(|c| c.listener().is_some())
-        .cloned()
+    // In the order of their IDs: the first that takes an invite gets the room.
+    let mut listeners: Vec<(String, Arc<dyn Connector>)> = connectors
+        .iter()
+        .filter(|(_, c)| c.listener().is_some())
+        .map(|(id, c)| (id.clone(), c.clone()))
         .collect();
+    listeners.sort_by(|a, b| a.0.cmp(&b.0));
     tokio::spawn(async move {
         let Some(login) = login else { return };
         let mut backoff = Duration::from_secs(1);
@@ -218,9 +220,6 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
             }
         };
         info!(user = %sink.user_id(), "connected to the homeserver");
-        if let Some(helpdesk) = helpdesk {
-            sink.serve_helpdesk(helpdesk, helpdesk_wake);
-        }
         sink.serve_listeners(listeners);
         tokio::spawn(sink.clone().stay_connected(metrics.clone()));
         let worker = Arc::new(Worker {

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use switchboard_connector::{Checked, Checker, EventKind, SourceInfo};
-use switchboard_matrix_dm::MatrixDmConfig;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
@@ -205,10 +204,6 @@ pub enum LogFormat {
     Json,
 }
 
-/// The kind of the built-in Matrix DM helpdesk (options under `matrix_dm`). The other kinds
-/// are the registered connectors'.
-pub const MATRIX_DM: &str = "matrix_dm";
-
 /// One ticket source.
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct SourceConfig {
@@ -220,10 +215,8 @@ pub struct SourceConfig {
     /// Whether `/link/{source}/{key}` may create the room of a ticket that has none yet.
     #[serde(default)]
     pub link_create: bool,
-    /// Options of the Matrix DM helpdesk (`kind = "matrix_dm"`).
-    pub matrix_dm: Option<MatrixDmConfig>,
     /// A secret the webhook's URL carries as its last segment: `/hooks/<source>/<secret>`.
-    /// For senders that cannot sign (pretix). Or `path_secret_file`.
+    /// For senders that cannot sign their webhooks. Or `path_secret_file`.
     pub path_secret: Option<Secret>,
     pub path_secret_file: Option<PathBuf>,
     /// HTTP basic authentication the webhook's sender must give.
@@ -549,7 +542,7 @@ pub fn json_schema() -> serde_json::Value {
         serde_json::to_value(generator.into_root_schema_for::<Config>()).unwrap_or_default();
     let source = &mut schema["$defs"]["SourceConfig"];
     source["additionalProperties"] = false.into();
-    let names: Vec<&str> = kinds.keys().copied().chain([MATRIX_DM]).collect();
+    let names: Vec<&str> = kinds.keys().copied().collect();
     source["properties"]["kind"]["enum"] = names.into();
     for (name, section) in sections {
         let description = format!("Options of the `{name}` connector (`kind = \"{name}\"`).");
@@ -820,33 +813,14 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secrets, Connecto
                 );
             }
         }
-        if src.kind == MATRIX_DM {
-            match &src.matrix_dm {
-                None => err(
-                    &format!("{key}.matrix_dm"),
-                    "required for kind = \"matrix_dm\"".into(),
-                ),
-                Some(dm) => {
-                    for (k, problem) in dm.problems() {
-                        err(&format!("{key}.matrix_dm.{k}"), problem);
-                    }
-                }
-            }
-        } else if let Some(kind) = kinds.get(src.kind.as_str()) {
-            let info = SourceInfo {
-                id: id.clone(),
-                authenticated: src.signature.is_some()
-                    || src.path_secret.is_some()
-                    || src.path_secret_file.is_some()
-                    || src.basic_auth.is_some(),
-                bot: c.matrix.user.clone(),
-            };
+        if let Some(kind) = kinds.get(src.kind.as_str()) {
+            let info = source_info(c, id, src);
             let mut check = Checker::new(id, kind.name(), &mut *err);
             if let Some(checked) = kind.check(&info, src.sections.get(kind.name()), &mut check) {
                 connectors.insert(id.clone(), (info, checked));
             }
         } else {
-            let known: Vec<&str> = kinds.keys().copied().chain([MATRIX_DM]).collect();
+            let known: Vec<&str> = kinds.keys().copied().collect();
             err(
                 &format!("{key}.kind"),
                 format!("no kind `{}`; the kinds are {}", src.kind, known.join(", ")),
@@ -857,15 +831,6 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secrets, Connecto
                 &format!("{key}.{section}"),
                 format!(
                     "options of kind `{section}`, but this source is `{}`",
-                    src.kind
-                ),
-            );
-        }
-        if src.matrix_dm.is_some() && src.kind != MATRIX_DM {
-            err(
-                &format!("{key}.matrix_dm"),
-                format!(
-                    "options of kind `matrix_dm`, but this source is `{}`",
                     src.kind
                 ),
             );
@@ -909,36 +874,40 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secrets, Connecto
             }
         }
     }
-    if let Some(second) = c.sources.iter().filter(|(_, s)| s.kind == MATRIX_DM).nth(1) {
-        err(
-            &format!("sources.{}.kind", second.0),
-            "one bot serves at most one matrix_dm source".into(),
-        );
-    }
     for (name, kind) in &kinds {
-        let mine: Vec<(&SourceInfo, &Checked)> = connectors
+        let infos: Vec<SourceInfo> = c
+            .sources
             .iter()
-            .filter(|(id, _)| c.sources[*id].kind == *name)
-            .map(|(_, (info, checked))| (info, checked))
+            .filter(|(_, s)| s.kind == *name)
+            .map(|(id, s)| source_info(c, id, s))
+            .collect();
+        let mine: Vec<(&SourceInfo, Option<&Checked>)> = infos
+            .iter()
+            .map(|info| (info, connectors.get(&info.id).map(|(_, checked)| checked)))
             .collect();
         kind.check_together(&mine, &mut *err);
     }
-    // The sync hears Matrix for one source at a time.
-    let mut listening = c
-        .sources
-        .iter()
-        .filter(|(_, s)| s.kind == MATRIX_DM)
-        .map(|(id, _)| format!("sources.{id}"))
-        .chain(connectors.iter().filter_map(|(id, (_, checked))| {
-            let kind = &kinds[c.sources[id].kind.as_str()];
-            kind.listens(checked)
-                .then(|| format!("sources.{id}.{}", kind.name()))
-        }));
-    if let (Some(first), Some(second)) = (listening.next(), listening.next()) {
-        err(
-            &second,
-            format!("`{first}` hears Matrix already: one bot hears Matrix for one source"),
-        );
+    // The sync hands a room's events to the one source it belongs to: two sources that
+    // hear Matrix cannot both name a room as their own.
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    for (id, (_, checked)) in &connectors {
+        let kind = &kinds[c.sources[id].kind.as_str()];
+        if !kind.listens(checked) {
+            continue;
+        }
+        for (key, room) in kind.rooms(checked) {
+            let key = format!("sources.{id}.{}.{key}", kind.name());
+            match owners.get(&room) {
+                Some(first) if !first.starts_with(&format!("sources.{id}.")) => err(
+                    &key,
+                    format!("the room {room} is `{first}`'s already: a room belongs to one source"),
+                ),
+                Some(_) => {}
+                None => {
+                    owners.insert(room, key);
+                }
+            }
+        }
     }
     let env = minijinja::Environment::new();
     for (i, rule) in c.rules.iter().enumerate() {
@@ -967,6 +936,18 @@ fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secrets, Connecto
         }
     }
     (s, Connectors(connectors))
+}
+
+/// What a source's connector is told about it.
+fn source_info(c: &Config, id: &str, src: &SourceConfig) -> SourceInfo {
+    SourceInfo {
+        id: id.to_string(),
+        authenticated: src.signature.is_some()
+            || src.path_secret.is_some()
+            || src.path_secret_file.is_some()
+            || src.basic_auth.is_some(),
+        bot: c.matrix.user.clone(),
+    }
 }
 
 impl ActionConfig {
@@ -1050,36 +1031,6 @@ homeserver = "http://127.0.0.1:8008"
     }
 
     #[test]
-    fn helpdesk_sources_are_checked() {
-        let ok = format!(
-            "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
-        );
-        let l = parse(&ok).expect("valid");
-        assert_eq!(l.config.sources["help"].kind, MATRIX_DM);
-
-        let text = format!(
-            "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n\n\
-             [sources.help.matrix_dm]\nbackoffice_room = \"#ops:example.org\"\n\
-             admins = [\"alice\"]\n\n[sources.desk]\nkind = \"matrix_dm\"\n"
-        );
-        let errs = parse(&text).expect_err("invalid");
-        let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
-        assert!(
-            keys.contains(&("sources.help.matrix_dm.backoffice_room", Some(14))),
-            "{errs:?}"
-        );
-        assert!(
-            keys.contains(&("sources.help.matrix_dm.admins", Some(15))),
-            "{errs:?}"
-        );
-        assert!(
-            keys.contains(&("sources.desk.matrix_dm", Some(17))),
-            "{errs:?}"
-        );
-        assert!(keys.contains(&("sources.help.kind", Some(11))), "{errs:?}");
-    }
-
-    #[test]
     fn connector_sections_are_checked_by_their_connector_with_lines() {
         let text = format!(
             "{MINIMAL}\n[sources.other]\nkind = \"webhook\"\n[sources.other.webhook.fields]\n\
@@ -1098,15 +1049,14 @@ homeserver = "http://127.0.0.1:8008"
                 .any(|e| e.key == "sources.third.kind" && e.message.contains("webhook")),
             "{errs:?}"
         );
-        // A section of another kind than the source's is named.
+        // A section no connector has is named with its line.
         let misplaced = format!(
-            "{MINIMAL}\n[sources.other]\nkind = \"matrix_dm\"\n[sources.other.webhook]\n\
-             [sources.other.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+            "{MINIMAL}\n[sources.other]\nkind = \"webhook\"\n[sources.other.nosuch]\nx = 1\n"
         );
         let errs = parse(&misplaced).expect_err("invalid");
         assert!(
             errs.iter()
-                .any(|e| e.key == "sources.other.webhook" && e.line == Some(12)),
+                .any(|e| e.key == "sources.other" && e.message.contains("nosuch")),
             "{errs:?}"
         );
         let l = parse(MINIMAL).expect("valid");

@@ -11,8 +11,7 @@ use switchboard_connector::{Action, Connector, EventKind, Queued, RoomSpec, Tick
 use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::config::{self, ActionConfig, Config, MATRIX_DM, RuleConfig};
-use crate::helpdesk::Helpdesk;
+use crate::config::{self, ActionConfig, Config, RuleConfig};
 use crate::metrics::Metrics;
 use crate::store::{InboxRow, Link, NewAction, Store};
 
@@ -21,9 +20,6 @@ pub struct Engine {
     rules: Vec<RuleConfig>,
     env: Environment<'static>,
     encryption: bool,
-    /// The Matrix DM helpdesk, if one is configured: its deliveries are planned by it, not
-    /// by the rules.
-    helpdesk: Option<Arc<Helpdesk>>,
     /// Each source's connector, which may plan its events itself (`Connector::plan`).
     connectors: HashMap<String, Arc<dyn Connector>>,
 }
@@ -72,11 +68,7 @@ pub fn default_rules() -> Vec<RuleConfig> {
 }
 
 impl Engine {
-    pub fn new(
-        config: &Config,
-        metrics: &Metrics,
-        connectors: HashMap<String, Arc<dyn Connector>>,
-    ) -> Engine {
+    pub fn new(config: &Config, connectors: HashMap<String, Arc<dyn Connector>>) -> Engine {
         let rules = if config.rules.is_empty() {
             default_rules()
         } else {
@@ -98,27 +90,12 @@ impl Engine {
                 warn!(%error, template = t.1, "template does not compile");
             }
         }
-        let helpdesk = config.sources.iter().find_map(|(id, src)| {
-            let dm = src.matrix_dm.clone().filter(|_| src.kind == MATRIX_DM)?;
-            Some(Arc::new(Helpdesk::new(
-                id,
-                dm,
-                &config.matrix.user,
-                metrics.clone(),
-            )))
-        });
         Engine {
             rules,
             env,
             encryption: config.matrix.encryption,
-            helpdesk,
             connectors,
         }
-    }
-
-    /// The configured helpdesk, for the Matrix side to feed.
-    pub fn helpdesk(&self) -> Option<Arc<Helpdesk>> {
-        self.helpdesk.clone()
     }
 
     /// The actions for one event, in order.
@@ -373,18 +350,6 @@ async fn plan(
     // and set aside, not skipped.
     let events: Vec<TicketEvent> = serde_json::from_str(&row.events)?;
     let mut actions = Vec::new();
-    if let Some(helpdesk) = engine
-        .helpdesk
-        .as_ref()
-        .filter(|h| h.source_id == row.source_id)
-    {
-        for ev in &events {
-            for (lane, a) in helpdesk.plan(store, ev).await? {
-                actions.push(queued(metrics, &row.source_id, lane, &a)?);
-            }
-        }
-        return Ok(actions);
-    }
     let connector = engine.connectors.get(&row.source_id);
     for ev in &events {
         // A connector that plans its events itself; otherwise the rules do.
@@ -438,11 +403,7 @@ async fn plan(
                     }
                 }
                 Action::Post { .. }
-                | Action::ThreadOpen { .. }
-                | Action::ThreadPost { .. }
                 | Action::Send { .. }
-                | Action::StartChat { .. }
-                | Action::Relay { .. }
                 | Action::Invite { .. }
                 | Action::Participant { .. }
                 | Action::Leave { .. }
@@ -508,7 +469,7 @@ mod tests {
              [sources.t]\nkind = \"webhook\"\n{rules}"
         );
         let loaded = crate::config::parse(&text).expect("valid config");
-        Engine::new(&loaded.config, &Metrics::new(), HashMap::new())
+        Engine::new(&loaded.config, HashMap::new())
     }
 
     fn event(kind: EventKind) -> TicketEvent {

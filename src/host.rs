@@ -22,6 +22,7 @@ pub struct ServiceHost {
     /// Tells the engine that the inbox has something.
     engine_wake: Arc<Notify>,
     sealer: Sealer,
+    data_secret: Option<String>,
     http: reqwest::Client,
     metrics: Metrics,
 }
@@ -30,9 +31,10 @@ impl ServiceHost {
     pub fn new(
         store: Store,
         engine_wake: Arc<Notify>,
-        sealer: Sealer,
+        data_secret: Option<String>,
         metrics: Metrics,
     ) -> ServiceHost {
+        let sealer = Sealer::new(data_secret.as_deref());
         let http = reqwest::Client::builder()
             .timeout(TIMEOUT)
             .user_agent(concat!("switchboard/", env!("CARGO_PKG_VERSION")))
@@ -42,6 +44,7 @@ impl ServiceHost {
             store,
             engine_wake,
             sealer,
+            data_secret,
             http,
             metrics,
         }
@@ -111,6 +114,9 @@ impl Host for ServiceHost {
     }
     fn open(&self, purpose: &str, stored: &str) -> Result<String, String> {
         self.sealer.open(purpose, stored).map_err(|e| e.to_string())
+    }
+    fn data_secret(&self) -> Option<&str> {
+        self.data_secret.as_deref()
     }
     fn http(&self) -> &reqwest::Client {
         &self.http

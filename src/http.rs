@@ -599,10 +599,10 @@ mod tests {
             h.insert(http::header::AUTHORIZATION, value.parse().expect("header"));
             h
         };
-        let by_auth = source(None, Some(("pretix", "pw")));
-        assert!(authenticate(&by_auth, None, &basic("pretix:pw")).is_ok());
-        assert!(authenticate(&by_auth, None, &basic("pretix:px")).is_err());
-        assert!(authenticate(&by_auth, None, &basic("pretiX:pw")).is_err());
+        let by_auth = source(None, Some(("shop", "pw")));
+        assert!(authenticate(&by_auth, None, &basic("shop:pw")).is_ok());
+        assert!(authenticate(&by_auth, None, &basic("shop:px")).is_err());
+        assert!(authenticate(&by_auth, None, &basic("shoP:pw")).is_err());
         assert!(authenticate(&by_auth, None, &none).is_err());
     }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchboard::config::{self, LogFormat};
-use switchboard::honoroit;
+use switchboard::env_config;
 
 #[derive(Parser)]
 #[command(
@@ -23,12 +23,12 @@ struct Cli {
 enum Command {
     /// Run the service.
     Run {
-        /// The config file (default `switchboard.toml`; without one, `HONOROIT_*`
-        /// variables configure a Honoroit drop-in).
+        /// The config file (default `switchboard.toml`; without one, a connector may make
+        /// the config of the environment variables of a program it stands in for).
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Check a config file (or the `HONOROIT_*` variables) and print every problem with its
+    /// Check a config file (or the environment variables that stand in for one) and print every problem with its
     /// key and line.
     CheckConfig {
         #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
@@ -230,8 +230,8 @@ fn rfc3339(ms: i64) -> String {
     )
 }
 
-/// The config: the file named, else `switchboard.toml` if it exists, else the Honoroit
-/// drop-in if any `HONOROIT_*` variable is set. Returns it, where it came from, and warnings.
+/// The config: the file named, else `switchboard.toml` if it exists, else one a connector
+/// makes of environment variables it reads. Returns it, where it came from, and warnings.
 fn load(
     explicit: Option<PathBuf>,
 ) -> Result<(config::Loaded, String, Vec<String>), config::ConfigErrors> {
@@ -239,14 +239,13 @@ fn load(
     let vars: BTreeMap<String, String> = std::env::vars().collect();
     let path = match explicit {
         Some(path) => path,
-        None if !default.exists() && honoroit::present(&vars) => {
-            let drop_in = honoroit::load(&vars)?;
-            return Ok((
-                drop_in.loaded,
-                "HONOROIT_* variables".into(),
-                drop_in.warnings,
-            ));
-        }
+        None if !default.exists() => match env_config::load(&vars) {
+            Some(made) => {
+                let made = made?;
+                return Ok((made.loaded, made.name, made.warnings));
+            }
+            None => default,
+        },
         None => default,
     };
     let loaded = config::load(&path)?;

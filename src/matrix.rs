@@ -2,38 +2,32 @@
 //! executes outbox actions with stable transaction IDs, and keeps a sync running once
 //! something needs one (end-to-end encryption does; posting into plain rooms does not).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use matrix_sdk::authentication::matrix::MatrixSession;
-use matrix_sdk::config::{RequestConfig, SyncSettings};
-use matrix_sdk::room::MessagesOptions;
+use matrix_sdk::config::RequestConfig;
 use matrix_sdk::ruma::api::client::message::send_message_event;
 use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
-use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
 use matrix_sdk::ruma::serde::Raw;
 use matrix_sdk::ruma::{
-    EventId, OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, TransactionId,
-    UserId,
+    OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, TransactionId, UserId,
 };
 use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
 use serde_json::json;
 use sha2::{Digest, Sha256, Sha512};
-use switchboard_connector::{ActAs, Action, Apology, Connector, Listener, Matrix, RoomSpec};
-use tracing::{debug, info, warn};
+use switchboard_connector::{ActAs, Action, Connector, RoomSpec};
+use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
-use crate::helpdesk::{Heard, Helpdesk, PENDING_DM, Role};
-use crate::metrics::Metrics;
 use crate::seal::Sealer;
-use crate::store::{Link, OutboxRow, Store, now_ms};
-use switchboard_matrix_dm::access::server_of;
+use crate::store::{Link, OutboxRow, Store};
 
 const SESSION_KEY: &str = "matrix.session";
 /// What the crypto store's passphrase is derived for.
@@ -57,6 +51,9 @@ pub enum MatrixError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
+
+mod lend;
+mod sync;
 
 pub use switchboard_connector::Failure;
 
@@ -137,12 +134,11 @@ pub struct MatrixSink {
     /// (links are never deleted or pointed elsewhere), so this is never stale, also when
     /// another process shares the store.
     rooms: Mutex<HashMap<(String, String), String>>,
-    /// The helpdesk the sync feeds, and the engine's wake-up, once `serve_helpdesk` ran.
-    helpdesk: std::sync::OnceLock<(Arc<Helpdesk>, Arc<tokio::sync::Notify>)>,
-    /// Opens what a Honoroit of this account sealed with the same data secret.
-    sealer: Sealer,
     /// The connectors that hear Matrix, once `serve_listeners` ran.
-    listeners: std::sync::OnceLock<Vec<Arc<dyn Connector>>>,
+    listeners: std::sync::OnceLock<Vec<(String, Arc<dyn Connector>)>>,
+    /// Which source each room belongs to, as read from or written to `room_claims` (a
+    /// claim never changes).
+    owners: Mutex<HashMap<String, String>>,
 }
 
 /// Where the sync stood after the last response whose messages are in the inbox.
@@ -232,27 +228,20 @@ impl MatrixSink {
             instance,
             sync_wanted: AtomicBool::new(cfg.encryption),
             sync_start: tokio::sync::Notify::new(),
-            sealer: sealer.clone(),
             rooms: Mutex::new(HashMap::new()),
-            helpdesk: std::sync::OnceLock::new(),
             listeners: std::sync::OnceLock::new(),
+            owners: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// Feeds the helpdesk what the sync hears from now on (the sync starts if it was not
-    /// running); `wake` tells the engine that the inbox has something.
-    pub fn serve_helpdesk(&self, helpdesk: Arc<Helpdesk>, wake: Arc<tokio::sync::Notify>) {
-        helpdesk.know_bot(self.user_id.as_str());
-        if self.helpdesk.set((helpdesk, wake)).is_ok() {
-            self.want_sync();
-        }
     }
 
     /// Hands what the sync hears to the connectors that listen (`Connector::listener`)
     /// from now on (the sync starts if it was not running).
-    pub fn serve_listeners(&self, connectors: Vec<Arc<dyn Connector>>) {
+    pub fn serve_listeners(&self, connectors: Vec<(String, Arc<dyn Connector>)>) {
         if connectors.is_empty() {
             return;
+        }
+        for listener in connectors.iter().filter_map(|(_, c)| c.listener()) {
+            listener.know_bot(self.user_id.as_str());
         }
         if self.listeners.set(connectors).is_ok() {
             self.want_sync();
@@ -267,654 +256,12 @@ impl MatrixSink {
         &self.user_id
     }
 
-    /// Keeps in touch with the homeserver for as long as Switchboard runs and keeps
-    /// `homeserver_up` current. Until something needs the event stream it only asks the
-    /// homeserver now and then whether it is there: a sync makes the homeserver build a
-    /// response for every event in the bot's rooms, work that posting alone never needs.
-    pub async fn stay_connected(self: Arc<Self>, metrics: Metrics) {
-        while !self.sync_wanted.load(Ordering::Acquire) {
-            let up = self.client.whoami().await.is_ok();
-            metrics.homeserver_up.set(i64::from(up));
-            tokio::select! {
-                _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-                _ = self.sync_start.notified() => {}
-            }
-        }
-        info!("starting to sync");
-        self.sync_forever(metrics).await
-    }
-
-    /// Starts the sync, if it is not running yet. End-to-end encryption needs it: device
-    /// lists, room keys and to-device messages arrive there.
-    fn want_sync(&self) {
-        if !self.sync_wanted.swap(true, Ordering::AcqRel) {
-            self.sync_start.notify_one();
-        }
-    }
-
-    /// Syncs (for encryption keys, room state and later for incoming messages).
-    async fn sync_forever(self: Arc<Self>, metrics: Metrics) {
-        let mut settings = SyncSettings::default().timeout(Duration::from_secs(30));
-        let mut backoff = Duration::from_millis(500);
-        // With a helpdesk, the sync goes on from the last response whose messages reached
-        // the inbox; without a stored position it starts now and relays nothing older.
-        let helpdesk = self.helpdesk.get().cloned();
-        let listeners = self.listeners.get().cloned().unwrap_or_default();
-        let mut resumed = false;
-        let mut last_retry = std::time::Instant::now();
-        if helpdesk.is_some() || !listeners.is_empty() {
-            loop {
-                match self.store.cursor(SYNC_CURSOR).await {
-                    Ok(token) => {
-                        if let Some(token) = token {
-                            settings = settings.token(token);
-                            resumed = true;
-                        }
-                        break;
-                    }
-                    Err(error) => {
-                        warn!(%error, "cannot read the sync position; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        }
-        loop {
-            match self.client.sync_once(settings.clone()).await {
-                Ok(resp) => {
-                    metrics.homeserver_up.set(1);
-                    let heard = match &helpdesk {
-                        Some((helpdesk, _)) => Some(self.hear(helpdesk, &resp, resumed).await),
-                        None if !listeners.is_empty() => {
-                            Some(self.hear_listeners(&listeners, &resp, resumed).await)
-                        }
-                        None => None,
-                    };
-                    if let Some(heard) = heard {
-                        let taken = match heard {
-                            Ok(()) => self.store.set_cursor(SYNC_CURSOR, &resp.next_batch).await,
-                            Err(error) => Err(error),
-                        };
-                        if let Err(error) = taken {
-                            // The same response comes again from the old position.
-                            warn!(%error, "cannot store what the sync heard; retrying");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(15));
-                            continue;
-                        }
-                        if let Some((helpdesk, _)) = &helpdesk {
-                            if !resumed {
-                                self.take_over_honoroit(helpdesk, &resp).await;
-                            }
-                            // Room keys come as to-device events, maybe after their messages.
-                            if resumed
-                                && (!resp.to_device.is_empty()
-                                    || last_retry.elapsed() >= UNDECRYPTED_RETRY)
-                            {
-                                last_retry = std::time::Instant::now();
-                                if let Err(error) = self.retry_undecrypted(helpdesk).await {
-                                    warn!(%error, "cannot try undecrypted events again");
-                                }
-                            }
-                        }
-                        resumed = true;
-                        if let Some((_, wake)) = &helpdesk {
-                            wake.notify_one();
-                        }
-                    }
-                    let echoes = self.brings_own_events(&resp);
-                    settings = settings.token(resp.next_batch);
-                    backoff = Duration::from_millis(500);
-                    // Every event in a joined room wakes a waiting sync, and the homeserver
-                    // builds a response for each wake-up: that doubled its work per message
-                    // Switchboard sent. While it sends, pausing between syncs lets one
-                    // response carry many; a response with only others' events comes
-                    // straight back, so a customer's next message is not kept waiting.
-                    if echoes {
-                        tokio::time::sleep(SYNC_PAUSE).await;
-                    }
-                }
-                Err(error) => {
-                    metrics.homeserver_up.set(0);
-                    warn!(%error, "sync failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(15));
-                }
-            }
-        }
-    }
-
-    /// On the first sync: what a Honoroit of this account left in its account data. Its
-    /// open requests (`cc.etke.honoroit.mapping.<chat>` -> `{"id": <thread root>}`) become
-    /// requests, so their customers' next messages land in their threads; its options
-    /// (`cc.etke.honoroit.config`) become the helpdesk's, unless some were set here already.
-    /// With `HONOROIT_DATA_SECRET`, Honoroit sealed the keys and values of both; they are
-    /// opened with the same data secret.
-    async fn take_over_honoroit(&self, helpdesk: &Helpdesk, resp: &matrix_sdk::sync::SyncResponse) {
-        let mut taken = 0;
-        for raw in &resp.account_data {
-            let Ok(Some(kind)) = raw.get_field::<String>("type") else {
-                continue;
-            };
-            let Ok(Some(content)) = raw.get_field::<serde_json::Value>("content") else {
-                continue;
-            };
-            let content = self.open_honoroit(&content);
-            if kind == HONOROIT_CONFIG {
-                if let Err(error) = helpdesk.adopt_options(&self.store, &content).await {
-                    warn!(%error, "cannot take over Honoroit's options");
-                }
-                continue;
-            }
-            let Some(chat) = kind
-                .strip_prefix(HONOROIT_MAPPING)
-                .filter(|c| c.starts_with('!'))
-            else {
-                continue;
-            };
-            let Some(root) = content.get("id").filter(|r| r.starts_with('$')) else {
-                continue;
-            };
-            match self.honoroit_request(helpdesk, chat, root).await {
-                Ok(true) => taken += 1,
-                Ok(false) => {}
-                Err(error) => warn!(chat, %error, "cannot take over a Honoroit request"),
-            }
-        }
-        if taken > 0 {
-            info!(requests = taken, "took over Honoroit's open requests");
-        }
-    }
-
-    /// Honoroit's account data (string keys and values), each opened with the data secret
-    /// when it was sealed with it.
-    fn open_honoroit(&self, content: &serde_json::Value) -> BTreeMap<String, String> {
-        let open = |s: &str| {
-            self.sealer
-                .open_honoroit(s)
-                .unwrap_or_else(|| s.to_string())
-        };
-        content
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((open(k), open(v.as_str()?))))
-            .collect()
-    }
-
-    /// One Honoroit request: its customer (the chat's other member) and its title (the
-    /// thread root's, unless the root says it is done).
-    async fn honoroit_request(
-        &self,
-        helpdesk: &Helpdesk,
-        chat: &str,
-        root: &str,
-    ) -> Result<bool, String> {
-        let room = RoomId::parse(chat).map_err(|e| e.to_string())?;
-        let Some(room) = self.client.get_room(&room) else {
-            return Ok(false);
-        };
-        let members = room
-            .members_no_sync(matrix_sdk::RoomMemberships::JOIN)
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(customer) = members.iter().find(|m| m.user_id() != self.user_id) else {
-            return Ok(false);
-        };
-        let backoffice = RoomId::parse(helpdesk.backoffice()).map_err(|e| e.to_string())?;
-        let backoffice = self
-            .client
-            .get_room(&backoffice)
-            .ok_or("not in the backoffice room")?;
-        let root_id = EventId::parse(root).map_err(|e| e.to_string())?;
-        let event = backoffice
-            .event(&root_id, None)
-            .await
-            .map_err(|e| e.to_string())?;
-        let body = json_of(&event)
-            .and_then(|e| e["content"]["body"].as_str().map(String::from))
-            .unwrap_or_default();
-        if body.starts_with("[DONE]") {
-            return Ok(false);
-        }
-        let title = body.strip_prefix("[OPEN] ").unwrap_or(&body);
-        let customer = customer.user_id().as_str();
-        self.store
-            .import_request(
-                &helpdesk.source_id,
-                customer,
-                server_of(customer).unwrap_or_default(),
-                chat,
-                root,
-                title,
-            )
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Whether a sync response carries events the bot sent itself (it is sending).
-    fn brings_own_events(&self, resp: &matrix_sdk::sync::SyncResponse) -> bool {
-        resp.rooms.joined.values().any(|update| {
-            update.timeline.events.iter().any(|e| {
-                e.raw()
-                    .get_field::<String>("sender")
-                    .ok()
-                    .flatten()
-                    .as_deref()
-                    == Some(self.user_id.as_str())
-            })
-        })
-    }
-
-    /// What one sync response brought for the listening connectors: an invite is accepted
-    /// when one of them takes it (and declined otherwise), and the events of each joined
-    /// room, the bot's own left out, are handed to each (`deliver` false: only the invites,
-    /// on a first sync whose events are history).
-    async fn hear_listeners(
-        &self,
-        connectors: &[Arc<dyn Connector>],
-        resp: &matrix_sdk::sync::SyncResponse,
-        deliver: bool,
-    ) -> crate::store::Result<()> {
-        let listeners: Vec<&dyn Listener> =
-            connectors.iter().filter_map(|c| c.listener()).collect();
-        for room in self.client.invited_rooms() {
-            let room_id = room.room_id().to_string();
-            let inviter = match room.invite_details().await {
-                Ok(details) => details.inviter.map(|m| m.user_id().to_string()),
-                Err(_) => None,
-            };
-            let outcome = if listeners
-                .iter()
-                .any(|l| l.takes_invite(&room_id, inviter.as_deref()))
-            {
-                room.join().await
-            } else {
-                room.leave().await
-            };
-            if let Err(error) = outcome {
-                warn!(room = %room_id, %error, "cannot answer an invite; trying again later");
-            }
-        }
-        if !deliver {
-            return Ok(());
-        }
-        for (id, update) in &resp.rooms.joined {
-            let events: Vec<serde_json::Value> = update
-                .timeline
-                .events
-                .iter()
-                .filter_map(json_of)
-                .filter(|e| e["sender"] != self.user_id.as_str())
-                .collect();
-            if events.is_empty() {
-                continue;
-            }
-            for listener in &listeners {
-                listener.heard(id.as_str(), &events).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Hands the helpdesk what one sync response brought: accepts or declines invites, and
-    /// stores each message from someone else in the inbox (`deliver` false: only the
-    /// invites, on a first sync whose messages are history).
-    async fn hear(
-        &self,
-        helpdesk: &Helpdesk,
-        resp: &matrix_sdk::sync::SyncResponse,
-        deliver: bool,
-    ) -> crate::store::Result<()> {
-        // Pending invites are in the client's state, also those a crash left unanswered.
-        for room in self.client.invited_rooms() {
-            let room_id = room.room_id().to_string();
-            let inviter = match room.invite_details().await {
-                Ok(details) => details.inviter.map(|m| m.user_id().to_string()),
-                Err(_) => None,
-            };
-            let outcome = if helpdesk.accepts_invite(&room_id, inviter.as_deref()) {
-                room.join().await
-            } else {
-                room.leave().await
-            };
-            if let Err(error) = outcome {
-                warn!(room = %room_id, %error, "cannot answer an invite; trying again later");
-            }
-        }
-        if !deliver {
-            return Ok(());
-        }
-        for (id, update) in &resp.rooms.joined {
-            let room_id = id.as_str();
-            if helpdesk.ignores(room_id) {
-                continue;
-            }
-            let Some(room) = self.client.get_room(id) else {
-                continue;
-            };
-            // A limited timeline left events out (many at once, or a long outage): read
-            // them back first, so that nothing is lost and the order is kept.
-            let mut events = match (&update.timeline.prev_batch, update.timeline.limited) {
-                (Some(from), true) => self.skipped(helpdesk, &room, from).await?,
-                _ => Vec::new(),
-            };
-            events.extend(update.timeline.events.iter().filter_map(json_of));
-            let mut one_to_one = None;
-            for raw in events {
-                if !self
-                    .hear_event(helpdesk, &room, raw, &mut one_to_one)
-                    .await?
-                {
-                    break;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// One event heard in a customer's chat or the backoffice room: into the inbox if the
-    /// helpdesk wants it, or kept until its room key comes if it cannot be decrypted yet.
-    /// `one_to_one` caches the room's check across its events. False when the bot left the
-    /// room (a group), so the room's other events are not heard.
-    async fn hear_event(
-        &self,
-        helpdesk: &Helpdesk,
-        room: &Room,
-        raw: serde_json::Value,
-        one_to_one: &mut Option<bool>,
-    ) -> crate::store::Result<bool> {
-        let room_id = room.room_id().as_str();
-        let backoffice = room_id == helpdesk.backoffice();
-        let sender = raw["sender"].as_str().unwrap_or_default();
-        let event_type = raw["type"].as_str().unwrap_or_default();
-        if sender == self.user_id.as_str() {
-            return Ok(true);
-        }
-        if event_type == "m.room.encrypted" {
-            // Its room key has not arrived (yet): kept, and tried again as keys come.
-            if let Some(event) = raw["event_id"].as_str() {
-                info!(room = %room_id, event, "cannot decrypt an event yet; it waits for its room key");
-                self.store
-                    .keep_undecrypted(room_id, event, &raw.to_string())
-                    .await?;
-            }
-            return Ok(true);
-        }
-        if !RELAYED_TYPES.contains(&event_type) {
-            return Ok(true);
-        }
-        let (Some(event_id), Some(content)) =
-            (raw["event_id"].as_str(), raw["content"].as_object())
-        else {
-            return Ok(true);
-        };
-        let mut content = content.clone();
-        // Before room version 11 a redaction names its event outside the content.
-        if let Some(redacts) = raw.get("redacts").filter(|_| event_type == REDACTION) {
-            content.entry("redacts").or_insert_with(|| redacts.clone());
-        }
-        if !backoffice && one_to_one.is_none() {
-            // A chat with an open request stays, also once an operator has joined it
-            // (`invite`); only a new conversation must be one to one. The member count is
-            // local; the database is asked only when it is over two.
-            let pair = self.one_to_one(room).await
-                || self
-                    .store
-                    .open_request_of(&helpdesk.source_id, room_id)
-                    .await?
-                    .is_some();
-            *one_to_one = Some(pair);
-        }
-        if *one_to_one == Some(false) {
-            // Not a one-to-one chat: say why, then leave.
-            if let Err(error) = room
-                .send_raw("m.room.message", helpdesk.group_notice())
-                .await
-            {
-                warn!(room = %room_id, %error, "cannot tell a group room why the bot leaves");
-            }
-            if let Err(error) = room.leave().await {
-                warn!(room = %room_id, %error, "cannot leave a group room");
-            }
-            return Ok(false);
-        }
-        let member = match UserId::parse(sender) {
-            Ok(user) if !backoffice => room.get_member_no_sync(&user).await.ok().flatten(),
-            _ => None,
-        };
-        let heard = Heard {
-            role: if backoffice {
-                Role::Operator
-            } else {
-                Role::Customer
-            },
-            room: room_id.to_string(),
-            sender: sender.to_string(),
-            event_id: event_id.to_string(),
-            event_type: event_type.to_string(),
-            ts: raw["origin_server_ts"].as_i64().unwrap_or_default(),
-            thread: content
-                .get("m.relates_to")
-                .filter(|r| r["rel_type"] == "m.thread")
-                .and_then(|r| r["event_id"].as_str())
-                .map(String::from),
-            content,
-            displayname: member
-                .as_ref()
-                .and_then(|m| m.display_name().map(String::from)),
-            avatar_url: member
-                .as_ref()
-                .and_then(|m| m.avatar_url().map(|u| u.to_string())),
-            request: None,
-            idle_since: None,
-        };
-        if let Some((dedupe, ev)) = helpdesk.delivery(&heard) {
-            let events = serde_json::to_string(&[ev])?;
-            self.store
-                .accept(&helpdesk.source_id, &dedupe, &events)
-                .await?;
-        }
-        Ok(true)
-    }
-
-    /// The events kept undecrypted, tried again: one whose room key has come is heard now.
-    /// One that waited `key_wait_minutes` in vain is given up: from a customer, the
-    /// operators get a notice in its place, so they know something was said; from an
-    /// operator, it is logged.
-    async fn retry_undecrypted(&self, helpdesk: &Helpdesk) -> crate::store::Result<()> {
-        let waited_enough = now_ms() - helpdesk.key_wait().as_millis() as i64;
-        for kept in self.store.undecrypted(UNDECRYPTED_BATCH).await? {
-            let room = RoomId::parse(&kept.room_id)
-                .ok()
-                .and_then(|id| self.client.get_room(&id));
-            let raw = Raw::<OriginalSyncRoomEncryptedEvent>::from_json_string(kept.event.clone());
-            let decrypted = match (&room, raw) {
-                (Some(room), Ok(raw)) => match room.decrypt_event(&raw, None).await {
-                    Ok(event) => json_of(&event).filter(|e| e["type"] != "m.room.encrypted"),
-                    // Without encryption there is nothing to decrypt with: the wait runs out.
-                    Err(error) => {
-                        debug!(event = %kept.event_id, %error, "cannot try to decrypt an event");
-                        None
-                    }
-                },
-                _ => None,
-            };
-            let event = match decrypted {
-                Some(event) => {
-                    info!(room = %kept.room_id, event = %kept.event_id, "decrypted an event whose room key came late");
-                    Some(event)
-                }
-                None if kept.heard_at > waited_enough => continue,
-                None => {
-                    warn!(room = %kept.room_id, event = %kept.event_id, "gave up waiting for an event's room key");
-                    let from_customer = kept.room_id != helpdesk.backoffice();
-                    serde_json::from_str(&kept.event)
-                        .ok()
-                        .filter(|_| from_customer)
-                        .map(|encrypted| undecryptable(&encrypted))
-                }
-            };
-            if let (Some(room), Some(event)) = (&room, event) {
-                self.hear_event(helpdesk, room, event, &mut None).await?;
-            }
-            self.store.forget_undecrypted(&kept.event_id).await?;
-        }
-        Ok(())
-    }
-
-    /// The events a limited sync left out of a room before `from`, oldest first: read back
-    /// until one that reached the inbox already, the room's start, or `BACKFILL_MAX`.
-    async fn skipped(
-        &self,
-        helpdesk: &Helpdesk,
-        room: &Room,
-        from: &str,
-    ) -> crate::store::Result<Vec<serde_json::Value>> {
-        let mut out = Vec::new();
-        let mut token = Some(from.to_string());
-        'pages: while let Some(from) = token.take() {
-            let mut options = MessagesOptions::backward().from(from.as_str());
-            options.limit = 100u32.into();
-            let page = match room.messages(options).await {
-                Ok(page) => page,
-                Err(error) => {
-                    warn!(room = %room.room_id(), %error, "cannot read what the sync left out of a room");
-                    break;
-                }
-            };
-            for raw in page.chunk.iter().filter_map(json_of) {
-                let ours = raw["sender"] == self.user_id.as_str();
-                let heard = RELAYED_TYPES.contains(&raw["type"].as_str().unwrap_or_default());
-                if let (Some(id), true, false) = (raw["event_id"].as_str(), heard, ours)
-                    && self.store.accepted(&helpdesk.source_id, id).await?
-                {
-                    break 'pages;
-                }
-                if out.len() >= BACKFILL_MAX {
-                    warn!(room = %room.room_id(), max = BACKFILL_MAX, "the sync left out more events than are read back");
-                    break 'pages;
-                }
-                out.push(raw);
-            }
-            if page.chunk.is_empty() {
-                break;
-            }
-            token = page.end;
-        }
-        if !out.is_empty() {
-            info!(room = %room.room_id(), events = out.len(), "read back events the sync left out");
-        }
-        out.reverse();
-        Ok(out)
-    }
-
-    /// Whether at most one other user has joined the room, by its state as synced (the
-    /// summary's member count comes only with lazy-loaded members).
-    async fn one_to_one(&self, room: &Room) -> bool {
-        room.members_no_sync(matrix_sdk::RoomMemberships::JOIN)
-            .await
-            .map(|members| members.len() <= 2)
-            .unwrap_or(true)
-    }
-
     /// Executes one outbox action. Returns a short result to record (an event or room ID).
     pub async fn execute(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
         match action {
-            Action::ThreadOpen {
-                request,
-                room,
-                content,
-            } => {
-                match self
-                    .store
-                    .request_by_id(*request)
-                    .await
-                    .map_err(db_failure)?
-                {
-                    None => return Ok("skipped: no such request".into()),
-                    Some(r) if r.thread_root.is_some() => {
-                        return Ok("skipped: the thread exists".into());
-                    }
-                    Some(_) => {}
-                }
-                let room = self.encryption_aware(room).await?;
-                let root = self.send_raw(&room, content.clone(), row, "").await?;
-                self.store
-                    .set_request_thread(*request, &root)
-                    .await
-                    .map_err(db_failure)?;
-                Ok(root)
-            }
-            Action::ThreadPost {
-                request,
-                room,
-                content,
-            } => {
-                let root = self.thread_of(*request).await?;
-                let content = switchboard_matrix_dm::relay::in_thread(
-                    content.as_object().cloned().unwrap_or_default(),
-                    &root,
-                );
-                let room = self.encryption_aware(room).await?;
-                self.send_raw(&room, serde_json::Value::Object(content), row, "")
-                    .await
-            }
-            Action::Relay { apology, .. } => match self.relay(row, action).await {
-                Err(Failure::Permanent(message)) if apology.is_some() => {
-                    if let Some(apology) = apology
-                        && let Err(error) = self.apologise(row, apology).await
-                    {
-                        warn!(
-                            ?error,
-                            "cannot tell the sender that a message was not relayed"
-                        );
-                    }
-                    Err(Failure::Permanent(message))
-                }
-                outcome => outcome,
-            },
             Action::Send { room, content } => {
                 let room = self.encryption_aware(room).await?;
                 self.send_raw(&room, content.clone(), row, "").await
-            }
-            Action::StartChat {
-                request,
-                user,
-                encrypted,
-            } => {
-                let Some(r) = self
-                    .store
-                    .request_by_id(*request)
-                    .await
-                    .map_err(db_failure)?
-                else {
-                    return Ok("skipped: no such request".into());
-                };
-                if !r.dm_room.starts_with(PENDING_DM) {
-                    return Ok(format!("skipped: the chat is {}", r.dm_room));
-                }
-                let spec = RoomSpec {
-                    name: String::new(),
-                    topic: String::new(),
-                    preset: "trusted_private_chat".into(),
-                    encrypted: *encrypted,
-                    invite: vec![user.clone()],
-                    admins: Vec::new(),
-                    reopen_notice: None,
-                };
-                let key = alias_localpart(&self.instance, row, true);
-                let (room, whole) = self.create_room_once(&key, &spec, true).await?;
-                self.store
-                    .set_request_dm(*request, room.as_str())
-                    .await
-                    .map_err(db_failure)?;
-                if !whole {
-                    // Created by a try that failed after it (e.g. at the invite): the chat
-                    // is the request's now, and the customer is invited here.
-                    self.invite(room.as_str(), user, false).await?;
-                }
-                Ok(room.to_string())
             }
             Action::Invite { room, user } => self.invite(room, user, false).await,
             Action::Participant { user } => {
@@ -1058,82 +405,6 @@ impl MatrixSink {
             }
         }
         Err(failure)
-    }
-
-    /// Relays an event to the other side of its request (`Action::Relay`).
-    async fn relay(&self, row: &OutboxRow, action: &Action) -> Result<String, Failure> {
-        let Action::Relay {
-            request,
-            room,
-            to_operators,
-            event_type,
-            content,
-            origin,
-            about,
-            ..
-        } = action
-        else {
-            return Err(Failure::Permanent("not a relay".into()));
-        };
-        let mut content = content.as_object().cloned().unwrap_or_default();
-        let room = self.encryption_aware(room).await?;
-        if let Some(about) = about {
-            let found = self
-                .store
-                .counterpart(&row.source_id, about)
-                .await
-                .map_err(db_failure)?;
-            let Some((other, _)) = found else {
-                return Ok("skipped: what it is about was not relayed".into());
-            };
-            if event_type == REDACTION {
-                let id = EventId::parse(other.as_str())
-                    .map_err(|e| Failure::Permanent(format!("event ID {other}: {e}")))?;
-                let resp = room
-                    .redact(&id, None, Some(txn_id(row, "")))
-                    .await
-                    .map_err(|e| http_failure(&e))?;
-                return Ok(resp.event_id.to_string());
-            }
-            if let Some(serde_json::Value::Object(rel)) = content.get_mut("m.relates_to") {
-                rel.insert("event_id".into(), json!(other));
-            }
-        }
-        if *to_operators && about.is_none() {
-            let root = self.thread_of(*request).await?;
-            content = switchboard_matrix_dm::relay::in_thread(content, &root);
-        }
-        let copy = self
-            .send_typed(
-                &room,
-                event_type,
-                serde_json::Value::Object(content),
-                row,
-                "",
-            )
-            .await?;
-        self.store
-            .record_relay(&row.source_id, origin, &copy, *request)
-            .await
-            .map_err(db_failure)?;
-        Ok(copy)
-    }
-
-    /// The root of a request's thread.
-    async fn thread_of(&self, request: i64) -> Result<String, Failure> {
-        self.store
-            .request_by_id(request)
-            .await
-            .map_err(db_failure)?
-            .and_then(|r| r.thread_root)
-            .ok_or_else(|| Failure::Permanent("the request has no thread".into()))
-    }
-
-    /// Tells the sender of an event that could not be relayed.
-    async fn apologise(&self, row: &OutboxRow, apology: &Apology) -> Result<String, Failure> {
-        let room = self.encryption_aware(&apology.room).await?;
-        self.send_raw(&room, apology.content.clone(), row, "e")
-            .await
     }
 
     /// The ticket's room, from memory when it was looked up before.
@@ -1367,7 +638,7 @@ impl MatrixSink {
                     invite: Vec::new(),
                     ..spec.clone()
                 };
-                let key = alias_localpart(&self.instance, row, false);
+                let key = alias_localpart(&self.instance, row);
                 let (room_id, _) = self.create_room_once(&key, &bare, false).await?;
                 let link = Link {
                     source_id: row.source_id.clone(),
@@ -1497,135 +768,6 @@ impl MatrixSink {
     }
 }
 
-/// Matrix as connectors use it (`switchboard_connector::Matrix`).
-#[async_trait::async_trait]
-impl Matrix for MatrixSink {
-    fn bot(&self) -> &str {
-        self.user_id.as_str()
-    }
-
-    async fn send(
-        &self,
-        who: ActAs<'_>,
-        room: &str,
-        event_type: &str,
-        content: serde_json::Value,
-        txn: &str,
-    ) -> Result<String, Failure> {
-        self.acting(who)?;
-        let room = self.encryption_aware(room).await?;
-        let txn = OwnedTransactionId::from(txn);
-        if event_type == "m.room.message"
-            && let Some(cut) = crate::fit::fit(&content, crate::fit::CONTENT_BUDGET)
-        {
-            return self.send_cut(&room, cut, txn).await;
-        }
-        self.send_json(&room, event_type, content, &txn).await
-    }
-
-    async fn redact(
-        &self,
-        who: ActAs<'_>,
-        room: &str,
-        event: &str,
-        txn: &str,
-    ) -> Result<String, Failure> {
-        self.acting(who)?;
-        let room = self.encryption_aware(room).await?;
-        let id = EventId::parse(event)
-            .map_err(|e| Failure::Permanent(format!("event ID {event}: {e}")))?;
-        let resp = room
-            .redact(&id, None, Some(OwnedTransactionId::from(txn)))
-            .await
-            .map_err(|e| http_failure(&e))?;
-        Ok(resp.event_id.to_string())
-    }
-
-    async fn create_room(
-        &self,
-        who: ActAs<'_>,
-        spec: &RoomSpec,
-        alias_key: &str,
-        direct: bool,
-    ) -> Result<(String, bool), Failure> {
-        self.acting(who)?;
-        let (room, whole) = self.create_room_once(alias_key, spec, direct).await?;
-        Ok((room.to_string(), whole))
-    }
-
-    async fn invite(&self, who: ActAs<'_>, room: &str, user: &str) -> Result<String, Failure> {
-        self.acting(who)?;
-        MatrixSink::invite(self, room, user, false).await
-    }
-
-    async fn kick(
-        &self,
-        who: ActAs<'_>,
-        room: &str,
-        user: &str,
-        reason: &str,
-    ) -> Result<String, Failure> {
-        self.acting(who)?;
-        MatrixSink::kick(self, room, user, reason).await
-    }
-
-    async fn leave(&self, who: ActAs<'_>, room: &str) -> Result<String, Failure> {
-        self.acting(who)?;
-        MatrixSink::leave(self, room).await
-    }
-
-    async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, Failure> {
-        let uid =
-            UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
-        let room = self.room(room).await?;
-        MatrixSink::membership(self, &room, &uid).await
-    }
-
-    async fn members(&self, room: &str) -> Result<Vec<String>, Failure> {
-        let room = self.room(room).await?;
-        let members = room
-            .members(matrix_sdk::RoomMemberships::JOIN)
-            .await
-            .map_err(|e| sdk_failure(&e))?;
-        Ok(members.iter().map(|m| m.user_id().to_string()).collect())
-    }
-
-    async fn state(
-        &self,
-        room: &str,
-        event_type: &str,
-        state_key: &str,
-    ) -> Result<Option<serde_json::Value>, Failure> {
-        use matrix_sdk::ruma::api::client::state::get_state_event_for_key;
-        let id =
-            RoomId::parse(room).map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
-        let request =
-            get_state_event_for_key::v3::Request::new(id, event_type.into(), state_key.to_string());
-        match self.client.send(request).await {
-            Ok(response) => Ok(serde_json::from_str(response.event_or_content.get()).ok()),
-            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
-            Err(e) => Err(http_failure(&e)),
-        }
-    }
-
-    async fn set_state(
-        &self,
-        who: ActAs<'_>,
-        room: &str,
-        event_type: &str,
-        state_key: &str,
-        content: serde_json::Value,
-    ) -> Result<String, Failure> {
-        self.acting(who)?;
-        let room = self.room(room).await?;
-        let resp = room
-            .send_state_event_raw(event_type, state_key, content)
-            .await
-            .map_err(|e| sdk_failure(&e))?;
-        Ok(resp.event_id.to_string())
-    }
-}
-
 /// What the homeserver said about a failed request, in its own words, if it said something.
 fn server_reason(e: &matrix_sdk::Error) -> Option<String> {
     use matrix_sdk::ruma::api::error::ErrorBody;
@@ -1646,42 +788,6 @@ fn json_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<
     serde_json::from_str(event.raw().json().get()).ok()
 }
 
-/// In place of an event whose room key never came: a notice from its sender, so the
-/// operators know that something was said.
-fn undecryptable(encrypted: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "type": "m.room.message",
-        "event_id": encrypted["event_id"],
-        "sender": encrypted["sender"],
-        "origin_server_ts": encrypted["origin_server_ts"],
-        "content": {
-            "msgtype": "m.notice",
-            "body": UNDECRYPTABLE,
-        },
-    })
-}
-
-/// What the operators read in place of a message that could not be decrypted.
-const UNDECRYPTABLE: &str =
-    "(a message that could not be decrypted: its key never reached the helpdesk)";
-
-/// How many events kept undecrypted are tried again at once.
-const UNDECRYPTED_BATCH: i64 = 100;
-
-/// How often events kept undecrypted are tried again, besides whenever keys arrive.
-const UNDECRYPTED_RETRY: Duration = Duration::from_secs(10);
-
-/// Honoroit's account data type for a chat's thread (followed by the chat's room ID).
-const HONOROIT_MAPPING: &str = "cc.etke.honoroit.mapping.";
-const HONOROIT_CONFIG: &str = "cc.etke.honoroit.config";
-
-/// Most events read back into one gap of a room's timeline.
-const BACKFILL_MAX: usize = 1000;
-
-/// What the helpdesk relays: messages (and their edits), reactions and redactions.
-const RELAYED_TYPES: [&str; 3] = ["m.room.message", "m.reaction", REDACTION];
-const REDACTION: &str = "m.room.redaction";
-
 pub(crate) fn db_failure(e: crate::store::StoreError) -> Failure {
     if e.is_refusal() {
         return Failure::Refused(e.to_string());
@@ -1698,22 +804,20 @@ fn txn_id(row: &OutboxRow, part: &str) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("switchboard.{}{part}", row.txn_key))
 }
 
-/// The alias that makes a room's creation idempotent: per ticket for a ticket's room (one
-/// room per ticket, whichever of its actions creates it), per action with `per_action`
-/// (a helpdesk's started chat).
-fn alias_localpart(instance: &str, row: &OutboxRow, per_action: bool) -> String {
+/// The alias that makes a ticket's room's creation idempotent: one room per ticket,
+/// whichever of its actions creates it.
+fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
+    let key = format!("{}\0{}\0ticket", row.source_id, row.ticket_key);
+    keyed_alias(instance, &key)
+}
+
+/// The alias localpart for a room created once per `key` (`Matrix::create_room`): a hash of
+/// the instance and the key, so two installations sharing a bot never share one.
+fn keyed_alias(instance: &str, key: &str) -> String {
     let mut h = Sha256::new();
     h.update(instance.as_bytes());
     h.update([0]);
-    h.update(row.source_id.as_bytes());
-    h.update([0]);
-    h.update(row.ticket_key.as_bytes());
-    h.update([0]);
-    if per_action {
-        h.update(row.txn_key.as_bytes());
-    } else {
-        h.update(b"ticket");
-    }
+    h.update(key.as_bytes());
     format!("switchboard_{}", &hex::encode(h.finalize())[..24])
 }
 

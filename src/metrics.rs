@@ -21,15 +21,6 @@ pub struct Metrics {
     pub action_seconds: HistogramVec,
     /// Whether the homeserver answered the last sync or check.
     pub homeserver_up: IntGauge,
-    /// Helpdesk requests opened, by source.
-    pub requests_opened: IntCounterVec,
-    /// Helpdesk requests closed, by source and how (command, idle).
-    pub requests_closed: IntCounterVec,
-    /// Helpdesk events relayed, by source, direction (to_operators, to_customer) and kind
-    /// (message, edit, reaction, redaction).
-    pub relayed: IntCounterVec,
-    /// Seconds from an event's sending to its copy's sending on the other side, by direction.
-    pub relay_seconds: HistogramVec,
     /// Items set aside because they kept failing, by source and item (`delivery` or an
     /// action's kind).
     pub set_aside: IntCounterVec,
@@ -69,41 +60,6 @@ impl Metrics {
             "1 when the homeserver answered the last sync or check",
         )
         .expect("valid metric");
-        let requests_opened = IntCounterVec::new(
-            Opts::new(
-                "helpdesk_requests_opened_total",
-                "Helpdesk requests opened by source",
-            ),
-            &["source"],
-        )
-        .expect("valid metric");
-        let requests_closed = IntCounterVec::new(
-            Opts::new(
-                "helpdesk_requests_closed_total",
-                "Helpdesk requests closed by source and how (command, idle)",
-            ),
-            &["source", "how"],
-        )
-        .expect("valid metric");
-        let relayed = IntCounterVec::new(
-            Opts::new(
-                "helpdesk_relayed_total",
-                "Helpdesk events relayed by source, direction and kind",
-            ),
-            &["source", "direction", "kind"],
-        )
-        .expect("valid metric");
-        let relay_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "helpdesk_relay_seconds",
-                "Time from an event's sending to its copy's sending on the other side",
-            )
-            .buckets(vec![
-                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
-            &["direction"],
-        )
-        .expect("valid metric");
         let set_aside = IntCounterVec::new(
             Opts::new(
                 "set_aside_total",
@@ -122,19 +78,10 @@ impl Metrics {
         )
         .expect("valid metric");
         let _ = registry.register(Box::new(waiting.clone()));
-        for c in [
-            &set_aside,
-            &webhooks,
-            &actions_queued,
-            &actions,
-            &requests_opened,
-            &requests_closed,
-            &relayed,
-        ] {
+        for c in [&set_aside, &webhooks, &actions_queued, &actions] {
             let _ = registry.register(Box::new(c.clone()));
         }
         let _ = registry.register(Box::new(action_seconds.clone()));
-        let _ = registry.register(Box::new(relay_seconds.clone()));
         let _ = registry.register(Box::new(homeserver_up.clone()));
         Metrics {
             registry,
@@ -143,10 +90,6 @@ impl Metrics {
             actions,
             action_seconds,
             homeserver_up,
-            requests_opened,
-            requests_closed,
-            relayed,
-            relay_seconds,
             set_aside,
             waiting,
         }

@@ -15,11 +15,7 @@ pub const CORE_ACTIONS: &[&str] = &[
     "open_room",
     "post",
     "close",
-    "thread_open",
-    "thread_post",
-    "relay",
     "send",
-    "start_chat",
     "invite",
     "participant",
     "leave",
@@ -88,30 +84,4 @@ pub fn migrator(
     Ok(sqlx::migrate::Migrator::with_migrations(
         all.into_values().map(|(_, m)| m).collect(),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn registered_kinds_do_not_clash() {
-        let owners = action_owners().expect("no clash");
-        assert_eq!(owners.get("pretix_order"), Some(&"pretix"));
-        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
-            let core = match dialect {
-                Dialect::Sqlite => &crate::store::SQLITE_MIGRATIONS,
-                Dialect::Postgres => &crate::store::POSTGRES_MIGRATIONS,
-            };
-            let all = migrator(core, dialect).expect("no clash");
-            let versions: Vec<i64> = all.iter().map(|m| m.version).collect();
-            // pretix's tables kept their numbers when they moved into its folder, so a
-            // database made before does not run them again.
-            assert!(
-                versions.contains(&8) && versions.contains(&9),
-                "{versions:?}"
-            );
-            assert!(versions.windows(2).all(|w| w[0] < w[1]));
-        }
-    }
 }

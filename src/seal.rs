@@ -1,9 +1,7 @@
 //! Secrets at rest: values sealed with a key derived from the configured data secret
 //! (XChaCha20-Poly1305, a random nonce per value). Unsealed values read back as they are,
-//! so a store written before a data secret was set still opens. Also opens what Honoroit
-//! sealed with the same secret, for the takeover of its account data.
+//! so a store written before a data secret was set still opens.
 
-use aes_gcm::{Aes128Gcm, Aes256Gcm};
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
@@ -93,32 +91,7 @@ impl Sealer {
             .map_err(|_| SealError::WrongSecret)?;
         String::from_utf8(plain).map_err(|_| SealError::WrongSecret)
     }
-
-    /// A value as Honoroit sealed its account data with the same secret: AES-GCM keyed
-    /// with the secret's bytes themselves (16, 24 or 32 of them), stored as base64 of the
-    /// nonce and the ciphertext. `None` when it does not open so (Honoroit kept values from
-    /// before its secret was set in plain text).
-    pub fn open_honoroit(&self, stored: &str) -> Option<String> {
-        let key = self.secret.as_deref()?;
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(stored)
-            .ok()?;
-        if raw.len() < 12 {
-            return None;
-        }
-        let (nonce, sealed) = raw.split_at(12);
-        let nonce = aes_gcm::Nonce::from_slice(nonce);
-        let plain = match key.len() {
-            16 => Aes128Gcm::new_from_slice(key).ok()?.decrypt(nonce, sealed),
-            24 => Aes192Gcm::new_from_slice(key).ok()?.decrypt(nonce, sealed),
-            32 => Aes256Gcm::new_from_slice(key).ok()?.decrypt(nonce, sealed),
-            _ => return None,
-        };
-        String::from_utf8(plain.ok()?).ok()
-    }
 }
-
-type Aes192Gcm = aes_gcm::AesGcm<aes_gcm::aes::Aes192, aes_gcm::aead::consts::U12>;
 
 #[cfg(test)]
 mod tests {
@@ -148,54 +121,5 @@ mod tests {
         assert_eq!(a.open("session", "plain").as_deref(), Ok("plain"));
         assert_ne!(a.passphrase("crypto"), b.passphrase("crypto"));
         assert_eq!(none.passphrase("crypto"), None);
-    }
-
-    /// Seals as Honoroit does: base64 of a nonce and the AES-GCM ciphertext.
-    fn honoroit_sealed(key: &str, plain: &str) -> String {
-        let nonce = [7u8; 12];
-        let sealed = match key.len() {
-            16 => Aes128Gcm::new_from_slice(key.as_bytes())
-                .expect("key")
-                .encrypt(aes_gcm::Nonce::from_slice(&nonce), plain.as_bytes()),
-            24 => Aes192Gcm::new_from_slice(key.as_bytes())
-                .expect("key")
-                .encrypt(aes_gcm::Nonce::from_slice(&nonce), plain.as_bytes()),
-            _ => Aes256Gcm::new_from_slice(key.as_bytes())
-                .expect("key")
-                .encrypt(aes_gcm::Nonce::from_slice(&nonce), plain.as_bytes()),
-        }
-        .expect("sealed");
-        let mut raw = nonce.to_vec();
-        raw.extend(sealed);
-        base64::engine::general_purpose::STANDARD.encode(raw)
-    }
-
-    #[test]
-    fn honoroit_account_data_opens_with_its_secret() {
-        for key in [
-            "0123456789abcdef",
-            "0123456789abcdef01234567",
-            "0123456789abcdef0123456789abcdef",
-        ] {
-            let sealed = honoroit_sealed(key, "!chat:example.org");
-            let sealer = Sealer::new(Some(key));
-            assert_eq!(
-                sealer.open_honoroit(&sealed).as_deref(),
-                Some("!chat:example.org"),
-                "a {}-byte key",
-                key.len()
-            );
-        }
-        let sealed = honoroit_sealed("0123456789abcdef", "id");
-        let other = Sealer::new(Some("fedcba9876543210"));
-        assert_eq!(other.open_honoroit(&sealed), None, "another secret");
-        assert_eq!(Sealer::new(None).open_honoroit(&sealed), None);
-        let odd = Sealer::new(Some("not a key of a valid length"));
-        assert_eq!(odd.open_honoroit(&sealed), None);
-        assert_eq!(
-            Sealer::new(Some("0123456789abcdef")).open_honoroit("$root:example.org"),
-            None,
-            "a plain value is no sealed one"
-        );
     }
 }

@@ -1,9 +1,6 @@
 //! Durable state: inbox, outbox, links, cursors and settings, on SQLite or PostgreSQL.
 //! The same queries serve both databases; only migrations and row locking differ.
 
-mod requests;
-pub use requests::{Counts, Request};
-
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
@@ -997,6 +994,37 @@ impl Store {
         Ok(row.is_some())
     }
 
+    /// The source a room belongs to, if one claimed it.
+    pub async fn room_owner(&self, room_id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query("SELECT source_id FROM room_claims WHERE room_id = $1")
+                .bind(room_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?,
+        )
+    }
+
+    /// Records that a room belongs to `source_id`, unless another claimed it first; the
+    /// room's owner, either way.
+    pub async fn claim_room(&self, room_id: &str, source_id: &str) -> Result<String> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO room_claims (room_id, source_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $3) ON CONFLICT (room_id) DO NOTHING",
+        )
+        .bind(room_id)
+        .bind(source_id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(self
+            .room_owner(room_id)
+            .await?
+            .unwrap_or_else(|| source_id.to_string()))
+    }
+
     /// Keeps an event that could not be decrypted (once; hearing it again changes nothing).
     pub async fn keep_undecrypted(&self, room_id: &str, event_id: &str, event: &str) -> Result<()> {
         sqlx::query(
@@ -1757,7 +1785,6 @@ pub(crate) mod tests {
             )
             .expect("config")
             .config,
-            &crate::metrics::Metrics::new(),
             HashMap::new(),
         );
         let text = "(?s)[a-z\\x00-\\x1f\\u{80}-\\u{10ffff}\"'\\\\ ]{0,40}";

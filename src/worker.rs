@@ -135,42 +135,6 @@ impl Worker {
         }
     }
 
-    /// Counts a relay and how long it took from the original's sending.
-    fn relayed(&self, row: &OutboxRow, action: &Action) {
-        let Action::Relay {
-            to_operators,
-            event_type,
-            origin_ts,
-            about,
-            ..
-        } = action
-        else {
-            return;
-        };
-        let direction = if *to_operators {
-            "to_operators"
-        } else {
-            "to_customer"
-        };
-        let kind = match (event_type.as_str(), about) {
-            (_, None) => "message",
-            ("m.reaction", _) => "reaction",
-            ("m.room.redaction", _) => "redaction",
-            _ => "edit",
-        };
-        self.metrics
-            .relayed
-            .with_label_values(&[&row.source_id, direction, kind])
-            .inc();
-        if *origin_ts > 0 {
-            let ms = crate::store::now_ms().saturating_sub(*origin_ts).max(0);
-            self.metrics
-                .relay_seconds
-                .with_label_values(&[direction])
-                .observe(ms as f64 / 1000.0);
-        }
-    }
-
     /// Stores how an action ended. False if the store failed.
     async fn record(&self, outcome: Option<(i64, Outcome)>) -> bool {
         let written = match &outcome {
@@ -228,11 +192,7 @@ impl Worker {
             .action_seconds
             .with_label_values(&[&kind])
             .observe(started.elapsed().as_secs_f64());
-        let outcome = classify(&self.metrics, row, &kind, outcome);
-        if let (Outcome::Done(_), Some(action)) = (&outcome, &core) {
-            self.relayed(row, action);
-        }
-        outcome
+        classify(&self.metrics, row, &kind, outcome)
     }
 
     /// Carries out one action: the service's own with the sink, a connector's with the

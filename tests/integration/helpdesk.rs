@@ -1455,3 +1455,127 @@ async fn helpdesk_access_lists() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// The config the tests check (as `check-config` reads it).
+const MINIMAL: &str = r#"
+[matrix]
+homeserver = "http://127.0.0.1:8008"
+user = "@bot:localhost"
+password = "pw"
+
+[sources.tickets]
+kind = "webhook"
+"#;
+
+#[test]
+fn helpdesk_sources_are_checked_with_lines() {
+    let ok = format!(
+        "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n[sources.help.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+    );
+    let l = switchboard::config::parse(&ok).expect("valid");
+    assert_eq!(l.config.sources["help"].kind, "matrix_dm");
+
+    let text = format!(
+        "{MINIMAL}\n[sources.help]\nkind = \"matrix_dm\"\n\n\
+         [sources.help.matrix_dm]\nbackoffice_room = \"#ops:example.org\"\n\
+         admins = [\"alice\"]\n\n[sources.desk]\nkind = \"matrix_dm\"\n"
+    );
+    let errs = switchboard::config::parse(&text).expect_err("invalid");
+    let keys: Vec<_> = errs.iter().map(|e| (e.key.as_str(), e.line)).collect();
+    assert!(
+        keys.contains(&("sources.help.matrix_dm.backoffice_room", Some(14))),
+        "{errs:?}"
+    );
+    assert!(
+        keys.contains(&("sources.help.matrix_dm.admins", Some(15))),
+        "{errs:?}"
+    );
+    assert!(
+        keys.contains(&("sources.desk.matrix_dm", Some(17))),
+        "{errs:?}"
+    );
+    assert!(keys.contains(&("sources.help.kind", Some(11))), "{errs:?}");
+}
+
+/// A helpdesk section on a source of another kind is named with its line.
+#[test]
+fn a_section_of_another_kind_is_named() {
+    let text = format!(
+        "{MINIMAL}\n[sources.other]\nkind = \"matrix_dm\"\n[sources.other.webhook]\n\
+         [sources.other.matrix_dm]\nbackoffice_room = \"!ops\"\n"
+    );
+    let errs = switchboard::config::parse(&text).expect_err("invalid");
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "sources.other.webhook" && e.line == Some(12)),
+        "{errs:?}"
+    );
+}
+
+fn honoroit_vars(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (format!("HONOROIT_{k}"), v.to_string()))
+        .collect()
+}
+
+/// The `HONOROIT_*` variables make a helpdesk config through the same checks as a file.
+#[test]
+fn honoroit_variables_make_a_helpdesk() {
+    use switchboard::config::MatrixLogin;
+    let v = honoroit_vars(&[
+        ("HOMESERVER", "https://matrix.example.org"),
+        ("LOGIN", "honoroit"),
+        ("PASSWORD", "pa\"ss ${word}"),
+        ("ROOMID", "!backoffice:example.org"),
+        ("AUTH_METRICS_LOGIN", "prom"),
+        ("METRICS_PASSWORD", "scrape"),
+        ("METRICS_IPS", "10.0.0.1 192.168.0.0/16 ::1"),
+        ("CACHESIZE", "2000"),
+    ]);
+    let made = switchboard::env_config::load(&v)
+        .expect("the variables are read")
+        .expect("a valid config");
+    assert_eq!(made.name, "HONOROIT_* variables");
+    let cfg = &made.loaded.config;
+    assert_eq!(cfg.http.listen.to_string(), "0.0.0.0:8080");
+    assert_eq!(cfg.matrix.user, "honoroit");
+    let source = &cfg.sources[switchboard_matrix_dm::honoroit::SOURCE_ID];
+    assert_eq!(source.kind, "matrix_dm");
+    assert_eq!(
+        source.sections["matrix_dm"]["backoffice_room"],
+        "!backoffice:example.org"
+    );
+    assert!(
+        made.loaded
+            .connectors
+            .0
+            .contains_key(switchboard_matrix_dm::honoroit::SOURCE_ID)
+    );
+    assert!(matches!(
+        &made.loaded.secrets.matrix_login,
+        Some(MatrixLogin::Password(p)) if p.expose() == "pa\"ss ${word}"
+    ));
+    assert_eq!(cfg.metrics.username.as_deref(), Some("prom"));
+    assert!(
+        made.warnings
+            .iter()
+            .any(|w| w.starts_with("HONOROIT_CACHESIZE"))
+    );
+    assert!(switchboard::env_config::load(&Default::default()).is_none());
+}
+
+/// A problem the config check finds is named by the variable it came from.
+#[test]
+fn honoroit_config_problems_are_mapped_back() {
+    let err = switchboard::env_config::load(&honoroit_vars(&[
+        ("HOMESERVER", "https://matrix.example.org"),
+        ("LOGIN", "honoroit"),
+        ("TOKEN", "t"),
+        ("ROOMID", "#alias:example.org"),
+    ]))
+    .expect("the variables are read")
+    .expect_err("an alias is not a room ID");
+    let keys: Vec<&str> = err.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["HONOROIT_ROOMID"], "{err}");
+}

@@ -108,7 +108,7 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
             .iter()
             .map(|r| r.try_get(0))
             .collect::<Result<_, _>>()?;
-    assert_eq!(versions, (1..=10).collect::<Vec<i64>>());
+    assert_eq!(versions, (1..=11).collect::<Vec<i64>>());
     let grants: i64 = sqlx::query("SELECT COUNT(*) FROM pretix_grants")
         .fetch_one(&pool)
         .await?
@@ -149,7 +149,7 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
     let host: std::sync::Arc<dyn Host> = std::sync::Arc::new(switchboard::host::ServiceHost::new(
         store.clone(),
         std::sync::Arc::new(tokio::sync::Notify::new()),
-        switchboard::seal::Sealer::new(None),
+        None,
         switchboard::metrics::Metrics::new(),
     ));
     let connector = switchboard::registry::kinds()["pretix"]

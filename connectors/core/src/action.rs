@@ -16,50 +16,10 @@ pub enum Action {
         notice: Option<String>,
         rename: Option<String>,
     },
-    /// Helpdesk: post a request's thread root (`content`) into `room`, unless the request
-    /// has its root already.
-    ThreadOpen {
-        request: i64,
-        room: String,
-        content: serde_json::Value,
-    },
-    /// Helpdesk: post `content` into a request's thread in `room`.
-    ThreadPost {
-        request: i64,
-        room: String,
-        content: serde_json::Value,
-    },
-    /// Helpdesk: relay an event (`origin`, sent at `origin_ts`, Unix ms) to the other side
-    /// of its request as an event of `event_type` into `room`: the backoffice room if
-    /// `to_operators` (a message goes into the request's thread), else the customer's chat.
-    /// With `about` (the event it reacts to, edits or redacts), it is about that event's
-    /// counterpart, and skipped if there is none. The copy is recorded, so reactions, edits
-    /// and redactions can follow it.
-    Relay {
-        request: i64,
-        room: String,
-        to_operators: bool,
-        event_type: String,
-        content: serde_json::Value,
-        origin: String,
-        origin_ts: i64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        about: Option<String>,
-        /// Sent instead if the relay fails for good: a message into the origin's room.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        apology: Option<Apology>,
-    },
     /// Send a message with this content into `room` as it is.
     Send {
         room: String,
         content: serde_json::Value,
-    },
-    /// Helpdesk: create the direct chat with `user` for a request an operator started,
-    /// unless the request has its chat already.
-    StartChat {
-        request: i64,
-        user: String,
-        encrypted: bool,
     },
     /// Invite `user` into `room`.
     Invite { room: String, user: String },
@@ -83,23 +43,12 @@ impl Action {
             Action::OpenRoom(_) => "open_room",
             Action::Post { .. } => "post",
             Action::Close { .. } => "close",
-            Action::ThreadOpen { .. } => "thread_open",
-            Action::ThreadPost { .. } => "thread_post",
-            Action::Relay { .. } => "relay",
             Action::Send { .. } => "send",
-            Action::StartChat { .. } => "start_chat",
             Action::Invite { .. } | Action::Participant { .. } => "invite",
             Action::Leave { .. } => "leave",
             Action::Kick { .. } => "kick",
         }
     }
-}
-
-/// A message for the sender of an event that could not be relayed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Apology {
-    pub room: String,
-    pub content: serde_json::Value,
 }
 
 /// Everything needed to create a ticket's room in one request.

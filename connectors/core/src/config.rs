@@ -209,7 +209,7 @@ mod tests {
     fn problems_are_named_by_their_full_key() {
         let mut seen = Vec::new();
         let mut report = |k: &str, m: String| seen.push((k.to_string(), m));
-        let mut check = Checker::new("shop", "pretix", &mut report);
+        let mut check = Checker::new("shop", "shop_kind", &mut report);
         #[derive(serde::Deserialize, Debug)]
         #[serde(deny_unknown_fields)]
         #[allow(dead_code)]
@@ -225,7 +225,7 @@ mod tests {
                 .secret("token", None, Some(Path::new("/nonexistent/token")))
                 .is_err()
         );
-        assert_eq!(seen[0].0, "sources.shop.pretix.events.1");
-        assert_eq!(seen[1].0, "sources.shop.pretix.token_file");
+        assert_eq!(seen[0].0, "sources.shop.shop_kind.events.1");
+        assert_eq!(seen[1].0, "sources.shop.shop_kind.token_file");
     }
 }

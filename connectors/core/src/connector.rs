@@ -55,10 +55,10 @@ pub trait Kind: Send + Sync {
         check: &mut Checker<'_>,
     ) -> Option<Checked>;
     /// Checks the sources of this kind together (at most one of something per bot), each
-    /// problem reported with its key.
+    /// problem reported with its key; a source whose own check failed comes with `None`.
     fn check_together(
         &self,
-        _sources: &[(&SourceInfo, &Checked)],
+        _sources: &[(&SourceInfo, Option<&Checked>)],
         _report: &mut dyn FnMut(&str, String),
     ) {
     }
@@ -76,6 +76,19 @@ pub trait Kind: Send + Sync {
     fn listens(&self, _checked: &Checked) -> bool {
         false
     }
+    /// The rooms a source with this config names as its own, each with its key (relative to
+    /// the section): no two sources may name one room.
+    fn rooms(&self, _checked: &Checked) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// A whole config made from environment variables when there is no config file (a
+    /// drop-in for another program): `None` when none of its variables is set.
+    fn env_config(
+        &self,
+        _vars: &std::collections::BTreeMap<String, String>,
+    ) -> Option<Result<EnvConfig, Vec<(String, String)>>> {
+        None
+    }
     /// The running connector of one source.
     fn build(
         &self,
@@ -83,6 +96,20 @@ pub trait Kind: Send + Sync {
         checked: &Checked,
         host: Arc<dyn Host>,
     ) -> Result<Arc<dyn Connector>, String>;
+}
+
+/// A config made from environment variables (`Kind::env_config`).
+#[derive(Debug, Clone, Default)]
+pub struct EnvConfig {
+    /// What it is called in messages: `<PROGRAM>_* variables`.
+    pub name: String,
+    /// The config, as a config file's text; it goes through the same checks as a file.
+    pub text: String,
+    /// Which config key came from which variable: a problem with a key (or below it) is
+    /// named by its variable.
+    pub origin: std::collections::BTreeMap<String, String>,
+    /// Variables that are set but change nothing: each is named in a warning at start.
+    pub warnings: Vec<String>,
 }
 
 /// What an action of a connector runs with.
@@ -129,6 +156,11 @@ pub trait Connector: Send + Sync {
     fn listener(&self) -> Option<&dyn Listener> {
         None
     }
+    /// Readies it before anything is planned or run (loads what it keeps): once at start,
+    /// before the engine and the worker start. An error stops the start.
+    async fn prepare(&self) -> Result<(), DbError> {
+        Ok(())
+    }
     /// Its background work (polling, closing what is idle), started once at start; returns
     /// when there is none.
     async fn run(self: Arc<Self>) {}
@@ -139,12 +171,63 @@ pub trait Connector: Send + Sync {
 pub trait Listener: Send + Sync {
     /// Whether the bot accepts an invite into `room` from `inviter` for this connector.
     fn takes_invite(&self, room: &str, inviter: Option<&str>) -> bool;
-    /// The events a sync response brought in a joined room, oldest first, decrypted where
-    /// they could be, the bot's own left out. Called before the sync's position is stored:
-    /// what is delivered to the inbox here (`Host::deliver`) is never lost, and an error
-    /// makes the same response come again.
-    async fn heard(&self, room: &str, events: &[Value]) -> Result<(), DbError>;
+    /// The bot's user ID as logged in (the config may name only its localpart).
+    fn know_bot(&self, _user_id: &str) {}
+    /// Whether it wants nothing of a room's events.
+    fn ignores(&self, _room: &str) -> bool {
+        false
+    }
+    /// Whether a joined room nobody has claimed yet is one of its own (one its config names,
+    /// or its tables know): the room is then its from now on. Rooms the bot joins on an
+    /// invite belong to the source that took the invite.
+    async fn claims(&self, _room: &dyn SyncRoom) -> Result<bool, DbError> {
+        Ok(false)
+    }
+    /// Whether it takes a joined room that no listening source claims (a connector for
+    /// direct chats: a chat joined before invites were recorded is one of them).
+    fn takes_unclaimed(&self) -> bool {
+        false
+    }
+    /// The events a sync response brought in a joined room, oldest first (events a
+    /// limited sync left out read back first), decrypted where they could be, the bot's own
+    /// left out. Called before the sync's position is stored: what is delivered to the
+    /// inbox here (`Host::deliver`) is never lost, and an error makes the same response come
+    /// again. False: it wants no more of this room's events (it is leaving it).
+    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError>;
+    /// How long an event that cannot be decrypted yet waits for its room key. Until then it
+    /// is kept and heard once it decrypts; after that it is heard as a notice with
+    /// `unsigned."org.switchboard.undecryptable": true` in its place.
+    fn key_wait(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(3600)
+    }
+    /// The first sync's account data and rooms, on the first start with this database (to
+    /// take over what another program kept there).
+    async fn first_sync(&self, _sync: &dyn FirstSync) {}
 }
+
+/// A joined room, as the sync has it.
+#[async_trait]
+pub trait SyncRoom: Send + Sync {
+    fn id(&self) -> &str;
+    /// Its joined members, as the sync has them (no request).
+    async fn joined(&self) -> Vec<String>;
+    /// A member's display name and avatar URL, as the sync has them.
+    async fn profile(&self, user: &str) -> (Option<String>, Option<String>);
+}
+
+/// What the first sync brought.
+#[async_trait]
+pub trait FirstSync: Send + Sync {
+    /// The bot's account data: (type, content).
+    fn account_data(&self) -> Vec<(String, Value)>;
+    /// A room's joined members; `None` when the bot is not in it.
+    async fn joined(&self, room: &str) -> Option<Vec<String>>;
+    /// One event of a room (decrypted when it could be).
+    async fn event(&self, room: &str, event: &str) -> Option<Value>;
+}
+
+/// The marker of an event heard in place of one that could not be decrypted.
+pub const UNDECRYPTABLE: &str = "org.switchboard.undecryptable";
 
 /// A request to a connector's own route.
 #[derive(Debug, Clone, Default)]
@@ -167,7 +250,7 @@ type Handler =
 /// A `GET` route of a connector's own, at a fixed path.
 #[derive(Clone)]
 pub struct Route {
-    /// The path's segments: `["oauth", "pretix", "<id>", "callback"]`.
+    /// The path's segments: `["oauth", "<kind>", "<id>", "callback"]`.
     pub path: Vec<String>,
     pub handler: Arc<Handler>,
 }

@@ -47,6 +47,9 @@ pub trait Host: Send + Sync {
     fn seal(&self, purpose: &str, plain: &str) -> String;
     /// Opens what `seal` sealed for the same purpose (an unsealed value as it is).
     fn open(&self, purpose: &str, stored: &str) -> Result<String, String>;
+    /// The data secret itself, for opening what another program sealed with it by a scheme
+    /// of its own (taking over from a program the connector stands in for). Everything else uses `seal` and `open`.
+    fn data_secret(&self) -> Option<&str>;
     /// An HTTP client with a timeout on every request and Switchboard's user agent.
     fn http(&self) -> &reqwest::Client;
     /// Where a connector registers its metrics (served on `/metrics` with the service's).

@@ -13,10 +13,11 @@ pub mod host;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use action::{Action, Apology, Queued, RoomSpec};
+pub use action::{Action, Queued, RoomSpec};
 pub use config::{Checker, Secret};
 pub use connector::{
-    ActionContext, Checked, Connector, Kind, Listener, Route, RouteReply, RouteRequest, SourceInfo,
+    ActionContext, Checked, Connector, EnvConfig, FirstSync, Kind, Listener, Route, RouteReply,
+    RouteRequest, SourceInfo, SyncRoom,
 };
 pub use db::{Accepted, ActionRow, DbError, Dialect, now_ms};
 pub use event::{

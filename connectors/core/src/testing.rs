@@ -1,6 +1,6 @@
 //! Doubles for connectors' unit tests, without a homeserver: a host whose settings, cursors,
-//! inbox and outbox are in memory and whose database is a real SQLite one (with the
-//! connector's migrations), and a Matrix that remembers what was done to it and answers a
+//! inbox and outbox are in memory and whose database is a real SQLite (or PostgreSQL) one
+//! with the connector's migrations, and a Matrix that remembers what was done to it and answers a
 //! repeated transaction ID with the first event, as a homeserver does.
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +18,7 @@ use crate::host::{ActAs, Host, Matrix};
 /// A host in memory, over a fresh SQLite database.
 pub struct TestHost {
     pool: sqlx::AnyPool,
+    dialect: Dialect,
     http: reqwest::Client,
     registry: prometheus::Registry,
     pub settings: Mutex<BTreeMap<String, String>>,
@@ -44,6 +45,42 @@ impl TestHost {
             .max_connections(1)
             .connect("sqlite::memory:")
             .await?;
+        TestHost::over(pool, Dialect::Sqlite, migrations).await
+    }
+
+    /// A host over a fresh PostgreSQL database (made on the server
+    /// `SWITCHBOARD_TEST_POSTGRES` names, the local one by default) with the tables of
+    /// `migrations` (a connector's, for PostgreSQL).
+    pub async fn postgres(
+        migrations: Option<&'static sqlx::migrate::Migrator>,
+    ) -> Result<TestHost, DbError> {
+        use sqlx::Connection;
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        sqlx::any::install_default_drivers();
+        let base = std::env::var("SWITCHBOARD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+        let n = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!(
+            "switchboard_unit_{}_{}_{n}",
+            std::process::id(),
+            crate::db::now_ms()
+        );
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres")).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await?;
+        let pool = sqlx::any::AnyPoolOptions::new()
+            .max_connections(4)
+            .connect(&format!("{base}/{name}"))
+            .await?;
+        TestHost::over(pool, Dialect::Postgres, migrations).await
+    }
+
+    async fn over(
+        pool: sqlx::AnyPool,
+        dialect: Dialect,
+        migrations: Option<&'static sqlx::migrate::Migrator>,
+    ) -> Result<TestHost, DbError> {
         if let Some(m) = migrations {
             m.run(&pool)
                 .await
@@ -51,6 +88,7 @@ impl TestHost {
         }
         Ok(TestHost {
             pool,
+            dialect,
             http: reqwest::Client::new(),
             registry: prometheus::Registry::new(),
             settings: Mutex::default(),
@@ -77,7 +115,7 @@ impl Host for TestHost {
         &self.pool
     }
     fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
+        self.dialect
     }
     async fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
         Ok(lock(&self.settings).get(key).cloned())
@@ -133,6 +171,9 @@ impl Host for TestHost {
     fn open(&self, purpose: &str, stored: &str) -> Result<String, String> {
         let prefix = format!("sealed:{purpose}:");
         Ok(stored.strip_prefix(&prefix).unwrap_or(stored).to_string())
+    }
+    fn data_secret(&self) -> Option<&str> {
+        None
     }
     fn http(&self) -> &reqwest::Client {
         &self.http
@@ -318,5 +359,35 @@ impl Matrix for TestMatrix {
         Self::refuse_others(who)?;
         lock(&self.state).insert((room.into(), event_type.into(), state_key.into()), content);
         Ok(format!("$state:{event_type}"))
+    }
+}
+
+/// A joined room for a listener's tests: its members and their profiles.
+#[derive(Default)]
+pub struct TestRoom {
+    pub id: String,
+    pub joined: Vec<String>,
+    pub profiles: HashMap<String, (Option<String>, Option<String>)>,
+}
+
+impl TestRoom {
+    pub fn new(id: &str) -> TestRoom {
+        TestRoom {
+            id: id.into(),
+            ..TestRoom::default()
+        }
+    }
+}
+
+#[async_trait]
+impl crate::connector::SyncRoom for TestRoom {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    async fn joined(&self) -> Vec<String> {
+        self.joined.clone()
+    }
+    async fn profile(&self, user: &str) -> (Option<String>, Option<String>) {
+        self.profiles.get(user).cloned().unwrap_or_default()
     }
 }

@@ -1,14 +1,26 @@
 //! Matrix DM helpdesk: a customer's direct chat with the bot becomes a thread in a backoffice
 //! room, where any operator answers; commands (`!ho done`, ...) manage the requests.
 //!
-//! This crate holds the connector's configuration and its rules: command parsing, who may
-//! open a request, the options operators change from the chat, thread roots and their edits,
-//! and how a relayed message looks on the other side. Talking to Matrix is the service's job.
+//! This crate is the whole connector: its configuration and kind (`kind`), who may open a
+//! request (`access`), commands (`command`), the options operators change from the chat
+//! (`settings`), how a relayed message looks (`relay`), what it hears in Matrix (`hearing`),
+//! planning (`desk`), its actions (`actions`), its tables (`requests`), its metrics, and the
+//! Honoroit drop-in (`honoroit`: its variables; `takeover`: its account data).
 
 pub mod access;
+pub mod actions;
 pub mod command;
+pub mod desk;
+mod hearing;
+pub mod honoroit;
+mod kind;
+pub mod metrics;
 pub mod relay;
+pub mod requests;
 pub mod settings;
+mod takeover;
+
+pub use kind::MatrixDm;
 
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -108,10 +108,12 @@ impl Kind for Pretix {
 
     fn check_together(
         &self,
-        sources: &[(&SourceInfo, &Checked)],
+        sources: &[(&SourceInfo, Option<&Checked>)],
         report: &mut dyn FnMut(&str, String),
     ) {
-        let mut commanded = sources.iter().filter(|(_, c)| self.listens(c));
+        let mut commanded = sources
+            .iter()
+            .filter(|(_, c)| c.is_some_and(|c| self.listens(c)));
         if let Some((second, _)) = commanded.nth(1) {
             report(
                 &format!("sources.{}.pretix.organisers", second.id),
@@ -135,6 +137,13 @@ impl Kind for Pretix {
         checked
             .downcast_ref::<Config>()
             .is_some_and(|c| !c.config.organisers.is_empty())
+    }
+
+    fn rooms(&self, checked: &Checked) -> Vec<(String, String)> {
+        let Some(config) = checked.downcast_ref::<Config>() else {
+            return Vec::new();
+        };
+        config.config.rooms()
     }
 
     fn build(
@@ -240,7 +249,7 @@ mod tests {
         let (ia, mut ib) = (info(true), info(true));
         ib.id = "second".into();
         let mut problems = Vec::new();
-        Pretix.check_together(&[(&ia, &a), (&ib, &b)], &mut |k, _| {
+        Pretix.check_together(&[(&ia, Some(&a)), (&ib, Some(&b))], &mut |k, _| {
             problems.push(k.to_string())
         });
         assert_eq!(problems, ["sources.second.pretix.organisers"]);

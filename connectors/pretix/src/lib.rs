@@ -136,6 +136,26 @@ fn default_kick_reason() -> String {
 }
 
 impl PretixConfig {
+    /// Every room the config names, with its key: the events' rooms, their products' and
+    /// their management rooms.
+    pub fn rooms(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, e) in self.events.iter().enumerate() {
+            for (j, room) in e.rooms.iter().enumerate() {
+                out.push((format!("events.{i}.rooms.{j}"), room.clone()));
+            }
+            for (item, rooms) in &e.items {
+                for (j, room) in rooms.iter().enumerate() {
+                    out.push((format!("events.{i}.items.{item}.{j}"), room.clone()));
+                }
+            }
+            if let Some(room) = &e.management_room {
+                out.push((format!("events.{i}.management_room"), room.clone()));
+            }
+        }
+        out
+    }
+
     /// Problems a config check reports, as (key below this source, message).
     pub fn problems(&self) -> Vec<(String, String)> {
         let mut out = Vec::new();

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use switchboard_connector::connector::html_page;
 use switchboard_connector::{
     Action, ActionContext, Connector, DbError, EventKind, Failure, Host, Listener, Queued, Route,
-    RouteRequest, Secret, TicketEvent, WebhookSource,
+    RouteRequest, Secret, SyncRoom, TicketEvent, WebhookSource,
 };
 
 use crate::kind::Config;
@@ -166,9 +166,22 @@ impl Listener for Source {
         inviter.is_some_and(|i| self.cfg.organisers.iter().any(|o| o == i))
     }
 
+    /// The rooms the config names, and those mapped from the chat.
+    async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
+        let id = room.id();
+        if self.cfg.rooms().iter().any(|(_, r)| r == id) {
+            return Ok(true);
+        }
+        Ok(crate::tables::rooms(&*self.host, &self.id)
+            .await?
+            .iter()
+            .any(|(_, _, r)| r == id))
+    }
+
     /// Commands (`!word ...`) go into the inbox, keyed by event ID; whether the sender may
     /// give them is decided when they run.
-    async fn heard(&self, room: &str, events: &[Value]) -> Result<(), DbError> {
+    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
+        let room = room.id();
         for raw in events {
             let body = raw["content"]["body"].as_str().unwrap_or_default();
             if raw["type"] != "m.room.message" || !body.starts_with('!') {
@@ -183,7 +196,7 @@ impl Listener for Source {
                                      "command": body, "event_id": event_id});
             self.host.deliver(&self.id, event_id, &[command]).await?;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -246,11 +259,9 @@ mod tests {
             said("@org:test", "hello", "$2"),
             said("@stranger:test", "!status", "$3"),
         ];
-        listener.heard("!conf:test", &events).await.expect("heard");
-        listener
-            .heard("!conf:test", &events)
-            .await
-            .expect("heard again");
+        let room = switchboard_connector::testing::TestRoom::new("!conf:test");
+        assert!(listener.heard(&room, &events).await.expect("heard"));
+        assert!(listener.heard(&room, &events).await.expect("heard again"));
         let inbox = host.take_inbox();
         // Commands only, each once however often the sync brings it.
         assert_eq!(inbox.len(), 2, "{inbox:?}");

@@ -1,5 +1,5 @@
-//! The Matrix DM helpdesk (`kind = "matrix_dm"`): messages the sync hears become inbox
-//! deliveries, and deliveries become requests and actions (thread roots, relays).
+//! The helpdesk's planning: a message heard in a customer's chat or the backoffice room
+//! becomes a request and its actions (thread roots, relays both ways), or a command's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
@@ -7,23 +7,25 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use switchboard_connector::{Action, Apology, EventKind, TicketEvent};
-use switchboard_matrix_dm::access::server_of;
-use switchboard_matrix_dm::command::{self, Command, CommandError, ConfigCommand};
-use switchboard_matrix_dm::relay::{self, Profile, Related};
-use switchboard_matrix_dm::settings::{self, request_title};
-use switchboard_matrix_dm::{MatrixDmConfig, Settings};
-use tokio::sync::Notify;
+use switchboard_connector::{Action, DbError, EventKind, Host, TicketEvent, now_ms};
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-use crate::store::{Request, Result, Store, now_ms};
+use crate::access::server_of;
+use crate::actions::{Apology, HelpdeskAction, Step};
+use crate::command::{self, Command, CommandError, ConfigCommand};
+use crate::metrics::DeskMetrics;
+use crate::relay::{self, Profile, Related};
+use crate::requests::{Request, Requests};
+use crate::settings::{self, request_title};
+use crate::{MatrixDmConfig, Settings};
+
+type Result<T, E = DbError> = std::result::Result<T, E>;
+type Store = Requests;
 
 /// What a request's `dm_room` holds until the direct chat that `start` creates exists.
 pub const PENDING_DM: &str = "pending:";
 
 /// One helpdesk: its source ID, its config and the options set from the chat.
-#[derive(Debug)]
 pub struct Helpdesk {
     pub source_id: String,
     pub config: MatrixDmConfig,
@@ -32,7 +34,10 @@ pub struct Helpdesk {
     /// The bot's homeserver: customers from elsewhere get the greeting with their
     /// homeserver's count. From the config's user ID, or once logged in (`know_bot`).
     own_server: OnceLock<String>,
-    metrics: Metrics,
+    /// The bot's user ID as logged in.
+    bot: OnceLock<String>,
+    pub(crate) metrics: DeskMetrics,
+    pub(crate) store: Requests,
 }
 
 /// Who wrote a message the sync heard.
@@ -45,6 +50,9 @@ pub enum Role {
     Operator,
     /// Nobody: the request has been idle for too long (`request` and `idle_since` set).
     Idle,
+    /// Somebody wrote in a room with more than one other member that is no request's chat:
+    /// the bot says why it leaves, and leaves.
+    Group,
 }
 
 /// A message as the sync heard it, stored in the inbox as the event's payload.
@@ -76,21 +84,43 @@ pub struct Heard {
     pub idle_since: Option<i64>,
 }
 
+impl Heard {
+    /// Nobody's message: `role` in `room`, keyed `key`.
+    pub fn bare(role: Role, room: &str, key: &str) -> Heard {
+        Heard {
+            role,
+            room: room.to_string(),
+            sender: String::new(),
+            event_id: key.to_string(),
+            event_type: message_type(),
+            ts: 0,
+            content: Map::new(),
+            thread: None,
+            displayname: None,
+            avatar_url: None,
+            request: None,
+            idle_since: None,
+        }
+    }
+}
+
 impl Helpdesk {
     pub fn new(
         source_id: &str,
         config: MatrixDmConfig,
         bot_user: &str,
-        metrics: Metrics,
+        host: Arc<dyn Host>,
     ) -> Helpdesk {
         Helpdesk {
+            metrics: DeskMetrics::new(host.registry()),
+            store: Requests::new(host),
             source_id: source_id.to_string(),
             config,
             settings: RwLock::new(Settings::default()),
             own_server: server_of(bot_user)
                 .map(|s| OnceLock::from(s.to_string()))
                 .unwrap_or_default(),
-            metrics,
+            bot: OnceLock::new(),
         }
     }
 
@@ -99,6 +129,12 @@ impl Helpdesk {
         if let Some(server) = server_of(user_id) {
             let _ = self.own_server.set(server.to_string());
         }
+        let _ = self.bot.set(user_id.to_string());
+    }
+
+    /// The bot's user ID, once logged in.
+    pub fn bot(&self) -> Option<&str> {
+        self.bot.get().map(String::as_str)
     }
 
     /// Where the options set from the chat are stored (one JSON object per helpdesk).
@@ -233,7 +269,7 @@ impl Helpdesk {
     /// The inbox delivery for a message: its dedupe key (the event ID) and its event.
     pub fn delivery(&self, heard: &Heard) -> Option<(String, TicketEvent)> {
         let ticket = match heard.role {
-            Role::Customer | Role::Idle => heard.room.clone(),
+            Role::Customer | Role::Idle | Role::Group => heard.room.clone(),
             // Commands are also written outside threads.
             Role::Operator => heard
                 .thread
@@ -252,7 +288,11 @@ impl Helpdesk {
 
     /// The actions for one delivered message, each with the ticket (lane) it belongs to:
     /// all of a request's actions share one lane, so they run in order.
-    pub async fn plan(&self, store: &Store, event: &TicketEvent) -> Result<Vec<(String, Action)>> {
+    pub async fn plan_event(
+        &self,
+        store: &Store,
+        event: &TicketEvent,
+    ) -> Result<Vec<(String, Step)>> {
         let heard: Heard = match serde_json::from_value(event.payload.clone()) {
             Ok(h) => h,
             Err(error) => {
@@ -264,29 +304,29 @@ impl Helpdesk {
             Role::Customer => self.customer_wrote(store, heard).await,
             Role::Operator => self.operator_wrote(store, heard).await,
             Role::Idle => self.idle(store, heard).await,
+            Role::Group => {
+                let lane = format!("group:{}", heard.room);
+                let notice = Action::Send {
+                    room: heard.room.clone(),
+                    content: self.group_notice(),
+                };
+                let leave = Action::Leave { room: heard.room };
+                Ok(vec![(lane.clone(), notice.into()), (lane, leave.into())])
+            }
         }
     }
 
     /// The inbox delivery that closes an idle request (its key names the request and its
     /// last activity, so a request that becomes idle again later gets a new one).
     pub fn idle_delivery(&self, request: &Request) -> Option<(String, TicketEvent)> {
-        self.delivery(&Heard {
-            role: Role::Idle,
-            room: request.dm_room.clone(),
-            sender: String::new(),
-            event_id: format!("idle:{}:{}", request.id, request.last_activity_at),
-            event_type: message_type(),
-            ts: 0,
-            content: Map::new(),
-            thread: None,
-            displayname: None,
-            avatar_url: None,
-            request: Some(request.id),
-            idle_since: Some(request.last_activity_at),
-        })
+        let key = format!("idle:{}:{}", request.id, request.last_activity_at);
+        let mut idle = Heard::bare(Role::Idle, &request.dm_room, &key);
+        idle.request = Some(request.id);
+        idle.idle_since = Some(request.last_activity_at);
+        self.delivery(&idle)
     }
 
-    async fn idle(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+    async fn idle(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Step)>> {
         let Some(id) = heard.request else {
             return Ok(Vec::new());
         };
@@ -321,7 +361,7 @@ impl Helpdesk {
         by: &str,
         text: &str,
         note: Option<&str>,
-    ) -> Result<Vec<(String, Action)>> {
+    ) -> Result<Vec<(String, Step)>> {
         if store.close_request(request.id, by).await? {
             let how = if by.starts_with("idle:") {
                 "idle"
@@ -343,7 +383,8 @@ impl Helpdesk {
                 Action::Send {
                     room: request.dm_room.clone(),
                     content: self.notice(text),
-                },
+                }
+                .into(),
             ));
         }
         if let (Some(note), Some(root)) = (note, &request.thread_root) {
@@ -352,24 +393,26 @@ impl Helpdesk {
                 Action::Send {
                     room: self.backoffice().to_string(),
                     content: Value::Object(relay::in_thread(self.message(note), root)),
-                },
+                }
+                .into(),
             ));
         }
         if let Some(edit) = self.retitle(&request, &request.title, true) {
-            out.push((lane.clone(), edit));
+            out.push((lane.clone(), edit.into()));
         }
         if chat {
             out.push((
                 lane,
                 Action::Leave {
                     room: request.dm_room,
-                },
+                }
+                .into(),
             ));
         }
         Ok(out)
     }
 
-    async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+    async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Step)>> {
         if let Some(related) = Related::of(&heard.event_type, &heard.content) {
             let Some(request) = store.open_request_of(&self.source_id, &heard.room).await? else {
                 return Ok(Vec::new());
@@ -423,13 +466,14 @@ impl Helpdesk {
                 Action::Send {
                     room: heard.room.clone(),
                     content: greeting,
-                },
+                }
+                .into(),
             ));
         }
         let content = relay::with_profile(relay::relayed_content(&heard.content), &profile(&heard));
         out.push((
             lane,
-            Action::Relay {
+            HelpdeskAction::Relay {
                 request: request.id,
                 room: backoffice,
                 to_operators: true,
@@ -443,12 +487,13 @@ impl Helpdesk {
                     room: heard.room,
                     content: self.notice("text.error"),
                 }),
-            },
+            }
+            .into(),
         ));
         Ok(out)
     }
 
-    async fn operator_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Action)>> {
+    async fn operator_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Step)>> {
         if let Some(related) = Related::of(&heard.event_type, &heard.content) {
             // Only about what was relayed: the customer's messages here, operators' answers.
             let Some((_, id)) = store.counterpart(&self.source_id, related.target()).await? else {
@@ -487,7 +532,7 @@ impl Helpdesk {
         store.touch_request(request.id).await?;
         Ok(vec![(
             lane(request.id),
-            Action::Relay {
+            HelpdeskAction::Relay {
                 request: request.id,
                 room: request.dm_room,
                 to_operators: false,
@@ -497,7 +542,8 @@ impl Helpdesk {
                 origin_ts: heard.ts,
                 about: None,
                 apology: None,
-            },
+            }
+            .into(),
         )])
     }
 
@@ -507,7 +553,7 @@ impl Helpdesk {
         store: &Store,
         heard: &Heard,
         parsed: std::result::Result<Command, CommandError>,
-    ) -> Result<Vec<(String, Action)>> {
+    ) -> Result<Vec<(String, Step)>> {
         let request = match &heard.thread {
             Some(root) => store.request_by_thread(&self.source_id, root).await?,
             None => None,
@@ -553,7 +599,7 @@ impl Helpdesk {
                 store.rename_request(request.id, &title).await?;
                 Ok(self
                     .retitle(&request, &title, request.closed)
-                    .map(|edit| vec![(lane, edit)])
+                    .map(|edit| vec![(lane, edit.into())])
                     .unwrap_or_default())
             }
             Command::Invite => {
@@ -565,7 +611,8 @@ impl Helpdesk {
                     Action::Invite {
                         room: request.dm_room,
                         user: heard.sender.clone(),
-                    },
+                    }
+                    .into(),
                 )])
             }
             Command::Count(user) => {
@@ -618,7 +665,7 @@ impl Helpdesk {
         store: &Store,
         heard: &Heard,
         user: String,
-    ) -> Result<Vec<(String, Action)>> {
+    ) -> Result<Vec<(String, Step)>> {
         let server = server_of(&user).unwrap_or_default();
         // Processed again after a crash, the same placeholder finds the same request.
         let pending = format!("{PENDING_DM}{}", heard.event_id);
@@ -634,20 +681,22 @@ impl Helpdesk {
         let backoffice = self.backoffice().to_string();
         let mut out = vec![(
             lane.clone(),
-            Action::StartChat {
+            HelpdeskAction::StartChat {
                 request: request.id,
                 user: user.clone(),
                 encrypted: self.config.encrypt_started,
-            },
+            }
+            .into(),
         )];
         out.extend(self.thread_open(&request));
         out.push((
             lane,
-            Action::ThreadPost {
+            HelpdeskAction::ThreadPost {
                 request: request.id,
                 room: backoffice,
                 content: self.notice("text.start"),
-            },
+            }
+            .into(),
         ));
         Ok(out)
     }
@@ -675,15 +724,16 @@ impl Helpdesk {
 
     /// Posting the request's thread root, until it is posted (the action skips itself if an
     /// earlier one posted it).
-    fn thread_open(&self, request: &Request) -> Option<(String, Action)> {
+    fn thread_open(&self, request: &Request) -> Option<(String, Step)> {
         request.thread_root.is_none().then(|| {
             (
                 lane(request.id),
-                Action::ThreadOpen {
+                HelpdeskAction::ThreadOpen {
                     request: request.id,
                     room: self.backoffice().to_string(),
                     content: Value::Object(self.root(&request.title, false)),
-                },
+                }
+                .into(),
             )
         })
     }
@@ -698,14 +748,15 @@ impl Helpdesk {
     }
 
     /// A notice in the thread `heard` was sent in (or a new thread on it).
-    fn reply(&self, heard: &Heard, lane: &str, text: &str) -> (String, Action) {
+    fn reply(&self, heard: &Heard, lane: &str, text: &str) -> (String, Step) {
         let thread = heard.thread.as_deref().unwrap_or(&heard.event_id);
         (
             lane.to_string(),
             Action::Send {
                 room: self.backoffice().to_string(),
                 content: Value::Object(relay::in_thread(self.message(text), thread)),
-            },
+            }
+            .into(),
         )
     }
 
@@ -724,7 +775,7 @@ fn message_type() -> String {
 
 /// Closes idle requests: looks for them now and then and puts a close for each into the
 /// inbox, where it is processed like a message (once, in the request's order).
-pub async fn close_idle(helpdesk: Arc<Helpdesk>, store: Store, wake: Arc<Notify>) {
+pub async fn close_idle(helpdesk: Arc<Helpdesk>) {
     let hours = helpdesk.config.idle_close_hours;
     if hours <= 0.0 {
         return;
@@ -735,7 +786,8 @@ pub async fn close_idle(helpdesk: Arc<Helpdesk>, store: Store, wake: Arc<Notify>
     loop {
         ticks.tick().await;
         let before = now_ms().saturating_sub(idle.as_millis() as i64);
-        let found = match store
+        let found = match helpdesk
+            .store
             .idle_requests(&helpdesk.source_id, before, IDLE_BATCH)
             .await
         {
@@ -750,18 +802,14 @@ pub async fn close_idle(helpdesk: Arc<Helpdesk>, store: Store, wake: Arc<Notify>
             let Some((key, event)) = helpdesk.idle_delivery(request) else {
                 continue;
             };
-            let stored = match serde_json::to_string(&[event]) {
-                Ok(events) => store.accept(&helpdesk.source_id, &key, &events).await,
-                Err(error) => Err(error.into()),
-            };
-            match stored {
+            let host = helpdesk.store.host();
+            match host.deliver(&helpdesk.source_id, &key, &[event]).await {
                 Ok(_) => queued += 1,
                 Err(error) => warn!(request = request.id, %error, "cannot queue an idle close"),
             }
         }
         if queued > 0 {
             info!(requests = queued, "closing idle requests");
-            wake.notify_one();
         }
     }
 }
@@ -790,12 +838,12 @@ fn relate(
     heard: &Heard,
     related: Related,
     dress: impl FnOnce(Map<String, Value>) -> Map<String, Value>,
-) -> (String, Action) {
+) -> (String, Step) {
     let about = related.target().to_string();
     let (event_type, content) = related.relayed(dress);
     (
         lane(request.id),
-        Action::Relay {
+        HelpdeskAction::Relay {
             request: request.id,
             room,
             to_operators,
@@ -805,7 +853,8 @@ fn relate(
             origin_ts: heard.ts,
             about: Some(about),
             apology: None,
-        },
+        }
+        .into(),
     )
 }
 
@@ -817,6 +866,17 @@ fn lane(request: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Hosts over fresh databases with the helpdesk's tables: SQLite and PostgreSQL.
+    async fn test_hosts() -> Vec<Arc<switchboard_connector::testing::TestHost>> {
+        use switchboard_connector::testing::TestHost;
+        let sqlite = TestHost::new(Some(&crate::requests::SQLITE)).await;
+        let pg = TestHost::postgres(Some(&crate::requests::POSTGRES)).await;
+        vec![
+            Arc::new(sqlite.expect("SQLite")),
+            Arc::new(pg.expect("PostgreSQL is reachable")),
+        ]
+    }
 
     fn heard(role: Role, room: &str, event_id: &str, body: &str, thread: Option<&str>) -> Heard {
         let mut content = Map::new();
@@ -840,15 +900,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_done_processed_again_after_a_crash_queues_its_actions_again() {
-        for store in crate::store::tests::stores().await {
+        for host in test_hosts().await {
+            let store = Requests::new(host.clone());
             let cfg: MatrixDmConfig =
                 serde_json::from_value(json!({"backoffice_room": "!ops"})).expect("config");
-            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", Metrics::new());
+            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", host.clone());
             let plan = |h: Heard| {
                 let (desk, store) = (&desk, &store);
                 async move {
                     let (_, event) = desk.delivery(&h).expect("a delivery");
-                    desk.plan(store, &event).await.expect("plan")
+                    desk.plan_event(store, &event).await.expect("plan")
                 }
             };
             plan(heard(Role::Customer, "!dm", "$hi", "hi", None)).await;
@@ -867,7 +928,7 @@ mod tests {
             assert!(
                 first
                     .iter()
-                    .any(|(_, a)| matches!(a, Action::Leave { room } if room == "!dm")),
+                    .any(|(_, a)| matches!(a, Step::Core(Action::Leave { room }) if room == "!dm")),
                 "{first:?}"
             );
             assert_eq!(plan(done).await, first, "the same actions, again");
@@ -880,15 +941,15 @@ mod tests {
                 Some("$root"),
             ))
             .await;
-            let [(_, Action::Send { content, .. })] = another.as_slice() else {
+            let [(_, Step::Core(Action::Send { content, .. }))] = another.as_slice() else {
                 panic!("one notice expected: {another:?}");
             };
             assert_eq!(content["body"], json!("This request is closed already."));
         }
     }
 
-    fn body(actions: &[(String, Action)]) -> String {
-        let [(_, Action::Send { content, .. })] = actions else {
+    fn body(actions: &[(String, Step)]) -> String {
+        let [(_, Step::Core(Action::Send { content, .. }))] = actions else {
             panic!("one answer expected: {actions:?}");
         };
         content["body"].as_str().unwrap_or_default().to_string()
@@ -896,21 +957,22 @@ mod tests {
 
     #[tokio::test]
     async fn options_are_for_admins_and_outlive_a_restart() {
-        for store in crate::store::tests::stores().await {
+        for host in test_hosts().await {
+            let store = Requests::new(host.clone());
             let cfg = || -> MatrixDmConfig {
                 serde_json::from_value(
                     json!({"backoffice_room": "!ops", "admins": ["@boss:x.org"]}),
                 )
                 .expect("config")
             };
-            let desk = Helpdesk::new("help", cfg(), "@bot:hs.org", Metrics::new());
+            let desk = Helpdesk::new("help", cfg(), "@bot:hs.org", host.clone());
             let run = |sender: &str, body: &str| {
                 let mut h = heard(Role::Operator, "!ops", &format!("${body}"), body, None);
                 h.sender = sender.into();
                 let (desk, store) = (&desk, &store);
                 async move {
                     let (_, event) = desk.delivery(&h).expect("a delivery");
-                    desk.plan(store, &event).await.expect("plan")
+                    desk.plan_event(store, &event).await.expect("plan")
                 }
             };
             let refused = run("@someone:x.org", "!ho config msgtype m.text").await;
@@ -919,12 +981,12 @@ mod tests {
 
             let set = run("@boss:x.org", "!ho config msgtype m.text").await;
             assert_eq!(body(&set), "msgtype = m.text");
-            let [(_, Action::Send { content, .. })] = set.as_slice() else {
+            let [(_, Step::Core(Action::Send { content, .. }))] = set.as_slice() else {
                 panic!("{set:?}");
             };
             assert_eq!(content["msgtype"], "m.text", "in force at once");
 
-            let again = Helpdesk::new("help", cfg(), "@bot:hs.org", Metrics::new());
+            let again = Helpdesk::new("help", cfg(), "@bot:hs.org", host.clone());
             assert_eq!(again.setting("msgtype"), "m.notice");
             again.load_settings(&store).await.expect("load");
             assert_eq!(again.setting("msgtype"), "m.text", "stored");
@@ -933,10 +995,11 @@ mod tests {
 
     #[tokio::test]
     async fn honoroit_options_are_taken_over_once() {
-        for store in crate::store::tests::stores().await {
+        for host in test_hosts().await {
+            let store = Requests::new(host.clone());
             let cfg: MatrixDmConfig =
                 serde_json::from_value(json!({"backoffice_room": "!ops"})).expect("config");
-            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", Metrics::new());
+            let desk = Helpdesk::new("help", cfg, "@bot:hs.org", host.clone());
             let kept: BTreeMap<String, String> = [
                 ("text.greetings", "Hello from the old bot"),
                 ("msgtype", "m.text"),

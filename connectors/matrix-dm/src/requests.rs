@@ -1,10 +1,16 @@
 //! Helpdesk requests of `matrix_dm` sources: who asked, from which direct chat, and the
 //! thread in the backoffice room. Every lookup and count is an indexed query.
 
+use std::sync::Arc;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
+use switchboard_connector::{DbError, Host, now_ms};
 
-use super::{Result, Store, StoreError, now_ms};
+/// The helpdesk's tables (`requests`, `relays`), for SQLite.
+pub(crate) static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+/// The helpdesk's tables (`requests`, `relays`), for PostgreSQL.
+pub(crate) static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
 /// One request: a customer's conversation, from the first message until it is closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,7 +39,7 @@ pub struct Counts {
 const COLUMNS: &str = "id, source_id, customer, server, dm_room, thread_root, title, \
                        last_activity_at, closed_at, closed_by";
 
-fn request(r: &AnyRow) -> Result<Request> {
+fn request(r: &AnyRow) -> Result<Request, DbError> {
     Ok(Request {
         id: r.try_get(0)?,
         source_id: r.try_get(1)?,
@@ -48,7 +54,32 @@ fn request(r: &AnyRow) -> Result<Request> {
     })
 }
 
-impl Store {
+/// The helpdesk's tables (requests, relays), through the host's database.
+#[derive(Clone)]
+pub struct Requests {
+    host: Arc<dyn Host>,
+}
+
+impl Requests {
+    pub fn new(host: Arc<dyn Host>) -> Requests {
+        Requests { host }
+    }
+
+    /// The host whose database holds the tables.
+    pub fn host(&self) -> &dyn Host {
+        &*self.host
+    }
+
+    /// A stored setting (the host's).
+    pub async fn setting(&self, key: &str) -> Result<Option<String>, DbError> {
+        self.host.setting(key).await
+    }
+
+    /// Stores a setting (the host's).
+    pub async fn set_setting(&self, key: &str, value: &str) -> Result<(), DbError> {
+        self.host.set_setting(key, value).await
+    }
+
     /// The open request of a direct chat, or a new one titled by `title` from the counts
     /// (this request included). Returns the request and whether it was opened now.
     pub async fn open_request(
@@ -58,7 +89,7 @@ impl Store {
         server: &str,
         dm_room: &str,
         title: impl FnOnce(Counts) -> String,
-    ) -> Result<(Request, bool)> {
+    ) -> Result<(Request, bool), DbError> {
         if let Some(open) = self.open_request_of(source_id, dm_room).await? {
             return Ok((open, false));
         }
@@ -81,7 +112,7 @@ impl Store {
         .bind(dm_room)
         .bind(&title)
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.host.pool())
         .await?
         .rows_affected()
             == 1;
@@ -89,7 +120,7 @@ impl Store {
             .open_request_of(source_id, dm_room)
             .await?
             // Only a concurrent close between the two statements gets here.
-            .ok_or(StoreError::Db(sqlx::Error::RowNotFound))?;
+            .ok_or(DbError::Db(sqlx::Error::RowNotFound))?;
         Ok((open, inserted))
     }
 
@@ -103,7 +134,7 @@ impl Store {
         dm_room: &str,
         thread_root: &str,
         title: &str,
-    ) -> Result<bool> {
+    ) -> Result<bool, DbError> {
         let now = now_ms();
         let inserted = sqlx::query(
             "INSERT INTO requests (source_id, customer, server, dm_room, thread_root, title, \
@@ -117,14 +148,18 @@ impl Store {
         .bind(thread_root)
         .bind(title)
         .bind(now)
-        .execute(&self.pool)
+        .execute(self.host.pool())
         .await?
         .rows_affected();
         Ok(inserted == 1)
     }
 
     /// The open request of a direct chat.
-    pub async fn open_request_of(&self, source_id: &str, dm_room: &str) -> Result<Option<Request>> {
+    pub async fn open_request_of(
+        &self,
+        source_id: &str,
+        dm_room: &str,
+    ) -> Result<Option<Request>, DbError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM requests WHERE source_id = $1 AND dm_room = $2 \
              AND closed_at IS NULL"
@@ -132,28 +167,32 @@ impl Store {
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(source_id)
             .bind(dm_room)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.host.pool())
             .await?;
         row.as_ref().map(request).transpose()
     }
 
     /// The request whose thread starts at `root`, open or closed.
-    pub async fn request_by_thread(&self, source_id: &str, root: &str) -> Result<Option<Request>> {
+    pub async fn request_by_thread(
+        &self,
+        source_id: &str,
+        root: &str,
+    ) -> Result<Option<Request>, DbError> {
         let sql =
             format!("SELECT {COLUMNS} FROM requests WHERE source_id = $1 AND thread_root = $2");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(source_id)
             .bind(root)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.host.pool())
             .await?;
         row.as_ref().map(request).transpose()
     }
 
-    pub async fn request_by_id(&self, id: i64) -> Result<Option<Request>> {
+    pub async fn request_by_id(&self, id: i64) -> Result<Option<Request>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM requests WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.host.pool())
             .await?;
         row.as_ref().map(request).transpose()
     }
@@ -164,7 +203,7 @@ impl Store {
         source_id: &str,
         customer: &str,
         server: &str,
-    ) -> Result<Counts> {
+    ) -> Result<Counts, DbError> {
         let row = sqlx::query(
             "SELECT (SELECT count(*) FROM requests WHERE source_id = $1 AND customer = $2), \
                     (SELECT count(*) FROM requests WHERE source_id = $1 AND server = $3)",
@@ -172,7 +211,7 @@ impl Store {
         .bind(source_id)
         .bind(customer)
         .bind(server)
-        .fetch_one(&self.pool)
+        .fetch_one(self.host.pool())
         .await?;
         let (customer, server): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         Ok(Counts {
@@ -182,32 +221,32 @@ impl Store {
     }
 
     /// Records the thread's root once it is posted.
-    pub async fn set_request_thread(&self, id: i64, root: &str) -> Result<()> {
+    pub async fn set_request_thread(&self, id: i64, root: &str) -> Result<(), DbError> {
         self.update_request(id, "thread_root", root).await
     }
 
     /// Records the direct chat that `start` created for the request.
-    pub async fn set_request_dm(&self, id: i64, dm_room: &str) -> Result<()> {
+    pub async fn set_request_dm(&self, id: i64, dm_room: &str) -> Result<(), DbError> {
         self.update_request(id, "dm_room", dm_room).await
     }
 
-    pub async fn rename_request(&self, id: i64, title: &str) -> Result<()> {
+    pub async fn rename_request(&self, id: i64, title: &str) -> Result<(), DbError> {
         self.update_request(id, "title", title).await
     }
 
     /// Notes a message in the request, for closing idle ones.
-    pub async fn touch_request(&self, id: i64) -> Result<()> {
+    pub async fn touch_request(&self, id: i64) -> Result<(), DbError> {
         let now = now_ms();
         sqlx::query("UPDATE requests SET last_activity_at = $1, updated_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.host.pool())
             .await?;
         Ok(())
     }
 
     /// Closes a request, noting what closed it; false if it was closed already.
-    pub async fn close_request(&self, id: i64, by: &str) -> Result<bool> {
+    pub async fn close_request(&self, id: i64, by: &str) -> Result<bool, DbError> {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE requests SET closed_at = $1, closed_by = $2, updated_at = $1 WHERE id = $3 \
@@ -216,7 +255,7 @@ impl Store {
         .bind(now)
         .bind(by)
         .bind(id)
-        .execute(&self.pool)
+        .execute(self.host.pool())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -227,7 +266,7 @@ impl Store {
         source_id: &str,
         before: i64,
         limit: i64,
-    ) -> Result<Vec<Request>> {
+    ) -> Result<Vec<Request>, DbError> {
         let sql = format!(
             "SELECT {COLUMNS} FROM requests WHERE source_id = $1 AND closed_at IS NULL \
              AND last_activity_at < $2 ORDER BY last_activity_at LIMIT $3"
@@ -236,7 +275,7 @@ impl Store {
             .bind(source_id)
             .bind(before)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.host.pool())
             .await?;
         rows.iter().map(request).collect()
     }
@@ -248,7 +287,7 @@ impl Store {
         origin: &str,
         copy: &str,
         request: i64,
-    ) -> Result<()> {
+    ) -> Result<(), DbError> {
         sqlx::query(
             "INSERT INTO relays (source_id, origin, copy, request_id, created_at)              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
@@ -257,33 +296,42 @@ impl Store {
         .bind(copy)
         .bind(request)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(self.host.pool())
         .await?;
         Ok(())
     }
 
     /// The other side of a relayed event: its copy if `event` was relayed, its origin if
     /// `event` is a copy; with the request it belongs to.
-    pub async fn counterpart(&self, source_id: &str, event: &str) -> Result<Option<(String, i64)>> {
+    pub async fn counterpart(
+        &self,
+        source_id: &str,
+        event: &str,
+    ) -> Result<Option<(String, i64)>, DbError> {
         let row = sqlx::query(
             "SELECT copy, request_id FROM relays WHERE source_id = $1 AND origin = $2 \
              UNION ALL SELECT origin, request_id FROM relays WHERE source_id = $1 AND copy = $2",
         )
         .bind(source_id)
         .bind(event)
-        .fetch_optional(&self.pool)
+        .fetch_optional(self.host.pool())
         .await?;
         row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose()
     }
 
     /// Sets one text column; `column` is one of this module's constants, never input.
-    async fn update_request(&self, id: i64, column: &'static str, value: &str) -> Result<()> {
+    async fn update_request(
+        &self,
+        id: i64,
+        column: &'static str,
+        value: &str,
+    ) -> Result<(), DbError> {
         let sql = format!("UPDATE requests SET {column} = $1, updated_at = $2 WHERE id = $3");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(value)
             .bind(now_ms())
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.host.pool())
             .await?;
         Ok(())
     }
@@ -291,8 +339,20 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::stores;
+    use switchboard_connector::Dialect;
+    use switchboard_connector::testing::TestHost;
+
     use super::*;
+
+    /// Fresh tables on each database: SQLite in memory, and a new PostgreSQL database on
+    /// the server named by `SWITCHBOARD_TEST_POSTGRES` (the local one by default).
+    async fn stores() -> Vec<Requests> {
+        let sqlite = TestHost::new(Some(&SQLITE)).await.expect("sqlite");
+        let pg = TestHost::postgres(Some(&POSTGRES))
+            .await
+            .expect("PostgreSQL is reachable");
+        vec![Requests::new(Arc::new(sqlite)), Requests::new(Arc::new(pg))]
+    }
 
     fn title(c: Counts) -> String {
         format!(
@@ -301,12 +361,36 @@ mod tests {
         )
     }
 
-    async fn open(store: &Store, customer: &str, room: &str) -> (Request, bool) {
+    async fn open(store: &Requests, customer: &str, room: &str) -> (Request, bool) {
         let server = customer.split_once(':').map_or("", |(_, s)| s);
         store
             .open_request("help", customer, server, room, title)
             .await
             .expect("open")
+    }
+
+    #[tokio::test]
+    async fn settings_pass_through_to_the_host() {
+        for store in stores().await {
+            assert_eq!(store.setting("matrix_dm.help.x").await.expect("read"), None);
+            store
+                .set_setting("matrix_dm.help.x", "1")
+                .await
+                .expect("set");
+            assert_eq!(
+                store.setting("matrix_dm.help.x").await.expect("read"),
+                Some("1".into())
+            );
+            assert_eq!(
+                store
+                    .host()
+                    .setting("matrix_dm.help.x")
+                    .await
+                    .expect("read"),
+                Some("1".into()),
+                "the host's own"
+            );
+        }
     }
 
     #[tokio::test]
@@ -400,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn lookups_and_counts_never_scan_the_table() {
         let store = stores().await.remove(0);
-        assert_eq!(store.dialect(), super::super::Dialect::Sqlite);
+        assert_eq!(store.host().dialect(), Dialect::Sqlite);
         let queries = [
             "SELECT (SELECT count(*) FROM requests WHERE source_id = 'h' AND customer = 'c'), \
              (SELECT count(*) FROM requests WHERE source_id = 'h' AND server = 's')"
@@ -419,7 +503,7 @@ mod tests {
         ];
         for q in queries {
             let plan = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {q}")))
-                .fetch_all(&store.pool)
+                .fetch_all(store.host().pool())
                 .await
                 .expect("plan");
             let steps: Vec<String> = plan.iter().map(|r| r.try_get(3).expect("detail")).collect();
@@ -437,16 +521,18 @@ mod tests {
     /// off) must still find a chat's open request and a thread's request by their indexes.
     #[tokio::test]
     async fn postgres_picks_the_right_index_without_statistics() {
+        let mut ran = false;
         for store in stores().await {
-            if store.dialect() != super::super::Dialect::Postgres {
+            if store.host().dialect() != Dialect::Postgres {
                 continue;
             }
+            ran = true;
             sqlx::query(
                 "INSERT INTO requests (source_id, customer, server, dm_room, thread_root, title, \
                  last_activity_at, created_at, updated_at) SELECT 'h', '@c' || i || ':x', 'x', \
                  '!dm' || i, '$root' || i, 't', i, i, i FROM generate_series(1, 5000) AS i",
             )
-            .execute(&store.pool)
+            .execute(store.host().pool())
             .await
             .expect("seed");
             for (query, index) in [
@@ -466,7 +552,7 @@ mod tests {
             ] {
                 let plan: Vec<String> =
                     sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN {query}")))
-                        .fetch_all(&store.pool)
+                        .fetch_all(store.host().pool())
                         .await
                         .expect("plan")
                         .iter()
@@ -478,6 +564,7 @@ mod tests {
                 );
             }
         }
+        assert!(ran, "PostgreSQL was among the databases");
     }
 
     #[tokio::test]

@@ -1,0 +1,305 @@
+//! The helpdesk's own actions: a request's thread root and posts into its thread, relays
+//! between the customer's chat and the thread (with edits, reactions and redactions), and
+//! the direct chat `start` opens. Each runs with the action's stable transaction IDs.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_connector::{Action, ActionContext, Failure, Queued, RoomSpec, now_ms};
+use tracing::warn;
+
+use crate::desk::{Helpdesk, PENDING_DM};
+use crate::relay;
+
+/// A message for the sender of an event that could not be relayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Apology {
+    pub room: String,
+    pub content: Value,
+}
+
+/// The helpdesk's actions, as stored in the outbox (their shape is that of the releases
+/// before: actions queued then run after an upgrade).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HelpdeskAction {
+    /// Post a request's thread root (`content`) into `room`, unless the request has its
+    /// root already.
+    ThreadOpen {
+        request: i64,
+        room: String,
+        content: Value,
+    },
+    /// Post `content` into a request's thread in `room`.
+    ThreadPost {
+        request: i64,
+        room: String,
+        content: Value,
+    },
+    /// Relay an event (`origin`, sent at `origin_ts`, Unix ms) to the other side of its
+    /// request as an event of `event_type` into `room`: the backoffice room if
+    /// `to_operators` (a message goes into the request's thread), else the customer's chat.
+    /// With `about` (the event it reacts to, edits or redacts), it is about that event's
+    /// counterpart, and skipped if there is none. The copy is recorded, so reactions, edits
+    /// and redactions can follow it.
+    Relay {
+        request: i64,
+        room: String,
+        to_operators: bool,
+        event_type: String,
+        content: Value,
+        origin: String,
+        origin_ts: i64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        about: Option<String>,
+        /// Sent instead if the relay fails for good: a message into the origin's room.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        apology: Option<Apology>,
+    },
+    /// Create the direct chat with `user` for a request an operator started, unless the
+    /// request has its chat already.
+    StartChat {
+        request: i64,
+        user: String,
+        encrypted: bool,
+    },
+}
+
+/// The `type`s of `HelpdeskAction`.
+pub const KINDS: &[&str] = &["thread_open", "thread_post", "relay", "start_chat"];
+
+/// One step a delivery plans: one of the service's actions or one of the helpdesk's.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    Core(Action),
+    Own(HelpdeskAction),
+}
+
+impl From<Action> for Step {
+    fn from(a: Action) -> Step {
+        Step::Core(a)
+    }
+}
+
+impl From<HelpdeskAction> for Step {
+    fn from(a: HelpdeskAction) -> Step {
+        Step::Own(a)
+    }
+}
+
+impl Step {
+    /// Queued in `lane`.
+    pub fn queued(&self, lane: String) -> serde_json::Result<Queued> {
+        match self {
+            Step::Core(a) => Ok(Queued::core(lane, a)),
+            Step::Own(a) => Queued::own(lane, a),
+        }
+    }
+}
+
+const REDACTION: &str = "m.room.redaction";
+
+impl Helpdesk {
+    /// Runs one of the helpdesk's actions.
+    pub async fn run_action(
+        &self,
+        cx: &ActionContext<'_>,
+        action: HelpdeskAction,
+    ) -> Result<String, Failure> {
+        match action {
+            HelpdeskAction::ThreadOpen {
+                request,
+                room,
+                content,
+            } => {
+                match self.store.request_by_id(request).await? {
+                    None => return Ok("skipped: no such request".into()),
+                    Some(r) if r.thread_root.is_some() => {
+                        return Ok("skipped: the thread exists".into());
+                    }
+                    Some(_) => {}
+                }
+                let root = cx
+                    .matrix
+                    .send(None, &room, "m.room.message", content, &cx.txn(""))
+                    .await?;
+                self.store.set_request_thread(request, &root).await?;
+                Ok(root)
+            }
+            HelpdeskAction::ThreadPost {
+                request,
+                room,
+                content,
+            } => {
+                let root = self.thread_of(request).await?;
+                let content =
+                    relay::in_thread(content.as_object().cloned().unwrap_or_default(), &root);
+                cx.matrix
+                    .send(
+                        None,
+                        &room,
+                        "m.room.message",
+                        Value::Object(content),
+                        &cx.txn(""),
+                    )
+                    .await
+            }
+            HelpdeskAction::Relay {
+                request,
+                room,
+                to_operators,
+                event_type,
+                content,
+                origin,
+                origin_ts,
+                about,
+                apology,
+            } => {
+                let outcome = self
+                    .relay(
+                        cx,
+                        request,
+                        &room,
+                        to_operators,
+                        &event_type,
+                        content,
+                        &origin,
+                        about.as_deref(),
+                    )
+                    .await;
+                match outcome {
+                    Ok(copy) => {
+                        self.relayed(to_operators, &event_type, about.is_some(), origin_ts);
+                        Ok(copy)
+                    }
+                    Err(Failure::Permanent(message)) => {
+                        if let Some(apology) = apology
+                            && let Err(error) = cx
+                                .matrix
+                                .send(
+                                    None,
+                                    &apology.room,
+                                    "m.room.message",
+                                    apology.content,
+                                    &cx.txn("e"),
+                                )
+                                .await
+                        {
+                            warn!(
+                                ?error,
+                                "cannot tell the sender that a message was not relayed"
+                            );
+                        }
+                        Err(Failure::Permanent(message))
+                    }
+                    Err(other) => Err(other),
+                }
+            }
+            HelpdeskAction::StartChat {
+                request,
+                user,
+                encrypted,
+            } => {
+                let Some(r) = self.store.request_by_id(request).await? else {
+                    return Ok("skipped: no such request".into());
+                };
+                if !r.dm_room.starts_with(PENDING_DM) {
+                    return Ok(format!("skipped: the chat is {}", r.dm_room));
+                }
+                let spec = RoomSpec {
+                    name: String::new(),
+                    topic: String::new(),
+                    preset: "trusted_private_chat".into(),
+                    encrypted,
+                    invite: vec![user.clone()],
+                    admins: Vec::new(),
+                    reopen_notice: None,
+                };
+                // One chat per action, whatever became of an earlier try.
+                let key = format!("{}\0{}\0{}", cx.row.source_id, cx.row.lane, cx.row.txn_key);
+                let (room, whole) = cx.matrix.create_room(None, &spec, &key, true).await?;
+                self.store.set_request_dm(request, &room).await?;
+                if !whole {
+                    // Created by a try that failed after it (e.g. at the invite): the chat
+                    // is the request's now, and the customer is invited here.
+                    cx.matrix.invite(None, &room, &user).await?;
+                }
+                Ok(room)
+            }
+        }
+    }
+
+    /// Relays an event to the other side of its request.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay(
+        &self,
+        cx: &ActionContext<'_>,
+        request: i64,
+        room: &str,
+        to_operators: bool,
+        event_type: &str,
+        content: Value,
+        origin: &str,
+        about: Option<&str>,
+    ) -> Result<String, Failure> {
+        let mut content = content.as_object().cloned().unwrap_or_default();
+        if let Some(about) = about {
+            let found = self.store.counterpart(&self.source_id, about).await?;
+            let Some((other, _)) = found else {
+                return Ok("skipped: what it is about was not relayed".into());
+            };
+            if event_type == REDACTION {
+                return cx.matrix.redact(None, room, &other, &cx.txn("")).await;
+            }
+            if let Some(Value::Object(rel)) = content.get_mut("m.relates_to") {
+                rel.insert("event_id".into(), json!(other));
+            }
+        }
+        if to_operators && about.is_none() {
+            let root = self.thread_of(request).await?;
+            content = relay::in_thread(content, &root);
+        }
+        let copy = cx
+            .matrix
+            .send(None, room, event_type, Value::Object(content), &cx.txn(""))
+            .await?;
+        self.store
+            .record_relay(&self.source_id, origin, &copy, request)
+            .await?;
+        Ok(copy)
+    }
+
+    /// The root of a request's thread.
+    async fn thread_of(&self, request: i64) -> Result<String, Failure> {
+        self.store
+            .request_by_id(request)
+            .await?
+            .and_then(|r| r.thread_root)
+            .ok_or_else(|| Failure::Permanent("the request has no thread".into()))
+    }
+
+    /// Counts a relay and how long it took from the original's sending.
+    fn relayed(&self, to_operators: bool, event_type: &str, about: bool, origin_ts: i64) {
+        let direction = if to_operators {
+            "to_operators"
+        } else {
+            "to_customer"
+        };
+        let kind = match (event_type, about) {
+            (_, false) => "message",
+            ("m.reaction", _) => "reaction",
+            (REDACTION, _) => "redaction",
+            _ => "edit",
+        };
+        self.metrics
+            .relayed
+            .with_label_values(&[&self.source_id, direction, kind])
+            .inc();
+        if origin_ts > 0 {
+            let ms = now_ms().saturating_sub(origin_ts).max(0);
+            self.metrics
+                .relay_seconds
+                .with_label_values(&[direction])
+                .observe(ms as f64 / 1000.0);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Matrix as the connectors use it while their actions run (`switchboard_connector::Matrix`):
+//! the sink's operations, each refusing to act as anyone but the bot.
+
+use matrix_sdk::ruma::api::error::ErrorKind;
+use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
+use switchboard_connector::{ActAs, Matrix, RoomSpec};
+
+use super::{Failure, MatrixSink, http_failure, sdk_failure};
+
+/// Matrix as connectors use it (`switchboard_connector::Matrix`).
+#[async_trait::async_trait]
+impl Matrix for MatrixSink {
+    fn bot(&self) -> &str {
+        self.user_id.as_str()
+    }
+
+    async fn send(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event_type: &str,
+        content: serde_json::Value,
+        txn: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.encryption_aware(room).await?;
+        let txn = OwnedTransactionId::from(txn);
+        if event_type == "m.room.message"
+            && let Some(cut) = crate::fit::fit(&content, crate::fit::CONTENT_BUDGET)
+        {
+            return self.send_cut(&room, cut, txn).await;
+        }
+        self.send_json(&room, event_type, content, &txn).await
+    }
+
+    async fn redact(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event: &str,
+        txn: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.encryption_aware(room).await?;
+        let id = EventId::parse(event)
+            .map_err(|e| Failure::Permanent(format!("event ID {event}: {e}")))?;
+        let resp = room
+            .redact(&id, None, Some(OwnedTransactionId::from(txn)))
+            .await
+            .map_err(|e| http_failure(&e))?;
+        Ok(resp.event_id.to_string())
+    }
+
+    async fn create_room(
+        &self,
+        who: ActAs<'_>,
+        spec: &RoomSpec,
+        alias_key: &str,
+        direct: bool,
+    ) -> Result<(String, bool), Failure> {
+        self.acting(who)?;
+        let alias = super::keyed_alias(&self.instance, alias_key);
+        let (room, whole) = self.create_room_once(&alias, spec, direct).await?;
+        Ok((room.to_string(), whole))
+    }
+
+    async fn invite(&self, who: ActAs<'_>, room: &str, user: &str) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::invite(self, room, user, false).await
+    }
+
+    async fn kick(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        user: &str,
+        reason: &str,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::kick(self, room, user, reason).await
+    }
+
+    async fn leave(&self, who: ActAs<'_>, room: &str) -> Result<String, Failure> {
+        self.acting(who)?;
+        MatrixSink::leave(self, room).await
+    }
+
+    async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, Failure> {
+        let uid =
+            UserId::parse(user).map_err(|e| Failure::Permanent(format!("user ID {user}: {e}")))?;
+        let room = self.room(room).await?;
+        MatrixSink::membership(self, &room, &uid).await
+    }
+
+    async fn members(&self, room: &str) -> Result<Vec<String>, Failure> {
+        let room = self.room(room).await?;
+        let members = room
+            .members(matrix_sdk::RoomMemberships::JOIN)
+            .await
+            .map_err(|e| sdk_failure(&e))?;
+        Ok(members.iter().map(|m| m.user_id().to_string()).collect())
+    }
+
+    async fn state(
+        &self,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+    ) -> Result<Option<serde_json::Value>, Failure> {
+        use matrix_sdk::ruma::api::client::state::get_state_event_for_key;
+        let id =
+            RoomId::parse(room).map_err(|e| Failure::Permanent(format!("room ID {room}: {e}")))?;
+        let request =
+            get_state_event_for_key::v3::Request::new(id, event_type.into(), state_key.to_string());
+        match self.client.send(request).await {
+            Ok(response) => Ok(serde_json::from_str(response.event_or_content.get()).ok()),
+            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(http_failure(&e)),
+        }
+    }
+
+    async fn set_state(
+        &self,
+        who: ActAs<'_>,
+        room: &str,
+        event_type: &str,
+        state_key: &str,
+        content: serde_json::Value,
+    ) -> Result<String, Failure> {
+        self.acting(who)?;
+        let room = self.room(room).await?;
+        let resp = room
+            .send_state_event_raw(event_type, state_key, content)
+            .await
+            .map_err(|e| sdk_failure(&e))?;
+        Ok(resp.event_id.to_string())
+    }
+}
