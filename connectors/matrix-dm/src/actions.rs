@@ -303,3 +303,151 @@ impl Helpdesk {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use switchboard_connector::testing::{TestHost, TestMatrix, TestRoom};
+    use switchboard_connector::{ActionContext, ActionRow, Connector, Kind, Queued, SourceInfo};
+
+    use crate::MatrixDm;
+
+    async fn helpdesk() -> (Arc<dyn Connector>, Arc<TestHost>) {
+        let host = Arc::new(
+            TestHost::new(Some(&crate::requests::SQLITE))
+                .await
+                .expect("host"),
+        );
+        let info = SourceInfo {
+            id: "help".into(),
+            authenticated: false,
+            bot: TestMatrix::BOT.into(),
+        };
+        let mut report = |k: &str, m: String| panic!("{k}: {m}");
+        let checked = MatrixDm
+            .check(
+                &info,
+                Some(&json!({"backoffice_room": "!ops:test"})),
+                &mut switchboard_connector::Checker::new("help", "matrix_dm", &mut report),
+            )
+            .expect("valid");
+        let desk = MatrixDm
+            .build(&info, &checked, host.clone())
+            .expect("built");
+        desk.prepare().await.expect("prepared");
+        (desk, host)
+    }
+
+    /// Everything the inbox got so far, planned, in order.
+    async fn planned(desk: &Arc<dyn Connector>, host: &TestHost) -> Vec<Queued> {
+        let mut out = Vec::new();
+        for (_, _, events) in host.take_inbox() {
+            for event in &events {
+                out.extend(desk.plan(event).await.expect("plan").expect("its own"));
+            }
+        }
+        out
+    }
+
+    /// Runs queued actions as the service would: the helpdesk's in the connector, the
+    /// service's sends straight into the Matrix double.
+    async fn run(desk: &Arc<dyn Connector>, host: &TestHost, matrix: &TestMatrix, q: &[Queued]) {
+        for (i, queued) in q.iter().enumerate() {
+            let row = ActionRow {
+                id: i as i64,
+                source_id: "help".into(),
+                lane: queued.lane.clone(),
+                txn_key: format!("1.{i}"),
+                attempts: 1,
+            };
+            let cx = ActionContext {
+                row: &row,
+                host,
+                matrix,
+            };
+            if super::KINDS.contains(&queued.kind()) {
+                desk.execute(&cx, &queued.action).await.expect("ran");
+            } else if queued.kind() == "send" {
+                let (room, content) = (&queued.action["room"], &queued.action["content"]);
+                let room = room.as_str().unwrap_or_default();
+                matrix
+                    .send(None, room, "m.room.message", content.clone(), &cx.txn(""))
+                    .await
+                    .expect("sent");
+            }
+        }
+    }
+
+    use switchboard_connector::Matrix as _;
+
+    #[tokio::test]
+    async fn a_customer_message_becomes_a_thread_and_a_relay_without_a_homeserver() {
+        let (desk, host) = helpdesk().await;
+        let matrix = TestMatrix::default();
+        let listener = desk.listener().expect("it listens");
+        let mut dm = TestRoom::new("!dm:test");
+        dm.joined = vec!["@alice:test".into(), TestMatrix::BOT.into()];
+        dm.profiles
+            .insert("@alice:test".into(), (Some("Alice".into()), None));
+        let hello = json!({"type": "m.room.message", "sender": "@alice:test",
+            "event_id": "$hello", "origin_server_ts": 1,
+            "content": {"msgtype": "m.text", "body": "My printer is on fire"}});
+        assert!(listener.heard(&dm, &[hello]).await.expect("heard"));
+        let actions = planned(&desk, &host).await;
+        let kinds: Vec<&str> = actions.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["thread_open", "send", "relay"]);
+        // Twice, as after a crash before the outcomes were recorded: nothing twice.
+        run(&desk, &host, &matrix, &actions).await;
+        run(&desk, &host, &matrix, &actions).await;
+        let sent = matrix.sent.lock().expect("sent").clone();
+        let root = &sent[0];
+        assert_eq!(root.room, "!ops:test");
+        assert!(
+            root.content["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("[OPEN] ")),
+            "{root:?}"
+        );
+        let copy = sent
+            .iter()
+            .find(|s| {
+                s.room == "!ops:test"
+                    && s.content["body"]
+                        .as_str()
+                        .is_some_and(|b| b.contains("My printer is on fire"))
+            })
+            .unwrap_or_else(|| panic!("relayed into the thread: {sent:?}"));
+        assert_eq!(copy.content["m.relates_to"]["rel_type"], "m.thread");
+        assert_eq!(copy.content["m.relates_to"]["event_id"], "$event0");
+        assert_eq!(
+            sent.len(),
+            3,
+            "root, greeting and copy, once each: {sent:?}"
+        );
+        assert_eq!(matrix.bodies("!dm:test").len(), 1, "the greeting");
+    }
+
+    #[tokio::test]
+    async fn a_group_room_is_told_why_and_left_through_the_outbox() {
+        let (desk, host) = helpdesk().await;
+        let listener = desk.listener().expect("it listens");
+        let mut group = TestRoom::new("!group:test");
+        group.joined = vec!["@a:test".into(), "@b:test".into(), TestMatrix::BOT.into()];
+        let said = json!({"type": "m.room.message", "sender": "@a:test", "event_id": "$1",
+            "content": {"msgtype": "m.text", "body": "hi all"}});
+        assert!(
+            !listener
+                .heard(&group, &[said.clone()])
+                .await
+                .expect("heard")
+        );
+        // Heard again before the bot has left: one notice, however often.
+        assert!(!listener.heard(&group, &[said]).await.expect("heard"));
+        let actions = planned(&desk, &host).await;
+        let kinds: Vec<&str> = actions.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["send", "leave"]);
+        assert_eq!(actions[1].action["room"], "!group:test");
+    }
+}
