@@ -3,26 +3,20 @@
 //! something needs one (end-to-end encryption does; posting into plain rooms does not).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use matrix_sdk::authentication::matrix::MatrixSession;
-use matrix_sdk::config::RequestConfig;
 use matrix_sdk::ruma::api::client::message::send_message_event;
-use matrix_sdk::ruma::api::client::room::create_room::v3::{Request as CreateRoom, RoomPreset};
 use matrix_sdk::ruma::api::error::{ErrorKind, LimitExceededErrorData, RetryAfter};
 use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
-use matrix_sdk::ruma::serde::Raw;
-use matrix_sdk::ruma::{
-    OwnedRoomId, OwnedTransactionId, OwnedUserId, RoomAliasId, RoomId, TransactionId, UserId,
-};
-use matrix_sdk::{Client, Room, SessionMeta, SessionTokens};
+use matrix_sdk::ruma::{OwnedTransactionId, OwnedUserId, RoomId, TransactionId, UserId};
+use matrix_sdk::{Client, Room};
 use serde_json::json;
-use sha2::{Digest, Sha256, Sha512};
-use switchboard_connector::{ActAs, Action, Connector, RoomSpec};
+use sha2::{Digest, Sha256};
+use switchboard_connector::{ActAs, Action, Connector};
 use tracing::{info, warn};
 
 use crate::config::{MatrixConfig, MatrixLogin};
@@ -53,7 +47,12 @@ pub enum MatrixError {
 }
 
 mod lend;
+mod rooms;
+mod session;
 mod sync;
+
+use rooms::keyed_alias;
+use session::{build, login_fresh, same_user};
 
 pub use switchboard_connector::Failure;
 
@@ -620,152 +619,6 @@ impl MatrixSink {
                 .map_err(|e| sdk_failure(&e)),
         }
     }
-
-    /// A ticket's room: created (once per ticket, whatever the homeserver answers) and
-    /// linked before anyone is invited: each participant is invited by an action of their
-    /// own (`Action::Participant`), so one who cannot be invited leaves no room without a
-    /// link behind.
-    async fn open_room(&self, row: &OutboxRow, spec: &RoomSpec) -> Result<String, Failure> {
-        let link = match self.link(row).await? {
-            Some(link) => {
-                if link.closed {
-                    self.reopen(row, &link, spec).await?;
-                }
-                link
-            }
-            None => {
-                let bare = RoomSpec {
-                    invite: Vec::new(),
-                    ..spec.clone()
-                };
-                let key = alias_localpart(&self.instance, row);
-                let (room_id, _) = self.create_room_once(&key, &bare, false).await?;
-                let link = Link {
-                    source_id: row.source_id.clone(),
-                    ticket_key: row.ticket_key.clone(),
-                    room_id: room_id.to_string(),
-                    thread_id: None,
-                    invited: Vec::new(),
-                    closed: false,
-                };
-                self.store.insert_link(&link).await.map_err(db_failure)?
-            }
-        };
-        self.remember(
-            (link.source_id.clone(), link.ticket_key.clone()),
-            &link.room_id,
-        );
-        Ok(link.room_id)
-    }
-
-    /// A closed ticket's room, open again: its name back, a notice, the link marked open.
-    async fn reopen(&self, row: &OutboxRow, link: &Link, spec: &RoomSpec) -> Result<(), Failure> {
-        let room = self.encryption_aware(&link.room_id).await?;
-        room.set_name(spec.name.clone())
-            .await
-            .map_err(|e| sdk_failure(&e))?;
-        if let Some(text) = &spec.reopen_notice {
-            let content = RoomMessageEventContent::notice_plain(text);
-            self.send_message(&room, content, txn_id(row, "r")).await?;
-        }
-        self.store
-            .set_link_closed(&row.source_id, &row.ticket_key, false)
-            .await
-            .map_err(db_failure)
-    }
-
-    /// Creates a room once: the alias (`alias_local`) is the idempotency key. If an earlier
-    /// try created the room but died before recording it, creating again fails with
-    /// M_ROOM_IN_USE and the alias leads to the room; so does a request that created the room
-    /// and then failed (an invite the homeserver could not deliver). Returns the room and
-    /// whether this call created it whole.
-    async fn create_room_once(
-        &self,
-        alias_local: &str,
-        spec: &RoomSpec,
-        direct: bool,
-    ) -> Result<(OwnedRoomId, bool), Failure> {
-        if spec.encrypted {
-            self.want_sync();
-        }
-        let failure = match self.create_room(spec, alias_local, direct).await {
-            Ok(id) => return Ok((id, true)),
-            Err(failure) => failure,
-        };
-        let alias = format!("#{alias_local}:{}", self.user_id.server_name());
-        let alias = RoomAliasId::parse(&alias)
-            .map_err(|e| Failure::Permanent(format!("alias {alias}: {e}")))?;
-        match self.client.resolve_room_alias(&alias).await {
-            Ok(resp) => {
-                info!(room = %resp.room_id, "the room exists from an earlier or a failed try");
-                Ok((resp.room_id, false))
-            }
-            Err(e) if e.client_api_error_kind() == Some(&ErrorKind::NotFound) => Err(failure),
-            Err(e) => Err(http_failure(&e)),
-        }
-    }
-
-    async fn create_room(
-        &self,
-        spec: &RoomSpec,
-        alias_local: &str,
-        direct: bool,
-    ) -> Result<OwnedRoomId, Failure> {
-        let mut req = CreateRoom::new();
-        req.is_direct = direct;
-        req.name = Some(spec.name.clone()).filter(|s| !s.is_empty());
-        req.topic = Some(spec.topic.clone()).filter(|s| !s.is_empty());
-        req.preset = Some(match spec.preset.as_str() {
-            "public_chat" => RoomPreset::PublicChat,
-            "trusted_private_chat" => RoomPreset::TrustedPrivateChat,
-            _ => RoomPreset::PrivateChat,
-        });
-        req.room_alias_name = Some(alias_local.to_string());
-        req.invite = spec
-            .invite
-            .iter()
-            .filter_map(|u| UserId::parse(u).ok())
-            .filter(|u| *u != self.user_id)
-            .collect();
-        let mut users = serde_json::Map::new();
-        if self.creator_in_power_levels {
-            users.insert(self.user_id.to_string(), json!(100));
-        }
-        for admin in &spec.admins {
-            if admin != self.user_id.as_str() {
-                users.insert(admin.clone(), json!(100));
-            }
-        }
-        if !users.is_empty() {
-            req.power_level_content_override = Some(
-                Raw::from_json_string(json!({ "users": users }).to_string())
-                    .map_err(|e| Failure::Permanent(e.to_string()))?,
-            );
-        }
-        let mut state = vec![json!({
-            "type": "org.switchboard.ticket",
-            "state_key": "",
-            "content": { "alias": alias_local },
-        })];
-        if spec.encrypted {
-            state.push(json!({
-                "type": "m.room.encryption",
-                "state_key": "",
-                "content": { "algorithm": "m.megolm.v1.aes-sha2" },
-            }));
-        }
-        req.initial_state = state
-            .into_iter()
-            .map(|s| Raw::from_json_string(s.to_string()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| Failure::Permanent(e.to_string()))?;
-        let room = self
-            .client
-            .create_room(req)
-            .await
-            .map_err(|e| sdk_failure(&e))?;
-        Ok(room.room_id().to_owned())
-    }
 }
 
 /// What the homeserver said about a failed request, in its own words, if it said something.
@@ -802,156 +655,4 @@ pub(crate) fn db_failure(e: crate::store::StoreError) -> Failure {
 /// the first event instead of posting again.
 fn txn_id(row: &OutboxRow, part: &str) -> OwnedTransactionId {
     OwnedTransactionId::from(format!("switchboard.{}{part}", row.txn_key))
-}
-
-/// The alias that makes a ticket's room's creation idempotent: one room per ticket,
-/// whichever of its actions creates it.
-fn alias_localpart(instance: &str, row: &OutboxRow) -> String {
-    let key = format!("{}\0{}\0ticket", row.source_id, row.ticket_key);
-    keyed_alias(instance, &key)
-}
-
-/// The alias localpart for a room created once per `key` (`Matrix::create_room`): a hash of
-/// the instance and the key, so two installations sharing a bot never share one.
-fn keyed_alias(instance: &str, key: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(instance.as_bytes());
-    h.update([0]);
-    h.update(key.as_bytes());
-    format!("switchboard_{}", &hex::encode(h.finalize())[..24])
-}
-
-async fn build(
-    cfg: &MatrixConfig,
-    store_dir: &Path,
-    sealer: &Sealer,
-) -> Result<Client, MatrixError> {
-    std::fs::create_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
-    let passphrase = sealer.passphrase(CRYPTO_STORE_KEY);
-    Client::builder()
-        .homeserver_url(cfg.homeserver.as_str())
-        .sqlite_store(store_dir, passphrase.as_deref())
-        // The outbox decides about retries; the SDK must not retry behind its back.
-        .request_config(
-            RequestConfig::new()
-                .disable_retry()
-                .timeout(Duration::from_secs(cfg.request_timeout_seconds)),
-        )
-        .build()
-        .await
-        .map_err(|e| MatrixError::Client(e.to_string()))
-}
-
-async fn login_fresh(
-    cfg: &MatrixConfig,
-    login: &MatrixLogin,
-    store_dir: &PathBuf,
-    store: &Store,
-    sealer: &Sealer,
-) -> Result<Client, MatrixError> {
-    // A new device needs a new crypto store: the old one belongs to another device.
-    if store_dir.exists() {
-        std::fs::remove_dir_all(store_dir).map_err(|e| MatrixError::Client(e.to_string()))?;
-    }
-    let client = build(cfg, store_dir, sealer).await?;
-    let auth = client.matrix_auth();
-    let err = |e: matrix_sdk::Error| MatrixError::Login(e.to_string());
-    match login {
-        MatrixLogin::Password(pw) => {
-            auth.login_username(&cfg.user, pw.expose())
-                .initial_device_display_name(&cfg.device_name)
-                .send()
-                .await
-                .map_err(err)?;
-        }
-        MatrixLogin::SharedSecret(secret) => {
-            // The authenticator's token is HMAC-SHA512(secret, full user ID), so the config
-            // must name the full ID (check-config enforces it).
-            let user_id = cfg.user.as_str();
-            let mut mac = Hmac::<Sha512>::new_from_slice(secret.expose().as_bytes())
-                .map_err(|e| MatrixError::Login(e.to_string()))?;
-            mac.update(user_id.as_bytes());
-            let token = hex::encode(mac.finalize().into_bytes());
-            let data = json!({
-                "identifier": { "type": "m.id.user", "user": user_id },
-                "token": token,
-            });
-            let serde_json::Value::Object(data) = data else {
-                return Err(MatrixError::Login("bad login body".into()));
-            };
-            auth.login_custom("com.devture.shared_secret_auth", data)
-                .map_err(|e| MatrixError::Login(e.to_string()))?
-                .initial_device_display_name(&cfg.device_name)
-                .send()
-                .await
-                .map_err(err)?;
-        }
-        MatrixLogin::AccessToken(token) => {
-            let (uid, device_id) = whoami(&cfg.homeserver, token.expose()).await?;
-            let session = MatrixSession {
-                meta: SessionMeta {
-                    user_id: uid,
-                    device_id,
-                },
-                tokens: SessionTokens {
-                    access_token: token.expose().to_string(),
-                    refresh_token: None,
-                },
-            };
-            client.restore_session(session).await.map_err(err)?;
-        }
-    }
-    let session = auth
-        .session()
-        .ok_or_else(|| MatrixError::Login("no session after login".into()))?;
-    let json = serde_json::to_string(&session).map_err(|e| MatrixError::Login(e.to_string()))?;
-    store
-        .set_setting(SESSION_KEY, &sealer.seal(SESSION_KEY, &json))
-        .await?;
-    info!(user = %session.meta.user_id, device = %session.meta.device_id, "logged in to Matrix");
-    Ok(client)
-}
-
-/// Whether a stored session belongs to the configured user (full ID or localpart).
-fn same_user(configured: &str, stored: &UserId) -> bool {
-    if configured.starts_with('@') {
-        stored.as_str() == configured
-    } else {
-        stored.localpart() == configured
-    }
-}
-
-async fn whoami(
-    homeserver: &url::Url,
-    token: &str,
-) -> Result<(OwnedUserId, matrix_sdk::ruma::OwnedDeviceId), MatrixError> {
-    #[derive(serde::Deserialize)]
-    struct WhoAmI {
-        user_id: OwnedUserId,
-        device_id: Option<matrix_sdk::ruma::OwnedDeviceId>,
-    }
-    let url = homeserver
-        .join("_matrix/client/v3/account/whoami")
-        .map_err(|e| MatrixError::Login(e.to_string()))?;
-    let resp = reqwest::Client::new()
-        .get(url)
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|e| MatrixError::Login(format!("whoami: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(MatrixError::Login(format!(
-            "the access token was refused ({})",
-            resp.status()
-        )));
-    }
-    let w: WhoAmI = resp
-        .json()
-        .await
-        .map_err(|e| MatrixError::Login(format!("whoami: {e}")))?;
-    let device = w
-        .device_id
-        .ok_or_else(|| MatrixError::Login("the access token has no device".into()))?;
-    Ok((w.user_id, device))
 }
