@@ -34,6 +34,14 @@ fn earlier_actions() -> Vec<Value> {
     ]
 }
 
+/// The helpdesk's actions belong to its source, the rest to the shop's.
+fn source_of(action: &Value) -> &'static str {
+    match action["type"].as_str() {
+        Some("thread_open" | "thread_post" | "relay" | "start_chat") => "desk",
+        _ => "shop",
+    }
+}
+
 async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("switchboard-upgrade-{}", harness::suffix()));
     std::fs::create_dir_all(&dir)?;
@@ -70,8 +78,9 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
     for (i, action) in earlier_actions().iter().enumerate() {
         sqlx::query(
             "INSERT INTO outbox (inbox_id, source_id, ticket_key, action, txn_key, \
-             next_attempt_at, created_at, updated_at) VALUES (1, 'shop', $1, $2, $3, $4, $4, $4)",
+             next_attempt_at, created_at, updated_at) VALUES (1, $1, $2, $3, $4, $5, $5, $5)",
         )
+        .bind(source_of(action))
         .bind(format!("lane{i}"))
         .bind(action.to_string())
         .bind(format!("1.{i}"))
@@ -118,16 +127,26 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
     // Every pending action is one this release runs: the service's own, or a registered
     // connector's.
     let owners = switchboard::registry::action_owners().map_err(anyhow::Error::msg)?;
-    let pending: Vec<(i64, String, String, String)> = sqlx::query(
-        "SELECT id, ticket_key, action, txn_key FROM outbox WHERE state = 'pending' ORDER BY id",
+    type Pending = (i64, String, String, String, String);
+    let pending: Vec<Pending> = sqlx::query(
+        "SELECT id, source_id, ticket_key, action, txn_key FROM outbox \
+         WHERE state = 'pending' ORDER BY id",
     )
     .fetch_all(&pool)
     .await?
     .iter()
-    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+    .map(|r| {
+        Ok((
+            r.try_get(0)?,
+            r.try_get(1)?,
+            r.try_get(2)?,
+            r.try_get(3)?,
+            r.try_get(4)?,
+        ))
+    })
     .collect::<Result<_, sqlx::Error>>()?;
     assert_eq!(pending.len(), earlier_actions().len());
-    for (_, _, action, _) in &pending {
+    for (_, _, _, action, _) in &pending {
         let v: Value = serde_json::from_str(action)?;
         let kind = v["type"].as_str().unwrap_or_default();
         if !owners.contains_key(kind) {
@@ -136,30 +155,45 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
         }
     }
 
-    // pretix's run in its connector: a command is answered; an order reads its event's
-    // rooms from the migrated tables and then asks pretix (not reachable here: tried again).
+    // The connectors' run in them: the helpdesk's post the request's thread root, then
+    // into the thread, and find its chat exists; pretix's answer a command and read an
+    // order's rooms from the migrated tables before asking pretix (not reachable here:
+    // tried again).
     let config = "[matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"@bot:x\"\n\
                   password = \"p\"\n[sources.shop]\nkind = \"pretix\"\n\
                   path_secret = \"0123456789abcdef\"\n[sources.shop.pretix]\n\
                   url = \"http://127.0.0.1:9\"\napi_token = \"t\"\npoll_minutes = 0\n\
                   organisers = [\"@org:x\"]\n[[sources.shop.pretix.events]]\n\
-                  organizer = \"o\"\nevent = \"e\"\nrooms = [\"!r:x\"]\n";
+                  organizer = \"o\"\nevent = \"e\"\nrooms = [\"!r:x\"]\n\
+                  [sources.desk]\nkind = \"matrix_dm\"\n[sources.desk.matrix_dm]\n\
+                  backoffice_room = \"!b:x\"\n";
     let loaded = switchboard::config::parse(config).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let (info, checked) = &loaded.connectors.0["shop"];
     let host: std::sync::Arc<dyn Host> = std::sync::Arc::new(switchboard::host::ServiceHost::new(
         store.clone(),
         std::sync::Arc::new(tokio::sync::Notify::new()),
         None,
         switchboard::metrics::Metrics::new(),
     ));
-    let connector = switchboard::registry::kinds()["pretix"]
-        .build(info, checked, host.clone())
-        .map_err(anyhow::Error::msg)?;
+    let kinds = switchboard::registry::kinds();
+    let mut connectors = std::collections::HashMap::new();
+    for (id, (info, checked)) in &loaded.connectors.0 {
+        let kind = &kinds[loaded.config.sources[id].kind.as_str()];
+        let built = kind
+            .build(info, checked, host.clone())
+            .map_err(anyhow::Error::msg)?;
+        connectors.insert(id.clone(), built);
+    }
     let matrix = TestMatrix::default();
-    for (id, lane, action, txn_key) in pending.iter().filter(|p| p.2.contains("pretix_")) {
+    let mut outcomes = Vec::new();
+    for (id, source, lane, action, txn_key) in &pending {
+        let stored: Value = serde_json::from_str(action)?;
+        let kind = stored["type"].as_str().unwrap_or_default().to_string();
+        if !owners.contains_key(kind.as_str()) {
+            continue;
+        }
         let row = ActionRow {
             id: *id,
-            source_id: "shop".into(),
+            source_id: source.clone(),
             lane: lane.clone(),
             txn_key: txn_key.clone(),
             attempts: 1,
@@ -169,31 +203,51 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
             host: &*host,
             matrix: &matrix,
         };
-        let outcome = connector.execute(&cx, &serde_json::from_str(action)?).await;
-        if action.contains("pretix_command") {
-            let sent = outcome.map_err(|f| anyhow::anyhow!("{f:?}"))?;
-            assert_eq!(sent, "$event0");
-        } else {
-            assert!(
+        let outcome = connectors[source].execute(&cx, &stored).await;
+        outcomes.push((kind, outcome));
+    }
+    let kinds_run: Vec<&str> = outcomes.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds_run,
+        [
+            "thread_open",
+            "thread_post",
+            "relay",
+            "start_chat",
+            "pretix_order",
+            "pretix_command"
+        ]
+    );
+    for (kind, outcome) in &outcomes {
+        match kind.as_str() {
+            "start_chat" => assert!(
+                matches!(outcome, Ok(r) if r == "skipped: the chat is !dm:x"),
+                "{outcome:?}"
+            ),
+            "pretix_order" => assert!(
                 matches!(outcome, Err(Failure::Transient { .. })),
                 "{outcome:?}"
-            );
+            ),
+            _ => assert!(
+                matches!(outcome, Ok(r) if r.starts_with("$event")),
+                "{kind}: {outcome:?}"
+            ),
         }
     }
-    let answers = matrix.bodies("!r:x");
-    assert_eq!(answers.len(), 1);
+    let sent = matrix.sent.lock().map(|s| s.clone()).unwrap_or_default();
+    // The thread root, then the post and the relay in its thread.
+    assert_eq!(sent[0].room, "!b:x");
+    assert_eq!(sent[1].content["m.relates_to"]["event_id"], "$event0");
+    assert_eq!(sent[2].content["m.relates_to"]["event_id"], "$event0");
+    // The command's answer, with the transaction ID the release before gave it.
+    let answer = sent.iter().find(|s| s.room == "!r:x").expect("answered");
     assert!(
-        answers[0].starts_with("Commands (organisers only)"),
-        "{answers:?}"
+        answer.content["body"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("Commands (organisers only)")),
+        "{answer:?}"
     );
-    // Sent with the transaction ID the release before gave it.
-    assert!(
-        matrix
-            .sent
-            .lock()
-            .map(|s| s[0].txn == "switchboard.1.13")
-            .unwrap_or(false)
-    );
+    assert_eq!(answer.txn, "switchboard.1.13");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
