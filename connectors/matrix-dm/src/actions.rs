@@ -439,7 +439,7 @@ mod tests {
             "content": {"msgtype": "m.text", "body": "hi all"}});
         assert!(
             !listener
-                .heard(&group, &[said.clone()])
+                .heard(&group, std::slice::from_ref(&said))
                 .await
                 .expect("heard")
         );
