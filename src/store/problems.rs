@@ -1,0 +1,222 @@
+//! What waits for an operator: failed and set-aside actions and set-aside deliveries,
+//! listed, counted and put back in line.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::{Result, Store, StoreError, now_ms};
+
+/// Something that did not go through and waits for an operator: an action that failed or
+/// was set aside, or a delivery that was set aside (`Store::problems`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `action:<id>` or `delivery:<id>`, as `switchboard retry` takes it.
+    pub id: String,
+    pub source_id: String,
+    /// The ticket, for an action; a delivery's tickets are in its events.
+    pub ticket_key: Option<String>,
+    /// The action's kind (`open_room`, `post`, ...) or `delivery`.
+    pub kind: String,
+    /// `failed` (a permanent error) or `set_aside` (kept failing).
+    pub state: String,
+    pub tries: i64,
+    pub error: String,
+    /// When it last changed (Unix ms).
+    pub updated_at: i64,
+}
+
+/// What `Store::retry_problems` puts back in line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// One item by its `Problem::id`.
+    One(String),
+    /// Every failed or set-aside item, of one source or of all.
+    All { source: Option<String> },
+}
+
+/// Counts of items waiting for an operator, by source (`Store::problem_counts`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProblemCounts {
+    /// (source, state) -> actions failed or set aside.
+    pub actions: HashMap<(String, String), i64>,
+    /// source -> deliveries set aside.
+    pub deliveries: HashMap<String, i64>,
+}
+
+impl Store {
+    /// The last error of failed actions, newest first (for operators and tests).
+    pub async fn failures(&self, limit: i64) -> Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT id, COALESCE(last_error, '') FROM outbox WHERE state = 'failed' \
+             ORDER BY id DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Counts a failed try of a delivery the engine could not turn into actions; at `max`
+    /// tries it is set aside. Returns whether it was.
+    pub async fn delivery_failed(&self, id: i64, error: &str, max: i64) -> Result<bool> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "UPDATE inbox SET attempts = attempts + 1, last_error = $1, updated_at = $2, \
+             set_aside_at = CASE WHEN attempts + 1 >= $3 THEN $2 ELSE NULL END \
+             WHERE id = $4 AND processed_at IS NULL RETURNING set_aside_at",
+        )
+        .bind(error)
+        .bind(now)
+        .bind(max)
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(r) => r.try_get::<Option<i64>, _>(0)?.is_some(),
+            None => false,
+        })
+    }
+
+    /// Failed and set-aside actions and set-aside deliveries, newest first, at most
+    /// `limit`, of one source and (for actions) one ticket if given.
+    pub async fn problems(
+        &self,
+        source: Option<&str>,
+        ticket: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Problem>> {
+        let actions = sqlx::query(
+            "SELECT id, source_id, ticket_key, action, state, attempts, \
+             COALESCE(last_error, ''), updated_at FROM outbox \
+             WHERE state IN ('failed', 'set_aside') AND ($1 IS NULL OR source_id = $1) \
+             AND ($2 IS NULL OR ticket_key = $2) ORDER BY id DESC LIMIT $3",
+        )
+        .bind(source)
+        .bind(ticket)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(actions.len());
+        for r in &actions {
+            let action: String = r.try_get(3)?;
+            let kind = serde_json::from_str::<switchboard_connector::Action>(&action)
+                .map_or("unknown", |a| a.kind())
+                .to_string();
+            out.push(Problem {
+                id: format!("action:{}", r.try_get::<i64, _>(0)?),
+                source_id: r.try_get(1)?,
+                ticket_key: Some(r.try_get(2)?),
+                kind,
+                state: r.try_get(4)?,
+                tries: r.try_get(5)?,
+                error: r.try_get(6)?,
+                updated_at: r.try_get(7)?,
+            });
+        }
+        if ticket.is_none() {
+            let deliveries = sqlx::query(
+                "SELECT id, source_id, attempts, COALESCE(last_error, ''), updated_at FROM inbox \
+                 WHERE set_aside_at IS NOT NULL AND ($1 IS NULL OR source_id = $1) \
+                 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(source)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+            for r in &deliveries {
+                out.push(Problem {
+                    id: format!("delivery:{}", r.try_get::<i64, _>(0)?),
+                    source_id: r.try_get(1)?,
+                    ticket_key: None,
+                    kind: "delivery".into(),
+                    state: "set_aside".into(),
+                    tries: r.try_get(2)?,
+                    error: r.try_get(3)?,
+                    updated_at: r.try_get(4)?,
+                });
+            }
+            out.sort_by_key(|p| std::cmp::Reverse(p.updated_at));
+            out.truncate(limit.max(0) as usize);
+        }
+        Ok(out)
+    }
+
+    /// Puts failed or set-aside items back in line, to be tried again as if new; returns
+    /// how many. An action goes back before its ticket's later actions; a delivery is
+    /// processed again by the engine.
+    pub async fn retry_problems(&self, which: &Retry) -> Result<u64> {
+        let now = now_ms();
+        let (action, delivery, source) = match which {
+            Retry::One(id) => {
+                let (what, n) = id
+                    .split_once(':')
+                    .and_then(|(w, n)| Some((w, n.parse::<i64>().ok()?)))
+                    .or_else(|| Some(("action", id.parse::<i64>().ok()?)))
+                    .ok_or_else(|| StoreError::ItemId(id.clone()))?;
+                match what {
+                    "action" => (Some(n), None, None),
+                    "delivery" => (None, Some(n), None),
+                    _ => return Err(StoreError::ItemId(id.clone())),
+                }
+            }
+            Retry::All { source } => (None, None, source.as_deref()),
+        };
+        let all = matches!(which, Retry::All { .. });
+        let mut n = 0;
+        if all || action.is_some() {
+            n += sqlx::query(
+                "UPDATE outbox SET state = 'pending', errors = 0, next_attempt_at = $1, \
+                 locked_until = NULL, updated_at = $1 WHERE state IN ('failed', 'set_aside') \
+                 AND ($2 IS NULL OR id = $2) AND ($3 IS NULL OR source_id = $3)",
+            )
+            .bind(now)
+            .bind(action)
+            .bind(source)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        if all || delivery.is_some() {
+            n += sqlx::query(
+                "UPDATE inbox SET set_aside_at = NULL, attempts = 0, updated_at = $1 \
+                 WHERE set_aside_at IS NOT NULL AND ($2 IS NULL OR id = $2) \
+                 AND ($3 IS NULL OR source_id = $3)",
+            )
+            .bind(now)
+            .bind(delivery)
+            .bind(source)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// How many items wait for an operator, by source (index-only on both databases).
+    pub async fn problem_counts(&self) -> Result<ProblemCounts> {
+        let mut c = ProblemCounts::default();
+        let rows = sqlx::query(
+            "SELECT source_id, state, COUNT(*) FROM outbox \
+             WHERE state IN ('failed', 'set_aside') GROUP BY source_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            c.actions
+                .insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+        }
+        let rows = sqlx::query(
+            "SELECT source_id, COUNT(*) FROM inbox WHERE set_aside_at IS NOT NULL \
+             GROUP BY source_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            c.deliveries.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        Ok(c)
+    }
+}
