@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use rand::Rng;
+use serde::Deserialize;
 use std::panic::AssertUnwindSafe;
 use switchboard_connector::{Action, ActionContext, ActionRow, Connector, Host};
 use tokio::sync::Notify;
@@ -165,7 +166,7 @@ impl Worker {
         let core = if self.owners.contains_key(type_.as_str()) {
             None
         } else {
-            match serde_json::from_value::<Action>(stored.clone()) {
+            match Action::deserialize(&stored) {
                 Ok(a) => Some(a),
                 Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
             }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde::Deserialize;
 use serde_json::Value;
 use switchboard_connector::{
     ActionContext, Checked, Checker, Connector, DbError, Dialect, EnvConfig, Failure, Host, Kind,
@@ -121,7 +122,7 @@ impl Connector for Helpdesk {
     }
 
     async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
-        let action: HelpdeskAction = serde_json::from_value(action.clone())
+        let action = HelpdeskAction::deserialize(action)
             .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
         self.run_action(cx, action).await
     }

@@ -117,7 +117,7 @@ impl Connector for Source {
     }
 
     async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
-        let action: PretixAction = serde_json::from_value(action.clone())
+        let action = PretixAction::deserialize(action)
             .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
         match action {
             PretixAction::PretixOrder {
