@@ -109,6 +109,12 @@ impl Host for ServiceHost {
             .collect();
         Ok(crate::store::queue_after(tx, row, &rows).await?)
     }
+    async fn ticket_of_room(&self, room: &str) -> Result<Option<(String, String)>, DbError> {
+        Ok(self.store.ticket_of_room(room).await?)
+    }
+    async fn room_of_ticket(&self, source: &str, ticket: &str) -> Result<Option<String>, DbError> {
+        Ok(self.store.link(source, ticket).await?.map(|l| l.room_id))
+    }
     fn seal(&self, purpose: &str, plain: &str) -> String {
         self.sealer.seal(purpose, plain)
     }

@@ -41,6 +41,20 @@ impl Store {
         .transpose()
     }
 
+    /// The source and ticket whose room `room_id` is.
+    pub async fn ticket_of_room(&self, room_id: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query(
+            "SELECT source_id, ticket_key FROM links WHERE room_id = $1 AND thread_id IS NULL \
+             LIMIT 1",
+        )
+        .bind(room_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?)
+    }
+
     /// Records a ticket's room. An existing link wins (and is returned).
     pub async fn insert_link(&self, link: &Link) -> Result<Link> {
         let now = now_ms();

@@ -42,6 +42,11 @@ pub trait Host: Send + Sync {
         row: &ActionRow,
         actions: &[Queued],
     ) -> Result<(), DbError>;
+    /// The ticket whose room `room` is (made by the service's `open_room`): its source and
+    /// ticket key.
+    async fn ticket_of_room(&self, room: &str) -> Result<Option<(String, String)>, DbError>;
+    /// The room of a source's ticket, if `open_room` made one.
+    async fn room_of_ticket(&self, source: &str, ticket: &str) -> Result<Option<String>, DbError>;
     /// Seals a value with a key derived from the data secret for `purpose` (as it is
     /// without a data secret).
     fn seal(&self, purpose: &str, plain: &str) -> String;

@@ -28,6 +28,8 @@ pub struct TestHost {
     /// Actions queued with `queue_after`, in order (whether or not their transaction
     /// committed: tests look at what was asked).
     pub queued: Mutex<Vec<Queued>>,
+    /// Ticket rooms: room -> (source, ticket).
+    pub links: Mutex<BTreeMap<String, (String, String)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -95,12 +97,19 @@ impl TestHost {
             cursors: Mutex::default(),
             inbox: Mutex::default(),
             queued: Mutex::default(),
+            links: Mutex::default(),
         })
     }
 
     /// The actions queued so far, taken.
     pub fn take_queued(&self) -> Vec<Queued> {
         std::mem::take(&mut *lock(&self.queued))
+    }
+
+    /// Records that `room` is the room of `source`'s `ticket` (as the service's
+    /// `open_room` would).
+    pub fn link(&self, source: &str, ticket: &str, room: &str) {
+        lock(&self.links).insert(room.into(), (source.into(), ticket.into()));
     }
 
     /// The deliveries so far, taken.
@@ -164,6 +173,15 @@ impl Host for TestHost {
     ) -> Result<(), DbError> {
         lock(&self.queued).extend(actions.iter().cloned());
         Ok(())
+    }
+    async fn ticket_of_room(&self, room: &str) -> Result<Option<(String, String)>, DbError> {
+        Ok(lock(&self.links).get(room).cloned())
+    }
+    async fn room_of_ticket(&self, source: &str, ticket: &str) -> Result<Option<String>, DbError> {
+        Ok(lock(&self.links)
+            .iter()
+            .find(|(_, (s, t))| s == source && t == ticket)
+            .map(|(room, _)| room.clone()))
     }
     fn seal(&self, purpose: &str, plain: &str) -> String {
         format!("sealed:{purpose}:{plain}")
