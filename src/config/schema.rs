@@ -47,7 +47,19 @@ pub(super) fn schema_errors(doc: &Spanned<DeTable<'_>>, lines: &KeyLines) -> Vec
                 .as_str()
                 .trim_start_matches('/')
                 .replace('/', ".");
-            let message = e.to_string();
+            let message = match e.kind() {
+                // All the choices, not the validator's first two.
+                jsonschema::error::ValidationErrorKind::Enum { options } => {
+                    let choices: Vec<String> = options
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|o| o.to_string())
+                        .collect();
+                    format!("{} is not one of {}", e.instance(), choices.join(", "))
+                }
+                _ => e.to_string(),
+            };
             ConfigError {
                 line: lines.line(&key),
                 key,
