@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and the end-to-end suite against a real Synapse and a real
-# pretix (both installed from PyPI into ~/.cache/switchboard on first use) and the local
+# pretix (both installed from PyPI into ~/.cache/switchboard on first use), a real Request
+# Tracker (Debian's request-tracker5, installed with apt on first use) and the local
 # PostgreSQL.
 #   SWITCHBOARD_TEST_POSTGRES  server URL without a database (postgres://postgres@127.0.0.1:5432)
 #   SWITCHBOARD_TEST_THREADS   tests run at once (default 4)
@@ -28,10 +29,13 @@ pg_up || { log "PostgreSQL is not reachable at 127.0.0.1:5432"; exit 1; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 work=$(mktemp -d -t switchboard-test.XXXXXX)
 pretix_start=
-# pretix is stopped once its start is over (it may still be installing).
+rt_start=
+# pretix and RT are stopped once their starts are over (they may still be installing).
 trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
       [ -z "$pretix_start" ] || wait "$pretix_start" 2>/dev/null || true
-      scripts/pretix.sh stop "$work/pretix" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+      scripts/pretix.sh stop "$work/pretix" >/dev/null 2>&1 || true
+      [ -z "$rt_start" ] || wait "$rt_start" 2>/dev/null || true
+      scripts/rt.sh stop "$work/rt" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 # The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
 scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
@@ -45,6 +49,14 @@ mkdir -p "$work/pretix"
     touch "$work/pretix/failed" ) &
 pretix_start=$!
 export SWITCHBOARD_TEST_PRETIX_DIR=$work/pretix
+
+# A throwaway Request Tracker, the same way (its first start installs packages).
+rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/rt"
+( scripts/rt.sh start "$work/rt" "$rport" >/dev/null 2>"$work/rt/start.log" ||
+    touch "$work/rt/failed" ) &
+rt_start=$!
+export SWITCHBOARD_TEST_RT_DIR=$work/rt
 
 # Benchmarks are not tests: scripts/bench.sh runs them.
 cargo test --workspace --lib --bins --tests "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

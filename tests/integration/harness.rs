@@ -673,11 +673,16 @@ impl Switchboard {
 
     /// The ticket's room, via `/link` (404 while there is none).
     pub async fn room_of(&self, key: &str) -> Result<Option<String>> {
+        self.room_in("tickets", key).await
+    }
+
+    /// The room of a ticket of `source`, if it has one.
+    pub async fn room_in(&self, source: &str, key: &str) -> Result<Option<String>> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let r = client
-            .get(format!("{}/link/tickets/{}", self.base, enc(key)))
+            .get(format!("{}/link/{source}/{}", self.base, enc(key)))
             .send()
             .await?;
         if r.status().as_u16() != 302 {
@@ -689,8 +694,13 @@ impl Switchboard {
 
     /// Waits until the ticket has a room.
     pub async fn wait_room(&self, key: &str) -> Result<String> {
+        self.wait_room_in("tickets", key).await
+    }
+
+    /// Waits until a ticket of `source` has a room.
+    pub async fn wait_room_in(&self, source: &str, key: &str) -> Result<String> {
         wait_for(&format!("a room for {key}"), || async {
-            self.room_of(key).await.ok().flatten()
+            self.room_in(source, key).await.ok().flatten()
         })
         .await
         .with_context(|| self.log())
@@ -1013,5 +1023,201 @@ impl PretixEvent {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// A Request Tracker on loopback (`scripts/rt.sh`): REST2 tokens of root, the agents
+/// `agent` (Alice Agent) and `agent2` (Bob Agent), and `switchboard`, the user Switchboard
+/// reads and writes as; `customer` (Carl Customer) has no token.
+pub struct Rt {
+    dir: PathBuf,
+    pub url: String,
+    rest2: String,
+    pub root_token: String,
+    pub agent_token: String,
+    pub agent2_token: String,
+    pub switchboard_token: String,
+    http: reqwest::Client,
+}
+
+/// The RT shared by all tests: the one `scripts/test.sh` starts (named by
+/// `SWITCHBOARD_TEST_RT_DIR`; it may still be installing), or one started here.
+pub fn rt() -> &'static Rt {
+    static R: OnceLock<Rt> = OnceLock::new();
+    R.get_or_init(|| {
+        let dir = match std::env::var("SWITCHBOARD_TEST_RT_DIR") {
+            Ok(dir) => PathBuf::from(dir),
+            Err(_) => {
+                let dir = std::env::temp_dir().join("switchboard-test-rt");
+                if Rt::attach(&dir).is_none() {
+                    let _ = Command::new(repo().join("scripts/rt.sh"))
+                        .arg("stop")
+                        .arg(&dir)
+                        .arg("--wipe")
+                        .status();
+                    let ok = Command::new(repo().join("scripts/rt.sh"))
+                        .arg("start")
+                        .arg(&dir)
+                        .arg(free_port().to_string())
+                        .stdout(Stdio::null())
+                        .status()
+                        .map(|s| s.success())
+                        .unwrap_or(false);
+                    assert!(ok, "scripts/rt.sh start failed");
+                }
+                dir
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(15 * 60);
+        loop {
+            if let Some(rt) = Rt::attach(&dir) {
+                return rt;
+            }
+            if dir.join("failed").exists() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
+                panic!("RT did not start: {log}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+}
+
+impl Rt {
+    /// Uses the instance running in `dir`, once it answers.
+    fn attach(dir: &Path) -> Option<Rt> {
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()?;
+        let url = state["url"].as_str()?.to_string();
+        std::net::TcpStream::connect(url.strip_prefix("http://")?).ok()?;
+        let token = |who: &str| state[who]["token"].as_str().map(String::from);
+        Some(Rt {
+            dir: dir.to_owned(),
+            rest2: state["rest2"].as_str()?.to_string(),
+            url,
+            root_token: token("root")?,
+            agent_token: token("agent")?,
+            agent2_token: token("agent2")?,
+            switchboard_token: token("switchboard")?,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    /// A queue whose tickets' changes the shipped scrip POSTs to `url`, signed with
+    /// `secret`.
+    pub fn queue(&self, name: &str, url: &str, secret: &str) -> Result<()> {
+        let ok = Command::new(repo().join("scripts/rt.sh"))
+            .arg("queue")
+            .arg(&self.dir)
+            .args([name, url, secret])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("scripts/rt.sh queue {name} failed");
+        }
+        Ok(())
+    }
+
+    /// One REST2 call with `token`; its JSON answer.
+    pub async fn call(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.rest2))
+            .header("Authorization", format!("token {token}"));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("RT {method} {path}: {status} {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// Creates a ticket as root; its number.
+    pub async fn create(&self, body: Value) -> Result<u64> {
+        let v = self
+            .call(
+                &self.root_token,
+                reqwest::Method::POST,
+                "/ticket",
+                Some(body),
+            )
+            .await?;
+        v["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("ticket id")
+    }
+
+    /// A reply (`correspond`) or a comment, as the holder of `token`.
+    pub async fn write(&self, token: &str, ticket: u64, what: &str, text: &str) -> Result<()> {
+        self.call(
+            token,
+            reqwest::Method::POST,
+            &format!("/ticket/{ticket}/{what}"),
+            Some(json!({"Content": text, "ContentType": "text/plain"})),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Changes a ticket's fields (`{"Status": "resolved"}`) as root.
+    pub async fn set(&self, ticket: u64, fields: Value) -> Result<()> {
+        self.call(
+            &self.root_token,
+            reqwest::Method::PUT,
+            &format!("/ticket/{ticket}"),
+            Some(fields),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// A ticket's replies and comments: (type, creator, text), oldest first.
+    pub async fn messages(&self, ticket: u64) -> Result<Vec<(String, String, String)>> {
+        let history = self
+            .call(
+                &self.root_token,
+                reqwest::Method::GET,
+                &format!("/ticket/{ticket}/history?fields=Type,Creator&per_page=100"),
+                None,
+            )
+            .await?;
+        let mut out = Vec::new();
+        for item in history["items"].as_array().context("items")? {
+            let kind = item["Type"].as_str().unwrap_or_default();
+            if !matches!(kind, "Create" | "Correspond" | "Comment") {
+                continue;
+            }
+            let id = item["id"].as_str().unwrap_or_default();
+            let parts = self
+                .call(
+                    &self.root_token,
+                    reqwest::Method::GET,
+                    &format!("/transaction/{id}/attachments?fields=ContentType,Content"),
+                    None,
+                )
+                .await?;
+            let text = parts["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["ContentType"] == "text/plain")
+                .and_then(|p| p["Content"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let creator = item["Creator"]["id"].as_str().unwrap_or_default();
+            out.push((kind.to_string(), creator.to_string(), text));
+        }
+        Ok(out)
     }
 }

@@ -25,5 +25,6 @@ mod helpdesk;
 mod one_bot;
 mod operations;
 mod pretix;
+mod rt;
 mod upgrade;
 mod webhook;

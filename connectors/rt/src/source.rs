@@ -1,0 +1,455 @@
+//! One running RT source: a webhook (or the catch-up) names a changed ticket, and the
+//! ticket's action (`rt_ticket`) reads its new history and brings the room in line; what
+//! members write in the room becomes `rt_write`, a comment or reply in the ticket.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_connector::{
+    ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
+    SyncRoom, TicketEvent, WebhookSource,
+};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+use crate::api::Rt;
+use crate::hook::ScripHook;
+use crate::ticket::{Entry, Member};
+use crate::{RtConfig, WriteBack, tables, ticket};
+
+/// The RT source's own actions, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub(crate) enum RtAction {
+    /// Read the ticket's history since last time and bring its room in line.
+    #[serde(rename = "rt_ticket")]
+    Ticket { ticket: u64 },
+    /// The ticket's owner changed: the new owner's power in the room up to 100, the
+    /// former owner's down to `former_power`.
+    #[serde(rename = "rt_owner")]
+    Owner {
+        promote: Option<String>,
+        demote: Option<String>,
+        former_power: i64,
+    },
+    /// Write what a member said in the ticket's room into the ticket.
+    #[serde(rename = "rt_write")]
+    Write {
+        ticket: u64,
+        sender: String,
+        name: String,
+        body: String,
+    },
+}
+
+/// One RT source.
+pub struct Source {
+    id: String,
+    cfg: RtConfig,
+    rt: Rt,
+    host: Arc<dyn Host>,
+    /// The RT user Switchboard writes as (configured, or asked of RT once).
+    user: OnceCell<String>,
+    bot: Mutex<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Source {
+    pub(crate) fn new(
+        id: &str,
+        cfg: RtConfig,
+        token: switchboard_connector::Secret,
+        host: Arc<dyn Host>,
+        bot: &str,
+    ) -> Source {
+        let user = OnceCell::new_with(cfg.user.clone());
+        Source {
+            id: id.to_string(),
+            rt: Rt::new(cfg.rest2(), token, host.http().clone()),
+            cfg,
+            host,
+            user,
+            bot: Mutex::new(bot.to_string()),
+        }
+    }
+
+    async fn user(&self) -> Result<&str, Failure> {
+        self.user
+            .get_or_try_init(|| self.rt.token_owner())
+            .await
+            .map(String::as_str)
+    }
+
+    fn selected(&self, queue: &str) -> bool {
+        self.cfg.queues.is_empty() || self.cfg.queues.iter().any(|q| q == queue)
+    }
+
+    /// Reads a ticket's history since last time and queues what its room needs.
+    async fn read_ticket(&self, row: &ActionRow, id: u64) -> Result<String, Failure> {
+        let user = self.user().await?.to_string();
+        let seen = tables::seen(&*self.host, &self.id, &row.lane).await?;
+        let ticket = self.rt.ticket(id).await?;
+        if !seen.roomed && !self.selected(&ticket.queue) {
+            return Ok(format!(
+                "skipped: queue {} is not this source's",
+                ticket.queue
+            ));
+        }
+        let history = self.rt.history(id, seen.last).await?;
+        if seen.roomed && history.is_empty() {
+            return Ok("skipped: nothing new".into());
+        }
+        let mut entries = Vec::with_capacity(history.len());
+        for transaction in history {
+            let shown = matches!(
+                transaction.kind.as_str(),
+                "Create" | "Correspond" | "Comment"
+            ) && transaction.creator != user;
+            let message = match shown {
+                true => Some(self.rt.message(transaction.id).await?),
+                false => None,
+            };
+            entries.push(Entry {
+                transaction,
+                message,
+            });
+        }
+        let mut people = BTreeMap::new();
+        let names = ticket::roles(&ticket)
+            .into_iter()
+            .map(|(name, _)| name)
+            .chain([seen.owner.clone()].into_iter().filter(|o| !o.is_empty()))
+            .chain(entries.iter().map(|e| e.transaction.creator.clone()));
+        for name in names {
+            if people.contains_key(&name) {
+                continue;
+            }
+            let person = self.rt.person(&name).await?;
+            let matrix = ticket::matrix_id(&self.cfg, &person);
+            people.insert(name, Member { person, matrix });
+        }
+        let (actions, now) = ticket::plan(&self.cfg, &ticket, &entries, &people, &user, &seen);
+        tables::advance(&*self.host, row, &now, &actions).await?;
+        Ok(format!(
+            "read {} transactions up to {}; {} actions",
+            entries.len(),
+            now.last,
+            actions.len()
+        ))
+    }
+
+    /// Writes a room message into the ticket, once: a retry first looks whether the write
+    /// it repeats reached RT (the answer may have been lost on the way back).
+    async fn write(
+        &self,
+        row: &ActionRow,
+        id: u64,
+        sender: &str,
+        name: &str,
+        body: &str,
+    ) -> Result<String, Failure> {
+        let user = self.user().await?.to_string();
+        let content = format!("{name} ({sender}) in Matrix:\n{body}");
+        let key = format!("request_tracker.{}.writing.{}", self.id, row.id);
+        match self.host.setting(&key).await? {
+            Some(before) => {
+                let before = before.parse().unwrap_or(0);
+                if self.rt.wrote(id, &user, before, &content).await? {
+                    self.host.delete_setting(&key).await?;
+                    return Ok("written before".into());
+                }
+            }
+            None => {
+                let last = self.rt.last_transaction(id).await?;
+                self.host.set_setting(&key, &last.to_string()).await?;
+            }
+        }
+        let reply = self.cfg.write_back == WriteBack::Reply;
+        self.rt.write(id, reply, &content).await?;
+        self.host.delete_setting(&key).await?;
+        Ok(if reply { "replied" } else { "commented" }.into())
+    }
+
+    /// Names the tickets changed since the last look, so that a change whose webhook was
+    /// lost is read too. The first look only notes where RT stands.
+    async fn catch_up(&self) -> Result<usize, Failure> {
+        let key = format!("request_tracker.{}.changed", self.id);
+        let since = match self.host.cursor(&key).await? {
+            Some(since) => since,
+            None => {
+                let newest = self.rt.newest_change().await?;
+                self.host.set_cursor(&key, &newest).await?;
+                return Ok(0);
+            }
+        };
+        let changed = self.rt.changed_since(&since, &self.cfg.queues).await?;
+        let mut newest = since.clone();
+        for (id, updated) in &changed {
+            let event = TicketEvent::new(id.to_string(), EventKind::Updated);
+            self.host
+                .deliver(&self.id, &format!("changed:{id}:{updated}"), &[event])
+                .await?;
+            let updated = crate::api::rt_time(updated);
+            if updated > newest {
+                newest = updated;
+            }
+        }
+        if newest != since {
+            self.host.set_cursor(&key, &newest).await?;
+        }
+        Ok(changed.len())
+    }
+}
+
+#[async_trait]
+impl Connector for Source {
+    fn webhook(&self) -> Option<&dyn WebhookSource> {
+        Some(&ScripHook)
+    }
+
+    async fn plan(&self, ev: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
+        let Ok(ticket) = ev.ticket.parse::<u64>() else {
+            return Ok(Some(Vec::new()));
+        };
+        let chat = &ev.payload["chat"];
+        let action = match (chat["sender"].as_str(), chat["body"].as_str()) {
+            (Some(sender), Some(body)) => RtAction::Write {
+                ticket,
+                sender: sender.into(),
+                name: chat["name"].as_str().unwrap_or(sender).into(),
+                body: body.into(),
+            },
+            _ => RtAction::Ticket { ticket },
+        };
+        Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
+    }
+
+    async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
+        let action = RtAction::deserialize(action)
+            .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
+        match action {
+            RtAction::Ticket { ticket } => self.read_ticket(cx.row, ticket).await,
+            RtAction::Owner {
+                promote,
+                demote,
+                former_power,
+            } => {
+                let Some(room) = self
+                    .host
+                    .room_of_ticket(&cx.row.source_id, &cx.row.lane)
+                    .await?
+                else {
+                    return Ok("skipped: the ticket has no room".into());
+                };
+                let mut levels = cx
+                    .matrix
+                    .state(&room, "m.room.power_levels", "")
+                    .await?
+                    .unwrap_or_else(|| json!({}));
+                let mut users = levels["users"].as_object().cloned().unwrap_or_default();
+                if let Some(former) = demote.as_ref().filter(|d| Some(*d) != promote.as_ref()) {
+                    users.insert(former.clone(), json!(former_power));
+                }
+                if let Some(owner) = &promote {
+                    users.insert(owner.clone(), json!(100));
+                }
+                levels["users"] = Value::Object(users);
+                cx.matrix
+                    .set_state(None, &room, "m.room.power_levels", "", levels)
+                    .await
+            }
+            RtAction::Write {
+                ticket,
+                sender,
+                name,
+                body,
+            } => self.write(cx.row, ticket, &sender, &name, &body).await,
+        }
+    }
+
+    fn listener(&self) -> Option<&dyn Listener> {
+        Some(self)
+    }
+
+    async fn run(self: Arc<Self>) {
+        let every = Duration::from_secs_f64(self.cfg.catch_up_minutes * 60.0);
+        loop {
+            match self.catch_up().await {
+                Ok(0) => {}
+                Ok(n) => info!(source = %self.id, tickets = n, "RT: changed tickets read"),
+                Err(e) => warn!(source = %self.id, error = %e.into_message(), "RT catch-up"),
+            }
+            if every.is_zero() {
+                return;
+            }
+            tokio::time::sleep(every.max(Duration::from_secs(1))).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Listener for Source {
+    /// Ticket rooms are made by the bot: it takes no invites.
+    fn takes_invite(&self, _room: &str, _inviter: Option<&str>) -> bool {
+        false
+    }
+
+    fn know_bot(&self, user_id: &str) {
+        *lock(&self.bot) = user_id.to_string();
+    }
+
+    /// The rooms of this source's tickets.
+    async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
+        Ok(self
+            .host
+            .ticket_of_room(room.id())
+            .await?
+            .is_some_and(|(source, _)| source == self.id))
+    }
+
+    /// Members' messages go into the inbox, keyed by event ID, for their ticket.
+    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
+        let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
+            return Ok(true);
+        };
+        let bot = lock(&self.bot).clone();
+        for raw in events {
+            let content = &raw["content"];
+            let (Some(event_id), Some(sender), Some(body)) = (
+                raw["event_id"].as_str(),
+                raw["sender"].as_str(),
+                content["body"].as_str(),
+            ) else {
+                continue;
+            };
+            // Only what people say: not notices (bots), edits or the bot's own.
+            if raw["type"] != "m.room.message"
+                || sender == bot
+                || content["msgtype"] == "m.notice"
+                || content["m.relates_to"]["rel_type"] == "m.replace"
+                || raw["unsigned"][switchboard_connector::connector::UNDECRYPTABLE] == true
+            {
+                continue;
+            }
+            let name = room
+                .profile(sender)
+                .await
+                .0
+                .unwrap_or_else(|| sender.into());
+            let body = match content["msgtype"].as_str() {
+                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
+                    format!("(sent a file in the room: {body})")
+                }
+                _ => body.to_string(),
+            };
+            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
+            event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
+                                            "name": name, "body": body}});
+            self.host.deliver(&self.id, event_id, &[event]).await?;
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_connector::testing::{TestHost, TestMatrix, TestRoom};
+    use switchboard_connector::{Checker, Kind, SourceInfo};
+
+    #[tokio::test]
+    async fn members_messages_are_heard_once_and_planned_as_writes() {
+        let kind = crate::RequestTracker;
+        let host = Arc::new(
+            TestHost::new(kind.migrations(switchboard_connector::Dialect::Sqlite))
+                .await
+                .expect("host"),
+        );
+        let info = SourceInfo {
+            id: "rt".into(),
+            authenticated: true,
+            bot: TestMatrix::BOT.into(),
+        };
+        let section = json!({"url": "http://127.0.0.1:9", "token": "1-2-x"});
+        let mut report = |k: &str, m: String| panic!("{k}: {m}");
+        let checked = kind
+            .check(
+                &info,
+                Some(&section),
+                &mut Checker::new("rt", "request_tracker", &mut report),
+            )
+            .expect("valid");
+        let source = kind.build(&info, &checked, host.clone()).expect("built");
+        let listener = source.listener().expect("it listens");
+        listener.know_bot(TestMatrix::BOT);
+        host.link("rt", "7", "!ticket:test");
+        let room = TestRoom::new("!ticket:test");
+        assert!(listener.claims(&room).await.expect("claims"));
+        assert!(
+            !listener
+                .claims(&TestRoom::new("!other:test"))
+                .await
+                .expect("claims")
+        );
+        let said = |sender: &str, content: Value, id: &str| json!({"type": "m.room.message", "sender": sender, "event_id": id, "content": content});
+        let events = [
+            said(
+                "@carl:test",
+                json!({"msgtype": "m.text", "body": "It works"}),
+                "$1",
+            ),
+            said(
+                "@carl:test",
+                json!({"msgtype": "m.notice", "body": "a bot"}),
+                "$2",
+            ),
+            said(
+                TestMatrix::BOT,
+                json!({"msgtype": "m.text", "body": "posted"}),
+                "$3",
+            ),
+            said(
+                "@carl:test",
+                json!({"msgtype": "m.text", "body": "* fix",
+                "m.relates_to": {"rel_type": "m.replace", "event_id": "$1"}}),
+                "$4",
+            ),
+        ];
+        listener.heard(&room, &events).await.expect("heard");
+        let inbox = host.take_inbox();
+        assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert_eq!(inbox[0].1, "$1");
+        let planned = source
+            .plan(&inbox[0].2[0])
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(
+            planned[0].action,
+            json!({"type": "rt_write", "ticket": 7, "sender": "@carl:test",
+                   "name": "@carl:test", "body": "It works"})
+        );
+        // A webhook is planned as a read of the ticket.
+        let hook = source.webhook().expect("intake");
+        let delivery = hook
+            .accept(
+                &http::HeaderMap::new(),
+                br#"{"ticket_id": 7, "transaction_id": 9}"#,
+            )
+            .expect("accepted");
+        let read = source
+            .plan(&delivery.events[0])
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(read[0].action, json!({"type": "rt_ticket", "ticket": 7}));
+        assert_eq!(read[0].lane, "7");
+    }
+}
