@@ -10,6 +10,25 @@ use crate::harness::{self, Db, synapse, wait_for};
 
 on_both_databases!(rt_ticket_rooms_both_ways);
 
+/// The source `rt` for `queue`, with a table mapping `agent`, `agent2` and the customer.
+fn rt_source(queue: &str, secret: &str, people: &[(&str, &harness::User)]) -> String {
+    let rt = harness::rt();
+    let mut users = String::new();
+    for (who, user) in people {
+        users.push_str(&format!("\"{who}\" = \"{}\"\n", user.user_id));
+    }
+    format!(
+        "\n[sources.rt]\nkind = \"request_tracker\"\n\n[sources.rt.signature]\n\
+         secret = \"{secret}\"\nheader = \"X-RT-Webhook-Signature\"\n\n\
+         [sources.rt.request_tracker]\nurl = \"{url}\"\ntoken = \"{token}\"\n\
+         queues = [\"{queue}\"]\ncatch_up_minutes = 0\n\n\
+         [sources.rt.request_tracker.room]\nencrypted = false\n\n\
+         [sources.rt.request_tracker.people.users]\n{users}",
+        url = rt.url,
+        token = rt.switchboard_token,
+    )
+}
+
 /// Waits until the bot has posted a message containing `text` in `room`; all its messages.
 async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<String>> {
     wait_for(&format!("`{text}` in the room"), || async {
@@ -33,25 +52,12 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
     let bob = hs.user("bob").await?;
     let queue = format!("q{}", harness::suffix());
     let secret = format!("rt-secret-{}", harness::suffix());
-    let sb = start(
-        db,
-        &bot,
-        &format!(
-            "\n[sources.rt]\nkind = \"request_tracker\"\n\n[sources.rt.signature]\n\
-             secret = \"{secret}\"\nheader = \"X-RT-Webhook-Signature\"\n\n\
-             [sources.rt.request_tracker]\nurl = \"{url}\"\ntoken = \"{token}\"\n\
-             queues = [\"{queue}\"]\ncatch_up_minutes = 0\n\n\
-             [sources.rt.request_tracker.room]\nencrypted = false\n\n\
-             [sources.rt.request_tracker.people.users]\nagent = \"{alice}\"\nagent2 = \"{bob}\"\n\
-             \"customer@switchboard.test\" = \"{carl}\"\n",
-            url = rt.url,
-            token = rt.switchboard_token,
-            alice = alice.user_id,
-            bob = bob.user_id,
-            carl = carl.user_id,
-        ),
-    )
-    .await?;
+    let people = [
+        ("agent", &alice),
+        ("agent2", &bob),
+        ("customer@switchboard.test", &carl),
+    ];
+    let sb = start(db, &bot, &rt_source(&queue, &secret, &people)).await?;
     rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
 
     let id = rt
@@ -210,5 +216,63 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
         .send()
         .await?;
     assert_eq!(wrong.status().as_u16(), 401);
+    Ok(())
+}
+
+/// Changes made while Switchboard was down (RT's scrip finds nobody and never retries): the
+/// catch-up at the next start reads them, and nothing is posted twice.
+#[tokio::test]
+async fn rt_catches_up_on_missed_webhooks() -> Result<()> {
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let mut sb = start(
+        Db::Sqlite,
+        &bot,
+        &rt_source(&queue, &secret, &[("agent", &alice)]),
+    )
+    .await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    wait_for("the first look at RT", || async {
+        sb.log()
+            .contains("reading tickets changed from now on")
+            .then_some(())
+    })
+    .await?;
+    let id = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Printer", "Owner": "agent",
+            "Requestor": "customer@switchboard.test", "Content": "It jams."}),
+        )
+        .await?;
+    let room = sb.wait_room_in("rt", &id.to_string()).await?;
+    wait_text(&bot, &room, "It jams.").await?;
+
+    sb.kill();
+    rt.write(
+        &rt.agent_token,
+        id,
+        "correspond",
+        "Answered while Switchboard was down.",
+    )
+    .await?;
+    let missed = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Scanner", "Owner": "agent",
+            "Requestor": "customer@switchboard.test", "Content": "It scans nothing."}),
+        )
+        .await?;
+    sb.spawn().await?;
+    let all = wait_text(&bot, &room, "Answered while Switchboard was down.").await?;
+    let other = sb.wait_room_in("rt", &missed.to_string()).await?;
+    wait_text(&bot, &other, "It scans nothing.").await?;
+    assert_eq!(
+        all.iter().filter(|m| m.contains("It jams.")).count(),
+        1,
+        "nothing posted twice: {all:?}"
+    );
     Ok(())
 }

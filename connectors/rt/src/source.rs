@@ -186,6 +186,7 @@ impl Source {
             None => {
                 let newest = self.rt.newest_change().await?;
                 self.host.set_cursor(&key, &newest).await?;
+                info!(source = %self.id, since = %newest, "RT: reading tickets changed from now on");
                 return Ok(0);
             }
         };
