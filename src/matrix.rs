@@ -637,7 +637,9 @@ fn already_in_room(e: &matrix_sdk::Error) -> bool {
 }
 
 /// An event as JSON (decrypted when it could be).
-fn json_of(event: &matrix_sdk::deserialized_responses::TimelineEvent) -> Option<serde_json::Value> {
+pub(crate) fn json_of(
+    event: &matrix_sdk::deserialized_responses::TimelineEvent,
+) -> Option<serde_json::Value> {
     serde_json::from_str(event.raw().json().get()).ok()
 }
 

@@ -1,6 +1,7 @@
 //! Matrix as the connectors use it while their actions run (`switchboard_connector::Matrix`):
 //! the sink's operations, each refusing to act as anyone but the bot.
 
+use matrix_sdk::room::MessagesOptions;
 use matrix_sdk::ruma::api::error::ErrorKind;
 use matrix_sdk::ruma::{EventId, OwnedTransactionId, RoomId, UserId};
 use switchboard_connector::{ActAs, Matrix, RoomSpec};
@@ -99,6 +100,28 @@ impl Matrix for MatrixSink {
             .await
             .map_err(|e| sdk_failure(&e))?;
         Ok(members.iter().map(|m| m.user_id().to_string()).collect())
+    }
+
+    async fn history(&self, room: &str, max: usize) -> Result<Vec<serde_json::Value>, Failure> {
+        let room = self.room(room).await?;
+        let mut events = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut options = match &token {
+                Some(from) => MessagesOptions::backward().from(from.as_str()),
+                None => MessagesOptions::backward(),
+            };
+            options.limit = 100u32.into();
+            let page = room.messages(options).await.map_err(|e| sdk_failure(&e))?;
+            events.extend(page.chunk.iter().filter_map(super::json_of));
+            if page.chunk.is_empty() || events.len() >= max || page.end.is_none() {
+                break;
+            }
+            token = page.end;
+        }
+        events.truncate(max);
+        events.reverse();
+        Ok(events)
     }
 
     async fn state(

@@ -115,6 +115,9 @@ pub trait Matrix: Send + Sync {
     async fn membership(&self, room: &str, user: &str) -> Result<Option<String>, Failure>;
     /// The room's joined members.
     async fn members(&self, room: &str) -> Result<Vec<String>, Failure>;
+    /// The room's latest events, at most `max`, oldest first, as the bot sees them
+    /// (decrypted where it can): for a transcript.
+    async fn history(&self, room: &str, max: usize) -> Result<Vec<Value>, Failure>;
     /// A state event's content, if the room has it.
     async fn state(
         &self,

@@ -356,6 +356,22 @@ impl Matrix for TestMatrix {
         joined.sort();
         Ok(joined)
     }
+    async fn history(&self, room: &str, max: usize) -> Result<Vec<Value>, Failure> {
+        let sent = lock(&self.sent);
+        let mut events: Vec<Value> = sent
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.room == room)
+            .map(|(i, s)| {
+                serde_json::json!({"type": s.event_type, "sender": Self::BOT,
+                    "event_id": format!("$event{i}"), "origin_server_ts": i,
+                    "content": s.content})
+            })
+            .collect();
+        let skip = events.len().saturating_sub(max);
+        events.drain(..skip);
+        Ok(events)
+    }
     async fn state(
         &self,
         room: &str,
