@@ -195,11 +195,29 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
         })
         .collect();
     assert!(echoes.is_empty(), "a room message came back: {echoes:?}");
+    // The transcript: one comment with the room's conversation, its authors and times.
+    let transcript = wait_for("the transcript in RT", || async {
+        let m = rt.messages(id).await.ok()?;
+        m.into_iter().find(|(kind, creator, text)| {
+            kind == "Comment"
+                && creator == "switchboard"
+                && text.starts_with("Transcript of the ticket's Matrix room")
+        })
+    })
+    .await?
+    .2;
+    for said in [
+        &format!("{}: Works now, thanks!", carl.user_id),
+        "Switchboard: Alice Agent replied:",
+        "it is closed",
+    ] {
+        assert!(transcript.contains(said), "{said} in {transcript}");
+    }
     let comments = rt.messages(id).await?;
     assert_eq!(
         comments
             .iter()
-            .filter(|(_, _, t)| t.contains("Works now"))
+            .filter(|(_, _, t)| t.contains("Works now") && !t.starts_with("Transcript"))
             .count(),
         1,
         "written once: {comments:?}"

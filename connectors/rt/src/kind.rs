@@ -73,7 +73,7 @@ impl Kind for RequestTracker {
     }
 
     fn action_kinds(&self) -> &'static [&'static str] {
-        &["rt_ticket", "rt_owner", "rt_write"]
+        &["rt_ticket", "rt_owner", "rt_transcript", "rt_write"]
     }
 
     fn migrations(&self, dialect: Dialect) -> Option<&'static sqlx::migrate::Migrator> {

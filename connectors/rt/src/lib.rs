@@ -46,6 +46,10 @@ pub struct RtConfig {
     /// `reply` to its requestors.
     #[serde(default)]
     pub write_back: WriteBack,
+    /// Whether closing the ticket writes the room's conversation (since the last time)
+    /// into the ticket, as one comment.
+    #[serde(default = "default_true")]
+    pub transcript: bool,
     /// Statuses that close the ticket's room (compared case-insensitively).
     #[serde(default = "default_closed")]
     pub closed_statuses: Vec<String>,
@@ -131,6 +135,10 @@ fn default_closed() -> Vec<String> {
     ["resolved", "rejected", "deleted"]
         .map(String::from)
         .to_vec()
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_catch_up() -> f64 {

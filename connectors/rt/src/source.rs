@@ -36,6 +36,9 @@ pub(crate) enum RtAction {
         demote: Option<String>,
         former_power: i64,
     },
+    /// Write the room's conversation into the ticket (the ticket was closed).
+    #[serde(rename = "rt_transcript")]
+    Transcript { ticket: u64 },
     /// Write what a member said in the ticket's room into the ticket.
     #[serde(rename = "rt_write")]
     Write {
@@ -45,6 +48,9 @@ pub(crate) enum RtAction {
         body: String,
     },
 }
+
+/// The most room events a transcript reads.
+const TRANSCRIPT_MAX: usize = 5000;
 
 /// One RT source.
 pub struct Source {
@@ -145,8 +151,7 @@ impl Source {
         ))
     }
 
-    /// Writes a room message into the ticket, once: a retry first looks whether the write
-    /// it repeats reached RT (the answer may have been lost on the way back).
+    /// Writes a room message into the ticket.
     async fn write(
         &self,
         row: &ActionRow,
@@ -155,15 +160,29 @@ impl Source {
         name: &str,
         body: &str,
     ) -> Result<String, Failure> {
-        let user = self.user().await?.to_string();
         let content = format!("{name} ({sender}) in Matrix:\n{body}");
+        let reply = self.cfg.write_back == WriteBack::Reply;
+        self.write_once(row, id, reply, &content).await?;
+        Ok(if reply { "replied" } else { "commented" }.into())
+    }
+
+    /// Writes `content` into the ticket once: a retry first looks whether the write it
+    /// repeats reached RT (the answer may have been lost on the way back). False: it had.
+    async fn write_once(
+        &self,
+        row: &ActionRow,
+        id: u64,
+        reply: bool,
+        content: &str,
+    ) -> Result<bool, Failure> {
+        let user = self.user().await?.to_string();
         let key = format!("request_tracker.{}.writing.{}", self.id, row.id);
         match self.host.setting(&key).await? {
             Some(before) => {
                 let before = before.parse().unwrap_or(0);
-                if self.rt.wrote(id, &user, before, &content).await? {
+                if self.rt.wrote(id, &user, before, content).await? {
                     self.host.delete_setting(&key).await?;
-                    return Ok("written before".into());
+                    return Ok(false);
                 }
             }
             None => {
@@ -171,10 +190,36 @@ impl Source {
                 self.host.set_setting(&key, &last.to_string()).await?;
             }
         }
-        let reply = self.cfg.write_back == WriteBack::Reply;
-        self.rt.write(id, reply, &content).await?;
+        self.rt.write(id, reply, content).await?;
         self.host.delete_setting(&key).await?;
-        Ok(if reply { "replied" } else { "commented" }.into())
+        Ok(true)
+    }
+
+    /// Writes the room's conversation since the last transcript into the ticket, as one
+    /// comment.
+    async fn transcript(&self, cx: &ActionContext<'_>, id: u64) -> Result<String, Failure> {
+        let row = cx.row;
+        let Some(room) = self.host.room_of_ticket(&row.source_id, &row.lane).await? else {
+            return Ok("skipped: the ticket has no room".into());
+        };
+        let key = format!("request_tracker.{}.transcribed.{}", self.id, row.lane);
+        let since: i64 = match self.host.setting(&key).await? {
+            Some(ts) => ts.parse().unwrap_or(0),
+            None => 0,
+        };
+        let events = cx.matrix.history(&room, TRANSCRIPT_MAX).await?;
+        let (text, last) = ticket::transcript(&events, since, cx.matrix.bot());
+        if text.is_empty() {
+            return Ok("skipped: nothing said since the last transcript".into());
+        }
+        let written = self.write_once(row, id, false, &text).await?;
+        self.host.set_setting(&key, &last.to_string()).await?;
+        Ok(if written {
+            "transcript written"
+        } else {
+            "transcript written before"
+        }
+        .into())
     }
 
     /// Names the tickets changed since the last look, so that a change whose webhook was
@@ -237,6 +282,7 @@ impl Connector for Source {
             .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
         match action {
             RtAction::Ticket { ticket } => self.read_ticket(cx.row, ticket).await,
+            RtAction::Transcript { ticket } => self.transcript(cx, ticket).await,
             RtAction::Owner {
                 promote,
                 demote,

@@ -227,6 +227,12 @@ pub(crate) fn plan(
                         )),
                         rename: Some(render(&config.room.closed_name, &status_cx(&cx, new))),
                     }));
+                    if config.transcript {
+                        let write = crate::source::RtAction::Transcript { ticket: ticket.id };
+                        if let Ok(q) = Queued::own(lane.clone(), &write) {
+                            out.push(q);
+                        }
+                    }
                 } else if config.closes(old) && !config.closes(new) {
                     let mut open = spec(Some(format!("{by} opened the ticket again ({new}).")));
                     open.name = render(&config.room.name, &status_cx(&cx, new));
@@ -301,6 +307,59 @@ pub(crate) fn plan(
         }
     }
     (out, now)
+}
+
+/// The room's conversation after `since` (milliseconds since the epoch) as a transcript:
+/// one line per message with its time (UTC) and author, files named; and the time of the
+/// last message in it.
+pub(crate) fn transcript(events: &[serde_json::Value], since: i64, bot: &str) -> (String, i64) {
+    let mut lines = Vec::new();
+    let mut last = since;
+    for e in events {
+        let ts = e["origin_server_ts"].as_i64().unwrap_or(0);
+        let content = &e["content"];
+        if e["type"] != "m.room.message" || ts <= since || content["body"].is_null() {
+            continue;
+        }
+        last = last.max(ts);
+        let sender = e["sender"].as_str().unwrap_or("someone");
+        let who = if sender == bot { "Switchboard" } else { sender };
+        let body = content["body"].as_str().unwrap_or_default();
+        let said = match content["msgtype"].as_str() {
+            Some("m.file" | "m.image" | "m.video" | "m.audio") => format!("sent the file {body}"),
+            _ => body.to_string(),
+        };
+        lines.push(format!("[{}] {who}: {said}", utc(ts)));
+    }
+    if lines.is_empty() {
+        return (String::new(), since);
+    }
+    let head = format!(
+        "Transcript of the ticket's Matrix room ({} messages):\n",
+        lines.len()
+    );
+    (format!("{head}\n{}", lines.join("\n")), last)
+}
+
+/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM UTC`.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
 }
 
 /// The template context with the ticket's status as it is after a change.
@@ -516,7 +575,10 @@ mod tests {
             reopened,
         ];
         let (actions, seen) = plan(&config, &ticket(), &entries, &people, "switchboard", &start);
-        assert_eq!(kinds(&actions), ["post", "post", "close", "open_room"]);
+        assert_eq!(
+            kinds(&actions),
+            ["post", "post", "close", "rt_transcript", "open_room"]
+        );
         assert_eq!(
             actions[0].action["body"],
             "Alice Agent replied:\nRestarted it."
@@ -526,9 +588,9 @@ mod tests {
             "bob commented (internal):\ngateway OOM"
         );
         assert_eq!(actions[2].action["rename"], "[resolved] RT #7: VPN down");
-        assert_eq!(actions[3].action["name"], "RT #7: VPN down");
+        assert_eq!(actions[4].action["name"], "RT #7: VPN down");
         assert_eq!(
-            actions[3].action["reopen_notice"],
+            actions[4].action["reopen_notice"],
             "Carl Customer opened the ticket again (open)."
         );
         assert_eq!((seen.last, seen.status.as_str()), (15, "open"));
@@ -573,6 +635,49 @@ mod tests {
                    "demote": "@alice:example.org", "former_power": 0})
         );
         assert_eq!(seen.owner, "bob");
+    }
+
+    #[test]
+    fn a_transcript_has_each_message_since_the_last_with_time_and_author() {
+        let said = |ts: i64, sender: &str, content: serde_json::Value| {
+            json!({"type": "m.room.message", "origin_server_ts": ts, "sender": sender,
+                   "content": content})
+        };
+        let events = [
+            said(
+                1_000,
+                "@carl:x",
+                json!({"msgtype": "m.text", "body": "before"}),
+            ),
+            json!({"type": "m.room.member", "origin_server_ts": 2_000, "sender": "@carl:x",
+                   "content": {"membership": "join"}}),
+            said(
+                1_796_303_733_000,
+                "@carl:x",
+                json!({"msgtype": "m.text", "body": "It works"}),
+            ),
+            said(
+                1_796_303_800_000,
+                "@bot:x",
+                json!({"msgtype": "m.notice", "body": "Closed."}),
+            ),
+            said(
+                1_796_303_860_000,
+                "@carl:x",
+                json!({"msgtype": "m.file", "body": "log.txt"}),
+            ),
+        ];
+        let (text, last) = transcript(&events, 1_000, "@bot:x");
+        assert_eq!(
+            text,
+            "Transcript of the ticket's Matrix room (3 messages):\n\n\
+             [2026-12-03 13:15 UTC] @carl:x: It works\n\
+             [2026-12-03 13:16 UTC] Switchboard: Closed.\n\
+             [2026-12-03 13:17 UTC] @carl:x: sent the file log.txt"
+        );
+        assert_eq!(last, 1_796_303_860_000);
+        assert_eq!(transcript(&events, last, "@bot:x"), (String::new(), last));
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
     }
 
     #[test]
