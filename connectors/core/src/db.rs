@@ -97,3 +97,34 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
+
+/// A Unix time in milliseconds as UTC calendar fields: year, month, day, hour, minute,
+/// second.
+pub fn utc_fields(ms: i64) -> [i64; 6] {
+    let secs = ms.div_euclid(1000);
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    [year, month, day, rest / 3600, rest / 60 % 60, rest % 60]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc_fields;
+
+    #[test]
+    fn utc_fields_of_known_times() {
+        assert_eq!(utc_fields(0), [1970, 1, 1, 0, 0, 0]);
+        assert_eq!(utc_fields(951_782_400_000), [2000, 2, 29, 0, 0, 0]);
+        assert_eq!(utc_fields(1_796_303_733_999), [2026, 12, 3, 13, 15, 33]);
+        assert_eq!(utc_fields(-1_000), [1969, 12, 31, 23, 59, 59]);
+    }
+}

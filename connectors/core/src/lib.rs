@@ -19,7 +19,7 @@ pub use connector::{
     ActionContext, Checked, Connector, EnvConfig, FirstSync, Kind, Listener, Route, RouteReply,
     RouteRequest, SourceInfo, SyncRoom,
 };
-pub use db::{Accepted, ActionRow, DbError, Dialect, now_ms};
+pub use db::{Accepted, ActionRow, DbError, Dialect, now_ms, utc_fields};
 pub use event::{
     Delivery, EventKind, MAX_DEDUPE_KEY, MAX_TICKET_KEY, RejectReason, TicketEvent, WebhookSource,
     check_delivery, is_matrix_user_id, lookup,
