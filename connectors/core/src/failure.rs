@@ -42,6 +42,21 @@ impl Failure {
         }
     }
 
+    /// An HTTP answer's status as a failure, with the delay its `Retry-After` header (in
+    /// seconds) asks for: see `from_status`.
+    pub fn from_answer(
+        status: http::StatusCode,
+        headers: &http::HeaderMap,
+        message: String,
+    ) -> Failure {
+        let retry_after = headers
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Failure::from_status(status.as_u16(), message, retry_after)
+    }
+
     /// An HTTP answer's status as a failure: 429, 502, 503 and 504 (overload, a proxy in
     /// front of a server that is down) pass; other 5xx are refusals; the rest is permanent.
     pub fn from_status(status: u16, message: String, retry_after: Option<Duration>) -> Failure {

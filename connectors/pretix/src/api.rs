@@ -68,12 +68,6 @@ impl Source {
                 .await
                 .map_err(|e| transient(format!("pretix's answer: {}", e.without_url()), None));
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
         let message = match status.as_u16() {
             401 | 403 => format!(
                 "pretix refused the authorization ({status}) for {what}: check the token's \
@@ -82,7 +76,7 @@ impl Source {
             404 => format!("pretix has no {what}"),
             _ => format!("pretix answered {status} for {what}"),
         };
-        Err(Failure::from_status(status.as_u16(), message, retry_after))
+        Err(Failure::from_answer(status, response.headers(), message))
     }
 
     /// The `Authorization` header: the OAuth token when an organiser authorized

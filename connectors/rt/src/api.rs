@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -135,12 +134,7 @@ impl Rt {
                 .await
                 .map_err(|e| Failure::transient(format!("RT's answer to {what}: {e}")));
         }
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let headers = response.headers().clone();
         let answer: Value = response.json().await.unwrap_or_default();
         let why = answer["message"].as_str().unwrap_or("no reason given");
         let message = match status.as_u16() {
@@ -150,7 +144,7 @@ impl Rt {
             ),
             _ => format!("RT answered {status} for {what}: {why}"),
         };
-        Err(Failure::from_status(status.as_u16(), message, retry_after))
+        Err(Failure::from_answer(status, &headers, message))
     }
 
     async fn get(&self, path: &str) -> Result<Value, Failure> {
