@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_connector::{Failure, Secret};
+use switchboard_ticket_rooms::Person;
 
 /// A ticket as the room needs it; people by their RT user names.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,14 +43,6 @@ pub(crate) struct Message {
     pub text: String,
     /// The files attached: name and size in bytes.
     pub files: Vec<(String, u64)>,
-}
-
-/// An RT user.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Person {
-    pub name: String,
-    pub email: String,
-    pub real_name: String,
 }
 
 /// A REST2 time (`2026-12-03T13:15:33Z`) as TicketSQL compares times
@@ -240,7 +233,7 @@ impl Rt {
         if message.text.is_empty()
             && let Some(html) = html
         {
-            message.text = crate::ticket::html_to_text(&html);
+            message.text = switchboard_ticket_rooms::text::html_to_text(&html);
         }
         Ok(message)
     }

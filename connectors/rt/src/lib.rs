@@ -6,14 +6,12 @@ mod api;
 mod hook;
 mod kind;
 mod source;
-mod tables;
 mod ticket;
-
-use std::collections::BTreeMap;
 
 pub use kind::RequestTracker;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig};
 
 /// Configuration of a Request Tracker source (`kind = "request_tracker"`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -32,12 +30,15 @@ pub struct RtConfig {
     /// Queues whose tickets get a room. Empty: every queue the user can see.
     #[serde(default)]
     pub queues: Vec<String>,
-    /// The ticket's room.
+    /// The ticket's room. Its templates see `system` (`RT`), `ticket.id` (also
+    /// `ticket.number`), `ticket.subject` (also `ticket.title`), `ticket.queue`,
+    /// `ticket.status`, `ticket.owner` and `ticket.url`.
     #[serde(default)]
     pub room: RoomConfig,
-    /// How RT's people become Matrix users.
+    /// How RT's people (by RT user name) become Matrix users; `invite` takes any of
+    /// `owner`, `admin_cc`, `requestors`, `cc` (default: all).
     #[serde(default)]
-    pub people: PeopleConfig,
+    pub people: PeopleConfig<Role>,
     /// Internal comments in the room: `mark` posts them marked as internal, `hide` leaves
     /// them out.
     #[serde(default)]
@@ -59,67 +60,15 @@ pub struct RtConfig {
     pub catch_up_minutes: f64,
 }
 
-/// The room of a ticket. Templates see `ticket.id`, `ticket.subject`, `ticket.queue`,
-/// `ticket.status`, `ticket.owner` and `ticket.url`.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoomConfig {
-    pub name: String,
-    pub topic: String,
-    /// Whether the room is end-to-end encrypted.
-    pub encrypted: bool,
-    /// The room's name once the ticket is closed.
-    pub closed_name: String,
-    /// The power level a former owner is left with when the ticket's owner changes (the
-    /// new owner gets 100).
-    pub former_owner_power: i64,
-}
-
-impl Default for RoomConfig {
-    fn default() -> Self {
-        RoomConfig {
-            name: "RT #{{ ticket.id }}: {{ ticket.subject }}".into(),
-            topic: "{{ ticket.subject }} · queue {{ ticket.queue }} · {{ ticket.url }}".into(),
-            encrypted: true,
-            closed_name: "[{{ ticket.status }}] RT #{{ ticket.id }}: {{ ticket.subject }}".into(),
-            former_owner_power: 0,
-        }
-    }
-}
-
-/// How an RT user (the owner, an AdminCc, a requestor, a Cc) becomes a Matrix user: the
-/// first means that gives a Matrix ID wins; someone none maps is named in the room.
-#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, default)]
-pub struct PeopleConfig {
-    /// RT user names or e-mail addresses, and their Matrix IDs.
-    pub users: BTreeMap<String, String>,
-    /// A Matrix ID made from the RT user, e.g. `@{{ name }}:example.org`; it sees `name`,
-    /// `email`, `email_local` (before the `@`), `email_domain` and `real_name`. A result
-    /// that is not a Matrix ID counts as no answer.
-    pub template: Option<String>,
-    /// Which of the ticket's people are invited: any of `owner`, `admin_cc`,
-    /// `requestors`, `cc`. Default: all.
-    pub invite: Option<Vec<Role>>,
-}
-
 /// One of a ticket's roles.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
+    #[default]
     Owner,
     AdminCc,
     Requestors,
     Cc,
-}
-
-/// What happens to internal comments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Comments {
-    #[default]
-    Mark,
-    Hide,
 }
 
 /// What a room message becomes in the ticket.
@@ -153,28 +102,8 @@ impl RtConfig {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => problems.push(("url".into(), "must be an http(s) URL".into())),
         }
-        for (key, template) in [
-            ("room.name", &self.room.name),
-            ("room.topic", &self.room.topic),
-            ("room.closed_name", &self.room.closed_name),
-        ] {
-            if let Err(e) = ticket::check_template(template) {
-                problems.push((key.into(), e));
-            }
-        }
-        if let Some(t) = &self.people.template
-            && let Err(e) = ticket::check_template(t)
-        {
-            problems.push(("people.template".into(), e));
-        }
-        for (who, id) in &self.people.users {
-            if !switchboard_connector::is_matrix_user_id(id) {
-                problems.push((
-                    format!("people.users.{who}"),
-                    format!("`{id}` is not a Matrix user ID"),
-                ));
-            }
-        }
+        problems.extend(self.room.problems());
+        problems.extend(self.people.problems());
         if !self.catch_up_minutes.is_finite() || self.catch_up_minutes < 0.0 {
             problems.push(("catch_up_minutes".into(), "must be 0 or more".into()));
         }
@@ -184,18 +113,5 @@ impl RtConfig {
     /// REST2's address.
     pub fn rest2(&self) -> String {
         format!("{}/REST/2.0", self.url.trim_end_matches('/'))
-    }
-
-    fn invites(&self, role: Role) -> bool {
-        self.people
-            .invite
-            .as_ref()
-            .is_none_or(|r| r.contains(&role))
-    }
-
-    fn closes(&self, status: &str) -> bool {
-        self.closed_statuses
-            .iter()
-            .any(|s| s.eq_ignore_ascii_case(status))
     }
 }

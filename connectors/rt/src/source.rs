@@ -3,23 +3,27 @@
 //! members write in the room becomes `rt_write`, a comment or reply in the ticket.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
     SyncRoom, TicketEvent, WebhookSource,
 };
+use switchboard_ticket_rooms::{Chat, TicketRooms, table};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use crate::api::Rt;
 use crate::hook::ScripHook;
-use crate::ticket::{Entry, Member};
-use crate::{RtConfig, WriteBack, tables, ticket};
+use crate::ticket::Entry;
+use crate::{RtConfig, WriteBack, ticket};
+
+/// The source's table of ticket rooms.
+const TABLE: &str = "rt_tickets";
 
 /// The RT source's own actions, as stored in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -49,9 +53,6 @@ pub(crate) enum RtAction {
     },
 }
 
-/// The most room events a transcript reads.
-const TRANSCRIPT_MAX: usize = 5000;
-
 /// One RT source.
 pub struct Source {
     id: String,
@@ -60,11 +61,7 @@ pub struct Source {
     host: Arc<dyn Host>,
     /// The RT user Switchboard writes as (configured, or asked of RT once).
     user: OnceCell<String>,
-    bot: Mutex<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    rooms: TicketRooms,
 }
 
 impl Source {
@@ -80,9 +77,9 @@ impl Source {
             id: id.to_string(),
             rt: Rt::new(cfg.rest2(), token, host.http().clone()),
             cfg,
+            rooms: TicketRooms::new("request_tracker", id, host.clone(), bot),
             host,
             user,
-            bot: Mutex::new(bot.to_string()),
         }
     }
 
@@ -100,7 +97,7 @@ impl Source {
     /// Reads a ticket's history since last time and queues what its room needs.
     async fn read_ticket(&self, row: &ActionRow, id: u64) -> Result<String, Failure> {
         let user = self.user().await?.to_string();
-        let seen = tables::seen(&*self.host, &self.id, &row.lane).await?;
+        let seen = table::seen(&*self.host, TABLE, &self.id, &row.lane).await?;
         let ticket = self.rt.ticket(id).await?;
         if !seen.roomed && !self.selected(&ticket.queue) {
             return Ok(format!(
@@ -138,11 +135,10 @@ impl Source {
                 continue;
             }
             let person = self.rt.person(&name).await?;
-            let matrix = ticket::matrix_id(&self.cfg, &person);
-            people.insert(name, Member { person, matrix });
+            people.insert(name, self.cfg.people.member(person));
         }
         let (actions, now) = ticket::plan(&self.cfg, &ticket, &entries, &people, &user, &seen);
-        tables::advance(&*self.host, row, &now, &actions).await?;
+        table::advance(&*self.host, TABLE, row, &now, &actions).await?;
         Ok(format!(
             "read {} transactions up to {}; {} actions",
             entries.len(),
@@ -152,22 +148,14 @@ impl Source {
     }
 
     /// Writes a room message into the ticket.
-    async fn write(
-        &self,
-        row: &ActionRow,
-        id: u64,
-        sender: &str,
-        name: &str,
-        body: &str,
-    ) -> Result<String, Failure> {
-        let content = format!("{name} ({sender}) in Matrix:\n{body}");
+    async fn write(&self, row: &ActionRow, id: u64, chat: &Chat) -> Result<String, Failure> {
         let reply = self.cfg.write_back == WriteBack::Reply;
-        self.write_once(row, id, reply, &content).await?;
+        self.write_once(row, id, reply, &chat.text()).await?;
         Ok(if reply { "replied" } else { "commented" }.into())
     }
 
-    /// Writes `content` into the ticket once: a retry first looks whether the write it
-    /// repeats reached RT (the answer may have been lost on the way back). False: it had.
+    /// Writes `content` into the ticket once (a retry first looks in its history).
+    /// False: an earlier try had.
     async fn write_once(
         &self,
         row: &ActionRow,
@@ -176,50 +164,14 @@ impl Source {
         content: &str,
     ) -> Result<bool, Failure> {
         let user = self.user().await?.to_string();
-        let key = format!("request_tracker.{}.writing.{}", self.id, row.id);
-        match self.host.setting(&key).await? {
-            Some(before) => {
-                let before = before.parse().unwrap_or(0);
-                if self.rt.wrote(id, &user, before, content).await? {
-                    self.host.delete_setting(&key).await?;
-                    return Ok(false);
-                }
-            }
-            None => {
-                let last = self.rt.last_transaction(id).await?;
-                self.host.set_setting(&key, &last.to_string()).await?;
-            }
-        }
-        self.rt.write(id, reply, content).await?;
-        self.host.delete_setting(&key).await?;
-        Ok(true)
-    }
-
-    /// Writes the room's conversation since the last transcript into the ticket, as one
-    /// comment.
-    async fn transcript(&self, cx: &ActionContext<'_>, id: u64) -> Result<String, Failure> {
-        let row = cx.row;
-        let Some(room) = self.host.room_of_ticket(&row.source_id, &row.lane).await? else {
-            return Ok("skipped: the ticket has no room".into());
-        };
-        let key = format!("request_tracker.{}.transcribed.{}", self.id, row.lane);
-        let since: i64 = match self.host.setting(&key).await? {
-            Some(ts) => ts.parse().unwrap_or(0),
-            None => 0,
-        };
-        let events = cx.matrix.history(&room, TRANSCRIPT_MAX).await?;
-        let (text, last) = ticket::transcript(&events, since, cx.matrix.bot());
-        if text.is_empty() {
-            return Ok("skipped: nothing said since the last transcript".into());
-        }
-        let written = self.write_once(row, id, false, &text).await?;
-        self.host.set_setting(&key, &last.to_string()).await?;
-        Ok(if written {
-            "transcript written"
-        } else {
-            "transcript written before"
-        }
-        .into())
+        self.rooms
+            .write_once(
+                row.id,
+                async || self.rt.last_transaction(id).await,
+                async |before| self.rt.wrote(id, &user, before, content).await,
+                async || self.rt.write(id, reply, content).await,
+            )
+            .await
     }
 
     /// Names the tickets changed since the last look, so that a change whose webhook was
@@ -264,15 +216,14 @@ impl Connector for Source {
         let Ok(ticket) = ev.ticket.parse::<u64>() else {
             return Ok(Some(Vec::new()));
         };
-        let chat = &ev.payload["chat"];
-        let action = match (chat["sender"].as_str(), chat["body"].as_str()) {
-            (Some(sender), Some(body)) => RtAction::Write {
+        let action = match Chat::of(ev) {
+            Some(chat) => RtAction::Write {
                 ticket,
-                sender: sender.into(),
-                name: chat["name"].as_str().unwrap_or(sender).into(),
-                body: body.into(),
+                sender: chat.sender,
+                name: chat.name,
+                body: chat.body,
             },
-            _ => RtAction::Ticket { ticket },
+            None => RtAction::Ticket { ticket },
         };
         Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
     }
@@ -282,34 +233,20 @@ impl Connector for Source {
             .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
         match action {
             RtAction::Ticket { ticket } => self.read_ticket(cx.row, ticket).await,
-            RtAction::Transcript { ticket } => self.transcript(cx, ticket).await,
+            RtAction::Transcript { ticket } => {
+                self.rooms
+                    .transcript(cx, async |text| {
+                        self.write_once(cx.row, ticket, false, &text).await
+                    })
+                    .await
+            }
             RtAction::Owner {
                 promote,
                 demote,
                 former_power,
             } => {
-                let Some(room) = self
-                    .host
-                    .room_of_ticket(&cx.row.source_id, &cx.row.lane)
-                    .await?
-                else {
-                    return Ok("skipped: the ticket has no room".into());
-                };
-                let mut levels = cx
-                    .matrix
-                    .state(&room, "m.room.power_levels", "")
-                    .await?
-                    .unwrap_or_else(|| json!({}));
-                let mut users = levels["users"].as_object().cloned().unwrap_or_default();
-                if let Some(former) = demote.as_ref().filter(|d| Some(*d) != promote.as_ref()) {
-                    users.insert(former.clone(), json!(former_power));
-                }
-                if let Some(owner) = &promote {
-                    users.insert(owner.clone(), json!(100));
-                }
-                levels["users"] = Value::Object(users);
-                cx.matrix
-                    .set_state(None, &room, "m.room.power_levels", "", levels)
+                self.rooms
+                    .owner(cx, promote.as_deref(), demote.as_deref(), former_power)
                     .await
             }
             RtAction::Write {
@@ -317,7 +254,10 @@ impl Connector for Source {
                 sender,
                 name,
                 body,
-            } => self.write(cx.row, ticket, &sender, &name, &body).await,
+            } => {
+                let chat = Chat { sender, name, body };
+                self.write(cx.row, ticket, &chat).await
+            }
         }
     }
 
@@ -349,65 +289,24 @@ impl Listener for Source {
     }
 
     fn know_bot(&self, user_id: &str) {
-        *lock(&self.bot) = user_id.to_string();
+        self.rooms.know_bot(user_id);
     }
 
     /// The rooms of this source's tickets.
     async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
-        Ok(self
-            .host
-            .ticket_of_room(room.id())
-            .await?
-            .is_some_and(|(source, _)| source == self.id))
+        self.rooms.claims(room).await
     }
 
     /// Members' messages go into the inbox, keyed by event ID, for their ticket.
     async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
-        let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
-            return Ok(true);
-        };
-        let bot = lock(&self.bot).clone();
-        for raw in events {
-            let content = &raw["content"];
-            let (Some(event_id), Some(sender), Some(body)) = (
-                raw["event_id"].as_str(),
-                raw["sender"].as_str(),
-                content["body"].as_str(),
-            ) else {
-                continue;
-            };
-            // Only what people say: not notices (bots), edits or the bot's own.
-            if raw["type"] != "m.room.message"
-                || sender == bot
-                || content["msgtype"] == "m.notice"
-                || content["m.relates_to"]["rel_type"] == "m.replace"
-                || raw["unsigned"][switchboard_connector::connector::UNDECRYPTABLE] == true
-            {
-                continue;
-            }
-            let name = room
-                .profile(sender)
-                .await
-                .0
-                .unwrap_or_else(|| sender.into());
-            let body = match content["msgtype"].as_str() {
-                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
-                    format!("(sent a file in the room: {body})")
-                }
-                _ => body.to_string(),
-            };
-            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
-            event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
-                                            "name": name, "body": body}});
-            self.host.deliver(&self.id, event_id, &[event]).await?;
-        }
-        Ok(true)
+        self.rooms.heard(room, events).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use switchboard_connector::testing::{TestHost, TestMatrix, TestRoom};
     use switchboard_connector::{Checker, Kind, SourceInfo};
 

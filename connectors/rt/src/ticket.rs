@@ -1,55 +1,16 @@
-//! What a ticket's new history does to its room: the room opened with its people, each
-//! reply and comment posted with its author, status and owner changes told, the room closed
-//! and opened again. Pure: the ticket, its new transactions and what the room already has
-//! in; actions and what the room has then out.
+//! What a ticket's new history is in the terms of a ticket room: RT's transactions as
+//! changes, its people with their roles, the templates' context. The room's own logic is
+//! `switchboard_ticket_rooms::plan`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::json;
-use switchboard_connector::{Action, Queued, RoomSpec};
+use switchboard_connector::Queued;
+use switchboard_ticket_rooms::{Change, Member, Said, Seen, Step};
 
-use crate::api::{Message, Person, Ticket, Transaction};
-use crate::{Comments, Role, RtConfig};
-
-/// What the room of a ticket has, as kept between reads of its history.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Seen {
-    /// The last transaction read.
-    pub last: u64,
-    /// Whether the room was opened.
-    pub roomed: bool,
-    pub status: String,
-    pub owner: String,
-    /// The ticket's people (RT user names) invited or named in the room.
-    pub people: BTreeSet<String>,
-}
-
-/// A person of the ticket: who they are in RT and in Matrix (`None`: no means maps them).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Member {
-    pub person: Person,
-    pub matrix: Option<String>,
-}
-
-impl Member {
-    /// How the room calls them: their real name, else their RT name or address.
-    pub fn display(&self) -> String {
-        if !self.person.real_name.is_empty() {
-            self.person.real_name.clone()
-        } else {
-            self.person.name.clone()
-        }
-    }
-
-    fn named(&self) -> String {
-        match (&self.person.email, self.person.real_name.is_empty()) {
-            (email, false) if !email.is_empty() => {
-                format!("{} <{email}>", self.person.real_name)
-            }
-            _ => self.display(),
-        }
-    }
-}
+use crate::api::{Message, Ticket, Transaction};
+use crate::source::RtAction;
+use crate::{Role, RtConfig};
 
 /// A transaction with its message (for creations, replies and comments).
 #[derive(Debug, Clone, PartialEq)]
@@ -58,40 +19,13 @@ pub(crate) struct Entry {
     pub message: Option<Message>,
 }
 
-/// The template environment: `{{ ticket.id }}` and friends, no escaping (room names and
-/// topics are plain text).
-fn environment() -> minijinja::Environment<'static> {
-    let mut env = minijinja::Environment::new();
-    env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
-    env
-}
-
-/// Whether a template compiles; why not.
-pub(crate) fn check_template(template: &str) -> Result<(), String> {
-    environment()
-        .template_from_str(template)
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
-/// A template rendered with `context`; a template that fails renders empty (it compiled
-/// at start: only a runtime error like a bad filter argument gets here).
-pub(crate) fn render(template: &str, context: &serde_json::Value) -> String {
-    environment()
-        .render_str(
-            template,
-            minijinja::Value::from(minijinja::value::Serde(context)),
-        )
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// What templates see of a ticket.
 pub(crate) fn context(config: &RtConfig, ticket: &Ticket) -> serde_json::Value {
-    json!({"ticket": {
+    json!({"system": "RT", "ticket": {
         "id": ticket.id,
+        "number": ticket.id,
         "subject": ticket.subject,
+        "title": ticket.subject,
         "queue": ticket.queue,
         "status": ticket.status,
         "owner": ticket.owner,
@@ -99,37 +33,18 @@ pub(crate) fn context(config: &RtConfig, ticket: &Ticket) -> serde_json::Value {
     }})
 }
 
-/// The Matrix ID of an RT user by the configured means, in order: the table, then the
-/// template; `None` when neither gives a Matrix ID.
-pub(crate) fn matrix_id(config: &RtConfig, person: &Person) -> Option<String> {
-    let people = &config.people;
-    for key in [&person.name, &person.email] {
-        if key.is_empty() {
-            continue;
-        }
-        let found = people
-            .users
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.clone());
-        if found.is_some() {
-            return found;
-        }
+/// The ticket's owner by RT name; empty for `Nobody`.
+pub(crate) fn owner(ticket: &Ticket) -> &str {
+    match ticket.owner.as_str() {
+        "Nobody" => "",
+        name => name,
     }
-    let template = people.template.as_ref()?;
-    let (local, domain) = person.email.split_once('@').unwrap_or(("", ""));
-    let id = render(
-        template,
-        &json!({"name": person.name, "email": person.email, "email_local": local,
-                "email_domain": domain, "real_name": person.real_name}),
-    );
-    switchboard_connector::is_matrix_user_id(&id).then_some(id)
 }
 
 /// The roles each of a ticket's people has, by RT name, in the order the room names them.
 pub(crate) fn roles(ticket: &Ticket) -> Vec<(String, Role)> {
     let mut out = Vec::new();
-    if ticket.owner != "Nobody" && !ticket.owner.is_empty() {
+    if !owner(ticket).is_empty() {
         out.push((ticket.owner.clone(), Role::Owner));
     }
     for (names, role) in [
@@ -138,6 +53,49 @@ pub(crate) fn roles(ticket: &Ticket) -> Vec<(String, Role)> {
         (&ticket.cc, Role::Cc),
     ] {
         out.extend(names.iter().map(|n| (n.clone(), role)));
+    }
+    out
+}
+
+/// RT's transactions as the changes a room shows; what `api_user` wrote (Switchboard's
+/// own writes) is left out.
+fn changes(entries: &[Entry], api_user: &str) -> Vec<Change> {
+    let mut out = Vec::new();
+    for entry in entries {
+        let t = &entry.transaction;
+        let by = t.creator.clone();
+        match t.kind.as_str() {
+            "Create" | "Correspond" | "Comment" if t.creator != api_user => {
+                let Some(message) = &entry.message else {
+                    continue;
+                };
+                out.push(Change::Said {
+                    by,
+                    said: match t.kind.as_str() {
+                        "Create" => Said::Opened,
+                        "Correspond" => Said::Replied,
+                        _ => Said::Internal,
+                    },
+                    text: message.text.clone(),
+                    files: message.files.clone(),
+                });
+            }
+            "Status" => out.push(Change::Status {
+                by,
+                old: t.old.clone(),
+                new: t.new.clone(),
+            }),
+            "Set" | "Give" | "Take" | "Steal" | "Untake" | "Force"
+                if t.kind != "Set" || t.field == "Owner" =>
+            {
+                out.push(Change::Owner { by })
+            }
+            "Set" if t.field == "Subject" => out.push(Change::Renamed {
+                by,
+                title: t.new.clone(),
+            }),
+            _ => {}
+        }
     }
     out
 }
@@ -154,249 +112,68 @@ pub(crate) fn plan(
     seen: &Seen,
 ) -> (Vec<Queued>, Seen) {
     let lane = ticket.id.to_string();
-    let mut out = Vec::new();
-    let mut now = seen.clone();
-    let cx = context(config, ticket);
-    let core = |a: &Action| Queued::core(lane.clone(), a);
-    let member = |name: &str| people.get(name);
-    let display = |name: &str| match name {
-        // RT's own changes (a reply opening a new ticket, say).
-        "RT_System" => "RT".to_string(),
-        _ => member(name).map_or(name.to_string(), Member::display),
-    };
-    let spec = |reopen: Option<String>| RoomSpec {
-        name: render(&config.room.name, &cx),
-        topic: render(&config.room.topic, &cx),
-        preset: "private_chat".into(),
-        encrypted: config.room.encrypted,
-        invite: Vec::new(),
-        admins: member(&ticket.owner)
-            .and_then(|m| m.matrix.clone())
-            .filter(|_| config.invites(Role::Owner))
+    let mut people = people.clone();
+    // RT's own changes (a reply opening a new ticket, say).
+    people.entry("RT_System".into()).or_insert_with(|| Member {
+        person: switchboard_ticket_rooms::Person {
+            name: "RT_System".into(),
+            real_name: "RT".into(),
+            ..Default::default()
+        },
+        matrix: None,
+    });
+    let view = switchboard_ticket_rooms::Ticket {
+        lane: lane.clone(),
+        context: context(config, ticket),
+        status: ticket.status.clone(),
+        owner: owner(ticket).to_string(),
+        people: roles(ticket)
             .into_iter()
+            .map(|(name, role)| (name, config.people.invites(&role, true)))
             .collect(),
-        reopen_notice: reopen,
+        owner_invited: config.people.invites(&Role::Owner, true),
     };
-    if !now.roomed {
-        out.push(core(&Action::OpenRoom(spec(None))));
-        now.roomed = true;
-        now.status = ticket.status.clone();
-        now.owner = ticket.owner.clone();
-    }
-    for entry in entries {
-        let t = &entry.transaction;
-        now.last = now.last.max(t.id);
-        if t.creator == api_user && matches!(t.kind.as_str(), "Comment" | "Correspond") {
-            continue;
-        }
-        match t.kind.as_str() {
-            "Create" | "Correspond" | "Comment" => {
-                if t.kind == "Comment" && config.comments == Comments::Hide {
-                    continue;
-                }
-                let Some(message) = &entry.message else {
-                    continue;
-                };
-                let what = match t.kind.as_str() {
-                    "Create" => "opened the ticket",
-                    "Correspond" => "replied",
-                    _ => "commented (internal)",
-                };
-                let mut body = format!("{} {what}", display(&t.creator));
-                if !message.text.trim().is_empty() {
-                    body.push_str(":\n");
-                    body.push_str(message.text.trim_end());
-                }
-                for (file, size) in &message.files {
-                    body.push_str(&format!("\n📎 {file} ({size} bytes, in the ticket)"));
-                }
-                out.push(core(&Action::Post {
-                    body,
-                    notice: false,
-                }));
-            }
-            "Status" => {
-                let (old, new) = (&t.old, &t.new);
-                now.status = new.clone();
-                let by = display(&t.creator);
-                if config.closes(new) && !config.closes(old) {
-                    out.push(core(&Action::Close {
-                        notice: Some(format!(
-                            "{by} set the ticket to {new}: it is closed. This room stays for \
-                             reference."
-                        )),
-                        rename: Some(render(&config.room.closed_name, &status_cx(&cx, new))),
-                    }));
-                    if config.transcript {
-                        let write = crate::source::RtAction::Transcript { ticket: ticket.id };
-                        if let Ok(q) = Queued::own(lane.clone(), &write) {
-                            out.push(q);
-                        }
-                    }
-                } else if config.closes(old) && !config.closes(new) {
-                    let mut open = spec(Some(format!("{by} opened the ticket again ({new}).")));
-                    open.name = render(&config.room.name, &status_cx(&cx, new));
-                    out.push(core(&Action::OpenRoom(open)));
-                } else {
-                    out.push(core(&Action::Post {
-                        body: format!("{by} changed the status from {old} to {new}."),
-                        notice: true,
-                    }));
-                }
-            }
-            "Set" | "Give" | "Take" | "Steal" | "Untake" | "Force"
-                if t.kind != "Set" || t.field == "Owner" =>
-            {
-                // Old and new are user IDs here; the ticket names the owner it has now.
-                now.owner = ticket.owner.clone();
-                out.push(core(&Action::Post {
-                    body: format!(
-                        "{} made {} the ticket's owner.",
-                        display(&t.creator),
-                        display(&ticket.owner)
-                    ),
-                    notice: true,
-                }));
-            }
-            "Set" if t.field == "Subject" => out.push(core(&Action::Post {
-                body: format!("{} renamed the ticket: {}", display(&t.creator), t.new),
-                notice: true,
-            })),
-            _ => {}
-        }
-    }
-    // People the room has not had yet: invited, or named when nothing maps them.
-    let mut unmapped = Vec::new();
-    let mut invited = BTreeSet::new();
-    for (name, role) in roles(ticket) {
-        if now.people.contains(&name) || !config.invites(role) {
-            continue;
-        }
-        now.people.insert(name.clone());
-        match member(&name) {
-            Some(Member {
-                matrix: Some(id), ..
-            }) => {
-                if invited.insert(id.clone()) {
-                    out.push(core(&Action::Participant { user: id.clone() }));
-                }
-            }
-            Some(m) => unmapped.push(m.named()),
-            None => unmapped.push(name),
-        }
-    }
-    if !unmapped.is_empty() {
-        out.push(core(&Action::Post {
-            body: format!("Not in Matrix: {}", unmapped.join(", ")),
-            notice: true,
-        }));
-    }
-    // A new owner: their power up, the former owner's down.
-    if seen.roomed && now.owner != seen.owner && config.invites(Role::Owner) {
-        let matrix = |name: &str| member(name).and_then(|m| m.matrix.clone());
-        let (promote, demote) = (matrix(&now.owner), matrix(&seen.owner));
-        if promote.is_some() || demote.is_some() {
-            let owner = crate::source::RtAction::Owner {
+    let policy = switchboard_ticket_rooms::plan::Policy {
+        room: &config.room,
+        comments: config.comments,
+        transcript: config.transcript,
+        closed: &config.closed_statuses,
+    };
+    let (steps, mut now) =
+        switchboard_ticket_rooms::plan(policy, &view, &changes(entries, api_user), &people, seen);
+    now.last = entries
+        .iter()
+        .map(|e| e.transaction.id)
+        .fold(now.last, u64::max);
+    let queued = steps
+        .into_iter()
+        .filter_map(|step| match step {
+            Step::Core(action) => Some(Queued::core(lane.clone(), &action)),
+            Step::Owner {
                 promote,
                 demote,
-                former_power: config.room.former_owner_power,
-            };
-            if let Ok(q) = Queued::own(lane.clone(), &owner) {
-                out.push(q);
+                former_power,
+            } => Queued::own(
+                lane.clone(),
+                &RtAction::Owner {
+                    promote,
+                    demote,
+                    former_power,
+                },
+            )
+            .ok(),
+            Step::Transcript => {
+                Queued::own(lane.clone(), &RtAction::Transcript { ticket: ticket.id }).ok()
             }
-        }
-    }
-    (out, now)
-}
-
-/// The room's conversation after `since` (milliseconds since the epoch) as a transcript:
-/// one line per message with its time (UTC) and author, files named; and the time of the
-/// last message in it.
-pub(crate) fn transcript(events: &[serde_json::Value], since: i64, bot: &str) -> (String, i64) {
-    let mut lines = Vec::new();
-    let mut last = since;
-    for e in events {
-        let ts = e["origin_server_ts"].as_i64().unwrap_or(0);
-        let content = &e["content"];
-        if e["type"] != "m.room.message" || ts <= since || content["body"].is_null() {
-            continue;
-        }
-        last = last.max(ts);
-        let sender = e["sender"].as_str().unwrap_or("someone");
-        let who = if sender == bot { "Switchboard" } else { sender };
-        let body = content["body"].as_str().unwrap_or_default();
-        let said = match content["msgtype"].as_str() {
-            Some("m.file" | "m.image" | "m.video" | "m.audio") => format!("sent the file {body}"),
-            _ => body.to_string(),
-        };
-        lines.push(format!("[{}] {who}: {said}", utc(ts)));
-    }
-    if lines.is_empty() {
-        return (String::new(), since);
-    }
-    let head = format!(
-        "Transcript of the ticket's Matrix room ({} messages):\n",
-        lines.len()
-    );
-    (format!("{head}\n{}", lines.join("\n")), last)
-}
-
-/// Milliseconds since the epoch as `YYYY-MM-DD HH:MM UTC`.
-fn utc(ms: i64) -> String {
-    let [year, month, day, hour, minute, _] = switchboard_connector::utc_fields(ms);
-    format!("{year:04}-{month:02}-{day:02} {hour:02}:{minute:02} UTC")
-}
-
-/// The template context with the ticket's status as it is after a change.
-fn status_cx(cx: &serde_json::Value, status: &str) -> serde_json::Value {
-    let mut cx = cx.clone();
-    cx["ticket"]["status"] = json!(status);
-    cx
-}
-
-/// An HTML message as text: tags out, line breaks kept, entities decoded.
-pub(crate) fn html_to_text(html: &str) -> String {
-    let mut out = String::with_capacity(html.len());
-    let mut rest = html;
-    while let Some(start) = rest.find('<') {
-        out.push_str(&rest[..start]);
-        let Some(end) = rest[start..].find('>') else {
-            rest = &rest[start..];
-            break;
-        };
-        let tag = rest[start + 1..start + end].to_ascii_lowercase();
-        let closing = tag.starts_with('/');
-        let name = tag
-            .trim_start_matches('/')
-            .split([' ', '/'])
-            .next()
-            .unwrap_or("");
-        if name == "br" || closing && matches!(name, "p" | "div" | "li" | "tr" | "h1" | "h2" | "h3")
-        {
-            out.push('\n');
-        }
-        rest = &rest[start + end + 1..];
-    }
-    out.push_str(rest);
-    let decoded = out
-        .replace("&nbsp;", " ")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&");
-    decoded
-        .lines()
-        .map(str::trim_end)
-        .collect::<Vec<_>>()
-        .join("\n")
-        .trim()
-        .to_string()
+        })
+        .collect();
+    (queued, now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchboard_ticket_rooms::{Comments, Person};
 
     fn config() -> RtConfig {
         serde_json::from_value(json!({
@@ -438,7 +215,7 @@ mod tests {
         ]
         .into_iter()
         .map(|p| {
-            let matrix = matrix_id(config, &p);
+            let matrix = config.people.matrix_id(&p);
             (p.name.clone(), Member { person: p, matrix })
         })
         .collect()
@@ -504,7 +281,7 @@ mod tests {
         assert_eq!(open["admins"], json!(["@alice:example.org"]));
         assert_eq!(
             open["topic"],
-            "VPN down · queue Support · https://rt.example.org/Ticket/Display.html?id=7"
+            "VPN down · Support · https://rt.example.org/Ticket/Display.html?id=7"
         );
         assert_eq!(
             actions[1].action["body"],
@@ -620,56 +397,5 @@ mod tests {
                    "demote": "@alice:example.org", "former_power": 0})
         );
         assert_eq!(seen.owner, "bob");
-    }
-
-    #[test]
-    fn a_transcript_has_each_message_since_the_last_with_time_and_author() {
-        let said = |ts: i64, sender: &str, content: serde_json::Value| {
-            json!({"type": "m.room.message", "origin_server_ts": ts, "sender": sender,
-                   "content": content})
-        };
-        let events = [
-            said(
-                1_000,
-                "@carl:x",
-                json!({"msgtype": "m.text", "body": "before"}),
-            ),
-            json!({"type": "m.room.member", "origin_server_ts": 2_000, "sender": "@carl:x",
-                   "content": {"membership": "join"}}),
-            said(
-                1_796_303_733_000,
-                "@carl:x",
-                json!({"msgtype": "m.text", "body": "It works"}),
-            ),
-            said(
-                1_796_303_800_000,
-                "@bot:x",
-                json!({"msgtype": "m.notice", "body": "Closed."}),
-            ),
-            said(
-                1_796_303_860_000,
-                "@carl:x",
-                json!({"msgtype": "m.file", "body": "log.txt"}),
-            ),
-        ];
-        let (text, last) = transcript(&events, 1_000, "@bot:x");
-        assert_eq!(
-            text,
-            "Transcript of the ticket's Matrix room (3 messages):\n\n\
-             [2026-12-03 13:15 UTC] @carl:x: It works\n\
-             [2026-12-03 13:16 UTC] Switchboard: Closed.\n\
-             [2026-12-03 13:17 UTC] @carl:x: sent the file log.txt"
-        );
-        assert_eq!(last, 1_796_303_860_000);
-        assert_eq!(transcript(&events, last, "@bot:x"), (String::new(), last));
-        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00 UTC");
-    }
-
-    #[test]
-    fn html_becomes_text() {
-        assert_eq!(
-            html_to_text("<p>Hello <b>there</b></p><p>a &amp; b&nbsp;&lt;c&gt;<br/>d</p>"),
-            "Hello there\na & b <c>\nd"
-        );
     }
 }

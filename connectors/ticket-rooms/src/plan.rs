@@ -1,0 +1,264 @@
+//! What a ticket's changes do to its room: the room opened with its people, each message
+//! posted with its author, status and owner changes told, the room closed and opened
+//! again. Pure: the ticket, its new changes and what the room already has in; the steps
+//! and what the room has then out.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Value, json};
+use switchboard_connector::{Action, RoomSpec};
+
+use crate::text::render;
+use crate::{Comments, Member, RoomConfig};
+
+/// What the room of a ticket has, as kept between reads of the ticket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// How far the ticket's history was read (a transaction or an article number).
+    pub last: u64,
+    /// Whether the room was opened.
+    pub roomed: bool,
+    pub status: String,
+    /// The owner's name (empty: none).
+    pub owner: String,
+    /// The ticket's people (by name) invited or named in the room.
+    pub people: BTreeSet<String>,
+}
+
+/// A ticket as its room needs it.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// The ticket's lane in the outbox (its key).
+    pub lane: String,
+    /// What templates see: `system` and `ticket.*`.
+    pub context: Value,
+    pub status: String,
+    /// The owner's name; empty when it has none.
+    pub owner: String,
+    /// Everyone of the ticket by name, in the order the room names them, with whether
+    /// their role is invited.
+    pub people: Vec<(String, bool)>,
+    /// Whether the owner's role is invited (and the owner made the room's admin).
+    pub owner_invited: bool,
+}
+
+/// How a message came into the ticket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Said {
+    /// The ticket's first message.
+    Opened,
+    /// A reply, or a note everyone of the ticket sees.
+    Replied,
+    /// An internal comment or note.
+    Internal,
+}
+
+/// One change of the ticket, in the ticket's order; `by` is a name in `people`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Said {
+        by: String,
+        said: Said,
+        text: String,
+        /// Files attached: name and size in bytes.
+        files: Vec<(String, u64)>,
+    },
+    Status {
+        by: String,
+        old: String,
+        new: String,
+    },
+    /// The owner changed (the ticket names the new one).
+    Owner {
+        by: String,
+    },
+    Renamed {
+        by: String,
+        title: String,
+    },
+}
+
+/// How a source's rooms behave.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    pub room: &'a RoomConfig,
+    pub comments: Comments,
+    /// Whether closing the ticket writes the room's conversation into it.
+    pub transcript: bool,
+    /// Statuses that close the room (compared case-insensitively).
+    pub closed: &'a [String],
+}
+
+impl Policy<'_> {
+    fn closes(&self, status: &str) -> bool {
+        self.closed.iter().any(|s| s.eq_ignore_ascii_case(status))
+    }
+}
+
+/// One step that brings the room in line; the source queues each in the ticket's lane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// One of the service's own actions.
+    Core(Action),
+    /// The owner changed: the new owner's power up to 100, the former owner's down to
+    /// `former_power`.
+    Owner {
+        promote: Option<String>,
+        demote: Option<String>,
+        former_power: i64,
+    },
+    /// Write the room's conversation into the ticket (it was closed).
+    Transcript,
+}
+
+/// Plans what a ticket's new changes do to its room. `people` has every name of
+/// `ticket.people`, the owners before and after and every `by` of `changes` (a name it
+/// lacks is shown as it is).
+pub fn plan(
+    policy: Policy<'_>,
+    ticket: &Ticket,
+    changes: &[Change],
+    people: &BTreeMap<String, Member>,
+    seen: &Seen,
+) -> (Vec<Step>, Seen) {
+    let mut out = Vec::new();
+    let mut now = seen.clone();
+    let cx = &ticket.context;
+    let member = |name: &str| people.get(name);
+    let display = |name: &str| member(name).map_or(name.to_string(), Member::display);
+    let post = |body: String, notice: bool| Step::Core(Action::Post { body, notice });
+    let spec = |reopen: Option<String>, status: &str| RoomSpec {
+        name: render(&policy.room.name, &status_cx(cx, status)),
+        topic: render(&policy.room.topic, cx),
+        preset: "private_chat".into(),
+        encrypted: policy.room.encrypted,
+        invite: Vec::new(),
+        admins: member(&ticket.owner)
+            .and_then(|m| m.matrix.clone())
+            .filter(|_| ticket.owner_invited)
+            .into_iter()
+            .collect(),
+        reopen_notice: reopen,
+    };
+    if !now.roomed {
+        out.push(Step::Core(Action::OpenRoom(spec(None, &ticket.status))));
+        now.roomed = true;
+        now.status = ticket.status.clone();
+        now.owner = ticket.owner.clone();
+    }
+    for change in changes {
+        match change {
+            Change::Said {
+                by,
+                said,
+                text,
+                files,
+            } => {
+                if *said == Said::Internal && policy.comments == Comments::Hide {
+                    continue;
+                }
+                let what = match said {
+                    Said::Opened => "opened the ticket",
+                    Said::Replied => "replied",
+                    Said::Internal => "commented (internal)",
+                };
+                let mut body = format!("{} {what}", display(by));
+                if !text.trim().is_empty() {
+                    body.push_str(":\n");
+                    body.push_str(text.trim_end());
+                }
+                for (file, size) in files {
+                    body.push_str(&format!("\n📎 {file} ({size} bytes, in the ticket)"));
+                }
+                out.push(post(body, false));
+            }
+            Change::Status { by, old, new } => {
+                now.status = new.clone();
+                let by = display(by);
+                if policy.closes(new) && !policy.closes(old) {
+                    out.push(Step::Core(Action::Close {
+                        notice: Some(format!(
+                            "{by} set the ticket to {new}: it is closed. This room stays for \
+                             reference."
+                        )),
+                        rename: Some(render(&policy.room.closed_name, &status_cx(cx, new))),
+                    }));
+                    if policy.transcript {
+                        out.push(Step::Transcript);
+                    }
+                } else if policy.closes(old) && !policy.closes(new) {
+                    out.push(Step::Core(Action::OpenRoom(spec(
+                        Some(format!("{by} opened the ticket again ({new}).")),
+                        new,
+                    ))));
+                } else {
+                    out.push(post(
+                        format!("{by} changed the status from {old} to {new}."),
+                        true,
+                    ));
+                }
+            }
+            Change::Owner { by } => {
+                now.owner = ticket.owner.clone();
+                let owner = match ticket.owner.as_str() {
+                    "" => "nobody".to_string(),
+                    name => display(name),
+                };
+                out.push(post(
+                    format!("{} made {owner} the ticket's owner.", display(by)),
+                    true,
+                ));
+            }
+            Change::Renamed { by, title } => out.push(post(
+                format!("{} renamed the ticket: {title}", display(by)),
+                true,
+            )),
+        }
+    }
+    // People the room has not had yet: invited, or named when nothing maps them.
+    let mut unmapped = Vec::new();
+    let mut invited = BTreeSet::new();
+    for (name, invite) in &ticket.people {
+        if now.people.contains(name) || !invite {
+            continue;
+        }
+        now.people.insert(name.clone());
+        match member(name) {
+            Some(Member {
+                matrix: Some(id), ..
+            }) => {
+                if invited.insert(id.clone()) {
+                    out.push(Step::Core(Action::Participant { user: id.clone() }));
+                }
+            }
+            Some(m) => unmapped.push(m.named()),
+            None => unmapped.push(name.clone()),
+        }
+    }
+    if !unmapped.is_empty() {
+        out.push(post(
+            format!("Not in Matrix: {}", unmapped.join(", ")),
+            true,
+        ));
+    }
+    // A new owner: their power up, the former owner's down.
+    if seen.roomed && now.owner != seen.owner && ticket.owner_invited {
+        let matrix = |name: &str| member(name).and_then(|m| m.matrix.clone());
+        let (promote, demote) = (matrix(&now.owner), matrix(&seen.owner));
+        if promote.is_some() || demote.is_some() {
+            out.push(Step::Owner {
+                promote,
+                demote,
+                former_power: policy.room.former_owner_power,
+            });
+        }
+    }
+    (out, now)
+}
+
+/// The template context with the ticket's status as it is after a change.
+fn status_cx(cx: &Value, status: &str) -> Value {
+    let mut cx = cx.clone();
+    cx["ticket"]["status"] = json!(status);
+    cx
+}

@@ -1,0 +1,216 @@
+//! The running side every ticket-system source shares: hearing what members say in the
+//! ticket rooms, the owner's power, the transcript, and writing into the ticket once.
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use switchboard_connector::{
+    ActionContext, DbError, EventKind, Failure, Host, SyncRoom, TicketEvent,
+};
+
+/// What a member said in a ticket's room, as the inbox carries it to the source's plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chat {
+    pub sender: String,
+    /// Their display name in the room (their Matrix ID when they have none).
+    pub name: String,
+    pub body: String,
+}
+
+impl Chat {
+    /// The chat an event carries, if it is one.
+    pub fn of(event: &TicketEvent) -> Option<Chat> {
+        let chat = &event.payload["chat"];
+        let sender = chat["sender"].as_str()?;
+        Some(Chat {
+            sender: sender.into(),
+            name: chat["name"].as_str().unwrap_or(sender).into(),
+            body: chat["body"].as_str()?.into(),
+        })
+    }
+
+    /// How it reads in the ticket: who said it, from where.
+    pub fn text(&self) -> String {
+        format!("{} ({}) in Matrix:\n{}", self.name, self.sender, self.body)
+    }
+}
+
+/// The most room events a transcript reads.
+const TRANSCRIPT_MAX: usize = 5000;
+
+/// The rooms of one source's tickets: which rooms it claims, what it hears there, and
+/// the steps it runs in them. `prefix` names its settings (`<kind>.<source id>`).
+pub struct TicketRooms {
+    pub source: String,
+    pub host: Arc<dyn Host>,
+    prefix: String,
+    bot: Mutex<String>,
+}
+
+impl TicketRooms {
+    pub fn new(kind: &str, source: &str, host: Arc<dyn Host>, bot: &str) -> TicketRooms {
+        TicketRooms {
+            source: source.to_string(),
+            host,
+            prefix: format!("{kind}.{source}"),
+            bot: Mutex::new(bot.to_string()),
+        }
+    }
+
+    fn bot(&self) -> String {
+        // A panic while holding the lock cannot leave a name half written.
+        self.bot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The bot's user ID, once the sync loop knows it.
+    pub fn know_bot(&self, user_id: &str) {
+        *self.bot.lock().unwrap_or_else(|e| e.into_inner()) = user_id.to_string();
+    }
+
+    /// Whether a room is one of this source's tickets'.
+    pub async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
+        Ok(self
+            .host
+            .ticket_of_room(room.id())
+            .await?
+            .is_some_and(|(source, _)| source == self.source))
+    }
+
+    /// Members' messages go into the inbox, keyed by event ID, for their ticket: only
+    /// what people say (not notices, edits or the bot's own); a file is named.
+    pub async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
+        let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
+            return Ok(true);
+        };
+        let bot = self.bot();
+        for raw in events {
+            let content = &raw["content"];
+            let (Some(event_id), Some(sender), Some(body)) = (
+                raw["event_id"].as_str(),
+                raw["sender"].as_str(),
+                content["body"].as_str(),
+            ) else {
+                continue;
+            };
+            if raw["type"] != "m.room.message"
+                || sender == bot
+                || content["msgtype"] == "m.notice"
+                || content["m.relates_to"]["rel_type"] == "m.replace"
+                || raw["unsigned"][switchboard_connector::connector::UNDECRYPTABLE] == true
+            {
+                continue;
+            }
+            let name = room
+                .profile(sender)
+                .await
+                .0
+                .unwrap_or_else(|| sender.into());
+            let body = match content["msgtype"].as_str() {
+                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
+                    format!("(sent a file in the room: {body})")
+                }
+                _ => body.to_string(),
+            };
+            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
+            event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
+                                            "name": name, "body": body}});
+            self.host.deliver(&self.source, event_id, &[event]).await?;
+        }
+        Ok(true)
+    }
+
+    /// The new owner's power in the ticket's room up to 100, the former owner's down.
+    pub async fn owner(
+        &self,
+        cx: &ActionContext<'_>,
+        promote: Option<&str>,
+        demote: Option<&str>,
+        former_power: i64,
+    ) -> Result<String, Failure> {
+        let Some(room) = self.room(cx).await? else {
+            return Ok("skipped: the ticket has no room".into());
+        };
+        let mut levels = cx
+            .matrix
+            .state(&room, "m.room.power_levels", "")
+            .await?
+            .unwrap_or_else(|| json!({}));
+        let mut users = levels["users"].as_object().cloned().unwrap_or_default();
+        if let Some(former) = demote.filter(|d| Some(*d) != promote) {
+            users.insert(former.to_string(), json!(former_power));
+        }
+        if let Some(owner) = promote {
+            users.insert(owner.to_string(), json!(100));
+        }
+        levels["users"] = Value::Object(users);
+        cx.matrix
+            .set_state(None, &room, "m.room.power_levels", "", levels)
+            .await
+    }
+
+    async fn room(&self, cx: &ActionContext<'_>) -> Result<Option<String>, Failure> {
+        Ok(self
+            .host
+            .room_of_ticket(&cx.row.source_id, &cx.row.lane)
+            .await?)
+    }
+
+    /// Writes the room's conversation since the last transcript into the ticket with
+    /// `write` (which answers false when an earlier try had written it already).
+    pub async fn transcript(
+        &self,
+        cx: &ActionContext<'_>,
+        write: impl AsyncFnOnce(String) -> Result<bool, Failure>,
+    ) -> Result<String, Failure> {
+        let Some(room) = self.room(cx).await? else {
+            return Ok("skipped: the ticket has no room".into());
+        };
+        let key = format!("{}.transcribed.{}", self.prefix, cx.row.lane);
+        let since: i64 = match self.host.setting(&key).await? {
+            Some(ts) => ts.parse().unwrap_or(0),
+            None => 0,
+        };
+        let events = cx.matrix.history(&room, TRANSCRIPT_MAX).await?;
+        let (text, last) = crate::text::transcript(&events, since, cx.matrix.bot());
+        if text.is_empty() {
+            return Ok("skipped: nothing said since the last transcript".into());
+        }
+        let written = write(text).await?;
+        self.host.set_setting(&key, &last.to_string()).await?;
+        Ok(if written {
+            "transcript written"
+        } else {
+            "transcript written before"
+        }
+        .into())
+    }
+
+    /// Writes into a ticket once for the outbox action `row_id`: `position` says where the
+    /// ticket's history stands, `wrote` whether the ticket has the write after a position,
+    /// `write` writes. A retry first looks whether the write it repeats reached the ticket
+    /// system (the answer may have been lost on the way back). False: it had.
+    pub async fn write_once(
+        &self,
+        row_id: i64,
+        position: impl AsyncFnOnce() -> Result<u64, Failure>,
+        wrote: impl AsyncFnOnce(u64) -> Result<bool, Failure>,
+        write: impl AsyncFnOnce() -> Result<(), Failure>,
+    ) -> Result<bool, Failure> {
+        let key = format!("{}.writing.{row_id}", self.prefix);
+        match self.host.setting(&key).await? {
+            Some(before) => {
+                if wrote(before.parse().unwrap_or(0)).await? {
+                    self.host.delete_setting(&key).await?;
+                    return Ok(false);
+                }
+            }
+            None => {
+                let last = position().await?;
+                self.host.set_setting(&key, &last.to_string()).await?;
+            }
+        }
+        write().await?;
+        self.host.delete_setting(&key).await?;
+        Ok(true)
+    }
+}
