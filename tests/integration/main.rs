@@ -28,3 +28,4 @@ mod pretix;
 mod rt;
 mod upgrade;
 mod webhook;
+mod zammad;

@@ -1,0 +1,289 @@
+//! What a Zammad ticket's new articles and its state are in the terms of a ticket room.
+//! The room's own logic is `switchboard_ticket_rooms::plan`.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+use switchboard_connector::Queued;
+use switchboard_ticket_rooms::plan::Policy;
+use switchboard_ticket_rooms::{Change, Member, Said, Seen, Step};
+
+use crate::api::{Article, Ticket};
+use crate::source::ZammadAction;
+use crate::{ZammadConfig, ZammadRole};
+
+/// A ticket as read: its people by login (empty: none), and its new articles, each with
+/// its author's login, Switchboard's own writes left out.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Read {
+    pub ticket: Ticket,
+    pub owner: String,
+    pub customer: String,
+    pub updated_by: String,
+    pub articles: Vec<(Article, String)>,
+    /// The last article read, Switchboard's own included.
+    pub last: u64,
+}
+
+/// What templates see of a ticket.
+pub(crate) fn context(config: &ZammadConfig, read: &Read) -> serde_json::Value {
+    let t = &read.ticket;
+    json!({"system": "Zammad", "ticket": {
+        "id": t.id,
+        "number": t.number,
+        "title": t.title,
+        "queue": t.group,
+        "group": t.group,
+        "status": t.state,
+        "state": t.state,
+        "priority": t.priority,
+        "owner": read.owner,
+        "customer": read.customer,
+        "url": format!("{}/#ticket/zoom/{}", config.url.trim_end_matches('/'), t.id),
+    }})
+}
+
+/// The changes a room shows: new articles in order, then the state and the owner when
+/// they differ from what the room has.
+fn changes(read: &Read, seen: &Seen) -> Vec<Change> {
+    let mut out: Vec<Change> = read
+        .articles
+        .iter()
+        .map(|(article, by)| Change::Said {
+            by: by.clone(),
+            said: if article.internal {
+                Said::Internal
+            } else if seen.last == 0 && Some(article.id) == read.articles.first().map(|a| a.0.id) {
+                Said::Opened
+            } else {
+                Said::Replied
+            },
+            text: article.text.clone(),
+            files: article.files.clone(),
+        })
+        .collect();
+    if seen.roomed && !read.ticket.state.eq_ignore_ascii_case(&seen.status) {
+        out.push(Change::Status {
+            by: read.updated_by.clone(),
+            old: seen.status.clone(),
+            new: read.ticket.state.clone(),
+        });
+    }
+    if seen.roomed && read.owner != seen.owner {
+        out.push(Change::Owner {
+            by: read.updated_by.clone(),
+        });
+    }
+    out
+}
+
+/// Plans what a ticket's new articles and state do to its room. `people` has the owner,
+/// the customer, `updated_by`, the former owner and every article's author, by login.
+pub(crate) fn plan(
+    config: &ZammadConfig,
+    read: &Read,
+    people: &BTreeMap<String, Member>,
+    seen: &Seen,
+) -> (Vec<Queued>, Seen) {
+    let lane = read.ticket.id.to_string();
+    let mut roles = Vec::new();
+    for (name, role) in [
+        (&read.owner, ZammadRole::Owner),
+        (&read.customer, ZammadRole::Customer),
+    ] {
+        if !name.is_empty() {
+            roles.push((name.clone(), config.people.invites(&role, true)));
+        }
+    }
+    let view = switchboard_ticket_rooms::Ticket {
+        lane: lane.clone(),
+        context: context(config, read),
+        status: read.ticket.state.clone(),
+        owner: read.owner.clone(),
+        people: roles,
+        owner_invited: config.people.invites(&ZammadRole::Owner, true),
+    };
+    let policy = Policy {
+        room: &config.room,
+        comments: config.comments,
+        transcript: config.transcript,
+        closed: &config.closed_states,
+    };
+    let (steps, mut now) =
+        switchboard_ticket_rooms::plan(policy, &view, &changes(read, seen), people, seen);
+    now.last = now.last.max(read.last);
+    let queued = steps
+        .into_iter()
+        .filter_map(|step| match step {
+            Step::Core(action) => Some(Queued::core(lane.clone(), &action)),
+            Step::Owner {
+                promote,
+                demote,
+                former_power,
+            } => Queued::own(
+                lane.clone(),
+                &ZammadAction::Owner {
+                    promote,
+                    demote,
+                    former_power,
+                },
+            )
+            .ok(),
+            Step::Transcript => Queued::own(
+                lane.clone(),
+                &ZammadAction::Transcript {
+                    ticket: read.ticket.id,
+                },
+            )
+            .ok(),
+        })
+        .collect();
+    (queued, now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_ticket_rooms::Person;
+
+    fn config() -> ZammadConfig {
+        serde_json::from_value(json!({
+            "url": "https://zammad.example.org", "token": "t",
+            "people": {"users": {"emily@example.com": "@emily:example.org"},
+                       "template": "@{{ email_local }}:example.org"},
+        }))
+        .expect("config")
+    }
+
+    fn people(config: &ZammadConfig) -> BTreeMap<String, Member> {
+        [
+            ("emma@chrispresso.com", "Emma Taylor"),
+            ("chris@chrispresso.com", "Christopher Miller"),
+            ("emily@example.com", "Emily Adams"),
+        ]
+        .into_iter()
+        .map(|(login, real)| {
+            let person = Person {
+                name: login.into(),
+                email: login.into(),
+                real_name: real.into(),
+            };
+            (login.to_string(), config.people.member(person))
+        })
+        .collect()
+    }
+
+    fn read(state: &str, owner: &str, articles: &[(u64, bool, &str, &str)]) -> Read {
+        Read {
+            ticket: Ticket {
+                id: 81,
+                number: "10081".into(),
+                title: "Webhook-Test".into(),
+                group: "Service Desk".into(),
+                state: state.into(),
+                priority: "2 normal".into(),
+                owner_id: 5,
+                customer_id: 8,
+                updated_by_id: 3,
+            },
+            owner: owner.into(),
+            customer: "emily@example.com".into(),
+            updated_by: "chris@chrispresso.com".into(),
+            articles: articles
+                .iter()
+                .map(|(id, internal, by, text)| {
+                    let article = Article {
+                        id: *id,
+                        internal: *internal,
+                        created_by_id: 3,
+                        text: (*text).into(),
+                        files: Vec::new(),
+                    };
+                    (article, by.to_string())
+                })
+                .collect(),
+            last: articles.last().map_or(0, |a| a.0),
+        }
+    }
+
+    fn kinds(actions: &[Queued]) -> Vec<String> {
+        actions.iter().map(|q| q.kind().to_string()).collect()
+    }
+
+    #[test]
+    fn a_new_ticket_opens_its_room_with_owner_and_customer() {
+        let config = config();
+        let people = people(&config);
+        let first = read(
+            "new",
+            "emma@chrispresso.com",
+            &[(104, false, "emily@example.com", "Printer on fire")],
+        );
+        let (actions, seen) = plan(&config, &first, &people, &Seen::default());
+        assert_eq!(
+            kinds(&actions),
+            ["open_room", "post", "participant", "participant"]
+        );
+        assert_eq!(actions[0].action["name"], "Zammad #10081: Webhook-Test");
+        assert_eq!(
+            actions[0].action["topic"],
+            "Webhook-Test · Service Desk · https://zammad.example.org/#ticket/zoom/81"
+        );
+        assert_eq!(actions[0].action["admins"], json!(["@emma:example.org"]));
+        assert_eq!(
+            actions[1].action["body"],
+            "Emily Adams opened the ticket:\nPrinter on fire"
+        );
+        assert_eq!(actions[3].action["user"], "@emily:example.org");
+        assert_eq!((seen.last, seen.status.as_str()), (104, "new"));
+
+        // An internal note, a new owner and the ticket closed, in one read.
+        let later = read(
+            "closed",
+            "chris@chrispresso.com",
+            &[(105, true, "emma@chrispresso.com", "Toner ordered")],
+        );
+        let (actions, seen) = plan(&config, &later, &people, &seen);
+        assert_eq!(
+            kinds(&actions),
+            [
+                "post",
+                "close",
+                "zammad_transcript",
+                "post",
+                "participant",
+                "zammad_owner"
+            ]
+        );
+        assert_eq!(
+            actions[0].action["body"],
+            "Emma Taylor commented (internal):\nToner ordered"
+        );
+        assert_eq!(
+            actions[1].action["rename"],
+            "[closed] Zammad #10081: Webhook-Test"
+        );
+        assert_eq!(
+            actions[3].action["body"],
+            "Christopher Miller made Christopher Miller the ticket's owner."
+        );
+        assert_eq!(
+            actions[5].action,
+            json!({"type": "zammad_owner", "promote": "@chris:example.org",
+                   "demote": "@emma:example.org", "former_power": 0})
+        );
+        assert_eq!(
+            (seen.last, seen.owner.as_str()),
+            (105, "chris@chrispresso.com")
+        );
+        // Nothing new: nothing to do.
+        let (none, same) = plan(
+            &config,
+            &read("closed", "chris@chrispresso.com", &[]),
+            &people,
+            &seen,
+        );
+        assert!(none.is_empty(), "{none:?}");
+        assert_eq!(same.last, 105);
+    }
+}

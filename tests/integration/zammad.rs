@@ -1,0 +1,413 @@
+//! The Zammad connector, with Zammad's documented trigger webhook and a stand-in of its
+//! REST API (Zammad cannot run here) that checks every request as Zammad's API documents
+//! it: a room per ticket with its owner and customer, articles in the room, room messages
+//! written back as notes exactly once, no echo, the state and owner followed, the
+//! transcript written on close.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use warp::Filter;
+use warp::http::StatusCode;
+
+use crate::common::{start, wait_in_room};
+use crate::harness::{self, Db, synapse, wait_for};
+
+on_both_databases!(zammad_ticket_rooms_both_ways);
+
+const TOKEN: &str = "zammad-test-token";
+/// Switchboard's own Zammad user.
+const ME: u64 = 2;
+
+/// What the stand-in holds: one ticket, its articles, the users, and what it was asked.
+#[derive(Default)]
+struct State {
+    ticket: Value,
+    articles: Vec<Value>,
+    users: HashMap<u64, Value>,
+    /// Notes written, with the `From` header they came with.
+    written: Vec<(Value, Option<String>)>,
+    /// Requests that broke the API's rules, with why.
+    wrong: Vec<String>,
+    /// Writes still to answer with a 503 after storing them (an answer lost on the way).
+    lose_answers: usize,
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn reply(status: StatusCode, body: Value) -> warp::reply::Response {
+    warp::http::Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(body.to_string().into())
+        .unwrap_or_default()
+}
+
+/// The stand-in of Zammad's REST API (`/api/v1`), on a free port; its base URL.
+async fn zammad(state: Shared) -> Result<String> {
+    let state_filter = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let route = warp::path("api")
+        .and(warp::path("v1"))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("from"))
+        .and(warp::header::optional::<String>("content-type"))
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::body::bytes())
+        .and(state_filter)
+        .map(
+            |tail: warp::path::Tail,
+             method: warp::http::Method,
+             auth: Option<String>,
+             from: Option<String>,
+             content_type: Option<String>,
+             query: String,
+             body: bytes::Bytes,
+             state: Shared| {
+                let mut s = lock(&state);
+                let path = tail.as_str().to_string();
+                if auth.as_deref() != Some(&format!("Token token={TOKEN}")) {
+                    s.wrong
+                        .push(format!("{method} {path}: Authorization {auth:?}"));
+                    return reply(
+                        StatusCode::UNAUTHORIZED,
+                        json!({"error": "authentication failed"}),
+                    );
+                }
+                let id = |p: &str| p.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
+                match (method.as_str(), path.as_str()) {
+                    ("GET", p) if p.starts_with("tickets/") => {
+                        if query != "expand=true" {
+                            s.wrong
+                                .push(format!("GET {p}?{query}: the names need expand=true"));
+                        }
+                        if id(p) != s.ticket["id"].as_u64() {
+                            return reply(StatusCode::NOT_FOUND, json!({"error": "Not Found"}));
+                        }
+                        let mut t = s.ticket.clone();
+                        // Expanded: the names beside the IDs.
+                        for (key, id_key) in [("owner", "owner_id"), ("customer", "customer_id")] {
+                            let login = t[id_key]
+                                .as_u64()
+                                .and_then(|u| s.users.get(&u))
+                                .map(|u| u["login"].clone());
+                            t[key] = login.unwrap_or(json!("-"));
+                        }
+                        reply(StatusCode::OK, t)
+                    }
+                    ("GET", p) if p.starts_with("ticket_articles/by_ticket/") => {
+                        reply(StatusCode::OK, Value::Array(s.articles.clone()))
+                    }
+                    ("GET", "users/me") => reply(
+                        StatusCode::OK,
+                        json!({"id": ME, "login": "switchboard", "firstname": "Switchboard"}),
+                    ),
+                    ("GET", p) if p.starts_with("users/") => {
+                        match id(p).and_then(|u| s.users.get(&u)) {
+                            Some(user) => reply(StatusCode::OK, user.clone()),
+                            None => reply(StatusCode::NOT_FOUND, json!({"error": "Not Found"})),
+                        }
+                    }
+                    ("POST", "ticket_articles") => {
+                        if !content_type
+                            .as_deref()
+                            .is_some_and(|c| c.starts_with("application/json"))
+                        {
+                            s.wrong.push(format!(
+                                "POST ticket_articles: Content-Type {content_type:?}"
+                            ));
+                        }
+                        let Ok(note) = serde_json::from_slice::<Value>(&body) else {
+                            s.wrong.push("POST ticket_articles: not JSON".into());
+                            return reply(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                json!({"error": "not JSON"}),
+                            );
+                        };
+                        let mut keys: Vec<&String> = note
+                            .as_object()
+                            .map(|o| o.keys().collect())
+                            .unwrap_or_default();
+                        keys.sort();
+                        if keys != ["body", "content_type", "internal", "ticket_id", "type"]
+                            || note["ticket_id"] != s.ticket["id"]
+                            || note["type"] != "note"
+                            || note["content_type"] != "text/plain"
+                            || !note["internal"].is_boolean()
+                            || !note["body"].is_string()
+                        {
+                            s.wrong.push(format!("POST ticket_articles: {note}"));
+                            return reply(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                json!({"error": "bad article"}),
+                            );
+                        }
+                        // `From`: a login or e-mail address of a known user.
+                        let author = match &from {
+                            None => Some(ME),
+                            Some(f) => s
+                                .users
+                                .iter()
+                                .find(|(_, u)| u["login"] == f.as_str() || u["email"] == f.as_str())
+                                .map(|(id, _)| *id),
+                        };
+                        let Some(author) = author else {
+                            return reply(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                json!({"error": "No such user"}),
+                            );
+                        };
+                        let article = json!({
+                            "id": 1000 + s.articles.len() as u64, "ticket_id": note["ticket_id"],
+                            "type": "note", "sender": "Agent", "internal": note["internal"],
+                            "content_type": "text/plain", "body": note["body"],
+                            "created_by_id": author, "attachments": [],
+                        });
+                        s.articles.push(article.clone());
+                        s.written.push((note, from));
+                        if s.lose_answers > 0 {
+                            s.lose_answers -= 1;
+                            return reply(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                json!({"error": "lost"}),
+                            );
+                        }
+                        reply(StatusCode::CREATED, article)
+                    }
+                    _ => {
+                        s.wrong
+                            .push(format!("{method} {path}: not an API this connector needs"));
+                        reply(StatusCode::NOT_FOUND, json!({"error": "Not Found"}))
+                    }
+                }
+            },
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    Ok(format!("http://{addr}"))
+}
+
+/// The webhook's payload as Zammad's documentation gives it.
+fn payload() -> Result<Value> {
+    let path = harness::repo().join("tests/fixtures/zammad/ticket-article.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(path)?)?)
+}
+
+/// Sends the ticket's webhook as Zammad does: signed with HMAC-SHA1, with a delivery ID.
+async fn deliver(
+    sb: &harness::Switchboard,
+    body: &Value,
+    delivery: &str,
+    secret: &str,
+) -> Result<(u16, Value)> {
+    let raw = body.to_string().into_bytes();
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).context("key")?;
+    mac.update(&raw);
+    let signature = format!("sha1={}", hex::encode(mac.finalize().into_bytes()));
+    sb.hook_raw(
+        "zammad",
+        raw,
+        &[
+            ("X-Hub-Signature", signature),
+            ("X-Zammad-Delivery", delivery.to_string()),
+            ("X-Zammad-Trigger", "Switchboard".to_string()),
+            ("User-Agent", "Zammad User Agent".to_string()),
+        ],
+    )
+    .await
+}
+
+/// Waits until the bot has posted a message containing `text` in `room`; all its messages.
+async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<String>> {
+    wait_for(&format!("`{text}` in the room"), || async {
+        let m = bot.messages(room).await.ok()?;
+        m.iter().any(|b| b.contains(text)).then_some(m)
+    })
+    .await
+}
+
+async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let emma = hs.user("emma").await?;
+    let emily = hs.user("emily").await?;
+    let chris = hs.user("chris").await?;
+    let body = payload()?;
+    let state: Shared = Arc::default();
+    {
+        let mut s = lock(&state);
+        let t = &body["ticket"];
+        s.ticket = json!({
+            "id": t["id"], "number": t["number"], "title": t["title"],
+            "group": t["group"]["name"], "state": t["state"], "priority": t["priority"]["name"],
+            "owner_id": t["owner_id"], "customer_id": t["customer_id"],
+            "updated_by_id": t["updated_by_id"], "group_id": t["group_id"],
+        });
+        s.articles.push(body["article"].clone());
+        for who in [&t["owner"], &t["customer"], &t["created_by"]] {
+            s.users.insert(who["id"].as_u64().unwrap_or(0), who.clone());
+        }
+    }
+    let url = zammad(state.clone()).await?;
+    let secret = format!("zammad-secret-{}", harness::suffix());
+    let source = format!(
+        "\n[sources.zammad]\nkind = \"zammad\"\n\n[sources.zammad.signature]\n\
+         secret = \"{secret}\"\nheader = \"X-Hub-Signature\"\nprefix = \"sha1=\"\n\
+         algorithm = \"sha1\"\n\n[sources.zammad.zammad]\nurl = \"{url}\"\n\
+         token = \"{TOKEN}\"\ngroups = [\"Service Desk\"]\n\n\
+         [sources.zammad.zammad.room]\nencrypted = false\n\n\
+         [sources.zammad.zammad.people.users]\n\
+         \"emma@chrispresso.com\" = \"{}\"\n\"emily@example.com\" = \"{}\"\n\
+         \"chris@chrispresso.com\" = \"{}\"\n",
+        emma.user_id, emily.user_id, chris.user_id
+    );
+    let sb = start(db, &bot, &source).await?;
+
+    // A webhook signed with another secret is refused; the real one opens the room.
+    let (status, _) = deliver(&sb, &body, "d0", "not-the-secret").await?;
+    assert_eq!(status, 401, "a bad signature");
+    let (status, answer) = deliver(&sb, &body, "d1", &secret).await?;
+    assert_eq!(
+        (status, &answer["duplicate"]),
+        (200, &json!(false)),
+        "{answer}"
+    );
+    let room = sb.wait_room_in("zammad", "81").await?;
+    let opened = wait_text(&bot, &room, "opened the ticket").await?;
+    assert!(
+        opened.iter().any(|m| m
+            .starts_with("Christopher Miller opened the ticket:\nThis is a simple Webhook Test.")
+            && m.contains("📎 image1.jpeg (35574 bytes, in the ticket)")),
+        "{opened:?}"
+    );
+    let name = bot.state(&room, "m.room.name").await?.unwrap_or_default();
+    assert_eq!(name["name"], "Zammad #10081: Webhook-Test");
+    let power = bot
+        .state(&room, "m.room.power_levels")
+        .await?
+        .unwrap_or_default();
+    assert_eq!(
+        power["users"][&emma.user_id], 100,
+        "the owner is admin: {power}"
+    );
+    for user in [&emma, &emily] {
+        wait_for("the invite", || async {
+            (bot.membership(&room, &user.user_id)
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("invite"))
+            .then_some(())
+        })
+        .await?;
+    }
+    // Zammad redelivers: the same delivery is a duplicate.
+    let (status, answer) = deliver(&sb, &body, "d1", &secret).await?;
+    assert_eq!(
+        (status, &answer["duplicate"]),
+        (200, &json!(true)),
+        "{answer}"
+    );
+
+    // Room -> Zammad: Emily's message becomes a note written as her, once, although the
+    // answer to the first write is lost.
+    lock(&state).lose_answers = 1;
+    emily.join(&room).await?;
+    emily
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "It still burns."}),
+        )
+        .await?;
+    let note = wait_for("the note", || async {
+        lock(&state).written.first().cloned()
+    })
+    .await?;
+    assert_eq!(note.0["body"], "It still burns.");
+    assert_eq!(note.0["internal"], true);
+    assert_eq!(note.1.as_deref(), Some("emily@example.com"));
+
+    // Zammad -> room: an agent's reply; the note Switchboard wrote does not come back.
+    {
+        let mut s = lock(&state);
+        let n = s.articles.len() as u64;
+        s.articles.push(json!({
+            "id": 2000 + n, "ticket_id": 81, "type": "note", "sender": "Agent",
+            "internal": false, "content_type": "text/html",
+            "body": "<p>We are on it.</p>", "created_by_id": 5, "attachments": [],
+        }));
+    }
+    deliver(&sb, &body, "d2", &secret).await?;
+    let said = wait_text(&bot, &room, "Emma Taylor replied:\nWe are on it.").await?;
+    assert_eq!(
+        said.iter().filter(|m| m.contains("It still burns")).count(),
+        1,
+        "Emily's message, not echoed: {said:?}"
+    );
+    assert_eq!(
+        lock(&state).written.len(),
+        1,
+        "written once, although its answer was lost"
+    );
+
+    // Closed by Emma, given to Chris: the room is told, renamed, Chris invited and
+    // promoted, Emma lowered, and the transcript written into the ticket.
+    {
+        let mut s = lock(&state);
+        s.ticket["state"] = json!("closed");
+        s.ticket["owner_id"] = json!(3);
+        s.ticket["updated_by_id"] = json!(5);
+    }
+    deliver(&sb, &body, "d3", &secret).await?;
+    wait_text(&bot, &room, "Emma Taylor set the ticket to closed").await?;
+    let transcript = wait_for("the transcript", || async {
+        lock(&state)
+            .written
+            .iter()
+            .find(|(n, _)| {
+                n["body"]
+                    .as_str()
+                    .is_some_and(|b| b.starts_with("Transcript"))
+            })
+            .cloned()
+    })
+    .await?;
+    let text = transcript.0["body"].as_str().unwrap_or_default();
+    assert!(
+        text.contains(&format!("{}: It still burns.", emily.user_id)),
+        "{text}"
+    );
+    assert_eq!(
+        transcript.1, None,
+        "the transcript is Switchboard's own note"
+    );
+    let renamed = wait_for("the closed name", || async {
+        let n = bot.state(&room, "m.room.name").await.ok()??;
+        (n["name"] == "[closed] Zammad #10081: Webhook-Test").then_some(())
+    })
+    .await;
+    renamed?;
+    let power = wait_for("the new owner's power", || async {
+        let p = bot.state(&room, "m.room.power_levels").await.ok()??;
+        (p["users"][&chris.user_id] == 100).then_some(p)
+    })
+    .await?;
+    assert_eq!(power["users"][&emma.user_id], 0, "{power}");
+    wait_in_room(&emily, &room, true).await?;
+    let wrong = lock(&state).wrong.clone();
+    assert_eq!(wrong, Vec::<String>::new(), "requests Zammad would refuse");
+    Ok(())
+}
