@@ -293,9 +293,12 @@ where
             } else {
                 "accepted"
             });
+            let mut answer = delivery.answer;
+            answer.insert("id".into(), json!(acc.id));
+            answer.insert("duplicate".into(), json!(acc.duplicate));
             Ok(json_reply(
                 StatusCode::OK,
-                json!({ "id": acc.id, "duplicate": acc.duplicate }),
+                serde_json::Value::Object(answer),
             ))
         }
         Err(error) => {

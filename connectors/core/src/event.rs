@@ -83,6 +83,9 @@ impl TicketEvent {
 pub struct Delivery {
     pub dedupe_key: String,
     pub events: Vec<TicketEvent>,
+    /// Keys added to the webhook's JSON answer, for a sender that reads it (Znuny applies
+    /// the `OTRS_*` keys of the answer to the ticket). Empty for most.
+    pub answer: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Why a webhook was refused. Each maps to one HTTP status.
@@ -225,6 +228,7 @@ mod tests {
         let ok = |ticket: &str| Delivery {
             dedupe_key: "id:1".into(),
             events: vec![TicketEvent::new(ticket, EventKind::Opened)],
+            answer: Default::default(),
         };
         assert!(check_delivery(&ok("T-1")).is_ok());
         let reason = |d: &Delivery| check_delivery(d).err().map(|e| e.to_string());

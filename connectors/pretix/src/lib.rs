@@ -528,6 +528,7 @@ impl WebhookSource for PretixHook {
             // pretix sends a notification again (same ID) when an attempt failed.
             dedupe_key: format!("{}/{notification}", order.key()),
             events: vec![event],
+            answer: Default::default(),
         })
     }
 }

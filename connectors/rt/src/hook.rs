@@ -31,6 +31,7 @@ impl WebhookSource for ScripHook {
         Ok(Delivery {
             dedupe_key: format!("transaction:{transaction}"),
             events: vec![event],
+            answer: Default::default(),
         })
     }
 }

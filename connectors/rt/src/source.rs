@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
-    SyncRoom, TicketEvent, WebhookSource,
+    TicketEvent, WebhookSource,
 };
 use switchboard_ticket_rooms::{Chat, TicketRooms, table};
 use tokio::sync::OnceCell;
@@ -262,7 +262,7 @@ impl Connector for Source {
     }
 
     fn listener(&self) -> Option<&dyn Listener> {
-        Some(self)
+        Some(&self.rooms)
     }
 
     async fn run(self: Arc<Self>) {
@@ -278,28 +278,6 @@ impl Connector for Source {
             }
             tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         }
-    }
-}
-
-#[async_trait]
-impl Listener for Source {
-    /// Ticket rooms are made by the bot: it takes no invites.
-    fn takes_invite(&self, _room: &str, _inviter: Option<&str>) -> bool {
-        false
-    }
-
-    fn know_bot(&self, user_id: &str) {
-        self.rooms.know_bot(user_id);
-    }
-
-    /// The rooms of this source's tickets.
-    async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
-        self.rooms.claims(room).await
-    }
-
-    /// Members' messages go into the inbox, keyed by event ID, for their ticket.
-    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
-        self.rooms.heard(room, events).await
     }
 }
 

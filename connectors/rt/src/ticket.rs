@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use switchboard_connector::Queued;
-use switchboard_ticket_rooms::{Change, Member, Said, Seen, Step};
+use switchboard_ticket_rooms::{Change, Member, Said, Seen};
 
 use crate::api::{Message, Ticket, Transaction};
-use crate::source::RtAction;
 use crate::{Role, RtConfig};
 
 /// A transaction with its message (for creations, replies and comments).
@@ -147,25 +146,7 @@ pub(crate) fn plan(
         .fold(now.last, u64::max);
     let queued = steps
         .into_iter()
-        .filter_map(|step| match step {
-            Step::Core(action) => Some(Queued::core(lane.clone(), &action)),
-            Step::Owner {
-                promote,
-                demote,
-                former_power,
-            } => Queued::own(
-                lane.clone(),
-                &RtAction::Owner {
-                    promote,
-                    demote,
-                    former_power,
-                },
-            )
-            .ok(),
-            Step::Transcript => {
-                Queued::own(lane.clone(), &RtAction::Transcript { ticket: ticket.id }).ok()
-            }
-        })
+        .filter_map(|step| step.queued(&lane, "rt", ticket.id))
         .collect();
     (queued, now)
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
-use switchboard_connector::{Action, RoomSpec};
+use switchboard_connector::{Action, Queued, RoomSpec};
 
 use crate::text::render;
 use crate::{Comments, Member, RoomConfig};
@@ -109,6 +109,27 @@ pub enum Step {
     },
     /// Write the room's conversation into the ticket (it was closed).
     Transcript,
+}
+
+impl Step {
+    /// The step as an action in the ticket's lane: the service's own, or the source's
+    /// `<prefix>_owner` (`promote`, `demote`, `former_power`) or `<prefix>_transcript`
+    /// (`ticket`), the shapes the source's own action kinds read.
+    pub fn queued(self, lane: &str, prefix: &str, ticket: u64) -> Option<Queued> {
+        let own = match self {
+            Step::Core(action) => return Some(Queued::core(lane.to_string(), &action)),
+            Step::Owner {
+                promote,
+                demote,
+                former_power,
+            } => json!({"type": format!("{prefix}_owner"), "promote": promote,
+                        "demote": demote, "former_power": former_power}),
+            Step::Transcript => {
+                json!({"type": format!("{prefix}_transcript"), "ticket": ticket})
+            }
+        };
+        Queued::own(lane.to_string(), &own).ok()
+    }
 }
 
 /// Plans what a ticket's new changes do to its room. `people` has every name of

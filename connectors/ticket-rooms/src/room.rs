@@ -3,9 +3,10 @@
 
 use std::sync::{Arc, Mutex};
 
+use async_trait::async_trait;
 use serde_json::{Value, json};
 use switchboard_connector::{
-    ActionContext, DbError, EventKind, Failure, Host, SyncRoom, TicketEvent,
+    ActionContext, DbError, EventKind, Failure, Host, Listener, SyncRoom, TicketEvent,
 };
 
 /// What a member said in a ticket's room, as the inbox carries it to the source's plan.
@@ -60,63 +61,6 @@ impl TicketRooms {
     fn bot(&self) -> String {
         // A panic while holding the lock cannot leave a name half written.
         self.bot.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The bot's user ID, once the sync loop knows it.
-    pub fn know_bot(&self, user_id: &str) {
-        *self.bot.lock().unwrap_or_else(|e| e.into_inner()) = user_id.to_string();
-    }
-
-    /// Whether a room is one of this source's tickets'.
-    pub async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
-        Ok(self
-            .host
-            .ticket_of_room(room.id())
-            .await?
-            .is_some_and(|(source, _)| source == self.source))
-    }
-
-    /// Members' messages go into the inbox, keyed by event ID, for their ticket: only
-    /// what people say (not notices, edits or the bot's own); a file is named.
-    pub async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
-        let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
-            return Ok(true);
-        };
-        let bot = self.bot();
-        for raw in events {
-            let content = &raw["content"];
-            let (Some(event_id), Some(sender), Some(body)) = (
-                raw["event_id"].as_str(),
-                raw["sender"].as_str(),
-                content["body"].as_str(),
-            ) else {
-                continue;
-            };
-            if raw["type"] != "m.room.message"
-                || sender == bot
-                || content["msgtype"] == "m.notice"
-                || content["m.relates_to"]["rel_type"] == "m.replace"
-                || raw["unsigned"][switchboard_connector::connector::UNDECRYPTABLE] == true
-            {
-                continue;
-            }
-            let name = room
-                .profile(sender)
-                .await
-                .0
-                .unwrap_or_else(|| sender.into());
-            let body = match content["msgtype"].as_str() {
-                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
-                    format!("(sent a file in the room: {body})")
-                }
-                _ => body.to_string(),
-            };
-            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
-            event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
-                                            "name": name, "body": body}});
-            self.host.deliver(&self.source, event_id, &[event]).await?;
-        }
-        Ok(true)
     }
 
     /// The new owner's power in the ticket's room up to 100, the former owner's down.
@@ -211,6 +155,72 @@ impl TicketRooms {
         }
         write().await?;
         self.host.delete_setting(&key).await?;
+        Ok(true)
+    }
+}
+
+/// The sync loop's side: ticket rooms are made by the bot, which takes no invites; it
+/// claims the rooms of its source's tickets and hears members' messages there.
+#[async_trait]
+impl Listener for TicketRooms {
+    fn takes_invite(&self, _room: &str, _inviter: Option<&str>) -> bool {
+        false
+    }
+
+    /// The bot's user ID, once the sync loop knows it.
+    fn know_bot(&self, user_id: &str) {
+        *self.bot.lock().unwrap_or_else(|e| e.into_inner()) = user_id.to_string();
+    }
+
+    /// Whether a room is one of this source's tickets'.
+    async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
+        Ok(self
+            .host
+            .ticket_of_room(room.id())
+            .await?
+            .is_some_and(|(source, _)| source == self.source))
+    }
+
+    /// Members' messages go into the inbox, keyed by event ID, for their ticket: only
+    /// what people say (not notices, edits or the bot's own); a file is named.
+    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
+        let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
+            return Ok(true);
+        };
+        let bot = self.bot();
+        for raw in events {
+            let content = &raw["content"];
+            let (Some(event_id), Some(sender), Some(body)) = (
+                raw["event_id"].as_str(),
+                raw["sender"].as_str(),
+                content["body"].as_str(),
+            ) else {
+                continue;
+            };
+            if raw["type"] != "m.room.message"
+                || sender == bot
+                || content["msgtype"] == "m.notice"
+                || content["m.relates_to"]["rel_type"] == "m.replace"
+                || raw["unsigned"][switchboard_connector::connector::UNDECRYPTABLE] == true
+            {
+                continue;
+            }
+            let name = room
+                .profile(sender)
+                .await
+                .0
+                .unwrap_or_else(|| sender.into());
+            let body = match content["msgtype"].as_str() {
+                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
+                    format!("(sent a file in the room: {body})")
+                }
+                _ => body.to_string(),
+            };
+            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
+            event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
+                                            "name": name, "body": body}});
+            self.host.deliver(&self.source, event_id, &[event]).await?;
+        }
         Ok(true)
     }
 }

@@ -189,6 +189,7 @@ impl WebhookSource for WebhookConfig {
         Ok(Delivery {
             dedupe_key,
             events: vec![event],
+            answer: Default::default(),
         })
     }
 }

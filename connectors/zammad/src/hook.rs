@@ -43,6 +43,7 @@ impl WebhookSource for TriggerHook {
         Ok(Delivery {
             dedupe_key,
             events: vec![event],
+            answer: Default::default(),
         })
     }
 }

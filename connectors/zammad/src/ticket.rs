@@ -6,10 +6,9 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use switchboard_connector::Queued;
 use switchboard_ticket_rooms::plan::Policy;
-use switchboard_ticket_rooms::{Change, Member, Said, Seen, Step};
+use switchboard_ticket_rooms::{Change, Member, Said, Seen};
 
 use crate::api::{Article, Ticket};
-use crate::source::ZammadAction;
 use crate::{ZammadConfig, ZammadRole};
 
 /// A ticket as read: its people by login (empty: none), and its new articles, each with
@@ -114,29 +113,7 @@ pub(crate) fn plan(
     now.last = now.last.max(read.last);
     let queued = steps
         .into_iter()
-        .filter_map(|step| match step {
-            Step::Core(action) => Some(Queued::core(lane.clone(), &action)),
-            Step::Owner {
-                promote,
-                demote,
-                former_power,
-            } => Queued::own(
-                lane.clone(),
-                &ZammadAction::Owner {
-                    promote,
-                    demote,
-                    former_power,
-                },
-            )
-            .ok(),
-            Step::Transcript => Queued::own(
-                lane.clone(),
-                &ZammadAction::Transcript {
-                    ticket: read.ticket.id,
-                },
-            )
-            .ok(),
-        })
+        .filter_map(|step| step.queued(&lane, "zammad", read.ticket.id))
         .collect();
     (queued, now)
 }
