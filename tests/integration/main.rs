@@ -24,6 +24,7 @@ mod common;
 mod helpdesk;
 mod one_bot;
 mod operations;
+mod otobo;
 mod pretix;
 mod rt;
 mod upgrade;

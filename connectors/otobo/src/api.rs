@@ -1,0 +1,235 @@
+//! The GenericTicketConnector REST web service, as far as a ticket's room needs it: a
+//! session, the ticket with its articles, and writing an article.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+use switchboard_connector::{Failure, Secret};
+
+/// A ticket as the room needs it; people by login.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Ticket {
+    pub id: u64,
+    pub number: String,
+    pub title: String,
+    pub queue: String,
+    pub state: String,
+    pub priority: String,
+    /// Empty when it has none (the admin user, ID 1, stands for none).
+    pub owner: String,
+    pub responsible: String,
+    pub customer: String,
+    pub articles: Vec<Article>,
+}
+
+/// One article of a ticket.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Article {
+    pub id: u64,
+    /// Not visible for the customer.
+    pub internal: bool,
+    /// Who wrote it, as its `From` names them.
+    pub author: String,
+    pub text: String,
+}
+
+/// The web service, as one agent.
+pub(crate) struct Api {
+    base: String,
+    user: String,
+    password: Secret,
+    http: reqwest::Client,
+    session: tokio::sync::Mutex<Option<String>>,
+}
+
+/// A scalar as text (IDs come as strings, some values as numbers).
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    }
+}
+
+fn number(v: &Value) -> u64 {
+    text(v).trim().parse().unwrap_or(0)
+}
+
+/// A login, empty for the admin user (ID 1) that stands for nobody.
+fn login(id: &Value, name: &Value) -> String {
+    match number(id) {
+        0 | 1 => String::new(),
+        _ => text(name),
+    }
+}
+
+impl Api {
+    pub fn new(base: String, user: String, password: Secret, http: reqwest::Client) -> Api {
+        Api {
+            base: base.trim_end_matches('/').to_string(),
+            user,
+            password,
+            http,
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// One request; its JSON answer. Transport failures sorted as everywhere; an
+    /// operation's error (HTTP 200 with `Error`) is permanent, except a session that ran
+    /// out, which is made again once.
+    async fn call(&self, method: Method, path: &str, body: Value) -> Result<Value, Failure> {
+        let what = format!("{method} {path}");
+        for fresh in [false, true] {
+            let session = self.session(fresh).await?;
+            let url = format!("{}{path}", self.base);
+            let request = match method {
+                Method::GET => {
+                    let mut url = url::Url::parse(&url)
+                        .map_err(|e| Failure::Permanent(format!("`url`: {e}")))?;
+                    {
+                        let mut query = url.query_pairs_mut();
+                        query.append_pair("SessionID", &session);
+                        for (key, value) in body.as_object().into_iter().flatten() {
+                            query.append_pair(key, &text(value));
+                        }
+                    }
+                    self.http.get(url)
+                }
+                _ => {
+                    let mut body = body.clone();
+                    body["SessionID"] = json!(session);
+                    self.http.request(method.clone(), &url).json(&body)
+                }
+            };
+            let answer = self.send(request, &what).await?;
+            match answer["Error"]["ErrorCode"].as_str() {
+                None => return Ok(answer),
+                Some(code) if code.ends_with("AuthFail") && !fresh => continue,
+                Some(code) => {
+                    let why = answer["Error"]["ErrorMessage"].as_str().unwrap_or_default();
+                    return Err(Failure::Permanent(format!(
+                        "the web service refused {what}: {code}: {why}"
+                    )));
+                }
+            }
+        }
+        Err(Failure::Permanent(format!(
+            "the web service refused {what}: the session, made again, does not authenticate"
+        )))
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, Failure> {
+        let response = request
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| Failure::transient(format!("web service: {what}: {}", e.without_url())))?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json().await.map_err(|e| {
+                Failure::transient(format!("the web service's answer to {what}: {e}"))
+            });
+        }
+        let message = format!("the web service answered {status} for {what}");
+        Err(Failure::from_answer(status, response.headers(), message))
+    }
+
+    /// The session, made with the agent's login when there is none (or `fresh`).
+    async fn session(&self, fresh: bool) -> Result<String, Failure> {
+        let mut session = self.session.lock().await;
+        if let (Some(id), false) = (session.as_ref(), fresh) {
+            return Ok(id.clone());
+        }
+        let request = self
+            .http
+            .post(format!("{}/Session", self.base))
+            .json(&json!({"UserLogin": self.user, "Password": self.password.expose()}));
+        let answer = self.send(request, "POST /Session").await?;
+        let Some(id) = answer["SessionID"].as_str() else {
+            let why = answer["Error"]["ErrorMessage"]
+                .as_str()
+                .unwrap_or("no session given");
+            return Err(Failure::Permanent(format!(
+                "the web service refused the agent's login: {why}; check `user` and `password`"
+            )));
+        };
+        *session = Some(id.to_string());
+        Ok(id.to_string())
+    }
+
+    /// The ticket with its articles after `after`, oldest first.
+    pub async fn ticket(&self, id: u64, after: u64) -> Result<Ticket, Failure> {
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("/Ticket/{id}"),
+                json!({"AllArticles": "1", "DynamicFields": "1"}),
+            )
+            .await?;
+        let t = &answer["Ticket"][0];
+        if t.is_null() {
+            return Err(Failure::Permanent(format!(
+                "the web service has no ticket {id}"
+            )));
+        }
+        let mut articles: Vec<Article> = t["Article"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|a| {
+                let body = text(&a["Body"]);
+                let html = text(&a["MimeType"]).eq_ignore_ascii_case("text/html")
+                    || text(&a["ContentType"])
+                        .to_ascii_lowercase()
+                        .starts_with("text/html");
+                let author = match text(&a["FromRealname"]) {
+                    name if !name.is_empty() => name,
+                    _ => text(&a["From"]),
+                };
+                Article {
+                    id: number(&a["ArticleID"]),
+                    internal: text(&a["IsVisibleForCustomer"]) == "0",
+                    author,
+                    text: if html {
+                        switchboard_ticket_rooms::text::html_to_text(&body)
+                    } else {
+                        body
+                    },
+                }
+            })
+            .filter(|a| a.id > after)
+            .collect();
+        articles.sort_by_key(|a| a.id);
+        Ok(Ticket {
+            id,
+            number: text(&t["TicketNumber"]),
+            title: text(&t["Title"]),
+            queue: text(&t["Queue"]),
+            state: text(&t["State"]),
+            priority: text(&t["Priority"]),
+            owner: login(&t["OwnerID"], &t["Owner"]),
+            responsible: login(&t["ResponsibleID"], &t["Responsible"]),
+            customer: text(&t["CustomerUserID"]),
+            articles,
+        })
+    }
+
+    /// Writes an article into the ticket (internal channel, as the agent); its ID.
+    pub async fn write(&self, ticket: u64, body: &str, visible: bool) -> Result<u64, Failure> {
+        let answer = self
+            .call(
+                Method::PATCH,
+                &format!("/Ticket/{ticket}"),
+                json!({"Article": {
+                    "CommunicationChannel": "Internal",
+                    "IsVisibleForCustomer": u8::from(visible),
+                    "SenderType": "agent",
+                    "Subject": "Matrix",
+                    "Body": body,
+                    "ContentType": "text/plain; charset=utf8",
+                }}),
+            )
+            .await?;
+        Ok(number(&answer["ArticleID"]))
+    }
+}
