@@ -2,7 +2,7 @@
 //! room per ticket with its people, RT's replies, comments and status changes in the room,
 //! room messages back into the ticket as comments, no echo either way.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde_json::json;
 
 use crate::common::{start, wait_in_room};
@@ -160,7 +160,7 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
 
     // A new owner: invited and made admin; the former owner lowered.
     rt.set(id, json!({"Owner": "agent2"})).await?;
-    wait_text(&bot, &room, "the ticket's owner.").await?;
+    wait_text(&bot, &room, "made Bob Agent the ticket's owner.").await?;
     wait_for("the new owner's power", || async {
         let p = bot
             .state(&room, "m.room.power_levels")
@@ -169,7 +169,8 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
             .flatten()?;
         (p["users"][&bob.user_id] == 100 && p["users"][&alice.user_id] == 0).then_some(())
     })
-    .await?;
+    .await
+    .with_context(|| sb.log())?;
     assert_eq!(
         bot.membership(&room, &bob.user_id).await?.as_deref(),
         Some("invite")

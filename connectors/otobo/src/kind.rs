@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use switchboard_connector::{Checked, Checker, Connector, Dialect, Host, Kind, Secret, SourceInfo};
+use switchboard_ticket_rooms::kind::{SecretKey, check_section};
 
 use crate::OtoboConfig;
 use crate::source::Source;
@@ -35,41 +36,22 @@ impl Kind for Otobo {
         section: Option<&serde_json::Value>,
         check: &mut Checker<'_>,
     ) -> Option<Checked> {
-        let Some(section) = section else {
-            check.problem("", "required for kind = \"otobo\"");
-            return None;
+        let secret = SecretKey {
+            key: "password",
+            given: |c: &OtoboConfig| (c.password.as_deref(), c.password_file.as_deref()),
+            missing: "the agent's password (`password` or `password_file`) is required",
         };
-        let config: OtoboConfig = check.parse(section)?;
-        let mut ok = true;
-        for (key, problem) in config.problems() {
-            check.problem(&key, problem);
-            ok = false;
-        }
-        let password = match check.secret(
-            "password",
-            config.password.as_deref(),
-            config.password_file.as_deref(),
-        ) {
-            Ok(Some(password)) => Some(password),
-            Ok(None) => {
-                check.problem(
-                    "password",
-                    "the agent's password (`password` or `password_file`) is required",
-                );
-                None
-            }
-            Err(_) => None,
-        };
-        if !source.authenticated {
-            check.source_problem(
-                "signature",
-                "the invoker's webhooks must be authenticated (they are not signed): give \
+        let (config, password) = check_section(
+            self.name(),
+            source,
+            section,
+            check,
+            OtoboConfig::problems,
+            secret,
+            "the invoker's webhooks must be authenticated (they are not signed): give \
                  `basic_auth` (the transport's BasicAuth) or `path_secret`",
-            );
-            ok = false;
-        }
-        let password = password?;
-        ok.then(|| Box::new(Config { config, password }) as Checked)
+        )?;
+        Some(Box::new(Config { config, password }))
     }
 
     fn action_kinds(&self) -> &'static [&'static str] {

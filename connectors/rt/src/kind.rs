@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use switchboard_connector::{Checked, Checker, Connector, Dialect, Host, Kind, Secret, SourceInfo};
+use switchboard_ticket_rooms::kind::{SecretKey, check_section};
 
 use crate::RtConfig;
 use crate::source::Source;
@@ -35,41 +36,22 @@ impl Kind for RequestTracker {
         section: Option<&serde_json::Value>,
         check: &mut Checker<'_>,
     ) -> Option<Checked> {
-        let Some(section) = section else {
-            check.problem("", "required for kind = \"request_tracker\"");
-            return None;
+        let secret = SecretKey {
+            key: "token",
+            given: |c: &RtConfig| (c.token.as_deref(), c.token_file.as_deref()),
+            missing: "a REST2 token (`token` or `token_file`) is required",
         };
-        let config: RtConfig = check.parse(section)?;
-        let mut ok = true;
-        for (key, problem) in config.problems() {
-            check.problem(&key, problem);
-            ok = false;
-        }
-        let token = match check.secret(
-            "token",
-            config.token.as_deref(),
-            config.token_file.as_deref(),
-        ) {
-            Ok(Some(token)) => Some(token),
-            Ok(None) => {
-                check.problem(
-                    "token",
-                    "a REST2 token (`token` or `token_file`) is required",
-                );
-                None
-            }
-            Err(_) => None,
-        };
-        if !source.authenticated {
-            check.source_problem(
-                "signature",
-                "RT's webhooks must be authenticated: give `signature` (the scrip's secret), \
+        let (config, token) = check_section(
+            self.name(),
+            source,
+            section,
+            check,
+            RtConfig::problems,
+            secret,
+            "RT's webhooks must be authenticated: give `signature` (the scrip's secret), \
                  `path_secret` or `basic_auth`",
-            );
-            ok = false;
-        }
-        let token = token?;
-        ok.then(|| Box::new(Config { config, token }) as Checked)
+        )?;
+        Some(Box::new(Config { config, token }))
     }
 
     fn action_kinds(&self) -> &'static [&'static str] {

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
     TicketEvent, WebhookSource,
 };
-use switchboard_ticket_rooms::{Chat, TicketRooms, table};
+use switchboard_ticket_rooms::{Chat, TicketRooms, TicketSystem, table};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
@@ -24,34 +23,6 @@ use crate::{RtConfig, WriteBack, ticket};
 
 /// The source's table of ticket rooms.
 const TABLE: &str = "rt_tickets";
-
-/// The RT source's own actions, as stored in the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub(crate) enum RtAction {
-    /// Read the ticket's history since last time and bring its room in line.
-    #[serde(rename = "rt_ticket")]
-    Ticket { ticket: u64 },
-    /// The ticket's owner changed: the new owner's power in the room up to 100, the
-    /// former owner's down to `former_power`.
-    #[serde(rename = "rt_owner")]
-    Owner {
-        promote: Option<String>,
-        demote: Option<String>,
-        former_power: i64,
-    },
-    /// Write the room's conversation into the ticket (the ticket was closed).
-    #[serde(rename = "rt_transcript")]
-    Transcript { ticket: u64 },
-    /// Write what a member said in the ticket's room into the ticket.
-    #[serde(rename = "rt_write")]
-    Write {
-        ticket: u64,
-        sender: String,
-        name: String,
-        body: String,
-    },
-}
 
 /// One RT source.
 pub struct Source {
@@ -77,7 +48,7 @@ impl Source {
             id: id.to_string(),
             rt: Rt::new(cfg.rest2(), token, host.http().clone()),
             cfg,
-            rooms: TicketRooms::new("request_tracker", id, host.clone(), bot),
+            rooms: TicketRooms::new("request_tracker", "rt", id, host.clone(), bot),
             host,
             user,
         }
@@ -213,52 +184,11 @@ impl Connector for Source {
     }
 
     async fn plan(&self, ev: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
-        let Ok(ticket) = ev.ticket.parse::<u64>() else {
-            return Ok(Some(Vec::new()));
-        };
-        let action = match Chat::of(ev) {
-            Some(chat) => RtAction::Write {
-                ticket,
-                sender: chat.sender,
-                name: chat.name,
-                body: chat.body,
-            },
-            None => RtAction::Ticket { ticket },
-        };
-        Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
+        self.rooms.plan(ev)
     }
 
     async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
-        let action = RtAction::deserialize(action)
-            .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
-        match action {
-            RtAction::Ticket { ticket } => self.read_ticket(cx.row, ticket).await,
-            RtAction::Transcript { ticket } => {
-                self.rooms
-                    .transcript(cx, async |text| {
-                        self.write_once(cx.row, ticket, false, &text).await
-                    })
-                    .await
-            }
-            RtAction::Owner {
-                promote,
-                demote,
-                former_power,
-            } => {
-                self.rooms
-                    .owner(cx, promote.as_deref(), demote.as_deref(), former_power)
-                    .await
-            }
-            RtAction::Write {
-                ticket,
-                sender,
-                name,
-                body,
-            } => {
-                let chat = Chat { sender, name, body };
-                self.write(cx.row, ticket, &chat).await
-            }
-        }
+        self.rooms.execute(self, cx, action).await
     }
 
     fn listener(&self) -> Option<&dyn Listener> {
@@ -278,6 +208,21 @@ impl Connector for Source {
             }
             tokio::time::sleep(every.max(Duration::from_secs(1))).await;
         }
+    }
+}
+
+#[async_trait]
+impl TicketSystem for Source {
+    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure> {
+        self.read_ticket(row, ticket).await
+    }
+
+    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
+        self.write(row, ticket, chat).await
+    }
+
+    async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
+        self.write_once(row, ticket, false, text).await
     }
 }
 

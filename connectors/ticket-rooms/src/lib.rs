@@ -7,6 +7,7 @@
 //! hears members, the transcript, the owner's power, writing once) works the same for all.
 
 pub mod config;
+pub mod kind;
 pub mod people;
 pub mod plan;
 pub mod room;
@@ -16,4 +17,4 @@ pub mod text;
 pub use config::{Comments, RoomConfig};
 pub use people::{Member, PeopleConfig, Person};
 pub use plan::{Change, Said, Seen, Step, Ticket, plan};
-pub use room::{Chat, TicketRooms};
+pub use room::{Chat, TicketRooms, TicketSystem};

@@ -1,12 +1,14 @@
 //! The running side every ticket-system source shares: hearing what members say in the
 //! ticket rooms, the owner's power, the transcript, and writing into the ticket once.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use switchboard_connector::{
-    ActionContext, DbError, EventKind, Failure, Host, Listener, SyncRoom, TicketEvent,
+    ActionContext, ActionRow, DbError, EventKind, Failure, Host, Listener, Queued, SyncRoom,
+    TicketEvent,
 };
 
 /// What a member said in a ticket's room, as the inbox carries it to the source's plan.
@@ -39,23 +41,131 @@ impl Chat {
 /// The most room events a transcript reads.
 const TRANSCRIPT_MAX: usize = 5000;
 
+/// What a ticket system does for its rooms: the rest is the same for all
+/// ([`TicketRooms::execute`]).
+#[async_trait]
+pub trait TicketSystem: Send + Sync {
+    /// Reads the ticket (what changed since the last read) and queues what its room needs.
+    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure>;
+    /// Writes what a member said in the room into the ticket.
+    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure>;
+    /// Writes the room's transcript into the ticket once; false: an earlier try had.
+    async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure>;
+}
+
 /// The rooms of one source's tickets: which rooms it claims, what it hears there, and
-/// the steps it runs in them. `prefix` names its settings (`<kind>.<source id>`).
+/// the actions it runs in them. Its actions are `<actions>_ticket` (read the ticket),
+/// `<actions>_write`, `<actions>_owner` and `<actions>_transcript`; its settings are named
+/// `<kind>.<source id>.*`.
 pub struct TicketRooms {
     pub source: String,
     pub host: Arc<dyn Host>,
+    actions: String,
     prefix: String,
     bot: Mutex<String>,
 }
 
 impl TicketRooms {
-    pub fn new(kind: &str, source: &str, host: Arc<dyn Host>, bot: &str) -> TicketRooms {
+    pub fn new(
+        kind: &str,
+        actions: &str,
+        source: &str,
+        host: Arc<dyn Host>,
+        bot: &str,
+    ) -> TicketRooms {
         TicketRooms {
             source: source.to_string(),
             host,
+            actions: actions.to_string(),
             prefix: format!("{kind}.{source}"),
             bot: Mutex::new(bot.to_string()),
         }
+    }
+
+    /// An event's action: what a member said becomes `<actions>_write`, anything else a
+    /// read of the ticket (`<actions>_ticket`), in the ticket's lane.
+    pub fn plan(&self, ev: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
+        let Ok(ticket) = ev.ticket.parse::<u64>() else {
+            return Ok(Some(Vec::new()));
+        };
+        let p = &self.actions;
+        let action = match Chat::of(ev) {
+            Some(chat) => json!({"type": format!("{p}_write"), "ticket": ticket,
+                                 "sender": chat.sender, "name": chat.name, "body": chat.body}),
+            None => json!({"type": format!("{p}_ticket"), "ticket": ticket}),
+        };
+        Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
+    }
+
+    /// Runs one of the source's actions, with `system` for what is the ticket system's.
+    pub async fn execute(
+        &self,
+        system: &dyn TicketSystem,
+        cx: &ActionContext<'_>,
+        action: &Value,
+    ) -> Result<String, Failure> {
+        let kind = action["type"].as_str().unwrap_or_default();
+        let ticket = action["ticket"].as_u64().unwrap_or(0);
+        let text = |key: &str| action[key].as_str().map(String::from);
+        match kind.strip_prefix(self.actions.as_str()) {
+            Some("_ticket") if ticket > 0 => system.read(cx.row, ticket).await,
+            Some("_write") if ticket > 0 => {
+                let (Some(sender), Some(body)) = (text("sender"), text("body")) else {
+                    return Err(Failure::Permanent(format!("{kind} without sender or body")));
+                };
+                let name = text("name").unwrap_or_else(|| sender.clone());
+                let chat = Chat { sender, name, body };
+                system.write(cx.row, ticket, &chat).await
+            }
+            Some("_transcript") if ticket > 0 => {
+                self.transcript(cx, async |text| {
+                    system.transcribe(cx.row, ticket, &text).await
+                })
+                .await
+            }
+            Some("_owner") => {
+                let power = action["former_power"].as_i64().unwrap_or(0);
+                let (promote, demote) = (text("promote"), text("demote"));
+                self.owner(cx, promote.as_deref(), demote.as_deref(), power)
+                    .await
+            }
+            _ => Err(Failure::Permanent(format!(
+                "stored action does not parse: {action}"
+            ))),
+        }
+    }
+
+    /// Where the IDs of what Switchboard wrote into a ticket are kept until the ticket is
+    /// read past them (for systems that do not tell Switchboard's own writes apart).
+    fn ours_key(&self, ticket: u64) -> String {
+        format!("{}.ours.{ticket}", self.prefix)
+    }
+
+    /// The IDs of what Switchboard wrote into a ticket and the ticket was not read past.
+    pub async fn ours(&self, ticket: u64) -> Result<BTreeSet<u64>, Failure> {
+        Ok(match self.host.setting(&self.ours_key(ticket)).await? {
+            Some(list) => serde_json::from_str(&list).unwrap_or_default(),
+            None => BTreeSet::new(),
+        })
+    }
+
+    /// Keeps those IDs (none: forgets them).
+    pub async fn keep_ours(&self, ticket: u64, ours: &BTreeSet<u64>) -> Result<(), Failure> {
+        let key = self.ours_key(ticket);
+        if ours.is_empty() {
+            self.host.delete_setting(&key).await?;
+        } else {
+            let list = serde_json::to_string(ours).unwrap_or_else(|_| "[]".into());
+            self.host.set_setting(&key, &list).await?;
+        }
+        Ok(())
+    }
+
+    /// Notes that Switchboard wrote `id` into a ticket.
+    pub async fn wrote(&self, ticket: u64, id: u64) -> Result<(), Failure> {
+        let mut ours = self.ours(ticket).await?;
+        ours.insert(id);
+        self.keep_ours(ticket, &ours).await
     }
 
     fn bot(&self) -> String {

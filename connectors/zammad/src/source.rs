@@ -2,17 +2,16 @@
 //! action (`zammad_ticket`) reads its new articles and state and brings the room in line;
 //! what members write in the room becomes `zammad_write`, a note in the ticket.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Queued, TicketEvent,
     WebhookSource,
 };
-use switchboard_ticket_rooms::{Chat, Member, Person, TicketRooms, table};
+use switchboard_ticket_rooms::{Chat, Member, Person, TicketRooms, TicketSystem, table};
 use tracing::info;
 
 use crate::ZammadConfig;
@@ -22,34 +21,6 @@ use crate::ticket::{self, Read};
 
 /// The source's table of ticket rooms.
 const TABLE: &str = "zammad_tickets";
-
-/// The Zammad source's own actions, as stored in the outbox.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-pub(crate) enum ZammadAction {
-    /// Read the ticket and its articles since last time and bring its room in line.
-    #[serde(rename = "zammad_ticket")]
-    Ticket { ticket: u64 },
-    /// The ticket's owner changed: the new owner's power in the room up to 100, the
-    /// former owner's down to `former_power`.
-    #[serde(rename = "zammad_owner")]
-    Owner {
-        promote: Option<String>,
-        demote: Option<String>,
-        former_power: i64,
-    },
-    /// Write the room's conversation into the ticket (it was closed).
-    #[serde(rename = "zammad_transcript")]
-    Transcript { ticket: u64 },
-    /// Write what a member said in the ticket's room into the ticket.
-    #[serde(rename = "zammad_write")]
-    Write {
-        ticket: u64,
-        sender: String,
-        name: String,
-        body: String,
-    },
-}
 
 /// One Zammad source.
 pub struct Source {
@@ -71,7 +42,7 @@ impl Source {
         Source {
             id: id.to_string(),
             api: Api::new(cfg.api(), token, host.http().clone()),
-            rooms: TicketRooms::new("zammad", id, host.clone(), bot),
+            rooms: TicketRooms::new("zammad", "zammad", id, host.clone(), bot),
             cfg,
             host,
         }
@@ -79,36 +50,6 @@ impl Source {
 
     fn selected(&self, group: &str) -> bool {
         self.cfg.groups.is_empty() || self.cfg.groups.iter().any(|g| g == group)
-    }
-
-    /// Where the IDs of the articles Switchboard wrote into a ticket are kept until the
-    /// ticket is read past them (written as an agent, they are not Switchboard's user's).
-    fn ours_key(&self, ticket: u64) -> String {
-        format!("zammad.{}.ours.{ticket}", self.id)
-    }
-
-    async fn ours(&self, ticket: u64) -> Result<BTreeSet<u64>, Failure> {
-        Ok(match self.host.setting(&self.ours_key(ticket)).await? {
-            Some(list) => serde_json::from_str(&list).unwrap_or_default(),
-            None => BTreeSet::new(),
-        })
-    }
-
-    async fn keep_ours(&self, ticket: u64, ours: &BTreeSet<u64>) -> Result<(), Failure> {
-        let key = self.ours_key(ticket);
-        if ours.is_empty() {
-            self.host.delete_setting(&key).await?;
-        } else {
-            let list = serde_json::to_string(ours).unwrap_or_else(|_| "[]".into());
-            self.host.set_setting(&key, &list).await?;
-        }
-        Ok(())
-    }
-
-    async fn wrote_article(&self, ticket: u64, article: u64) -> Result<(), Failure> {
-        let mut ours = self.ours(ticket).await?;
-        ours.insert(article);
-        self.keep_ours(ticket, &ours).await
     }
 
     /// A user's login, their person added to `people`; empty for none (0, or 1: Zammad's
@@ -142,7 +83,7 @@ impl Source {
         }
         let articles = self.api.articles(id, seen.last).await?;
         let me = self.api.me().await?;
-        let mut ours = self.ours(id).await?;
+        let mut ours = self.rooms.ours(id).await?;
         let mut people = BTreeMap::new();
         let mut read = Read {
             owner: self.login(ticket.owner_id, &mut people).await?,
@@ -174,7 +115,7 @@ impl Source {
         }
         table::advance(&*self.host, TABLE, row, &now, &actions).await?;
         ours.retain(|a| *a > now.last);
-        self.keep_ours(id, &ours).await?;
+        self.rooms.keep_ours(id, &ours).await?;
         Ok(format!(
             "read {} articles up to {}; {} actions",
             read.articles.len(),
@@ -197,7 +138,7 @@ impl Source {
                 row.id,
                 async || self.api.last_article(ticket).await,
                 async |before| match self.api.wrote(ticket, before, body).await? {
-                    Some(article) => self.wrote_article(ticket, article).await.map(|()| true),
+                    Some(article) => self.rooms.wrote(ticket, article).await.map(|()| true),
                     None => Ok(false),
                 },
                 async || {
@@ -205,7 +146,7 @@ impl Source {
                         .api
                         .write(ticket, body, self.cfg.internal, from)
                         .await?;
-                    self.wrote_article(ticket, article).await
+                    self.rooms.wrote(ticket, article).await
                 },
             )
             .await
@@ -242,55 +183,29 @@ impl Connector for Source {
     }
 
     async fn plan(&self, ev: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
-        let Ok(ticket) = ev.ticket.parse::<u64>() else {
-            return Ok(Some(Vec::new()));
-        };
-        let action = match Chat::of(ev) {
-            Some(chat) => ZammadAction::Write {
-                ticket,
-                sender: chat.sender,
-                name: chat.name,
-                body: chat.body,
-            },
-            None => ZammadAction::Ticket { ticket },
-        };
-        Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
+        self.rooms.plan(ev)
     }
 
     async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
-        let action = ZammadAction::deserialize(action)
-            .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
-        match action {
-            ZammadAction::Ticket { ticket } => self.read_ticket(cx.row, ticket).await,
-            ZammadAction::Transcript { ticket } => {
-                self.rooms
-                    .transcript(cx, async |text| {
-                        self.write_once(cx.row, ticket, &text, None).await
-                    })
-                    .await
-            }
-            ZammadAction::Owner {
-                promote,
-                demote,
-                former_power,
-            } => {
-                self.rooms
-                    .owner(cx, promote.as_deref(), demote.as_deref(), former_power)
-                    .await
-            }
-            ZammadAction::Write {
-                ticket,
-                sender,
-                name,
-                body,
-            } => {
-                let chat = Chat { sender, name, body };
-                self.write(cx.row, ticket, &chat).await
-            }
-        }
+        self.rooms.execute(self, cx, action).await
     }
 
     fn listener(&self) -> Option<&dyn Listener> {
         Some(&self.rooms)
+    }
+}
+
+#[async_trait]
+impl TicketSystem for Source {
+    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure> {
+        self.read_ticket(row, ticket).await
+    }
+
+    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
+        self.write(row, ticket, chat).await
+    }
+
+    async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
+        self.write_once(row, ticket, text, None).await
     }
 }
