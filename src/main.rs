@@ -152,14 +152,14 @@ fn main() -> ExitCode {
             for w in warnings {
                 tracing::warn!("{w}");
             }
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(run(loaded)) {
+            match runtime.block_on(run(loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "switchboard stopped");
@@ -184,14 +184,14 @@ where
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let result = rt.block_on(async move {
+    let result = runtime.block_on(async move {
         let url = match &loaded.secrets.database_url {
             Some(u) => u.expose().to_string(),
             None => switchboard::store::Store::sqlite_url(&loaded.config.data_dir),

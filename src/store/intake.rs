@@ -350,8 +350,8 @@ mod tests {
     fn what_intake_accepts_both_databases_store() {
         use proptest::prelude::*;
         use switchboard_connector::WebhookSource;
-        let rt = tokio::runtime::Runtime::new().expect("runtime");
-        let stores = rt.block_on(stores());
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let stores = runtime.block_on(stores());
         let engine = crate::engine::Engine::new(
             &crate::config::parse(
                 "[matrix]\nhomeserver = \"http://h\"\nuser = \"bot\"\npassword = \"p\"\n\
@@ -378,7 +378,7 @@ mod tests {
             };
             let events = serde_json::to_string(&d.events).expect("json");
             for store in &stores {
-                rt.block_on(async {
+                runtime.block_on(async {
                     store.accept("t", &d.dedupe_key, &events).await.expect("stored");
                     let metrics = crate::metrics::Metrics::new();
                     let drained = crate::engine::drain(&engine, store, &metrics).await.expect("drained");

@@ -83,8 +83,8 @@ impl TicketEvent {
 pub struct Delivery {
     pub dedupe_key: String,
     pub events: Vec<TicketEvent>,
-    /// Keys added to the webhook's JSON answer, for a sender that reads it (Znuny applies
-    /// the `OTRS_*` keys of the answer to the ticket). Empty for most.
+    /// Keys added to the webhook's JSON answer, for a sender that acts on what it is
+    /// answered (a ticket system that sets a ticket's fields from it). Empty for most.
     pub answer: serde_json::Map<String, serde_json::Value>,
 }
 
