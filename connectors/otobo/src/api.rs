@@ -4,6 +4,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_connector::{Failure, Secret};
+use switchboard_ticket_rooms::Article;
 
 /// A ticket as the room needs it; people by login.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -19,17 +20,6 @@ pub(crate) struct Ticket {
     pub responsible: String,
     pub customer: String,
     pub articles: Vec<Article>,
-}
-
-/// One article of a ticket.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Article {
-    pub id: u64,
-    /// Not visible for the customer.
-    pub internal: bool,
-    /// Who wrote it, as its `From` names them.
-    pub author: String,
-    pub text: String,
 }
 
 /// The web service, as one agent.
@@ -188,8 +178,9 @@ impl Api {
                 };
                 Article {
                     id: number(&a["ArticleID"]),
+                    by: author,
                     internal: text(&a["IsVisibleForCustomer"]) == "0",
-                    author,
+                    files: Vec::new(),
                     text: if html {
                         switchboard_ticket_rooms::text::html_to_text(&body)
                     } else {

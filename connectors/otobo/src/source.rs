@@ -104,23 +104,19 @@ impl Source {
     async fn write_once(&self, row: &ActionRow, ticket: u64, body: &str) -> Result<bool, Failure> {
         let visible = self.cfg.visible_for_customer;
         self.rooms
-            .write_once(
+            .write_noted_once(
                 row.id,
+                ticket,
                 async || {
                     let t = self.api.ticket(ticket, 0).await?;
                     Ok(t.articles.last().map_or(0, |a| a.id))
                 },
                 async |before| {
                     let t = self.api.ticket(ticket, before).await?;
-                    match t.articles.iter().find(|a| a.text.trim() == body.trim()) {
-                        Some(a) => self.rooms.wrote(ticket, a.id).await.map(|()| true),
-                        None => Ok(false),
-                    }
+                    let found = t.articles.iter().find(|a| a.text.trim() == body.trim());
+                    Ok(found.map(|a| a.id))
                 },
-                async || {
-                    let article = self.api.write(ticket, body, visible).await?;
-                    self.rooms.wrote(ticket, article).await
-                },
+                async || self.api.write(ticket, body, visible).await,
             )
             .await
     }

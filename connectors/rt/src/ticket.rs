@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use switchboard_connector::Queued;
-use switchboard_ticket_rooms::{Change, Member, Said, Seen};
+use switchboard_ticket_rooms::{Change, Member, Said, Seen, plan_queued};
 
 use crate::api::{Message, Ticket, Transaction};
 use crate::{Role, RtConfig};
@@ -110,7 +110,6 @@ pub(crate) fn plan(
     api_user: &str,
     seen: &Seen,
 ) -> (Vec<Queued>, Seen) {
-    let lane = ticket.id.to_string();
     let mut people = people.clone();
     // RT's own changes (a reply opening a new ticket, say).
     people.entry("RT_System".into()).or_insert_with(|| Member {
@@ -122,7 +121,7 @@ pub(crate) fn plan(
         matrix: None,
     });
     let view = switchboard_ticket_rooms::Ticket {
-        lane: lane.clone(),
+        id: ticket.id,
         context: context(config, ticket),
         status: ticket.status.clone(),
         owner: owner(ticket).to_string(),
@@ -138,17 +137,9 @@ pub(crate) fn plan(
         transcript: config.transcript,
         closed: &config.closed_statuses,
     };
-    let (steps, mut now) =
-        switchboard_ticket_rooms::plan(policy, &view, &changes(entries, api_user), &people, seen);
-    now.last = entries
-        .iter()
-        .map(|e| e.transaction.id)
-        .fold(now.last, u64::max);
-    let queued = steps
-        .into_iter()
-        .filter_map(|step| step.queued(&lane, "rt", ticket.id))
-        .collect();
-    (queued, now)
+    let last = entries.iter().map(|e| e.transaction.id).max().unwrap_or(0);
+    let changes = changes(entries, api_user);
+    plan_queued(policy, &view, &changes, &people, seen, last, "rt")
 }
 
 #[cfg(test)]

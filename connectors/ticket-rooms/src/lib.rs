@@ -16,5 +16,5 @@ pub mod text;
 
 pub use config::{Comments, RoomConfig};
 pub use people::{Member, PeopleConfig, Person};
-pub use plan::{Change, Said, Seen, Step, Ticket, plan};
+pub use plan::{Article, Change, Said, Seen, Step, Ticket, changes_now, plan, plan_queued};
 pub use room::{Chat, TicketRooms, TicketSystem};

@@ -28,8 +28,8 @@ pub struct Seen {
 /// A ticket as its room needs it.
 #[derive(Debug, Clone)]
 pub struct Ticket {
-    /// The ticket's lane in the outbox (its key).
-    pub lane: String,
+    /// The ticket's number in its system; its lane in the outbox is this number as text.
+    pub id: u64,
     /// What templates see: `system` and `ticket.*`.
     pub context: Value,
     pub status: String,
@@ -115,9 +115,10 @@ impl Step {
     /// The step as an action in the ticket's lane: the service's own, or the source's
     /// `<prefix>_owner` (`promote`, `demote`, `former_power`) or `<prefix>_transcript`
     /// (`ticket`), the shapes the source's own action kinds read.
-    pub fn queued(self, lane: &str, prefix: &str, ticket: u64) -> Option<Queued> {
+    pub fn queued(self, prefix: &str, ticket: u64) -> Option<Queued> {
+        let lane = ticket.to_string();
         let own = match self {
-            Step::Core(action) => return Some(Queued::core(lane.to_string(), &action)),
+            Step::Core(action) => return Some(Queued::core(lane, &action)),
             Step::Owner {
                 promote,
                 demote,
@@ -128,8 +129,75 @@ impl Step {
                 json!({"type": format!("{prefix}_transcript"), "ticket": ticket})
             }
         };
-        Queued::own(lane.to_string(), &own).ok()
+        Queued::own(lane, &own).ok()
     }
+}
+
+/// An article of a ticket (a reply, a note), for systems that give the ticket as it is
+/// now rather than a history of its changes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Article {
+    pub id: u64,
+    /// Who wrote it: a name in `people`, or as the room shows them.
+    pub by: String,
+    /// Not for the customer.
+    pub internal: bool,
+    pub text: String,
+    /// Files attached: name and size in bytes.
+    pub files: Vec<(String, u64)>,
+}
+
+/// The changes of a ticket given as it is now: its new `articles` in order (the first of a
+/// ticket never read opens it), then its status and owner where they differ from what the
+/// room has, both told as `by`'s.
+pub fn changes_now(seen: &Seen, articles: &[Article], ticket: &Ticket, by: &str) -> Vec<Change> {
+    let first = articles.first().map(|a| a.id);
+    let mut out: Vec<Change> = articles
+        .iter()
+        .map(|a| Change::Said {
+            by: a.by.clone(),
+            said: if a.internal {
+                Said::Internal
+            } else if seen.last == 0 && Some(a.id) == first {
+                Said::Opened
+            } else {
+                Said::Replied
+            },
+            text: a.text.clone(),
+            files: a.files.clone(),
+        })
+        .collect();
+    if seen.roomed && !ticket.status.eq_ignore_ascii_case(&seen.status) {
+        out.push(Change::Status {
+            by: by.to_string(),
+            old: seen.status.clone(),
+            new: ticket.status.clone(),
+        });
+    }
+    if seen.roomed && ticket.owner != seen.owner {
+        out.push(Change::Owner { by: by.to_string() });
+    }
+    out
+}
+
+/// `plan`, each step queued in the ticket's lane (the source's own as `<prefix>_*`), and
+/// how far the ticket was read moved on to `last`.
+pub fn plan_queued(
+    policy: Policy<'_>,
+    ticket: &Ticket,
+    changes: &[Change],
+    people: &BTreeMap<String, Member>,
+    seen: &Seen,
+    last: u64,
+    prefix: &str,
+) -> (Vec<Queued>, Seen) {
+    let (steps, mut now) = plan(policy, ticket, changes, people, seen);
+    now.last = now.last.max(last);
+    let queued = steps
+        .into_iter()
+        .filter_map(|step| step.queued(prefix, ticket.id))
+        .collect();
+    (queued, now)
 }
 
 /// Plans what a ticket's new changes do to its room. `people` has every name of

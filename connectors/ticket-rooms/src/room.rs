@@ -161,8 +161,34 @@ impl TicketRooms {
         Ok(())
     }
 
+    /// `write_once` for a system whose writes Switchboard tells apart by their IDs: `find`
+    /// the article an earlier try left after a position, `write` a new one; either's ID is
+    /// noted as Switchboard's (`ours`), so it is not shown in the room.
+    pub async fn write_noted_once(
+        &self,
+        row_id: i64,
+        ticket: u64,
+        position: impl AsyncFnOnce() -> Result<u64, Failure>,
+        find: impl AsyncFnOnce(u64) -> Result<Option<u64>, Failure>,
+        write: impl AsyncFnOnce() -> Result<u64, Failure>,
+    ) -> Result<bool, Failure> {
+        self.write_once(
+            row_id,
+            position,
+            async |before| match find(before).await? {
+                Some(id) => self.wrote(ticket, id).await.map(|()| true),
+                None => Ok(false),
+            },
+            async || {
+                let id = write().await?;
+                self.wrote(ticket, id).await
+            },
+        )
+        .await
+    }
+
     /// Notes that Switchboard wrote `id` into a ticket.
-    pub async fn wrote(&self, ticket: u64, id: u64) -> Result<(), Failure> {
+    async fn wrote(&self, ticket: u64, id: u64) -> Result<(), Failure> {
         let mut ours = self.ours(ticket).await?;
         ours.insert(id);
         self.keep_ours(ticket, &ours).await

@@ -11,7 +11,7 @@ use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Queued, TicketEvent,
     WebhookSource,
 };
-use switchboard_ticket_rooms::{Chat, Member, Person, TicketRooms, TicketSystem, table};
+use switchboard_ticket_rooms::{Article, Chat, Member, Person, TicketRooms, TicketSystem, table};
 use tracing::info;
 
 use crate::ZammadConfig;
@@ -96,8 +96,13 @@ impl Source {
             if article.created_by_id == me || ours.remove(&article.id) {
                 continue;
             }
-            let by = self.login(article.created_by_id, &mut people).await?;
-            read.articles.push((article, by));
+            read.articles.push(Article {
+                id: article.id,
+                by: self.login(article.created_by_id, &mut people).await?,
+                internal: article.internal,
+                text: article.text,
+                files: article.files,
+            });
         }
         // The former owner, for lowering their power: known by login only.
         if !seen.owner.is_empty() {
@@ -134,20 +139,12 @@ impl Source {
         from: Option<&str>,
     ) -> Result<bool, Failure> {
         self.rooms
-            .write_once(
+            .write_noted_once(
                 row.id,
+                ticket,
                 async || self.api.last_article(ticket).await,
-                async |before| match self.api.wrote(ticket, before, body).await? {
-                    Some(article) => self.rooms.wrote(ticket, article).await.map(|()| true),
-                    None => Ok(false),
-                },
-                async || {
-                    let article = self
-                        .api
-                        .write(ticket, body, self.cfg.internal, from)
-                        .await?;
-                    self.rooms.wrote(ticket, article).await
-                },
+                async |before| self.api.wrote(ticket, before, body).await,
+                async || self.api.write(ticket, body, self.cfg.internal, from).await,
             )
             .await
     }

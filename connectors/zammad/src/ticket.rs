@@ -6,20 +6,20 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use switchboard_connector::Queued;
 use switchboard_ticket_rooms::plan::Policy;
-use switchboard_ticket_rooms::{Change, Member, Said, Seen};
+use switchboard_ticket_rooms::{Article, Member, Seen, changes_now, plan_queued};
 
-use crate::api::{Article, Ticket};
+use crate::api::Ticket;
 use crate::{ZammadConfig, ZammadRole};
 
-/// A ticket as read: its people by login (empty: none), and its new articles, each with
-/// its author's login, Switchboard's own writes left out.
+/// A ticket as read: its people by login (empty: none), and its new articles by their
+/// authors' logins, Switchboard's own writes left out.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Read {
     pub ticket: Ticket,
     pub owner: String,
     pub customer: String,
     pub updated_by: String,
-    pub articles: Vec<(Article, String)>,
+    pub articles: Vec<Article>,
     /// The last article read, Switchboard's own included.
     pub last: u64,
 }
@@ -42,49 +42,15 @@ pub(crate) fn context(config: &ZammadConfig, read: &Read) -> serde_json::Value {
     }})
 }
 
-/// The changes a room shows: new articles in order, then the state and the owner when
-/// they differ from what the room has.
-fn changes(read: &Read, seen: &Seen) -> Vec<Change> {
-    let mut out: Vec<Change> = read
-        .articles
-        .iter()
-        .map(|(article, by)| Change::Said {
-            by: by.clone(),
-            said: if article.internal {
-                Said::Internal
-            } else if seen.last == 0 && Some(article.id) == read.articles.first().map(|a| a.0.id) {
-                Said::Opened
-            } else {
-                Said::Replied
-            },
-            text: article.text.clone(),
-            files: article.files.clone(),
-        })
-        .collect();
-    if seen.roomed && !read.ticket.state.eq_ignore_ascii_case(&seen.status) {
-        out.push(Change::Status {
-            by: read.updated_by.clone(),
-            old: seen.status.clone(),
-            new: read.ticket.state.clone(),
-        });
-    }
-    if seen.roomed && read.owner != seen.owner {
-        out.push(Change::Owner {
-            by: read.updated_by.clone(),
-        });
-    }
-    out
-}
-
-/// Plans what a ticket's new articles and state do to its room. `people` has the owner,
-/// the customer, `updated_by`, the former owner and every article's author, by login.
+/// Plans what a ticket's new articles and state do to its room: the state and owner
+/// changes told as the last change's author's. `people` has the owner, the customer,
+/// `updated_by`, the former owner and every article's author, by login.
 pub(crate) fn plan(
     config: &ZammadConfig,
     read: &Read,
     people: &BTreeMap<String, Member>,
     seen: &Seen,
 ) -> (Vec<Queued>, Seen) {
-    let lane = read.ticket.id.to_string();
     let mut roles = Vec::new();
     for (name, role) in [
         (&read.owner, ZammadRole::Owner),
@@ -95,7 +61,7 @@ pub(crate) fn plan(
         }
     }
     let view = switchboard_ticket_rooms::Ticket {
-        lane: lane.clone(),
+        id: read.ticket.id,
         context: context(config, read),
         status: read.ticket.state.clone(),
         owner: read.owner.clone(),
@@ -108,14 +74,8 @@ pub(crate) fn plan(
         transcript: config.transcript,
         closed: &config.closed_states,
     };
-    let (steps, mut now) =
-        switchboard_ticket_rooms::plan(policy, &view, &changes(read, seen), people, seen);
-    now.last = now.last.max(read.last);
-    let queued = steps
-        .into_iter()
-        .filter_map(|step| step.queued(&lane, "zammad", read.ticket.id))
-        .collect();
-    (queued, now)
+    let changes = changes_now(seen, &read.articles, &view, &read.updated_by);
+    plan_queued(policy, &view, &changes, people, seen, read.last, "zammad")
 }
 
 #[cfg(test)]
@@ -168,15 +128,12 @@ mod tests {
             updated_by: "chris@chrispresso.com".into(),
             articles: articles
                 .iter()
-                .map(|(id, internal, by, text)| {
-                    let article = Article {
-                        id: *id,
-                        internal: *internal,
-                        created_by_id: 3,
-                        text: (*text).into(),
-                        files: Vec::new(),
-                    };
-                    (article, by.to_string())
+                .map(|(id, internal, by, text)| Article {
+                    id: *id,
+                    by: by.to_string(),
+                    internal: *internal,
+                    text: (*text).into(),
+                    files: Vec::new(),
                 })
                 .collect(),
             last: articles.last().map_or(0, |a| a.0),
