@@ -144,6 +144,7 @@ async fn intake_only(db_url: &str) -> Result<String> {
         id: "bench".into(),
         authenticated: true,
         bot: "bench".into(),
+        ..Default::default()
     };
     let checked: switchboard_connector::Checked =
         Box::<switchboard_webhook::WebhookConfig>::default();

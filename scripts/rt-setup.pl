@@ -1,9 +1,12 @@
 #!/usr/bin/perl
 # rt-setup.pl - test data for scripts/rt.sh, through RT's own API (RT_SITE_CONFIG selects the
 # instance).
-#   rt-setup.pl init                      users, rights and REST2 tokens; prints one JSON line
+#   rt-setup.pl init                      users, rights, REST2 tokens, a ticket custom field
+#                                         `Chat` of every queue and a user custom field
+#                                         `Matrix`; prints one JSON line
 #   rt-setup.pl queue NAME URL [SECRET]   a queue with the Switchboard webhook scrip (from
 #                                         $RT_SCRIP_DIR) pointed at URL; prints the queue's ID
+#   rt-setup.pl merge ID INTO             merges ticket ID into ticket INTO (REST2 cannot)
 use strict;
 use warnings;
 use lib '/usr/local/share/request-tracker5/lib', '/usr/share/request-tracker5/lib';
@@ -66,6 +69,24 @@ if ($command eq 'init') {
     # What the documentation asks for Switchboard's own user.
     grant($bot->PrincipalObj, $RT::System, qw(SeeQueue ShowTicket ShowTicketComments
         ReplyToTicket CommentOnTicket ModifyTicket ShowOutgoingEmail SeeCustomField));
+    # A ticket custom field for every queue, for selecting tickets by a field.
+    my $cf = RT::CustomField->new($system);
+    $cf->LoadByName(Name => 'Chat', LookupType => RT::Ticket->CustomFieldLookupType);
+    unless ($cf->id) {
+        my ($id, $msg) = $cf->Create(Name => 'Chat', Type => 'FreeformSingle',
+            LookupType => RT::Ticket->CustomFieldLookupType);
+        ok('create custom field Chat', $id, $msg);
+    }
+    unless ($cf->IsAdded(0)) { my ($ok, $msg) = $cf->AddToObject(RT::Queue->new($system)); ok('apply Chat', $ok, $msg) }
+    # A user custom field holding a user's Matrix ID.
+    my $ucf = RT::CustomField->new($system);
+    $ucf->LoadByName(Name => 'Matrix', LookupType => RT::User->CustomFieldLookupType);
+    unless ($ucf->id) {
+        my ($id, $msg) = $ucf->Create(Name => 'Matrix', Type => 'FreeformSingle',
+            LookupType => RT::User->CustomFieldLookupType);
+        ok('create custom field Matrix', $id, $msg);
+    }
+    unless ($ucf->IsAdded(0)) { my ($ok, $msg) = $ucf->AddToObject(RT::User->new($system)); ok('apply Matrix', $ok, $msg) }
     my $everyone = RT::Group->new($system);
     $everyone->LoadSystemInternalGroup('Everyone');
     grant($everyone->PrincipalObj, $RT::System, qw(CreateTicket ReplyToTicket));
@@ -101,6 +122,9 @@ if ($command eq 'init') {
     $scrip->LoadByCols(Description => $description);
     if ($scrip->id) {
         ok('update the scrip', $scrip->SetCustomCommitCode($action)) if $scrip->CustomCommitCode ne $action;
+        my $condition = $read->('condition.pl');
+        ok('update the scrip', $scrip->SetCustomIsApplicableCode($condition))
+            if $scrip->CustomIsApplicableCode ne $condition;
     } else {
         my ($id, $msg) = $scrip->Create(
             Queue => $queue->id, Description => $description,
@@ -110,6 +134,14 @@ if ($command eq 'init') {
         ok('create the scrip', $id, $msg);
     }
     print $queue->id, "\n";
+} elsif ($command eq 'merge') {
+    my ($id, $into) = @ARGV;
+    die "usage: rt-setup.pl merge ID INTO\n" unless defined $into;
+    my $ticket = RT::Ticket->new($system);
+    $ticket->Load($id);
+    ok("load ticket $id", $ticket->id);
+    my ($ok, $msg) = $ticket->MergeInto($into);
+    ok("merge $id into $into", $ok, $msg);
 } else {
-    die "usage: rt-setup.pl init | queue NAME URL [SECRET]\n";
+    die "usage: rt-setup.pl init | queue NAME URL [SECRET] | merge ID INTO\n";
 }

@@ -10,6 +10,7 @@
 #                                         by the scrip Switchboard ships (connectors/rt/scrip),
 #                                         signed with SECRET if given; prints the queue's ID
 #   scripts/rt.sh api   DIR METHOD PATH [JSON]   REST2 as root; PATH below /REST/2.0
+#   scripts/rt.sh merge DIR ID INTO       merges ticket ID into ticket INTO (as RT's system)
 #
 # Users: root (password "password"), `agent` (Alice Agent, privileged), `customer` (Carl
 # Customer) and `switchboard` (the API user Switchboard writes as); state.json holds their
@@ -25,7 +26,7 @@ PKGS="request-tracker5 rt5-db-sqlite rt5-standalone w3m curl"
 
 log() { echo "rt.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
-usage() { sed -n '2,18{s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
+usage() { sed -n '2,19{s/^# \{0,1\}//;p}' "$0" >&2; exit 2; }
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q '^install ok installed$'; }
 alive() { [ -r "/proc/$1/stat" ] && ! awk '{exit !($3=="Z")}' "/proc/$1/stat"; }
 
@@ -84,6 +85,8 @@ Set(\$LogToSTDERR, 'info');
 # RT checks the REST2 token's hash on every request: cost 12 (the default) is ~0.5 s each.
 Set(\$BcryptCost, 4);
 Set(\$HTMLFormatter, 'w3m');
+# Users' custom fields (a user's Matrix ID) in what REST2 shows of a user to privileged users.
+Set(\$UserSummaryExtraInfo, 'RealName, EmailAddress, Name, CustomFields');
 1;
 EOF
 }
@@ -176,6 +179,14 @@ queue() {
   (cd / && RT_SCRIP_DIR="$REPO/connectors/rt/scrip" perl "$HERE/rt-setup.pl" queue "$2" "$3" "${4:-}")
 }
 
+merge() {
+  [ $# -ge 3 ] || usage
+  local dir
+  dir=$(realpath -m "$1")
+  rt_env "$dir"
+  (cd / && perl "$HERE/rt-setup.pl" merge "$2" "$3")
+}
+
 api() {
   [ $# -ge 3 ] || usage
   local dir=$1 method=$2 path=$3 body=${4:-} rest2 token
@@ -193,5 +204,6 @@ case "$command" in
   stop) stop "$@" ;;
   queue) queue "$@" ;;
   api) api "$@" ;;
+  merge) merge "$@" ;;
   *) usage ;;
 esac

@@ -153,13 +153,14 @@ log_config: $(q "$data/log.config")
 database: {name: sqlite3, args: {database: $(q "$data/homeserver.db")}}
 listeners:
   - {port: $port, bind_addresses: ['127.0.0.1'], type: http, tls: false, x_forwarded: false,
-     resources: [{names: [client], compress: false}]}
+     resources: [{names: [client, openid], compress: false}]}
 report_stats: false
 enable_registration: false
 registration_shared_secret: "$REG_SECRET"
 macaroon_secret_key: "$MACAROON_SECRET"
 form_secret: "$FORM_SECRET"
-# Federation off: no key servers, an empty whitelist, and no federation listener above.
+# Federation off: no key servers, an empty whitelist, and of the federation API only the
+# OpenID userinfo above (identity servers ask it who a token belongs to).
 trusted_key_servers: []
 suppress_key_server_warning: true
 federation_domain_whitelist: []

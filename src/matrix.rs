@@ -120,6 +120,8 @@ fn classify(api: Option<&matrix_sdk::ruma::api::error::Error>, message: String) 
 /// What the worker needs from a sink. The Matrix sink implements it; its tests drive it.
 pub struct MatrixSink {
     client: Client,
+    /// For what the homeserver offers beside the client API (Synapse's admin API).
+    http: reqwest::Client,
     store: Store,
     user_id: OwnedUserId,
     /// Rooms of version 12 and later must not list their creator in power levels.
@@ -221,6 +223,7 @@ impl MatrixSink {
         };
         Ok(MatrixSink {
             client,
+            http: reqwest::Client::new(),
             store,
             user_id,
             creator_in_power_levels,

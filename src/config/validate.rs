@@ -335,5 +335,6 @@ fn source_info(c: &Config, id: &str, src: &SourceConfig) -> SourceInfo {
             || src.path_secret_file.is_some()
             || src.basic_auth.is_some(),
         bot: c.matrix.user.clone(),
+        link_create: src.link_create,
     }
 }

@@ -158,4 +158,56 @@ impl Matrix for MatrixSink {
             .map_err(|e| sdk_failure(&e))?;
         Ok(resp.event_id.to_string())
     }
+
+    async fn openid_token(&self) -> Result<serde_json::Value, Failure> {
+        use matrix_sdk::ruma::api::client::account::request_openid_token;
+        let request = request_openid_token::v3::Request::new(self.user_id.clone());
+        let token = self
+            .client
+            .send(request)
+            .await
+            .map_err(|e| http_failure(&e))?;
+        Ok(serde_json::json!({
+            "access_token": token.access_token,
+            "token_type": token.token_type.as_str(),
+            "matrix_server_name": token.matrix_server_name.as_str(),
+            "expires_in": token.expires_in.as_secs(),
+        }))
+    }
+
+    async fn user_by_email(&self, address: &str) -> Result<Option<String>, Failure> {
+        let token = self
+            .client
+            .access_token()
+            .ok_or_else(|| Failure::transient("not logged in yet"))?;
+        let path: String =
+            percent_encoding::utf8_percent_encode(address, percent_encoding::NON_ALPHANUMERIC)
+                .collect();
+        let url = self
+            .client
+            .homeserver()
+            .join(&format!("_synapse/admin/v1/threepid/email/users/{path}"))
+            .map_err(|e| Failure::Permanent(format!("homeserver URL: {e}")))?;
+        let response = self
+            .http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| Failure::transient(format!("homeserver: {}", e.without_url())))?;
+        let status = response.status();
+        let answer: serde_json::Value = response.json().await.unwrap_or_default();
+        match status.as_u16() {
+            200 => Ok(answer["user_id"].as_str().map(String::from)),
+            404 if answer["errcode"] == "M_NOT_FOUND" => Ok(None),
+            500..=599 => Err(Failure::transient(format!(
+                "homeserver answered {status} to a user lookup"
+            ))),
+            _ => Err(Failure::Permanent(format!(
+                "the homeserver refused a user lookup by e-mail ({status}: {}); the bot must \
+                 be a server admin (Synapse's admin API)",
+                answer["error"].as_str().unwrap_or("no reason given")
+            ))),
+        }
+    }
 }

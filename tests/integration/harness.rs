@@ -131,6 +131,15 @@ impl Synapse {
 
     /// Registers a user with a random suffix and logs it in.
     pub async fn user(&self, prefix: &str) -> Result<User> {
+        self.register(prefix, false).await
+    }
+
+    /// A new user who is a server admin.
+    pub async fn admin(&self, prefix: &str) -> Result<User> {
+        self.register(prefix, true).await
+    }
+
+    async fn register(&self, prefix: &str, admin: bool) -> Result<User> {
         let localpart = format!("{prefix}_{}", suffix());
         let password = format!("pw-{}", suffix());
         let http = reqwest::Client::new();
@@ -142,11 +151,12 @@ impl Synapse {
             .await?;
         let nonce = nonce["nonce"].as_str().context("nonce")?;
         let mut mac = Hmac::<sha1::Sha1>::new_from_slice(self.secret.as_bytes())?;
-        mac.update(format!("{nonce}\0{localpart}\0{password}\0notadmin").as_bytes());
+        let kind = if admin { "admin" } else { "notadmin" };
+        mac.update(format!("{nonce}\0{localpart}\0{password}\0{kind}").as_bytes());
         let resp = http
             .post(format!("{}/_synapse/admin/v1/register", self.base_url))
             .json(&json!({
-                "nonce": nonce, "username": localpart, "password": password, "admin": false,
+                "nonce": nonce, "username": localpart, "password": password, "admin": admin,
                 "mac": hex::encode(mac.finalize().into_bytes()),
             }))
             .send()
@@ -234,6 +244,21 @@ impl User {
     }
 
     /// Creates a room (`body` as `createRoom` takes it); returns its ID.
+    /// Gives `user` this e-mail address, as a server admin does (Synapse's admin API).
+    pub async fn set_email(&self, user: &str, email: &str) -> Result<()> {
+        let resp = self
+            .http
+            .put(format!("{}/_synapse/admin/v2/users/{user}", self.base_url))
+            .bearer_auth(&self.token)
+            .json(&json!({"threepids": [{"medium": "email", "address": email}]}))
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("set the e-mail address of {user}: {}", resp.text().await?);
+        }
+        Ok(())
+    }
+
     pub async fn create_room(&self, body: Value) -> Result<String> {
         let v = self
             .send_json(reqwest::Method::POST, "/v3/createRoom", &body)
@@ -530,6 +555,43 @@ impl Switchboard {
             .fetch_optional(&mut conn)
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The room linked to a ticket in the process's SQLite database (unlike `room_in`, never
+    /// asks for one).
+    pub async fn sqlite_room(&self, source: &str, ticket: &str) -> Result<Option<String>> {
+        use sqlx::{Connection, Row};
+        let url = format!(
+            "sqlite://{}",
+            self.dir.join("data/switchboard.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        let row = sqlx::query("SELECT room_id FROM links WHERE source_id = ? AND ticket_key = ?")
+            .bind(source)
+            .bind(ticket)
+            .fetch_optional(&mut conn)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// The results of a ticket's finished actions in the process's SQLite database, oldest
+    /// first.
+    pub async fn sqlite_results(&self, source: &str, ticket: &str) -> Result<Vec<String>> {
+        use sqlx::{Connection, Row};
+        let url = format!(
+            "sqlite://{}",
+            self.dir.join("data/switchboard.db").display()
+        );
+        let mut conn = sqlx::SqliteConnection::connect(&url).await?;
+        let rows = sqlx::query(
+            "SELECT result FROM outbox WHERE source_id = ? AND ticket_key = ? \
+             AND result IS NOT NULL ORDER BY id",
+        )
+        .bind(source)
+        .bind(ticket)
+        .fetch_all(&mut conn)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Starts the process (again) and waits until it listens.
@@ -1114,6 +1176,21 @@ impl Rt {
             .success();
         if !ok {
             bail!("scripts/rt.sh queue {name} failed");
+        }
+        Ok(())
+    }
+
+    /// Merges ticket `id` into `into` (REST2 cannot).
+    pub fn merge(&self, id: u64, into: u64) -> Result<()> {
+        let ok = Command::new(repo().join("scripts/rt.sh"))
+            .arg("merge")
+            .arg(&self.dir)
+            .args([id.to_string(), into.to_string()])
+            .stdout(Stdio::null())
+            .status()?
+            .success();
+        if !ok {
+            bail!("scripts/rt.sh merge {id} {into} failed");
         }
         Ok(())
     }

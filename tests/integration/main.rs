@@ -22,6 +22,7 @@ macro_rules! on_both_databases {
 
 mod common;
 mod helpdesk;
+mod identity;
 mod one_bot;
 mod operations;
 mod otobo;

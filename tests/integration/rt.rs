@@ -12,18 +12,29 @@ on_both_databases!(rt_ticket_rooms_both_ways);
 
 /// The source `rt` for `queue`, with a table mapping `agent`, `agent2` and the customer.
 fn rt_source(queue: &str, secret: &str, people: &[(&str, &harness::User)]) -> String {
+    rt_source_as("rt", "", queue, secret, people)
+}
+
+/// `rt_source` with another ID and lines of its own (`top`) in `[sources.<id>]`.
+fn rt_source_as(
+    id: &str,
+    top: &str,
+    queue: &str,
+    secret: &str,
+    people: &[(&str, &harness::User)],
+) -> String {
     let rt = harness::rt();
     let mut users = String::new();
     for (who, user) in people {
         users.push_str(&format!("\"{who}\" = \"{}\"\n", user.user_id));
     }
     format!(
-        "\n[sources.rt]\nkind = \"request_tracker\"\n\n[sources.rt.signature]\n\
+        "\n[sources.{id}]\nkind = \"request_tracker\"\n{top}\n[sources.{id}.signature]\n\
          secret = \"{secret}\"\nheader = \"X-RT-Webhook-Signature\"\n\n\
-         [sources.rt.request_tracker]\nurl = \"{url}\"\ntoken = \"{token}\"\n\
+         [sources.{id}.request_tracker]\nurl = \"{url}\"\ntoken = \"{token}\"\n\
          queues = [\"{queue}\"]\ncatch_up_minutes = 0\n\n\
-         [sources.rt.request_tracker.room]\nencrypted = false\n\n\
-         [sources.rt.request_tracker.people.users]\n{users}",
+         [sources.{id}.request_tracker.room]\nencrypted = false\n\n\
+         [sources.{id}.request_tracker.people.users]\n{users}",
         url = rt.url,
         token = rt.switchboard_token,
     )
@@ -156,6 +167,46 @@ async fn rt_ticket_rooms_both_ways(db: Db) -> Result<()> {
         written.2.starts_with("carl"),
         "named after its author: {}",
         written.2
+    );
+
+    // `!ticket reply`: refused to the customer (power 0); the owner (100) switches the room,
+    // and what is said next is a reply. Commands never reach the ticket.
+    carl.send(&room, json!({"msgtype": "m.text", "body": "!ticket reply"}))
+        .await?;
+    wait_text(
+        &bot,
+        &room,
+        "Only the ticket's owner and moderators can switch",
+    )
+    .await?;
+    alice.join(&room).await?;
+    wait_in_room(&alice, &room, true).await?;
+    alice
+        .send(&room, json!({"msgtype": "m.text", "body": "!ticket reply"}))
+        .await?;
+    wait_text(
+        &bot,
+        &room,
+        "switched: messages here now go to the ticket as replies the customer sees.",
+    )
+    .await?;
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "Please also clear the VPN cache."}),
+        )
+        .await?;
+    wait_for("the reply in RT", || async {
+        let m = rt.messages(id).await.ok()?;
+        m.into_iter().find(|(kind, creator, text)| {
+            kind == "Correspond" && creator == "switchboard" && text.contains("VPN cache")
+        })
+    })
+    .await?;
+    let all = rt.messages(id).await?;
+    assert!(
+        all.iter().all(|(_, _, text)| !text.contains("!ticket")),
+        "a command reached the ticket: {all:?}"
     );
 
     // A new owner: invited and made admin; the former owner lowered.
@@ -293,5 +344,255 @@ async fn rt_catches_up_on_missed_webhooks() -> Result<()> {
         1,
         "nothing posted twice: {all:?}"
     );
+    Ok(())
+}
+
+/// Which tickets get a room: those of one source whose custom field `Chat` is `yes` and
+/// whose priority is 40 or 50 (a ticket that comes to match later gets its room then, with
+/// its history); those of another only when the "open chat" link asks for their room.
+#[tokio::test]
+async fn rt_rooms_for_selected_tickets_and_on_demand() -> Result<()> {
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let (picked, asked) = (
+        format!("q{}", harness::suffix()),
+        format!("q{}", harness::suffix()),
+    );
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let people = [("agent", &alice)];
+    let config = format!(
+        "{}\n[sources.rt.request_tracker.select.fields]\n\"fields.Chat\" = [\"yes\"]\n\
+         priority = [\"40\", \"50\"]\n{}\n[sources.rtd.request_tracker.select]\n\
+         on_demand = true\n",
+        rt_source(&picked, &secret, &people),
+        rt_source_as("rtd", "link_create = true\n", &asked, &secret, &people),
+    );
+    let sb = start(Db::Sqlite, &bot, &config).await?;
+    rt.queue(&picked, &format!("{}/hooks/rt", sb.base), &secret)?;
+    rt.queue(&asked, &format!("{}/hooks/rtd", sb.base), &secret)?;
+
+    let ticket = |subject: &str, priority: u32, chat: Option<&str>| {
+        let mut t = json!({"Queue": picked, "Subject": subject, "Owner": "agent",
+                           "Priority": priority, "Content": format!("{subject}, please.")});
+        if let Some(chat) = chat {
+            t["CustomFields"] = json!({ "Chat": chat });
+        }
+        t
+    };
+    let later = rt.create(ticket("Later", 40, None)).await?;
+    let low = rt.create(ticket("Low", 10, Some("yes"))).await?;
+    let chosen = rt.create(ticket("Chosen", 50, Some("Yes"))).await?;
+    let room = sb.wait_room_in("rt", &chosen.to_string()).await?;
+    wait_text(&bot, &room, "Chosen, please.").await?;
+    for (id, why) in [
+        (later, "skipped: its fields.Chat is not yes"),
+        (low, "skipped: its priority is not 40 or 50"),
+    ] {
+        wait_for(why, || async {
+            let results = sb.sqlite_results("rt", &id.to_string()).await.ok()?;
+            results.iter().any(|r| r == why).then_some(())
+        })
+        .await?;
+        assert_eq!(sb.room_in("rt", &id.to_string()).await?, None);
+    }
+    // The field set later: the room comes, with the ticket's history.
+    rt.set(later, json!({"CustomFields": {"Chat": "yes"}}))
+        .await?;
+    let room = sb.wait_room_in("rt", &later.to_string()).await?;
+    let said = wait_text(&bot, &room, "Later, please.").await?;
+    assert_eq!(
+        said.iter().filter(|m| m.contains("Later, please.")).count(),
+        1,
+        "{said:?}"
+    );
+
+    // On demand: no room until the link asks for it.
+    let id = rt
+        .create(
+            json!({"Queue": asked, "Subject": "Call me", "Owner": "agent",
+                       "Content": "Chat about it?"}),
+        )
+        .await?;
+    let key = id.to_string();
+    wait_for("the ticket read", || async {
+        let results = sb.sqlite_results("rtd", &key).await.ok()?;
+        results
+            .iter()
+            .any(|r| r == "skipped: its room is made on demand only")
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(sb.sqlite_room("rtd", &key).await?, None);
+    let no_redirect = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let link = format!("{}/link/rtd/{id}", sb.base);
+    let room = loop {
+        let r = no_redirect.get(&link).send().await?;
+        match r.status().as_u16() {
+            302 => break r.headers()["location"].to_str()?.to_string(),
+            504 => continue,
+            status => anyhow::bail!("the link answered {status}: {}", r.text().await?),
+        }
+    };
+    let room = room.trim_start_matches("https://matrix.to/#/").to_string();
+    assert_eq!(sb.room_in("rtd", &key).await?, Some(room.clone()));
+    wait_text(&bot, &room, "Chat about it?").await?;
+    let name = bot.state(&room, "m.room.name").await?.unwrap_or_default();
+    assert_eq!(name["name"], json!(format!("RT #{id}: Call me")));
+    Ok(())
+}
+
+/// A ticket merged into another: its room is told, with a link to the surviving ticket's
+/// room, and hears nothing of it afterwards.
+#[tokio::test]
+async fn rt_merged_ticket_points_to_the_surviving_room() -> Result<()> {
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let sb = start(
+        Db::Sqlite,
+        &bot,
+        &rt_source(&queue, &secret, &[("agent", &alice)]),
+    )
+    .await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    let mut rooms = Vec::new();
+    for subject in ["Mail bounces", "Mail bounces again"] {
+        let id = rt
+            .create(json!({"Queue": queue, "Subject": subject, "Owner": "agent",
+                           "Content": format!("{subject}.")}))
+            .await?;
+        let room = sb.wait_room_in("rt", &id.to_string()).await?;
+        wait_text(&bot, &room, &format!("{subject}.")).await?;
+        rooms.push((id, room));
+    }
+    let [(merged, merged_room), (surviving, surviving_room)] = &rooms[..] else {
+        anyhow::bail!("two tickets");
+    };
+    rt.merge(*merged, *surviving)?;
+    wait_text(
+        &bot,
+        merged_room,
+        &format!(
+            "The ticket was merged into RT #{surviving}: the conversation goes on there in its \
+             room, https://matrix.to/#/{surviving_room}."
+        ),
+    )
+    .await
+    .with_context(|| sb.log())?;
+    rt.write(
+        &rt.agent_token,
+        *surviving,
+        "correspond",
+        "Fixed the MX record.",
+    )
+    .await?;
+    wait_text(&bot, surviving_room, "Fixed the MX record.").await?;
+    let merged_said = bot.messages(merged_room).await?;
+    assert!(
+        merged_said.iter().all(|m| !m.contains("MX record")),
+        "the merged ticket's room heard the surviving one: {merged_said:?}"
+    );
+    assert_eq!(
+        merged_said
+            .iter()
+            .filter(|m| m.contains("was merged into"))
+            .count(),
+        1,
+        "{merged_said:?}"
+    );
+    Ok(())
+}
+
+/// Each means of finding a Matrix ID, in the default order: the owner by the Matrix ID in
+/// his RT user record (a user custom field); a requestor by e-mail through the homeserver
+/// (the bot is a server admin); another through an identity server, hashed; someone none
+/// finds is named.
+#[tokio::test]
+async fn rt_people_found_by_field_homeserver_and_identity_server() -> Result<()> {
+    use crate::identity;
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.admin("bot").await?;
+    let bob = hs.user("bob").await?;
+    let hera = hs.user("hera").await?;
+    let ida = hs.user("ida").await?;
+    let tag = harness::suffix();
+    let (by_hs, by_is, nobody) = (
+        format!("hera-{tag}@example.org"),
+        format!("ida-{tag}@example.org"),
+        format!("nobody-{tag}@example.org"),
+    );
+    bot.set_email(&hera.user_id, &by_hs).await?;
+    let state = identity::Shared::default();
+    identity::lock(&state)
+        .bindings
+        .insert(by_is.clone(), ida.user_id.clone());
+    let is = identity::start(state.clone(), &hs.base_url).await?;
+    rt.call(
+        &rt.root_token,
+        reqwest::Method::PUT,
+        "/user/agent2",
+        Some(json!({"CustomFields": {"Matrix": bob.user_id}})),
+    )
+    .await?;
+
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let config = format!(
+        "{}\n[sources.rt.request_tracker.people]\nfield = \"Matrix\"\nhomeserver = true\n\
+         identity_server = \"{is}\"\n",
+        rt_source(&queue, &secret, &[])
+    )
+    .replace("\n[sources.rt.request_tracker.people.users]\n", "\n");
+    let sb = start(Db::Sqlite, &bot, &config).await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    let id = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Who is who", "Owner": "agent2",
+                       "Requestor": [by_hs, by_is, nobody], "Content": "Find us."}),
+        )
+        .await?;
+    let room = sb.wait_room_in("rt", &id.to_string()).await?;
+    let said = wait_text(&bot, &room, "Not in Matrix:")
+        .await
+        .with_context(|| sb.log())?;
+    let unmapped: Vec<&String> = said
+        .iter()
+        .filter(|m| m.starts_with("Not in Matrix:"))
+        .collect();
+    assert_eq!(unmapped, [&format!("Not in Matrix: {nobody}")], "{said:?}");
+    for user in [&bob, &hera, &ida] {
+        wait_for("the invite", || async {
+            (bot.membership(&room, &user.user_id)
+                .await
+                .ok()
+                .flatten()
+                .as_deref()
+                == Some("invite"))
+            .then_some(())
+        })
+        .await
+        .with_context(|| format!("{} invited; {}", user.user_id, sb.log()))?;
+    }
+    let power = bot
+        .state(&room, "m.room.power_levels")
+        .await?
+        .unwrap_or_default();
+    assert_eq!(power["users"][&bob.user_id], 100, "the owner: {power}");
+    let s = identity::lock(&state);
+    assert_eq!(s.wrong, Vec::<String>::new(), "requests the server refused");
+    // Only hashes left Switchboard: the addresses the homeserver did not know.
+    let asked: Vec<&String> = s.lookups.iter().flat_map(|(a, _)| a).collect();
+    assert!(asked.contains(&&identity::hash(&by_is)), "{asked:?}");
+    assert!(asked.contains(&&identity::hash(&nobody)), "{asked:?}");
+    assert!(!asked.contains(&&identity::hash(&by_hs)), "{asked:?}");
+    assert!(s.lookups.iter().all(|(_, algorithm)| algorithm == "sha256"));
     Ok(())
 }

@@ -34,6 +34,8 @@ struct State {
     wrong: Vec<String>,
     /// Writes still to answer with a 503 after storing them (an answer lost on the way).
     lose_answers: usize,
+    /// The ticket's tags.
+    tags: Vec<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -105,6 +107,13 @@ async fn zammad(state: Shared) -> Result<String> {
                             t[key] = login.unwrap_or(json!("-"));
                         }
                         reply(StatusCode::OK, t)
+                    }
+                    ("GET", "tags") => {
+                        let want = format!("object=Ticket&o_id={}", s.ticket["id"]);
+                        if query != want {
+                            s.wrong.push(format!("GET tags?{query}: not {want}"));
+                        }
+                        reply(StatusCode::OK, json!({ "tags": s.tags }))
                     }
                     ("GET", p) if p.starts_with("ticket_articles/by_ticket/") => {
                         reply(StatusCode::OK, Value::Array(s.articles.clone()))
@@ -238,13 +247,8 @@ async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<St
     .await
 }
 
-async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
-    let hs = synapse();
-    let bot = hs.user("bot").await?;
-    let emma = hs.user("emma").await?;
-    let emily = hs.user("emily").await?;
-    let chris = hs.user("chris").await?;
-    let body = payload()?;
+/// The stand-in's state for the webhook's ticket: the ticket, its article and its people.
+fn ticket_of(body: &Value) -> Shared {
     let state: Shared = Arc::default();
     {
         let mut s = lock(&state);
@@ -260,6 +264,17 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
             s.users.insert(who["id"].as_u64().unwrap_or(0), who.clone());
         }
     }
+    state
+}
+
+async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let emma = hs.user("emma").await?;
+    let emily = hs.user("emily").await?;
+    let chris = hs.user("chris").await?;
+    let body = payload()?;
+    let state = ticket_of(&body);
     let url = zammad(state.clone()).await?;
     let secret = format!("zammad-secret-{}", harness::suffix());
     let source = format!(
@@ -407,6 +422,48 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
     .await?;
     assert_eq!(power["users"][&emma.user_id], 0, "{power}");
     wait_in_room(&emily, &room, true).await?;
+    let wrong = lock(&state).wrong.clone();
+    assert_eq!(wrong, Vec::<String>::new(), "requests Zammad would refuse");
+    Ok(())
+}
+
+/// A source that gives rooms to tickets tagged `chat` of normal priority only: the
+/// ticket's first webhook (tagged `billing`) leaves it without a room; tagged `chat` later,
+/// its next webhook opens the room with the ticket's articles.
+#[tokio::test]
+async fn zammad_rooms_for_tagged_tickets() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let body = payload()?;
+    let state = ticket_of(&body);
+    lock(&state).tags = vec!["billing".into()];
+    let url = zammad(state.clone()).await?;
+    let secret = format!("zammad-secret-{}", harness::suffix());
+    let source = format!(
+        "\n[sources.zammad]\nkind = \"zammad\"\n\n[sources.zammad.signature]\n\
+         secret = \"{secret}\"\nheader = \"X-Hub-Signature\"\nprefix = \"sha1=\"\n\
+         algorithm = \"sha1\"\n\n[sources.zammad.zammad]\nurl = \"{url}\"\n\
+         token = \"{TOKEN}\"\n\n[sources.zammad.zammad.room]\nencrypted = false\n\n\
+         [sources.zammad.zammad.select.fields]\ntags = [\"chat\", \"vip\"]\n\
+         priority = [\"2 normal\"]\n\"fields.group_id\" = [\"3\"]\n",
+    );
+    let sb = start(Db::Sqlite, &bot, &source).await?;
+    let (status, _) = deliver(&sb, &body, "t1", &secret).await?;
+    assert_eq!(status, 200);
+    wait_for("the ticket skipped", || async {
+        let results = sb.sqlite_results("zammad", "81").await.ok()?;
+        results
+            .iter()
+            .any(|r| r == "skipped: its tags is not chat or vip")
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(sb.room_in("zammad", "81").await?, None);
+    lock(&state).tags = vec!["billing".into(), "Chat".into()];
+    let (status, _) = deliver(&sb, &body, "t2", &secret).await?;
+    assert_eq!(status, 200);
+    let room = sb.wait_room_in("zammad", "81").await?;
+    wait_text(&bot, &room, "This is a simple Webhook Test.").await?;
     let wrong = lock(&state).wrong.clone();
     assert_eq!(wrong, Vec::<String>::new(), "requests Zammad would refuse");
     Ok(())

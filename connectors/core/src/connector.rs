@@ -23,7 +23,7 @@ use crate::host::{Host, Matrix};
 pub type Checked = Box<dyn Any + Send + Sync>;
 
 /// One source, as its connector is told about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SourceInfo {
     /// The source's ID: the `<id>` of `[sources.<id>]` and `/hooks/<id>`.
     pub id: String,
@@ -32,6 +32,8 @@ pub struct SourceInfo {
     pub authenticated: bool,
     /// The bot's user ID or localpart, as configured.
     pub bot: String,
+    /// Whether `GET /link/<id>/<key>` may ask for the room of a ticket that has none.
+    pub link_create: bool,
 }
 
 /// A kind of source: what the service registers.

@@ -134,4 +134,18 @@ pub trait Matrix: Send + Sync {
         state_key: &str,
         content: Value,
     ) -> Result<String, Failure>;
+    /// An OpenID token that proves the bot's identity to another server (an identity
+    /// server): the homeserver's answer (`access_token`, `token_type`,
+    /// `matrix_server_name`, `expires_in`).
+    async fn openid_token(&self) -> Result<Value, Failure> {
+        Err(Failure::Permanent("no OpenID tokens here".into()))
+    }
+    /// The homeserver's user with this e-mail address (`None`: nobody has it), asked
+    /// through Synapse's admin API; a permanent failure when the bot may not ask.
+    async fn user_by_email(&self, address: &str) -> Result<Option<String>, Failure> {
+        let _ = address;
+        Err(Failure::Permanent(
+            "the homeserver does not look users up by e-mail here".into(),
+        ))
+    }
 }

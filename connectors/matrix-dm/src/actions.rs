@@ -324,6 +324,7 @@ mod tests {
             id: "help".into(),
             authenticated: false,
             bot: TestMatrix::BOT.into(),
+            ..Default::default()
         };
         let mut report = |k: &str, m: String| panic!("{k}: {m}");
         let checked = MatrixDm

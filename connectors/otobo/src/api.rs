@@ -1,6 +1,8 @@
 //! The GenericTicketConnector REST web service, as far as a ticket's room needs it: a
 //! session, the ticket with its articles, and writing an article.
 
+use std::collections::BTreeMap;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_connector::{Failure, Secret};
@@ -15,6 +17,10 @@ pub(crate) struct Ticket {
     pub queue: String,
     pub state: String,
     pub priority: String,
+    pub kind: String,
+    pub service: String,
+    /// Dynamic fields by name.
+    pub fields: BTreeMap<String, Value>,
     /// Empty when it has none (the admin user, ID 1, stands for none).
     pub owner: String,
     pub responsible: String,
@@ -50,6 +56,21 @@ fn login(id: &Value, name: &Value) -> String {
         0 | 1 => String::new(),
         _ => text(name),
     }
+}
+
+/// A ticket's dynamic fields: TicketGet's `DynamicField` list of `Name` and `Value`, and
+/// `DynamicField_<name>` keys.
+fn dynamic_fields(t: &Value) -> BTreeMap<String, Value> {
+    let listed = t["DynamicField"].as_array().into_iter().flatten();
+    let listed = listed.map(|f| (text(&f["Name"]), f["Value"].clone()));
+    let keyed = t.as_object().into_iter().flatten().filter_map(|(k, v)| {
+        k.strip_prefix("DynamicField_")
+            .map(|name| (name.to_string(), v.clone()))
+    });
+    listed
+        .chain(keyed)
+        .filter(|(name, _)| !name.is_empty())
+        .collect()
 }
 
 impl Api {
@@ -198,6 +219,9 @@ impl Api {
             queue: text(&t["Queue"]),
             state: text(&t["State"]),
             priority: text(&t["Priority"]),
+            kind: text(&t["Type"]),
+            service: text(&t["Service"]),
+            fields: dynamic_fields(t),
             owner: login(&t["OwnerID"], &t["Owner"]),
             responsible: login(&t["ResponsibleID"], &t["Responsible"]),
             customer: text(&t["CustomerUserID"]),
@@ -222,5 +246,28 @@ impl Api {
             )
             .await?;
         Ok(number(&answer["ArticleID"]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_fields_come_listed_or_keyed() {
+        let t = json!({
+            "DynamicField": [{"Name": "Chat", "Value": "yes"}, {"Name": "Tags", "Value": ["a", "b"]}],
+            "DynamicField_ContractType": "Premium",
+            "Title": "not a field",
+        });
+        let fields = dynamic_fields(&t);
+        assert_eq!(
+            fields,
+            BTreeMap::from([
+                ("Chat".to_string(), json!("yes")),
+                ("ContractType".to_string(), json!("Premium")),
+                ("Tags".to_string(), json!(["a", "b"])),
+            ])
+        );
     }
 }

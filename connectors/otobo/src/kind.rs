@@ -60,6 +60,7 @@ impl Kind for Otobo {
             "otobo_owner",
             "otobo_transcript",
             "otobo_write",
+            "otobo_mode",
         ]
     }
 
@@ -103,6 +104,7 @@ mod tests {
             id: "znuny".into(),
             authenticated,
             bot: "@bot:example.org".into(),
+            ..Default::default()
         };
         let mut problems = Vec::new();
         let mut report = |k: &str, _: String| problems.push(k.to_string());
@@ -125,7 +127,8 @@ mod tests {
         );
         let bad = json!({"url": "znuny", "user": "", "room": {"name": "{{"},
                          "link": {"field": "Matrix Room", "base": "switchboard"},
-                         "people": {"users": {"jdoe": "jdoe"}}});
+                         "people": {"users": {"jdoe": "jdoe"}},
+                         "select": {"on_demand": true, "fields": {"colour": ["red"]}}});
         let problems = check(bad, true).expect_err("invalid");
         for key in [
             "url",
@@ -134,6 +137,8 @@ mod tests {
             "link.field",
             "link.base",
             "people.users.jdoe",
+            "select.on_demand",
+            "select.fields.colour",
             "password",
         ] {
             let key = format!("sources.znuny.otobo.{key}");

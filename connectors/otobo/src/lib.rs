@@ -12,7 +12,8 @@ mod ticket;
 pub use kind::Otobo;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig};
+use switchboard_connector::SourceInfo;
+use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig, Select};
 
 /// Configuration of an OTOBO or Znuny source (`kind = "otobo"`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -36,9 +37,15 @@ pub struct OtoboConfig {
     /// Queues whose tickets get a room. Empty: every queue the agent can see.
     #[serde(default)]
     pub queues: Vec<String>,
+    /// Which of those tickets get a room: by `priority`, `state`, `type`, `service`,
+    /// `owner`, `responsible`, `customer` or a dynamic field (`"fields.<name>"`), or only on
+    /// demand through the "open chat" link. Default: all.
+    #[serde(default)]
+    pub select: Select,
     /// The ticket's room. Its templates see `system`, `ticket.id`, `ticket.number`,
     /// `ticket.title`, `ticket.queue`, `ticket.status` (the state), `ticket.priority`,
-    /// `ticket.owner`, `ticket.customer` and `ticket.url`.
+    /// `ticket.owner`, `ticket.customer`, `ticket.type`, `ticket.service`, `ticket.fields`
+    /// (dynamic fields) and `ticket.url`.
     #[serde(default)]
     pub room: RoomConfig,
     /// How agents and customer users (by login) become Matrix users; `invite` takes any of
@@ -85,6 +92,19 @@ pub enum OtoboRole {
     Customer,
 }
 
+/// The ticket fields `select.fields` takes, besides dynamic fields.
+const SELECTABLE: &[&str] = &[
+    "priority",
+    "state",
+    "status",
+    "type",
+    "service",
+    "owner",
+    "responsible",
+    "customer",
+    "title",
+];
+
 fn default_system() -> String {
     "OTOBO".into()
 }
@@ -106,7 +126,7 @@ fn default_true() -> bool {
 
 impl OtoboConfig {
     /// Problems a schema cannot express, each with its key.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self, source: &SourceInfo) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         let http =
             |u: &str| url::Url::parse(u).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
@@ -132,6 +152,7 @@ impl OtoboConfig {
         }
         problems.extend(self.room.problems());
         problems.extend(self.people.problems());
+        problems.extend(self.select.problems(SELECTABLE, true, source.link_create));
         problems
     }
 

@@ -14,7 +14,7 @@ use switchboard_connector::{
 use switchboard_ticket_rooms::{Chat, Person, TicketRooms, TicketSystem, table};
 
 use crate::OtoboConfig;
-use crate::api::Api;
+use crate::api::{Api, Ticket};
 use crate::hook::InvokerHook;
 use crate::ticket;
 
@@ -57,33 +57,51 @@ impl Source {
         }
     }
 
-    fn selected(&self, queue: &str) -> bool {
-        self.cfg.queues.is_empty() || self.cfg.queues.iter().any(|q| q == queue)
+    /// Why a ticket without a room does not get one; `asked`: the link asked for it.
+    fn skipped(&self, t: &Ticket, asked: bool) -> Option<String> {
+        if !self.cfg.queues.is_empty() && !self.cfg.queues.contains(&t.queue) {
+            return Some(format!("queue {} is not this source's", t.queue));
+        }
+        let cx = ticket::context(&self.cfg, t);
+        self.cfg.select.picks(&cx["ticket"], asked).err()
     }
 
     /// Reads a ticket's state and its articles since last time and queues what its room
     /// needs.
-    async fn read_ticket(&self, row: &ActionRow, id: u64) -> Result<String, Failure> {
+    async fn read_ticket(
+        &self,
+        cx: &ActionContext<'_>,
+        id: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        let row = cx.row;
         let seen = table::seen(&*self.host, TABLE, &self.id, &row.lane).await?;
+        if !seen.roomed && self.cfg.select.on_demand && !asked {
+            return Ok("skipped: its room is made on demand only".into());
+        }
         let mut t = self.api.ticket(id, seen.last).await?;
-        if !seen.roomed && !self.selected(&t.queue) {
-            return Ok(format!("skipped: queue {} is not this source's", t.queue));
+        if let Some(why) = self.skipped(&t, asked).filter(|_| !seen.roomed) {
+            return Ok(format!("skipped: {why}"));
         }
         let last = t.articles.last().map_or(0, |a| a.id);
         let mut ours = self.rooms.ours(id).await?;
         t.articles.retain(|a| !ours.contains(&a.id));
         // The web service names people by login only.
-        let people: BTreeMap<_, _> = [&t.owner, &t.responsible, &t.customer, &seen.owner]
-            .into_iter()
-            .filter(|login| !login.is_empty())
-            .map(|login| {
-                let person = Person {
-                    name: login.clone(),
-                    ..Person::default()
-                };
-                (login.clone(), self.cfg.people.member(person))
-            })
-            .collect();
+        let mut people = BTreeMap::new();
+        for login in [&t.owner, &t.responsible, &t.customer, &seen.owner] {
+            if login.is_empty() || people.contains_key(login) {
+                continue;
+            }
+            let person = Person {
+                name: login.clone(),
+                ..Person::default()
+            };
+            let member = self
+                .rooms
+                .lookup
+                .member(&self.cfg.people, cx.matrix, person);
+            people.insert(login.clone(), member.await?);
+        }
         let (actions, now) = ticket::plan(&self.cfg, &t, last, &people, &seen);
         if seen.roomed && actions.is_empty() && now == seen {
             return Ok("skipped: nothing new".into());
@@ -99,10 +117,15 @@ impl Source {
         ))
     }
 
-    /// Writes `body` into the ticket as an article once (a retry first looks among the
-    /// ticket's articles). False: an earlier try had.
-    async fn write_once(&self, row: &ActionRow, ticket: u64, body: &str) -> Result<bool, Failure> {
-        let visible = self.cfg.visible_for_customer;
+    /// Writes `body` into the ticket as an article, `visible` for the customer or not,
+    /// once (a retry first looks among the ticket's articles). False: an earlier try had.
+    async fn write_once(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        body: &str,
+        visible: bool,
+    ) -> Result<bool, Failure> {
         self.rooms
             .write_noted_once(
                 row.id,
@@ -143,16 +166,37 @@ impl Connector for Source {
 
 #[async_trait]
 impl TicketSystem for Source {
-    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure> {
-        self.read_ticket(row, ticket).await
+    async fn read(
+        &self,
+        cx: &ActionContext<'_>,
+        ticket: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        self.read_ticket(cx, ticket, asked).await
     }
 
-    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
-        self.write_once(row, ticket, &chat.text()).await?;
-        Ok("written".into())
+    fn public_by_default(&self) -> bool {
+        self.cfg.visible_for_customer
+    }
+
+    async fn write(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        chat: &Chat,
+        public: bool,
+    ) -> Result<String, Failure> {
+        self.write_once(row, ticket, &chat.text(), public).await?;
+        Ok(if public {
+            "written, visible"
+        } else {
+            "written"
+        }
+        .into())
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
-        self.write_once(row, ticket, text).await
+        let visible = self.cfg.visible_for_customer;
+        self.write_once(row, ticket, text, visible).await
     }
 }

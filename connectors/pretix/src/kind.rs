@@ -169,6 +169,7 @@ mod tests {
             id: "px".into(),
             authenticated,
             bot: "@bot:example.org".into(),
+            ..Default::default()
         }
     }
 

@@ -216,6 +216,7 @@ mod tests {
             id: "px".into(),
             authenticated: true,
             bot: TestMatrix::BOT.into(),
+            ..Default::default()
         };
         let section = json!({"url": "http://127.0.0.1:9", "api_token": "t", "poll_minutes": 0,
             "organisers": ["@org:test"],

@@ -15,8 +15,11 @@ my $txn     = $self->TransactionObj;
 my $ticket  = $self->TicketObj;
 my $txn_id  = $txn->id;
 require JSON;
+# The ticket the transaction is about: once a ticket is merged, RT loads the surviving one
+# in its place, but the merge is news for both.
+my $ticket_id = $txn->ObjectType eq 'RT::Ticket' ? $txn->ObjectId : $ticket->id;
 my $body = JSON->new->utf8->canonical->encode({
-    ticket_id      => $ticket->id + 0,
+    ticket_id      => $ticket_id + 0,
     transaction_id => $txn_id + 0,
     type           => $txn->Type,
     field          => $txn->Field,

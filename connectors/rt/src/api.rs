@@ -2,7 +2,7 @@
 //! transaction, a transaction's message, users and queues (both kept once read), writing a
 //! comment or a reply, and the tickets changed since a time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use reqwest::Method;
@@ -14,9 +14,15 @@ use switchboard_ticket_rooms::Person;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Ticket {
     pub id: u64,
+    /// The ticket it was merged into (RT shows that one in its place); its own ID when it
+    /// was not merged.
+    pub effective: u64,
     pub subject: String,
     pub status: String,
     pub queue: String,
+    pub priority: String,
+    /// Custom fields by name, with their values.
+    pub fields: BTreeMap<String, Vec<String>>,
     /// `Nobody` when it has none.
     pub owner: String,
     pub requestors: Vec<String>,
@@ -58,6 +64,8 @@ pub(crate) struct Rt {
     http: reqwest::Client,
     people: Mutex<HashMap<String, Person>>,
     queues: Mutex<HashMap<String, String>>,
+    /// The user custom field that holds a user's Matrix ID.
+    field: Option<String>,
 }
 
 const PAGE: u32 = 100;
@@ -84,13 +92,14 @@ fn names(v: &Value) -> Vec<String> {
 }
 
 impl Rt {
-    pub fn new(rest2: String, token: Secret, http: reqwest::Client) -> Rt {
+    pub fn new(rest2: String, token: Secret, http: reqwest::Client, field: Option<String>) -> Rt {
         Rt {
             rest2,
             token,
             http,
             people: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
+            field,
         }
     }
 
@@ -162,9 +171,20 @@ impl Rt {
         let queue = self.queue(&text(&t["Queue"]["id"])).await?;
         Ok(Ticket {
             id,
+            effective: text(&t["EffectiveId"]["id"]).parse().unwrap_or(id),
             subject: text(&t["Subject"]),
             status: text(&t["Status"]),
             queue,
+            priority: text(&t["Priority"]),
+            fields: t["CustomFields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    let values = f["values"].as_array().into_iter().flatten();
+                    (text(&f["name"]), values.map(text).collect())
+                })
+                .collect(),
             owner: text(&t["Owner"]["id"]),
             requestors: names(&t["Requestor"]),
             cc: names(&t["Cc"]),
@@ -255,10 +275,18 @@ impl Rt {
             Err(Failure::Permanent(_)) => json!({"Name": name}),
             Err(e) => return Err(e),
         };
+        let given = u["CustomFields"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| Some(text(&f["name"])) == self.field)
+            .map(|f| text(&f["values"][0]))
+            .unwrap_or_default();
         let person = Person {
             name: text(&u["Name"]),
             email: text(&u["EmailAddress"]),
             real_name: text(&u["RealName"]),
+            given,
         };
         lock(&self.people).insert(name.to_string(), person.clone());
         Ok(person)

@@ -55,7 +55,13 @@ impl Kind for RequestTracker {
     }
 
     fn action_kinds(&self) -> &'static [&'static str] {
-        &["rt_ticket", "rt_owner", "rt_transcript", "rt_write"]
+        &[
+            "rt_ticket",
+            "rt_owner",
+            "rt_transcript",
+            "rt_write",
+            "rt_mode",
+        ]
     }
 
     fn migrations(&self, dialect: Dialect) -> Option<&'static sqlx::migrate::Migrator> {
@@ -98,6 +104,7 @@ mod tests {
             id: "rt".into(),
             authenticated,
             bot: "@bot:example.org".into(),
+            ..Default::default()
         };
         let mut problems = Vec::new();
         let mut report = |k: &str, _: String| problems.push(k.to_string());

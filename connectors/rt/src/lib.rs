@@ -11,7 +11,8 @@ mod ticket;
 pub use kind::RequestTracker;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig};
+use switchboard_connector::SourceInfo;
+use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig, Select};
 
 /// Configuration of a Request Tracker source (`kind = "request_tracker"`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -30,9 +31,14 @@ pub struct RtConfig {
     /// Queues whose tickets get a room. Empty: every queue the user can see.
     #[serde(default)]
     pub queues: Vec<String>,
+    /// Which of those tickets get a room: by `priority`, `status`, `owner` or a custom field
+    /// (`"fields.<name>"`), or only on demand through the "open chat" link. Default: all.
+    #[serde(default)]
+    pub select: Select,
     /// The ticket's room. Its templates see `system` (`RT`), `ticket.id` (also
     /// `ticket.number`), `ticket.subject` (also `ticket.title`), `ticket.queue`,
-    /// `ticket.status`, `ticket.owner` and `ticket.url`.
+    /// `ticket.status`, `ticket.owner`, `ticket.priority`, `ticket.fields` (custom fields by
+    /// name) and `ticket.url`.
     #[serde(default)]
     pub room: RoomConfig,
     /// How RT's people (by RT user name) become Matrix users; `invite` takes any of
@@ -80,6 +86,9 @@ pub enum WriteBack {
     Reply,
 }
 
+/// The ticket fields `select.fields` takes, besides custom fields.
+const SELECTABLE: &[&str] = &["priority", "status", "owner", "subject", "title"];
+
 fn default_closed() -> Vec<String> {
     ["resolved", "rejected", "deleted"]
         .map(String::from)
@@ -96,7 +105,7 @@ fn default_catch_up() -> f64 {
 
 impl RtConfig {
     /// Problems a schema cannot express, each with its key.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self, source: &SourceInfo) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -104,6 +113,7 @@ impl RtConfig {
         }
         problems.extend(self.room.problems());
         problems.extend(self.people.problems());
+        problems.extend(self.select.problems(SELECTABLE, true, source.link_create));
         if !self.catch_up_minutes.is_finite() || self.catch_up_minutes < 0.0 {
             problems.push(("catch_up_minutes".into(), "must be 0 or more".into()));
         }

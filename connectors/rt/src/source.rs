@@ -12,7 +12,7 @@ use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
     TicketEvent, WebhookSource,
 };
-use switchboard_ticket_rooms::{Chat, TicketRooms, TicketSystem, table};
+use switchboard_ticket_rooms::{Chat, MERGED, Seen, TicketRooms, TicketSystem, table};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
@@ -46,7 +46,12 @@ impl Source {
         let user = OnceCell::new_with(cfg.user.clone());
         Source {
             id: id.to_string(),
-            rt: Rt::new(cfg.rest2(), token, host.http().clone()),
+            rt: Rt::new(
+                cfg.rest2(),
+                token,
+                host.http().clone(),
+                cfg.people.field.clone(),
+            ),
             cfg,
             rooms: TicketRooms::new("request_tracker", "rt", id, host.clone(), bot),
             host,
@@ -61,20 +66,34 @@ impl Source {
             .map(String::as_str)
     }
 
-    fn selected(&self, queue: &str) -> bool {
-        self.cfg.queues.is_empty() || self.cfg.queues.iter().any(|q| q == queue)
+    /// Why a ticket without a room does not get one; `asked`: the link asked for it.
+    fn skipped(&self, ticket: &crate::api::Ticket, asked: bool) -> Option<String> {
+        if !self.cfg.queues.is_empty() && !self.cfg.queues.contains(&ticket.queue) {
+            return Some(format!("queue {} is not this source's", ticket.queue));
+        }
+        let cx = ticket::context(&self.cfg, ticket);
+        self.cfg.select.picks(&cx["ticket"], asked).err()
     }
 
     /// Reads a ticket's history since last time and queues what its room needs.
-    async fn read_ticket(&self, row: &ActionRow, id: u64) -> Result<String, Failure> {
+    async fn read_ticket(
+        &self,
+        cx: &ActionContext<'_>,
+        id: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        let row = cx.row;
         let user = self.user().await?.to_string();
         let seen = table::seen(&*self.host, TABLE, &self.id, &row.lane).await?;
+        if !seen.roomed && self.cfg.select.on_demand && !asked {
+            return Ok("skipped: its room is made on demand only".into());
+        }
         let ticket = self.rt.ticket(id).await?;
-        if !seen.roomed && !self.selected(&ticket.queue) {
-            return Ok(format!(
-                "skipped: queue {} is not this source's",
-                ticket.queue
-            ));
+        if ticket.effective != id {
+            return self.merged(row, id, ticket.effective, &seen).await;
+        }
+        if let Some(why) = self.skipped(&ticket, asked).filter(|_| !seen.roomed) {
+            return Ok(format!("skipped: {why}"));
         }
         let history = self.rt.history(id, seen.last).await?;
         if seen.roomed && history.is_empty() {
@@ -106,7 +125,9 @@ impl Source {
                 continue;
             }
             let person = self.rt.person(&name).await?;
-            people.insert(name, self.cfg.people.member(person));
+            let people_config = &self.cfg.people;
+            let member = self.rooms.lookup.member(people_config, cx.matrix, person);
+            people.insert(name, member.await?);
         }
         let (actions, now) = ticket::plan(&self.cfg, &ticket, &entries, &people, &user, &seen);
         table::advance(&*self.host, TABLE, row, &now, &actions).await?;
@@ -118,9 +139,35 @@ impl Source {
         ))
     }
 
-    /// Writes a room message into the ticket.
-    async fn write(&self, row: &ActionRow, id: u64, chat: &Chat) -> Result<String, Failure> {
-        let reply = self.cfg.write_back == WriteBack::Reply;
+    /// Ticket `id` was merged into `into`: its room, if it has one, is closed pointing to
+    /// the surviving ticket's, once.
+    async fn merged(
+        &self,
+        row: &ActionRow,
+        id: u64,
+        into: u64,
+        seen: &Seen,
+    ) -> Result<String, Failure> {
+        if !seen.roomed || seen.status == MERGED {
+            return Ok(format!("skipped: merged into #{into}"));
+        }
+        let room = self
+            .host
+            .room_of_ticket(&self.id, &into.to_string())
+            .await?;
+        let (actions, now) = ticket::merged(&self.cfg, id, into, room, seen);
+        table::advance(&*self.host, TABLE, row, &now, &actions).await?;
+        Ok(format!("merged into #{into}; {} actions", actions.len()))
+    }
+
+    /// Writes a room message into the ticket, as a reply or a comment.
+    async fn write(
+        &self,
+        row: &ActionRow,
+        id: u64,
+        chat: &Chat,
+        reply: bool,
+    ) -> Result<String, Failure> {
         self.write_once(row, id, reply, &chat.text()).await?;
         Ok(if reply { "replied" } else { "commented" }.into())
     }
@@ -213,12 +260,27 @@ impl Connector for Source {
 
 #[async_trait]
 impl TicketSystem for Source {
-    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure> {
-        self.read_ticket(row, ticket).await
+    async fn read(
+        &self,
+        cx: &ActionContext<'_>,
+        ticket: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        self.read_ticket(cx, ticket, asked).await
     }
 
-    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
-        self.write(row, ticket, chat).await
+    fn public_by_default(&self) -> bool {
+        self.cfg.write_back == WriteBack::Reply
+    }
+
+    async fn write(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        chat: &Chat,
+        public: bool,
+    ) -> Result<String, Failure> {
+        self.write(row, ticket, chat, public).await
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
@@ -245,6 +307,7 @@ mod tests {
             id: "rt".into(),
             authenticated: true,
             bot: TestMatrix::BOT.into(),
+            ..Default::default()
         };
         let section = json!({"url": "http://127.0.0.1:9", "token": "1-2-x"});
         let mut report = |k: &str, m: String| panic!("{k}: {m}");
@@ -290,11 +353,40 @@ mod tests {
                 "m.relates_to": {"rel_type": "m.replace", "event_id": "$1"}}),
                 "$4",
             ),
+            said(
+                "@carl:test",
+                json!({"msgtype": "m.text", "body": " !ticket  reply "}),
+                "$5",
+            ),
+            said(
+                "@carl:test",
+                json!({"msgtype": "m.text", "body": "!tickets are great"}),
+                "$6",
+            ),
         ];
         listener.heard(&room, &events).await.expect("heard");
         let inbox = host.take_inbox();
-        assert_eq!(inbox.len(), 1, "{inbox:?}");
+        assert_eq!(inbox.len(), 3, "{inbox:?}");
         assert_eq!(inbox[0].1, "$1");
+        // A command is planned as the source's `_mode`, in the ticket's lane; a message
+        // that only starts like one is said.
+        let command = source
+            .plan(&inbox[1].2[0])
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(
+            command[0].action,
+            json!({"type": "rt_mode", "ticket": 7, "sender": "@carl:test",
+                   "name": "@carl:test", "args": "reply"})
+        );
+        assert_eq!(command[0].lane, "7");
+        let said = source
+            .plan(&inbox[2].2[0])
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(said[0].action["body"], "!tickets are great");
         let planned = source
             .plan(&inbox[0].2[0])
             .await

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 use switchboard_connector::Queued;
+use switchboard_ticket_rooms::plan::Policy;
 use switchboard_ticket_rooms::{Change, Member, Said, Seen, plan_queued};
 
 use crate::api::{Message, Ticket, Transaction};
@@ -26,6 +27,8 @@ pub(crate) fn context(config: &RtConfig, ticket: &Ticket) -> serde_json::Value {
         "subject": ticket.subject,
         "title": ticket.subject,
         "queue": ticket.queue,
+        "priority": ticket.priority,
+        "fields": ticket.fields,
         "status": ticket.status,
         "owner": ticket.owner,
         "url": format!("{}/Ticket/Display.html?id={}", config.url.trim_end_matches('/'), ticket.id),
@@ -131,21 +134,59 @@ pub(crate) fn plan(
             .collect(),
         owner_invited: config.people.invites(&Role::Owner, true),
     };
-    let policy = switchboard_ticket_rooms::plan::Policy {
+    let last = entries.iter().map(|e| e.transaction.id).max().unwrap_or(0);
+    let changes = changes(entries, api_user);
+    plan_queued(policy(config), &view, &changes, &people, seen, last, "rt")
+}
+
+fn policy(config: &RtConfig) -> Policy<'_> {
+    Policy {
         room: &config.room,
         comments: config.comments,
         transcript: config.transcript,
         closed: &config.closed_statuses,
+    }
+}
+
+/// Plans what merging ticket `id` into `into` (whose room is `room`, if it has one) does
+/// to `id`'s room: a closing notice that points to the surviving ticket, and the
+/// transcript. RT shows `into` in `id`'s place from now on: nothing else of it is read.
+pub(crate) fn merged(
+    config: &RtConfig,
+    id: u64,
+    into: u64,
+    room: Option<String>,
+    seen: &Seen,
+) -> (Vec<Queued>, Seen) {
+    let view = switchboard_ticket_rooms::Ticket {
+        id,
+        context: json!({"system": "RT", "ticket": {"id": id, "number": id}}),
+        status: seen.status.clone(),
+        owner: seen.owner.clone(),
+        people: Vec::new(),
+        owner_invited: false,
     };
-    let last = entries.iter().map(|e| e.transaction.id).max().unwrap_or(0);
-    let changes = changes(entries, api_user);
-    plan_queued(policy, &view, &changes, &people, seen, last, "rt")
+    let changes = [Change::Merged {
+        into: into.to_string(),
+        room,
+    }];
+    let none = BTreeMap::new();
+    plan_queued(
+        policy(config),
+        &view,
+        &changes,
+        &none,
+        seen,
+        seen.last,
+        "rt",
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_ticket_rooms::{Comments, Person};
+    use serde_json::Value;
+    use switchboard_ticket_rooms::{Comments, MERGED, Person};
 
     fn config() -> RtConfig {
         serde_json::from_value(json!({
@@ -161,12 +202,14 @@ mod tests {
             name: name.into(),
             email: email.into(),
             real_name: real.into(),
+            ..Person::default()
         }
     }
 
     fn ticket() -> Ticket {
         Ticket {
             id: 7,
+            effective: 7,
             subject: "VPN down".into(),
             status: "new".into(),
             queue: "Support".into(),
@@ -174,6 +217,7 @@ mod tests {
             requestors: vec!["carl@example.org".into(), "eve@else.example".into()],
             cc: vec![],
             admin_cc: vec!["bob".into()],
+            ..Ticket::default()
         }
     }
 
@@ -369,5 +413,45 @@ mod tests {
                    "demote": "@alice:example.org", "former_power": 0})
         );
         assert_eq!(seen.owner, "bob");
+    }
+
+    #[test]
+    fn a_merged_ticket_s_room_closes_pointing_to_the_surviving_one() {
+        let config = config();
+        let people = people(&config);
+        let start = plan(
+            &config,
+            &ticket(),
+            &[],
+            &people,
+            "switchboard",
+            &Seen::default(),
+        )
+        .1;
+        let (actions, seen) = merged(&config, 7, 9, Some("!nine:example.org".into()), &start);
+        assert_eq!(kinds(&actions), ["close", "rt_transcript"]);
+        assert_eq!(
+            actions[0].action["notice"],
+            "The ticket was merged into RT #9: the conversation goes on there in its room, \
+             https://matrix.to/#/!nine:example.org. This room stays for reference."
+        );
+        assert_eq!(actions[0].action["rename"], Value::Null);
+        assert_eq!(actions[1].action["ticket"], 7);
+        assert_eq!((seen.status.as_str(), seen.last), (MERGED, start.last));
+        assert_eq!(
+            seen.people, start.people,
+            "nobody of the other ticket invited"
+        );
+        // Into a ticket without a room: the notice names it only.
+        let (actions, _) = merged(&config, 7, 9, None, &start);
+        assert!(
+            actions[0].action["notice"]
+                .as_str()
+                .is_some_and(|n| n.starts_with(
+                    "The ticket was merged into RT #9: the \
+                                                conversation goes on there. This room"
+                )),
+            "{actions:?}"
+        );
     }
 }

@@ -22,7 +22,7 @@ pub fn check_section<C: DeserializeOwned>(
     source: &SourceInfo,
     section: Option<&serde_json::Value>,
     check: &mut Checker<'_>,
-    problems: fn(&C) -> Vec<(String, String)>,
+    problems: fn(&C, &SourceInfo) -> Vec<(String, String)>,
     secret: SecretKey<C>,
     unauthenticated: &str,
 ) -> Option<(C, Secret)> {
@@ -32,7 +32,7 @@ pub fn check_section<C: DeserializeOwned>(
     };
     let config: C = check.parse(section)?;
     let mut ok = true;
-    for (key, problem) in problems(&config) {
+    for (key, problem) in problems(&config, source) {
         check.problem(&key, problem);
         ok = false;
     }

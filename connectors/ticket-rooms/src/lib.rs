@@ -8,13 +8,17 @@
 
 pub mod config;
 pub mod kind;
+pub mod lookup;
 pub mod people;
 pub mod plan;
 pub mod room;
+pub mod select;
 pub mod table;
 pub mod text;
 
 pub use config::{Comments, RoomConfig};
-pub use people::{Member, PeopleConfig, Person};
-pub use plan::{Article, Change, Said, Seen, Step, Ticket, changes_now, plan, plan_queued};
-pub use room::{Chat, TicketRooms, TicketSystem};
+pub use lookup::Lookup;
+pub use people::{Means, Member, PeopleConfig, Person};
+pub use plan::{Article, Change, MERGED, Said, Seen, Step, Ticket, changes_now, plan, plan_queued};
+pub use room::{Chat, Command, TicketRooms, TicketSystem};
+pub use select::Select;

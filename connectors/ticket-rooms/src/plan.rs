@@ -76,7 +76,16 @@ pub enum Change {
         by: String,
         title: String,
     },
+    /// The ticket was merged into another (`into`, its number), whose room is `room` if it
+    /// has one: the conversation goes on there. The room keeps its name.
+    Merged {
+        into: String,
+        room: Option<String>,
+    },
 }
+
+/// The status a merged ticket's room keeps (the ticket system shows the surviving one).
+pub const MERGED: &str = "merged";
 
 /// How a source's rooms behave.
 #[derive(Debug, Clone, Copy)]
@@ -302,6 +311,26 @@ pub fn plan(
                 format!("{} renamed the ticket: {title}", display(by)),
                 true,
             )),
+            Change::Merged { into, room } => {
+                now.status = MERGED.into();
+                let system = cx["system"].as_str().unwrap_or("the ticket system");
+                let there = match room {
+                    Some(room) => format!(" in its room, https://matrix.to/#/{room}"),
+                    None => String::new(),
+                };
+                out.push(Step::Core(Action::Close {
+                    notice: Some(format!(
+                        "The ticket was merged into {system} #{into}: the conversation goes on \
+                         there{there}. This room stays for reference."
+                    )),
+                    // The ticket system shows the surviving ticket now: nothing to name
+                    // this room after but what it has.
+                    rename: None,
+                }));
+                if policy.transcript {
+                    out.push(Step::Transcript);
+                }
+            }
         }
     }
     // People the room has not had yet: invited, or named when nothing maps them.

@@ -38,6 +38,36 @@ impl Chat {
     }
 }
 
+/// A member's `!ticket ...` command in a ticket's room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub sender: String,
+    pub name: String,
+    /// What follows `!ticket`, trimmed.
+    pub args: String,
+}
+
+impl Command {
+    /// The command a message is, if it is one.
+    pub fn parse(sender: &str, name: &str, body: &str) -> Option<Command> {
+        let rest = body.trim().strip_prefix(COMMAND)?;
+        if !rest.is_empty() && !rest.starts_with(char::is_whitespace) {
+            return None;
+        }
+        Some(Command {
+            sender: sender.into(),
+            name: name.into(),
+            args: rest.trim().into(),
+        })
+    }
+}
+
+/// What a member writes to talk to Switchboard rather than to the ticket.
+const COMMAND: &str = "!ticket";
+
+/// The power a member needs to switch where the room's messages go (a moderator's).
+const SWITCH_POWER: i64 = 50;
+
 /// The most room events a transcript reads.
 const TRANSCRIPT_MAX: usize = 5000;
 
@@ -45,21 +75,39 @@ const TRANSCRIPT_MAX: usize = 5000;
 /// ([`TicketRooms::execute`]).
 #[async_trait]
 pub trait TicketSystem: Send + Sync {
-    /// Reads the ticket (what changed since the last read) and queues what its room needs.
-    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure>;
-    /// Writes what a member said in the room into the ticket.
-    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure>;
+    /// Reads the ticket (what changed since the last read) and queues what its room needs;
+    /// `asked`: its room was asked for through the "open chat" link.
+    async fn read(
+        &self,
+        cx: &ActionContext<'_>,
+        ticket: u64,
+        asked: bool,
+    ) -> Result<String, Failure>;
+    /// Whether what members say goes to the ticket as a reply the customer sees rather
+    /// than an internal comment, for rooms that did not choose (`!ticket reply|comment`).
+    fn public_by_default(&self) -> bool;
+    /// Writes what a member said in the room into the ticket: `public`, as a reply the
+    /// customer sees; else as an internal comment.
+    async fn write(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        chat: &Chat,
+        public: bool,
+    ) -> Result<String, Failure>;
     /// Writes the room's transcript into the ticket once; false: an earlier try had.
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure>;
 }
 
 /// The rooms of one source's tickets: which rooms it claims, what it hears there, and
 /// the actions it runs in them. Its actions are `<actions>_ticket` (read the ticket),
-/// `<actions>_write`, `<actions>_owner` and `<actions>_transcript`; its settings are named
-/// `<kind>.<source id>.*`.
+/// `<actions>_write`, `<actions>_mode` (a `!ticket` command), `<actions>_owner` and
+/// `<actions>_transcript`; its settings are named `<kind>.<source id>.*`.
 pub struct TicketRooms {
     pub source: String,
     pub host: Arc<dyn Host>,
+    /// Finds people's Matrix IDs by the means that ask someone.
+    pub lookup: crate::Lookup,
     actions: String,
     prefix: String,
     bot: Mutex<String>,
@@ -75,6 +123,7 @@ impl TicketRooms {
     ) -> TicketRooms {
         TicketRooms {
             source: source.to_string(),
+            lookup: crate::Lookup::new(host.http().clone()),
             host,
             actions: actions.to_string(),
             prefix: format!("{kind}.{source}"),
@@ -82,16 +131,24 @@ impl TicketRooms {
         }
     }
 
-    /// An event's action: what a member said becomes `<actions>_write`, anything else a
-    /// read of the ticket (`<actions>_ticket`), in the ticket's lane.
+    /// An event's action: what a member said becomes `<actions>_write`, a command
+    /// `<actions>_mode`, anything else a read of the ticket (`<actions>_ticket`, with
+    /// `asked` when the "open chat" link asked for its room), in the ticket's lane: a
+    /// command applies to what was said after it.
     pub fn plan(&self, ev: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
         let Ok(ticket) = ev.ticket.parse::<u64>() else {
             return Ok(Some(Vec::new()));
         };
         let p = &self.actions;
+        let command = &ev.payload["command"];
         let action = match Chat::of(ev) {
             Some(chat) => json!({"type": format!("{p}_write"), "ticket": ticket,
                                  "sender": chat.sender, "name": chat.name, "body": chat.body}),
+            None if command.is_object() => json!({"type": format!("{p}_mode"), "ticket": ticket,
+                "sender": command["sender"], "name": command["name"], "args": command["args"]}),
+            None if ev.payload["via"] == "link" => {
+                json!({"type": format!("{p}_ticket"), "ticket": ticket, "asked": true})
+            }
             None => json!({"type": format!("{p}_ticket"), "ticket": ticket}),
         };
         Ok(Some(vec![Queued::own(ev.ticket.clone(), &action)?]))
@@ -108,14 +165,23 @@ impl TicketRooms {
         let ticket = action["ticket"].as_u64().unwrap_or(0);
         let text = |key: &str| action[key].as_str().map(String::from);
         match kind.strip_prefix(self.actions.as_str()) {
-            Some("_ticket") if ticket > 0 => system.read(cx.row, ticket).await,
+            Some("_ticket") if ticket > 0 => system.read(cx, ticket, action["asked"] == true).await,
             Some("_write") if ticket > 0 => {
                 let (Some(sender), Some(body)) = (text("sender"), text("body")) else {
                     return Err(Failure::Permanent(format!("{kind} without sender or body")));
                 };
                 let name = text("name").unwrap_or_else(|| sender.clone());
                 let chat = Chat { sender, name, body };
-                system.write(cx.row, ticket, &chat).await
+                let public = self.public(ticket, system).await?;
+                system.write(cx.row, ticket, &chat, public).await
+            }
+            Some("_mode") if ticket > 0 => {
+                let command = Command {
+                    sender: text("sender").unwrap_or_default(),
+                    name: text("name").unwrap_or_default(),
+                    args: text("args").unwrap_or_default(),
+                };
+                self.mode(cx, system, ticket, &command).await
             }
             Some("_transcript") if ticket > 0 => {
                 self.transcript(cx, async |text| {
@@ -133,6 +199,90 @@ impl TicketRooms {
                 "stored action does not parse: {action}"
             ))),
         }
+    }
+
+    /// Where a room's choice between replies and comments is kept.
+    fn public_key(&self, ticket: u64) -> String {
+        format!("{}.public.{ticket}", self.prefix)
+    }
+
+    /// Whether members' messages go to the ticket as replies: as the room chose, else as
+    /// the source is configured.
+    async fn public(&self, ticket: u64, system: &dyn TicketSystem) -> Result<bool, Failure> {
+        Ok(match self.host.setting(&self.public_key(ticket)).await? {
+            Some(v) => v == "true",
+            None => system.public_by_default(),
+        })
+    }
+
+    /// A `!ticket` command: `reply` or `comment` switches where the room's messages go
+    /// (for the ticket's owner and moderators); anything else says where they go. The
+    /// answer is a notice in the room.
+    async fn mode(
+        &self,
+        cx: &ActionContext<'_>,
+        system: &dyn TicketSystem,
+        ticket: u64,
+        command: &Command,
+    ) -> Result<String, Failure> {
+        let Some(room) = self.room(cx).await? else {
+            return Ok("skipped: the ticket has no room".into());
+        };
+        let now = self.public(ticket, system).await?;
+        let goes = |public: bool| match public {
+            true => "replies the customer sees",
+            false => "internal comments",
+        };
+        let wanted = match command.args.to_ascii_lowercase().as_str() {
+            "reply" | "public" => Some(true),
+            "comment" | "internal" => Some(false),
+            _ => None,
+        };
+        let (notice, result) = match wanted {
+            None => (
+                format!(
+                    "Messages here go to the ticket as {}. `!ticket reply`: as replies the \
+                     customer sees; `!ticket comment`: as internal comments (for the ticket's \
+                     owner and moderators).",
+                    goes(now)
+                ),
+                "told where messages go".to_string(),
+            ),
+            Some(public) => {
+                let levels = cx.matrix.state(&room, "m.room.power_levels", "").await?;
+                let levels = levels.unwrap_or_default();
+                let power = levels["users"][&command.sender]
+                    .as_i64()
+                    .or_else(|| levels["users_default"].as_i64())
+                    .unwrap_or(0);
+                if power < SWITCH_POWER {
+                    let notice = format!(
+                        "Only the ticket's owner and moderators can switch this; messages \
+                         here go to the ticket as {}.",
+                        goes(now)
+                    );
+                    (
+                        notice,
+                        format!("refused: {} may not switch", command.sender),
+                    )
+                } else {
+                    let key = self.public_key(ticket);
+                    self.host.set_setting(&key, &public.to_string()).await?;
+                    let notice = format!(
+                        "{} switched: messages here now go to the ticket as {}.",
+                        command.name,
+                        goes(public)
+                    );
+                    (notice, format!("switched to {}", goes(public)))
+                }
+            }
+        };
+        let content = json!({"msgtype": "m.notice", "body": notice});
+        let txn = cx.row.txn_id("mode");
+        cx.matrix
+            .send(None, &room, "m.room.message", content, &txn)
+            .await?;
+        Ok(result)
     }
 
     /// Where the IDs of what Switchboard wrote into a ticket are kept until the ticket is
@@ -318,7 +468,8 @@ impl Listener for TicketRooms {
     }
 
     /// Members' messages go into the inbox, keyed by event ID, for their ticket: only
-    /// what people say (not notices, edits or the bot's own); a file is named.
+    /// what people say (not notices, edits or the bot's own); a file is named; a
+    /// `!ticket` command is not said to the ticket.
     async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
         let Some((_, ticket)) = self.host.ticket_of_room(room.id()).await? else {
             return Ok(true);
@@ -346,13 +497,21 @@ impl Listener for TicketRooms {
                 .await
                 .0
                 .unwrap_or_else(|| sender.into());
+            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
+            if let Some(command) =
+                Command::parse(sender, &name, body).filter(|_| content["msgtype"] == "m.text")
+            {
+                event.payload = json!({"command": {"event_id": event_id,
+                    "sender": command.sender, "name": command.name, "args": command.args}});
+                self.host.deliver(&self.source, event_id, &[event]).await?;
+                continue;
+            }
             let body = match content["msgtype"].as_str() {
                 Some("m.file" | "m.image" | "m.video" | "m.audio") => {
                     format!("(sent a file in the room: {body})")
                 }
                 _ => body.to_string(),
             };
-            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
             event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
                                             "name": name, "body": body}});
             self.host.deliver(&self.source, event_id, &[event]).await?;

@@ -23,6 +23,10 @@ pub(crate) struct Ticket {
     pub owner_id: u64,
     pub customer_id: u64,
     pub updated_by_id: u64,
+    /// Every attribute of the ticket as Zammad gives it, custom ones included.
+    pub fields: serde_json::Map<String, Value>,
+    /// Its tags, when they were asked for.
+    pub tags: Option<Vec<String>>,
 }
 
 /// One article of a ticket.
@@ -44,6 +48,8 @@ pub(crate) struct Api {
     http: reqwest::Client,
     people: Mutex<HashMap<u64, Person>>,
     me: OnceCell<u64>,
+    /// The user attribute that holds a user's Matrix ID.
+    field: Option<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,13 +76,14 @@ fn number(v: &Value) -> u64 {
 }
 
 impl Api {
-    pub fn new(base: String, token: Secret, http: reqwest::Client) -> Api {
+    pub fn new(base: String, token: Secret, http: reqwest::Client, field: Option<String>) -> Api {
         Api {
             base,
             token,
             http,
             people: Mutex::new(HashMap::new()),
             me: OnceCell::new(),
+            field,
         }
     }
 
@@ -147,7 +154,22 @@ impl Api {
             owner_id: number(&t["owner_id"]),
             customer_id: number(&t["customer_id"]),
             updated_by_id: number(&t["updated_by_id"]),
+            fields: t.as_object().cloned().unwrap_or_default(),
+            tags: None,
         })
+    }
+
+    /// A ticket's tags.
+    pub async fn tags(&self, ticket: u64) -> Result<Vec<String>, Failure> {
+        let answer = self
+            .get(&format!("/tags?object=Ticket&o_id={ticket}"))
+            .await?;
+        Ok(answer["tags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect())
     }
 
     /// The ticket's articles after `after`, oldest first.
@@ -205,6 +227,7 @@ impl Api {
             name: text(&u["login"]),
             email: text(&u["email"]),
             real_name,
+            given: self.field.as_ref().map(|f| text(&u[f])).unwrap_or_default(),
         };
         lock(&self.people).insert(id, person.clone());
         Ok(person)

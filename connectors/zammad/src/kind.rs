@@ -61,6 +61,7 @@ impl Kind for Zammad {
             "zammad_owner",
             "zammad_transcript",
             "zammad_write",
+            "zammad_mode",
         ]
     }
 
@@ -104,6 +105,7 @@ mod tests {
             id: "zammad".into(),
             authenticated,
             bot: "@bot:example.org".into(),
+            ..Default::default()
         };
         let mut problems = Vec::new();
         let mut report = |k: &str, _: String| problems.push(k.to_string());

@@ -11,7 +11,8 @@ mod ticket;
 pub use kind::Zammad;
 use schemars::JsonSchema;
 use serde::Deserialize;
-use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig};
+use switchboard_connector::SourceInfo;
+use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig, Select};
 
 /// Configuration of a Zammad source (`kind = "zammad"`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -28,9 +29,16 @@ pub struct ZammadConfig {
     /// Groups whose tickets get a room. Empty: every group the user can see.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Which of those tickets get a room: by `priority`, `state`, `tags`, `owner`,
+    /// `customer` or any attribute of the ticket, custom ones included
+    /// (`"fields.<attribute>"`), or only on demand through the "open chat" link. Default:
+    /// all.
+    #[serde(default)]
+    pub select: Select,
     /// The ticket's room. Its templates see `system` (`Zammad`), `ticket.id`,
     /// `ticket.number`, `ticket.title`, `ticket.queue` (the group), `ticket.status` (the
-    /// state), `ticket.priority`, `ticket.owner`, `ticket.customer` and `ticket.url`.
+    /// state), `ticket.priority`, `ticket.owner`, `ticket.customer`, `ticket.fields` (its
+    /// attributes) and `ticket.url`.
     #[serde(default)]
     pub room: RoomConfig,
     /// How Zammad's users (by login) become Matrix users; `invite` takes any of `owner`,
@@ -67,6 +75,11 @@ pub enum ZammadRole {
     Customer,
 }
 
+/// The ticket fields `select.fields` takes, besides the ticket's own attributes.
+const SELECTABLE: &[&str] = &[
+    "priority", "state", "status", "tags", "owner", "customer", "title",
+];
+
 fn default_closed() -> Vec<String> {
     ["closed", "merged", "removed"].map(String::from).to_vec()
 }
@@ -77,7 +90,7 @@ fn default_true() -> bool {
 
 impl ZammadConfig {
     /// Problems a schema cannot express, each with its key.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self, source: &SourceInfo) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -85,6 +98,7 @@ impl ZammadConfig {
         }
         problems.extend(self.room.problems());
         problems.extend(self.people.problems());
+        problems.extend(self.select.problems(SELECTABLE, true, source.link_create));
         problems
     }
 

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 use switchboard_connector::{
-    ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Queued, TicketEvent,
-    WebhookSource,
+    ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Matrix, Queued,
+    TicketEvent, WebhookSource,
 };
 use switchboard_ticket_rooms::{Article, Chat, Member, Person, TicketRooms, TicketSystem, table};
 use tracing::info;
@@ -41,21 +41,37 @@ impl Source {
     ) -> Source {
         Source {
             id: id.to_string(),
-            api: Api::new(cfg.api(), token, host.http().clone()),
+            api: Api::new(
+                cfg.api(),
+                token,
+                host.http().clone(),
+                cfg.people.field.clone(),
+            ),
             rooms: TicketRooms::new("zammad", "zammad", id, host.clone(), bot),
             cfg,
             host,
         }
     }
 
-    fn selected(&self, group: &str) -> bool {
-        self.cfg.groups.is_empty() || self.cfg.groups.iter().any(|g| g == group)
+    /// Why a ticket without a room does not get one (`None`: it does); `asked`: the link
+    /// asked for it. Its tags are read when the selection needs them.
+    async fn skipped(&self, read: &mut Read, asked: bool) -> Result<Option<String>, Failure> {
+        let group = &read.ticket.group;
+        if !self.cfg.groups.is_empty() && !self.cfg.groups.contains(group) {
+            return Ok(Some(format!("group {group} is not this source's")));
+        }
+        if !asked && self.cfg.select.fields.contains_key("tags") {
+            read.ticket.tags = Some(self.api.tags(read.ticket.id).await?);
+        }
+        let cx = ticket::context(&self.cfg, read);
+        Ok(self.cfg.select.picks(&cx["ticket"], asked).err())
     }
 
     /// A user's login, their person added to `people`; empty for none (0, or 1: Zammad's
     /// "-").
     async fn login(
         &self,
+        matrix: &dyn Matrix,
         id: u64,
         people: &mut BTreeMap<String, Member>,
     ) -> Result<String, Failure> {
@@ -64,41 +80,58 @@ impl Source {
         }
         let person = self.api.person(id).await?;
         let login = person.name.clone();
-        people
-            .entry(login.clone())
-            .or_insert_with(|| self.cfg.people.member(person));
+        if !people.contains_key(&login) {
+            let people_config = &self.cfg.people;
+            let member = self.rooms.lookup.member(people_config, matrix, person);
+            people.insert(login.clone(), member.await?);
+        }
         Ok(login)
     }
 
     /// Reads a ticket's state and its articles since last time and queues what its room
     /// needs.
-    async fn read_ticket(&self, row: &ActionRow, id: u64) -> Result<String, Failure> {
+    async fn read_ticket(
+        &self,
+        cx: &ActionContext<'_>,
+        id: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        let row = cx.row;
         let seen = table::seen(&*self.host, TABLE, &self.id, &row.lane).await?;
+        if !seen.roomed && self.cfg.select.on_demand && !asked {
+            return Ok("skipped: its room is made on demand only".into());
+        }
         let ticket = self.api.ticket(id).await?;
-        if !seen.roomed && !self.selected(&ticket.group) {
-            return Ok(format!(
-                "skipped: group {} is not this source's",
-                ticket.group
-            ));
+        let mut people = BTreeMap::new();
+        let mut read = Read {
+            owner: self.login(cx.matrix, ticket.owner_id, &mut people).await?,
+            customer: self
+                .login(cx.matrix, ticket.customer_id, &mut people)
+                .await?,
+            updated_by: self
+                .login(cx.matrix, ticket.updated_by_id, &mut people)
+                .await?,
+            ticket,
+            ..Read::default()
+        };
+        if !seen.roomed
+            && let Some(why) = self.skipped(&mut read, asked).await?
+        {
+            return Ok(format!("skipped: {why}"));
         }
         let articles = self.api.articles(id, seen.last).await?;
         let me = self.api.me().await?;
         let mut ours = self.rooms.ours(id).await?;
-        let mut people = BTreeMap::new();
-        let mut read = Read {
-            owner: self.login(ticket.owner_id, &mut people).await?,
-            customer: self.login(ticket.customer_id, &mut people).await?,
-            updated_by: self.login(ticket.updated_by_id, &mut people).await?,
-            last: articles.last().map_or(0, |a| a.id),
-            ..Read::default()
-        };
+        read.last = articles.last().map_or(0, |a| a.id);
         for article in articles {
             if article.created_by_id == me || ours.remove(&article.id) {
                 continue;
             }
             read.articles.push(Article {
                 id: article.id,
-                by: self.login(article.created_by_id, &mut people).await?,
+                by: self
+                    .login(cx.matrix, article.created_by_id, &mut people)
+                    .await?,
                 internal: article.internal,
                 text: article.text,
                 files: article.files,
@@ -113,7 +146,6 @@ impl Source {
                 })
             });
         }
-        read.ticket = ticket;
         let (actions, now) = ticket::plan(&self.cfg, &read, &people, &seen);
         if seen.roomed && actions.is_empty() && now == seen {
             return Ok("skipped: nothing new".into());
@@ -136,6 +168,7 @@ impl Source {
         row: &ActionRow,
         ticket: u64,
         body: &str,
+        internal: bool,
         from: Option<&str>,
     ) -> Result<bool, Failure> {
         self.rooms
@@ -144,22 +177,31 @@ impl Source {
                 ticket,
                 async || self.api.last_article(ticket).await,
                 async |before| self.api.wrote(ticket, before, body).await,
-                async || self.api.write(ticket, body, self.cfg.internal, from).await,
+                async || self.api.write(ticket, body, internal, from).await,
             )
             .await
     }
 
-    /// Writes a room message into the ticket: as the member who said it when the table
-    /// names their login (and Zammad lets Switchboard's user write for them), else as
-    /// Switchboard's user.
-    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
+    /// Writes a room message into the ticket as a note, internal unless `public`: as the
+    /// member who said it when the table names their login (and Zammad lets
+    /// Switchboard's user write for them), else as Switchboard's user.
+    async fn write(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        chat: &Chat,
+        public: bool,
+    ) -> Result<String, Failure> {
         let member = self
             .cfg
             .as_member
             .then(|| self.cfg.people.name_of(&chat.sender))
             .flatten();
         if let Some(login) = member {
-            match self.write_once(row, ticket, &chat.body, Some(login)).await {
+            match self
+                .write_once(row, ticket, &chat.body, !public, Some(login))
+                .await
+            {
                 Ok(_) => return Ok(format!("noted as {login}")),
                 // Not allowed to write as them: written as Switchboard's user, named.
                 Err(Failure::Permanent(why)) => {
@@ -168,7 +210,8 @@ impl Source {
                 Err(e) => return Err(e),
             }
         }
-        self.write_once(row, ticket, &chat.text(), None).await?;
+        self.write_once(row, ticket, &chat.text(), !public, None)
+            .await?;
         Ok("noted".into())
     }
 }
@@ -194,15 +237,31 @@ impl Connector for Source {
 
 #[async_trait]
 impl TicketSystem for Source {
-    async fn read(&self, row: &ActionRow, ticket: u64) -> Result<String, Failure> {
-        self.read_ticket(row, ticket).await
+    async fn read(
+        &self,
+        cx: &ActionContext<'_>,
+        ticket: u64,
+        asked: bool,
+    ) -> Result<String, Failure> {
+        self.read_ticket(cx, ticket, asked).await
     }
 
-    async fn write(&self, row: &ActionRow, ticket: u64, chat: &Chat) -> Result<String, Failure> {
-        self.write(row, ticket, chat).await
+    fn public_by_default(&self) -> bool {
+        !self.cfg.internal
+    }
+
+    async fn write(
+        &self,
+        row: &ActionRow,
+        ticket: u64,
+        chat: &Chat,
+        public: bool,
+    ) -> Result<String, Failure> {
+        self.write(row, ticket, chat, public).await
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
-        self.write_once(row, ticket, text, None).await
+        self.write_once(row, ticket, text, self.cfg.internal, None)
+            .await
     }
 }

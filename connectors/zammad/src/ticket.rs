@@ -38,6 +38,8 @@ pub(crate) fn context(config: &ZammadConfig, read: &Read) -> serde_json::Value {
         "priority": t.priority,
         "owner": read.owner,
         "customer": read.customer,
+        "tags": t.tags,
+        "fields": t.fields,
         "url": format!("{}/#ticket/zoom/{}", config.url.trim_end_matches('/'), t.id),
     }})
 }
@@ -104,6 +106,7 @@ mod tests {
                 name: login.into(),
                 email: login.into(),
                 real_name: real.into(),
+                ..Person::default()
             };
             (login.to_string(), config.people.member(person))
         })
@@ -122,6 +125,7 @@ mod tests {
                 owner_id: 5,
                 customer_id: 8,
                 updated_by_id: 3,
+                ..Ticket::default()
             },
             owner: owner.into(),
             customer: "emily@example.com".into(),
