@@ -596,3 +596,95 @@ async fn rt_people_found_by_field_homeserver_and_identity_server() -> Result<()>
     assert!(s.lookups.iter().all(|(_, algorithm)| algorithm == "sha256"));
     Ok(())
 }
+
+/// Some time after the close (seconds here, days in use), the room becomes read-only for all
+/// but its admins, then everyone leaves it; reopening the ticket makes it writable again
+/// and invites its people back.
+#[tokio::test]
+async fn rt_closed_rooms_turn_read_only_then_empty() -> Result<()> {
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let carl = hs.user("carl").await?;
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let people = [("agent", &alice), ("customer@switchboard.test", &carl)];
+    let config = rt_source(&queue, &secret, &people).replace(
+        "[sources.rt.request_tracker.room]\nencrypted = false\n",
+        "[sources.rt.request_tracker.room]\nencrypted = false\n\
+         read_only_after_days = 0.00005\nempty_after_days = 0.00015\n",
+    );
+    let sb = start(Db::Sqlite, &bot, &config).await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    let id = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Old laptop", "Owner": "agent",
+                       "Requestor": "customer@switchboard.test", "Content": "Please recycle."}),
+        )
+        .await?;
+    let room = sb.wait_room_in("rt", &id.to_string()).await?;
+    for user in [&alice, &carl] {
+        wait_for("the invite", || async {
+            (bot.membership(&room, &user.user_id)
+                .await
+                .ok()
+                .flatten()?
+                .as_str()
+                == "invite")
+                .then_some(())
+        })
+        .await?;
+        user.join(&room).await?;
+        wait_in_room(user, &room, true).await?;
+    }
+    let events_default = |want: i64| {
+        let bot = &bot;
+        let room = &room;
+        async move {
+            wait_for(&format!("events_default {want}"), || async {
+                let p = bot
+                    .state(room, "m.room.power_levels")
+                    .await
+                    .ok()
+                    .flatten()?;
+                (p["events_default"] == want).then_some(())
+            })
+            .await
+        }
+    };
+    rt.set(id, json!({"Status": "resolved"})).await?;
+    wait_text(&bot, &room, "it is closed").await?;
+    events_default(100).await.with_context(|| sb.log())?;
+    wait_text(&bot, &room, "only the room's admins can write here now").await?;
+    for user in [&alice, &carl] {
+        wait_for("everyone removed", || async {
+            (bot.membership(&room, &user.user_id)
+                .await
+                .ok()
+                .flatten()?
+                .as_str()
+                == "leave")
+                .then_some(())
+        })
+        .await
+        .with_context(|| sb.log())?;
+    }
+    rt.set(id, json!({"Status": "open"})).await?;
+    wait_text(&bot, &room, "opened the ticket again").await?;
+    events_default(0).await.with_context(|| sb.log())?;
+    for user in [&alice, &carl] {
+        wait_for("invited back", || async {
+            (bot.membership(&room, &user.user_id)
+                .await
+                .ok()
+                .flatten()?
+                .as_str()
+                == "invite")
+                .then_some(())
+        })
+        .await
+        .with_context(|| sb.log())?;
+    }
+    Ok(())
+}

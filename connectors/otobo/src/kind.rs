@@ -61,6 +61,8 @@ impl Kind for Otobo {
             "otobo_transcript",
             "otobo_write",
             "otobo_mode",
+            "otobo_age",
+            "otobo_invite",
         ]
     }
 

@@ -51,7 +51,7 @@ impl Source {
                 source: id.to_string(),
                 link: cfg.link.clone(),
             },
-            rooms: TicketRooms::new("otobo", "otobo", id, host.clone(), bot),
+            rooms: TicketRooms::new("otobo", "otobo", TABLE, id, host.clone(), bot),
             cfg,
             host,
         }
@@ -161,6 +161,10 @@ impl Connector for Source {
 
     fn listener(&self) -> Option<&dyn Listener> {
         Some(&self.rooms)
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.rooms.age_loop(&self.cfg.room).await;
     }
 }
 

@@ -61,6 +61,8 @@ impl Kind for RequestTracker {
             "rt_transcript",
             "rt_write",
             "rt_mode",
+            "rt_age",
+            "rt_invite",
         ]
     }
 

@@ -53,7 +53,7 @@ impl Source {
                 cfg.people.field.clone(),
             ),
             cfg,
-            rooms: TicketRooms::new("request_tracker", "rt", id, host.clone(), bot),
+            rooms: TicketRooms::new("request_tracker", "rt", TABLE, id, host.clone(), bot),
             host,
             user,
         }
@@ -244,17 +244,20 @@ impl Connector for Source {
 
     async fn run(self: Arc<Self>) {
         let every = Duration::from_secs_f64(self.cfg.catch_up_minutes * 60.0);
-        loop {
-            match self.catch_up().await {
-                Ok(0) => {}
-                Ok(n) => info!(source = %self.id, tickets = n, "RT: changed tickets read"),
-                Err(e) => warn!(source = %self.id, error = %e.into_message(), "RT catch-up"),
+        let catch_up = async {
+            loop {
+                match self.catch_up().await {
+                    Ok(0) => {}
+                    Ok(n) => info!(source = %self.id, tickets = n, "RT: changed tickets read"),
+                    Err(e) => warn!(source = %self.id, error = %e.into_message(), "RT catch-up"),
+                }
+                if every.is_zero() {
+                    return;
+                }
+                tokio::time::sleep(every.max(Duration::from_secs(1))).await;
             }
-            if every.is_zero() {
-                return;
-            }
-            tokio::time::sleep(every.max(Duration::from_secs(1))).await;
-        }
+        };
+        tokio::join!(catch_up, self.rooms.age_loop(&self.cfg.room));
     }
 }
 

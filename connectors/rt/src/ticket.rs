@@ -454,4 +454,54 @@ mod tests {
             "{actions:?}"
         );
     }
+
+    #[test]
+    fn a_room_emptied_after_the_close_is_writable_and_invites_again_on_reopen() {
+        let config = config();
+        let people = people(&config);
+        let mut closed = plan(
+            &config,
+            &ticket(),
+            &[],
+            &people,
+            "switchboard",
+            &Seen::default(),
+        )
+        .1;
+        closed.status = "resolved".into();
+        closed.closed = true;
+        closed.aged = 2;
+        let mut reopened = entry(30, "Status", "alice", None);
+        reopened.transaction.old = "resolved".into();
+        reopened.transaction.new = "open".into();
+        let mut open = ticket();
+        open.status = "open".into();
+        let (actions, seen) = plan(&config, &open, &[reopened], &people, "switchboard", &closed);
+        assert_eq!(
+            kinds(&actions),
+            [
+                "open_room",
+                "rt_age",
+                "rt_invite",
+                "rt_invite",
+                "rt_invite",
+                "post"
+            ]
+        );
+        assert_eq!(actions[1].action["stage"], 0);
+        assert_eq!((seen.closed, seen.aged), (false, 0));
+        // Closed again: noted, so that it ages again.
+        let mut resolved = entry(31, "Status", "alice", None);
+        resolved.transaction.old = "open".into();
+        resolved.transaction.new = "resolved".into();
+        let (_, seen) = plan(
+            &config,
+            &ticket(),
+            &[resolved],
+            &people,
+            "switchboard",
+            &seen,
+        );
+        assert!(seen.closed);
+    }
 }

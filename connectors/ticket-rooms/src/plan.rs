@@ -23,6 +23,11 @@ pub struct Seen {
     pub owner: String,
     /// The ticket's people (by name) invited or named in the room.
     pub people: BTreeSet<String>,
+    /// Whether the room is closed (its ticket closed or merged).
+    pub closed: bool,
+    /// What was done to the closed room since (`Age`): 0 nothing, 1 made read-only, 2
+    /// emptied.
+    pub aged: u8,
 }
 
 /// A ticket as its room needs it.
@@ -118,12 +123,18 @@ pub enum Step {
     },
     /// Write the room's conversation into the ticket (it was closed).
     Transcript,
+    /// Some time after the close: make the room read-only for all but its admins (1) or
+    /// remove everyone but the bot (2); a reopened room is writable again (0).
+    Age(u8),
+    /// Invite someone into the room again (they were removed when it was emptied).
+    Invite(String),
 }
 
 impl Step {
     /// The step as an action in the ticket's lane: the service's own, or the source's
-    /// `<prefix>_owner` (`promote`, `demote`, `former_power`) or `<prefix>_transcript`
-    /// (`ticket`), the shapes the source's own action kinds read.
+    /// `<prefix>_owner` (`promote`, `demote`, `former_power`), `<prefix>_transcript`
+    /// (`ticket`), `<prefix>_age` (`ticket`, `stage`) or `<prefix>_invite` (`ticket`,
+    /// `user`), the shapes the source's own action kinds read.
     pub fn queued(self, prefix: &str, ticket: u64) -> Option<Queued> {
         let lane = ticket.to_string();
         let own = match self {
@@ -136,6 +147,12 @@ impl Step {
                         "demote": demote, "former_power": former_power}),
             Step::Transcript => {
                 json!({"type": format!("{prefix}_transcript"), "ticket": ticket})
+            }
+            Step::Age(stage) => {
+                json!({"type": format!("{prefix}_age"), "ticket": ticket, "stage": stage})
+            }
+            Step::Invite(user) => {
+                json!({"type": format!("{prefix}_invite"), "ticket": ticket, "user": user})
             }
         };
         Queued::own(lane, &own).ok()
@@ -221,6 +238,8 @@ pub fn plan(
 ) -> (Vec<Step>, Seen) {
     let mut out = Vec::new();
     let mut now = seen.clone();
+    // The room was emptied and is open again: its people are invited again.
+    let mut again = false;
     let cx = &ticket.context;
     let member = |name: &str| people.get(name);
     let display = |name: &str| member(name).map_or(name.to_string(), Member::display);
@@ -274,6 +293,7 @@ pub fn plan(
                 now.status = new.clone();
                 let by = display(by);
                 if policy.closes(new) && !policy.closes(old) {
+                    now.closed = true;
                     out.push(Step::Core(Action::Close {
                         notice: Some(format!(
                             "{by} set the ticket to {new}: it is closed. This room stays for \
@@ -285,10 +305,20 @@ pub fn plan(
                         out.push(Step::Transcript);
                     }
                 } else if policy.closes(old) && !policy.closes(new) {
+                    now.closed = false;
                     out.push(Step::Core(Action::OpenRoom(spec(
                         Some(format!("{by} opened the ticket again ({new}).")),
                         new,
                     ))));
+                    if now.aged >= 1 {
+                        out.push(Step::Age(0));
+                    }
+                    if now.aged >= 2 {
+                        // Everyone was removed: invited again below.
+                        now.people.clear();
+                        again = true;
+                    }
+                    now.aged = 0;
                 } else {
                     out.push(post(
                         format!("{by} changed the status from {old} to {new}."),
@@ -313,6 +343,7 @@ pub fn plan(
             )),
             Change::Merged { into, room } => {
                 now.status = MERGED.into();
+                now.closed = true;
                 let system = cx["system"].as_str().unwrap_or("the ticket system");
                 let there = match room {
                     Some(room) => format!(" in its room, https://matrix.to/#/{room}"),
@@ -346,7 +377,10 @@ pub fn plan(
                 matrix: Some(id), ..
             }) => {
                 if invited.insert(id.clone()) {
-                    out.push(Step::Core(Action::Participant { user: id.clone() }));
+                    out.push(match again {
+                        true => Step::Invite(id.clone()),
+                        false => Step::Core(Action::Participant { user: id.clone() }),
+                    });
                 }
             }
             Some(m) => unmapped.push(m.named()),

@@ -101,10 +101,13 @@ pub trait TicketSystem: Send + Sync {
 
 /// The rooms of one source's tickets: which rooms it claims, what it hears there, and
 /// the actions it runs in them. Its actions are `<actions>_ticket` (read the ticket),
-/// `<actions>_write`, `<actions>_mode` (a `!ticket` command), `<actions>_owner` and
-/// `<actions>_transcript`; its settings are named `<kind>.<source id>.*`.
+/// `<actions>_write`, `<actions>_mode` (a `!ticket` command), `<actions>_owner`,
+/// `<actions>_transcript`, `<actions>_age` (a closed room made read-only or emptied) and
+/// `<actions>_invite` (someone invited back into a room emptied and opened again);
+/// its settings are named `<kind>.<source id>.*`; its table of rooms is `table`.
 pub struct TicketRooms {
     pub source: String,
+    table: &'static str,
     pub host: Arc<dyn Host>,
     /// Finds people's Matrix IDs by the means that ask someone.
     pub lookup: crate::Lookup,
@@ -117,12 +120,14 @@ impl TicketRooms {
     pub fn new(
         kind: &str,
         actions: &str,
+        table: &'static str,
         source: &str,
         host: Arc<dyn Host>,
         bot: &str,
     ) -> TicketRooms {
         TicketRooms {
             source: source.to_string(),
+            table,
             lookup: crate::Lookup::new(host.http().clone()),
             host,
             actions: actions.to_string(),
@@ -146,6 +151,9 @@ impl TicketRooms {
                                  "sender": chat.sender, "name": chat.name, "body": chat.body}),
             None if command.is_object() => json!({"type": format!("{p}_mode"), "ticket": ticket,
                 "sender": command["sender"], "name": command["name"], "args": command["args"]}),
+            None if ev.payload["age"].is_u64() => {
+                json!({"type": format!("{p}_age"), "ticket": ticket, "stage": ev.payload["age"]})
+            }
             None if ev.payload["via"] == "link" => {
                 json!({"type": format!("{p}_ticket"), "ticket": ticket, "asked": true})
             }
@@ -189,6 +197,19 @@ impl TicketRooms {
                 })
                 .await
             }
+            Some("_invite") if ticket > 0 => {
+                let Some(user) = text("user") else {
+                    return Err(Failure::Permanent(format!("{kind} without user")));
+                };
+                match self.room(cx).await? {
+                    Some(room) => cx.matrix.invite(None, &room, &user).await,
+                    None => Ok("skipped: the ticket has no room".into()),
+                }
+            }
+            Some("_age") if ticket > 0 => {
+                let stage = action["stage"].as_u64().unwrap_or(0);
+                self.age(cx, u8::try_from(stage).unwrap_or(2)).await
+            }
             Some("_owner") => {
                 let power = action["former_power"].as_i64().unwrap_or(0);
                 let (promote, demote) = (text("promote"), text("demote"));
@@ -199,6 +220,125 @@ impl TicketRooms {
                 "stored action does not parse: {action}"
             ))),
         }
+    }
+
+    /// Looks at the source's closed rooms: each whose time has come is made read-only or
+    /// emptied (`room`'s delays), through an event in its ticket's lane. The number of
+    /// rooms told.
+    pub async fn age_rooms(&self, room: &crate::RoomConfig) -> Result<usize, DbError> {
+        let now = switchboard_connector::now_ms();
+        let mut told = 0;
+        for (ticket, closed_at, aged) in
+            crate::table::closed(&*self.host, self.table, &self.source).await?
+        {
+            let stage = room.stage(closed_at, now);
+            if stage <= aged {
+                continue;
+            }
+            let mut event = TicketEvent::new(ticket.clone(), EventKind::Updated);
+            event.payload = json!({ "age": stage });
+            let key = format!("age:{ticket}:{closed_at}:{stage}");
+            self.host.deliver(&self.source, &key, &[event]).await?;
+            told += 1;
+        }
+        Ok(told)
+    }
+
+    /// Every while (`room.age_every`), the closed rooms whose time has come are made
+    /// read-only or emptied. Returns at once when the source does neither.
+    pub async fn age_loop(&self, room: &crate::RoomConfig) {
+        let Some(every) = room.age_every() else {
+            return;
+        };
+        loop {
+            match self.age_rooms(room).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(source = %self.source, rooms = n, "closed rooms aged"),
+                Err(error) => {
+                    tracing::warn!(source = %self.source, %error, "cannot age closed rooms")
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// A closed room's next stage: read-only for all but its admins (1), everyone but the
+    /// bot removed (2); or a reopened room writable again (0). Each with a notice; nothing
+    /// when the room's ticket was opened or closed again meanwhile.
+    async fn age(&self, cx: &ActionContext<'_>, stage: u8) -> Result<String, Failure> {
+        let lane = &cx.row.lane;
+        let seen = crate::table::seen(&*self.host, self.table, &self.source, lane).await?;
+        if (stage > 0 && (!seen.closed || seen.aged >= stage)) || (stage == 0 && seen.closed) {
+            return Ok("skipped: the room's ticket changed meanwhile".into());
+        }
+        let Some(room) = self.room(cx).await? else {
+            return Ok("skipped: the ticket has no room".into());
+        };
+        let notice = |body: &str| json!({"msgtype": "m.notice", "body": body});
+        let room = room.as_str();
+        let write_power = |power: i64| async move {
+            let mut levels = cx
+                .matrix
+                .state(room, "m.room.power_levels", "")
+                .await?
+                .unwrap_or_else(|| json!({}));
+            levels["events_default"] = json!(power);
+            cx.matrix
+                .set_state(None, room, "m.room.power_levels", "", levels)
+                .await
+        };
+        let result = match stage {
+            0 => {
+                write_power(0).await?;
+                "writable again"
+            }
+            1 => {
+                let body = "The ticket was closed a while ago: only the room's admins can \
+                            write here now.";
+                let txn = cx.row.txn_id("age");
+                cx.matrix
+                    .send(None, room, "m.room.message", notice(body), &txn)
+                    .await?;
+                write_power(100).await?;
+                "made read-only"
+            }
+            _ => {
+                let body = "The ticket was closed a while ago: everyone leaves this room now. \
+                            If the ticket is opened again, its people are invited back.";
+                let txn = cx.row.txn_id("age");
+                cx.matrix
+                    .send(None, room, "m.room.message", notice(body), &txn)
+                    .await?;
+                // Nobody keeps power they could stop the bot with (rooms before version 12
+                // give the bot 100, as the owner has).
+                let bot = cx.matrix.bot().to_string();
+                let mut levels = cx
+                    .matrix
+                    .state(room, "m.room.power_levels", "")
+                    .await?
+                    .unwrap_or_else(|| json!({}));
+                let bot_power = levels["users"][&bot].clone();
+                levels["users"] = match bot_power {
+                    Value::Null => json!({}),
+                    power => json!({ &bot: power }),
+                };
+                cx.matrix
+                    .set_state(None, room, "m.room.power_levels", "", levels)
+                    .await?;
+                for member in cx.matrix.members(room).await? {
+                    if member != bot {
+                        cx.matrix
+                            .kick(None, room, &member, "The ticket is closed.")
+                            .await?;
+                    }
+                }
+                "emptied"
+            }
+        };
+        if stage > 0 {
+            crate::table::aged(&*self.host, self.table, &self.source, lane, stage).await?;
+        }
+        Ok(result.into())
     }
 
     /// Where a room's choice between replies and comments is kept.

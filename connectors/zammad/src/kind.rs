@@ -62,6 +62,8 @@ impl Kind for Zammad {
             "zammad_transcript",
             "zammad_write",
             "zammad_mode",
+            "zammad_age",
+            "zammad_invite",
         ]
     }
 

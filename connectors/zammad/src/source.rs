@@ -47,7 +47,7 @@ impl Source {
                 host.http().clone(),
                 cfg.people.field.clone(),
             ),
-            rooms: TicketRooms::new("zammad", "zammad", id, host.clone(), bot),
+            rooms: TicketRooms::new("zammad", "zammad", TABLE, id, host.clone(), bot),
             cfg,
             host,
         }
@@ -232,6 +232,10 @@ impl Connector for Source {
 
     fn listener(&self) -> Option<&dyn Listener> {
         Some(&self.rooms)
+    }
+
+    async fn run(self: Arc<Self>) {
+        self.rooms.age_loop(&self.cfg.room).await;
     }
 }
 
