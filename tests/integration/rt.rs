@@ -688,3 +688,93 @@ async fn rt_closed_rooms_turn_read_only_then_empty() -> Result<()> {
     }
     Ok(())
 }
+
+/// The default: an encrypted room. Its owner's E2EE client reads RT's messages there (the
+/// server sees only ciphertext), and what she writes, encrypted, reaches the ticket.
+#[tokio::test]
+async fn rt_encrypted_rooms_both_ways() -> Result<()> {
+    use matrix_sdk::config::SyncSettings;
+    use matrix_sdk::room::MessagesOptions;
+    use matrix_sdk::ruma::events::room::message::RoomMessageEventContent;
+    use std::time::Duration;
+
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    // Alice's client exists (and has published its keys) before the ticket is opened.
+    let store = std::env::temp_dir().join(format!("switchboard-alice-{}", harness::suffix()));
+    let client = matrix_sdk::Client::builder()
+        .homeserver_url(&hs.base_url)
+        .sqlite_store(&store, None)
+        .build()
+        .await?;
+    client
+        .matrix_auth()
+        .login_username(&alice.user_id, &alice.password)
+        .send()
+        .await?;
+    client.sync_once(SyncSettings::default()).await?;
+
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let config = rt_source(&queue, &secret, &[("agent", &alice)])
+        .replace("encrypted = false\n", "encrypted = true\n");
+    let sb = harness::Switchboard::start(harness::Setup {
+        synapse: hs,
+        bot: &bot,
+        db: Db::Sqlite,
+        extra: config,
+        encryption: true,
+        login: None,
+    })
+    .await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    let id = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Secret", "Owner": "agent",
+                       "Content": "The vault code is 1234."}),
+        )
+        .await?;
+    let room_id = sb.wait_room_in("rt", &id.to_string()).await?;
+    let enc = bot.state(&room_id, "m.room.encryption").await?;
+    assert_eq!(
+        enc.map(|e| e["algorithm"].clone()),
+        Some(json!("m.megolm.v1.aes-sha2"))
+    );
+
+    let room_id = matrix_sdk::ruma::RoomId::parse(&room_id)?;
+    let room = client.join_room_by_id(&room_id).await?;
+    let body = wait_for("the decrypted message", || async {
+        client
+            .sync_once(SyncSettings::default().timeout(Duration::from_millis(200)))
+            .await
+            .ok()?;
+        let msgs = room.messages(MessagesOptions::backward()).await.ok()?;
+        msgs.chunk.iter().find_map(|e| {
+            let v: serde_json::Value = e.raw().deserialize_as().ok()?;
+            let body = v["content"]["body"].as_str()?;
+            (v["type"] == "m.room.message" && body.contains("vault")).then(|| body.to_string())
+        })
+    })
+    .await?;
+    assert!(body.ends_with("The vault code is 1234."), "{body}");
+    room.send(RoomMessageEventContent::text_plain("Changed it to 5678."))
+        .await?;
+    wait_for("the comment in RT", || async {
+        let m = rt.messages(id).await.ok()?;
+        m.into_iter().find(|(kind, creator, text)| {
+            kind == "Comment" && creator == "switchboard" && text.contains("Changed it to 5678.")
+        })
+    })
+    .await
+    .with_context(|| sb.log())?;
+    let timeline = bot.timeline(room_id.as_str()).await?;
+    let plain: Vec<&serde_json::Value> = timeline
+        .iter()
+        .filter(|e| e.to_string().contains("1234") || e.to_string().contains("5678"))
+        .collect();
+    assert!(plain.is_empty(), "plaintext on the server: {plain:?}");
+    let _ = std::fs::remove_dir_all(&store);
+    Ok(())
+}

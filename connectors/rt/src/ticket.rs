@@ -285,10 +285,10 @@ mod tests {
             kinds(&actions),
             [
                 "open_room",
+                "participant",
+                "participant",
+                "participant",
                 "post",
-                "participant",
-                "participant",
-                "participant",
                 "post"
             ]
         );
@@ -300,10 +300,10 @@ mod tests {
             "VPN down · Support · https://rt.example.org/Ticket/Display.html?id=7"
         );
         assert_eq!(
-            actions[1].action["body"],
+            actions[4].action["body"],
             "Carl Customer opened the ticket:\nIt is down."
         );
-        let invited: Vec<&str> = actions[2..5]
+        let invited: Vec<&str> = actions[1..4]
             .iter()
             .map(|q| q.action["user"].as_str().unwrap_or_default())
             .collect();
@@ -480,15 +480,15 @@ mod tests {
         assert_eq!(
             kinds(&actions),
             [
+                "rt_invite",
+                "rt_invite",
+                "rt_invite",
                 "open_room",
                 "rt_age",
-                "rt_invite",
-                "rt_invite",
-                "rt_invite",
                 "post"
             ]
         );
-        assert_eq!(actions[1].action["stage"], 0);
+        assert_eq!(actions[4].action["stage"], 0);
         assert_eq!((seen.closed, seen.aged), (false, 0));
         // Closed again: noted, so that it ages again.
         let mut resolved = entry(31, "Status", "alice", None);

@@ -263,6 +263,9 @@ pub fn plan(
         now.status = ticket.status.clone();
         now.owner = ticket.owner.clone();
     }
+    // New people are invited before what is posted, so that in an encrypted room they get
+    // the keys of what they are to read.
+    let invites_at = out.len();
     for change in changes {
         match change {
             Change::Said {
@@ -367,6 +370,7 @@ pub fn plan(
     // People the room has not had yet: invited, or named when nothing maps them.
     let mut unmapped = Vec::new();
     let mut invited = BTreeSet::new();
+    let mut invites = Vec::new();
     for (name, invite) in &ticket.people {
         if now.people.contains(name) || !invite {
             continue;
@@ -377,7 +381,7 @@ pub fn plan(
                 matrix: Some(id), ..
             }) => {
                 if invited.insert(id.clone()) {
-                    out.push(match again {
+                    invites.push(match again {
                         true => Step::Invite(id.clone()),
                         false => Step::Core(Action::Participant { user: id.clone() }),
                     });
@@ -387,6 +391,7 @@ pub fn plan(
             None => unmapped.push(name.clone()),
         }
     }
+    out.splice(invites_at..invites_at, invites);
     if !unmapped.is_empty() {
         out.push(post(
             format!("Not in Matrix: {}", unmapped.join(", ")),

@@ -160,7 +160,7 @@ mod tests {
         let (actions, seen) = plan(&config, &first, &people, &Seen::default());
         assert_eq!(
             kinds(&actions),
-            ["open_room", "post", "participant", "participant"]
+            ["open_room", "participant", "participant", "post"]
         );
         assert_eq!(actions[0].action["name"], "Zammad #10081: Webhook-Test");
         assert_eq!(
@@ -169,10 +169,10 @@ mod tests {
         );
         assert_eq!(actions[0].action["admins"], json!(["@emma:example.org"]));
         assert_eq!(
-            actions[1].action["body"],
+            actions[3].action["body"],
             "Emily Adams opened the ticket:\nPrinter on fire"
         );
-        assert_eq!(actions[3].action["user"], "@emily:example.org");
+        assert_eq!(actions[2].action["user"], "@emily:example.org");
         assert_eq!((seen.last, seen.status.as_str()), (104, "new"));
 
         // An internal note, a new owner and the ticket closed, in one read.
@@ -185,24 +185,24 @@ mod tests {
         assert_eq!(
             kinds(&actions),
             [
+                "participant",
                 "post",
                 "close",
                 "zammad_transcript",
                 "post",
-                "participant",
                 "zammad_owner"
             ]
         );
         assert_eq!(
-            actions[0].action["body"],
+            actions[1].action["body"],
             "Emma Taylor commented (internal):\nToner ordered"
         );
         assert_eq!(
-            actions[1].action["rename"],
+            actions[2].action["rename"],
             "[closed] Zammad #10081: Webhook-Test"
         );
         assert_eq!(
-            actions[3].action["body"],
+            actions[4].action["body"],
             "Christopher Miller made Christopher Miller the ticket's owner."
         );
         assert_eq!(
