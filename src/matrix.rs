@@ -544,23 +544,11 @@ impl MatrixSink {
             "filename": crate::fit::FULL_TEXT_FILE,
             "info": { "mimetype": "text/plain; charset=utf-8", "size": size },
         });
-        if room.encryption_state().is_encrypted() {
-            let mut reader = std::io::Cursor::new(data);
-            let encrypted = self
-                .client
-                .upload_encrypted_file(&mut reader)
-                .await
-                .map_err(|e| sdk_failure(&e))?;
-            file["file"] = serde_json::to_value(&encrypted)
-                .map_err(|e| Failure::Permanent(format!("file does not serialize: {e}")))?;
-        } else {
-            let uploaded = self
-                .client
-                .media()
-                .upload(&mime::TEXT_PLAIN_UTF_8, data, None)
-                .await
-                .map_err(|e| sdk_failure(&e))?;
-            file["url"] = json!(uploaded.content_uri);
+        let at = self
+            .upload_into(room, data, &mime::TEXT_PLAIN_UTF_8)
+            .await?;
+        if let (Some(file), Some(at)) = (file.as_object_mut(), at.as_object()) {
+            file.extend(at.clone());
         }
         if let Some(thread) = thread {
             file["m.relates_to"] = thread;
@@ -569,6 +557,35 @@ impl MatrixSink {
         self.send_json(room, "m.room.message", file, &file_txn)
             .await?;
         Ok(event)
+    }
+
+    /// Uploads a file for `room`: the content keys that point to it (`url`, or `file`
+    /// with its key when the room is encrypted).
+    pub(crate) async fn upload_into(
+        &self,
+        room: &Room,
+        data: Vec<u8>,
+        content_type: &mime::Mime,
+    ) -> Result<serde_json::Value, Failure> {
+        if room.encryption_state().is_encrypted() {
+            let mut reader = std::io::Cursor::new(data);
+            let encrypted = self
+                .client
+                .upload_encrypted_file(&mut reader)
+                .await
+                .map_err(|e| sdk_failure(&e))?;
+            let file = serde_json::to_value(&encrypted)
+                .map_err(|e| Failure::Permanent(format!("file does not serialize: {e}")))?;
+            Ok(json!({ "file": file }))
+        } else {
+            let uploaded = self
+                .client
+                .media()
+                .upload(content_type, data, None)
+                .await
+                .map_err(|e| sdk_failure(&e))?;
+            Ok(json!({ "url": uploaded.content_uri }))
+        }
     }
 
     /// The room, with the sync started first if the room is encrypted.

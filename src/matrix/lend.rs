@@ -210,4 +210,41 @@ impl Matrix for MatrixSink {
             ))),
         }
     }
+
+    async fn upload(
+        &self,
+        room: &str,
+        data: Vec<u8>,
+        content_type: &str,
+    ) -> Result<serde_json::Value, Failure> {
+        let room = self.encryption_aware(room).await?;
+        let mime: mime::Mime = content_type
+            .parse()
+            .unwrap_or(mime::APPLICATION_OCTET_STREAM);
+        self.upload_into(&room, data, &mime).await
+    }
+
+    async fn download(&self, content: &serde_json::Value) -> Result<Vec<u8>, Failure> {
+        use matrix_sdk::media::{MediaFormat, MediaRequestParameters};
+        use matrix_sdk::ruma::events::room::MediaSource;
+        let source = if content["file"].is_object() {
+            let file = serde_json::from_value(content["file"].clone())
+                .map_err(|e| Failure::Permanent(format!("an encrypted file's keys: {e}")))?;
+            MediaSource::Encrypted(Box::new(file))
+        } else {
+            let url = content["url"]
+                .as_str()
+                .ok_or_else(|| Failure::Permanent("the file has neither url nor file".into()))?;
+            MediaSource::Plain(url.into())
+        };
+        let request = MediaRequestParameters {
+            source,
+            format: MediaFormat::File,
+        };
+        self.client
+            .media()
+            .get_media_content(&request, false)
+            .await
+            .map_err(|e| sdk_failure(&e))
+    }
 }

@@ -375,6 +375,26 @@ impl User {
     }
 
     /// The content of a media file (`mxc://server/id`), downloaded as this user.
+    /// Uploads a file to the media repository; its mxc URI.
+    pub async fn upload(&self, data: Vec<u8>, content_type: &str) -> Result<String> {
+        let r = self
+            .http
+            .post(format!("{}/_matrix/media/v3/upload", self.base_url))
+            .bearer_auth(&self.token)
+            .header("Content-Type", content_type)
+            .body(data)
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("upload: {}", r.status());
+        }
+        let v: Value = r.json().await?;
+        Ok(v["content_uri"]
+            .as_str()
+            .context("content_uri")?
+            .to_string())
+    }
+
     pub async fn download(&self, mxc: &str) -> Result<Vec<u8>> {
         let path = mxc.strip_prefix("mxc://").context("an mxc URI")?;
         let r = self

@@ -778,3 +778,111 @@ async fn rt_encrypted_rooms_both_ways() -> Result<()> {
     let _ = std::fs::remove_dir_all(&store);
     Ok(())
 }
+
+/// Files both ways: a file attached in RT is posted into the room as a file; a file sent in
+/// the room is attached to the comment it becomes.
+#[tokio::test]
+async fn rt_files_both_ways() -> Result<()> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let hs = synapse();
+    let rt = harness::rt();
+    let bot = hs.user("bot").await?;
+    let carl = hs.user("carl").await?;
+    let queue = format!("q{}", harness::suffix());
+    let secret = format!("rt-secret-{}", harness::suffix());
+    let people = [("customer@switchboard.test", &carl)];
+    let sb = start(Db::Sqlite, &bot, &rt_source(&queue, &secret, &people)).await?;
+    rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
+    let id = rt
+        .create(
+            json!({"Queue": queue, "Subject": "Scanner", "Requestor": "customer@switchboard.test",
+            "Content": "The error log is attached.", "ContentType": "text/plain",
+            "Attachments": [{"FileName": "error.log", "FileType": "text/plain",
+                             "FileContent": b64.encode("E042 paper jam\n")}]}),
+        )
+        .await?;
+    let room = sb.wait_room_in("rt", &id.to_string()).await?;
+    let said = wait_text(&bot, &room, "📎 error.log (15 bytes, below)").await?;
+    assert!(
+        said.iter()
+            .any(|m| m.contains("The error log is attached.")),
+        "{said:?}"
+    );
+    let file = wait_for("the file in the room", || async {
+        let t = bot.timeline(&room).await.ok()?;
+        t.into_iter()
+            .find(|e| e["content"]["msgtype"] == "m.file" && e["content"]["body"] == "error.log")
+    })
+    .await
+    .with_context(|| sb.log())?;
+    assert_eq!(file["content"]["info"]["mimetype"], "text/plain");
+    let url = file["content"]["url"].as_str().context("url")?;
+    assert_eq!(bot.download(url).await?, b"E042 paper jam\n");
+
+    // Room -> RT: Carl's file, attached to the comment.
+    carl.join(&room).await?;
+    wait_in_room(&carl, &room, true).await?;
+    let mxc = carl
+        .upload(b"firmware 2.1\n".to_vec(), "text/plain")
+        .await?;
+    carl.send(
+        &room,
+        json!({"msgtype": "m.file", "body": "version.txt", "url": mxc,
+               "info": {"mimetype": "text/plain", "size": 13}}),
+    )
+    .await?;
+    let transaction = wait_for("the comment with the file", || async {
+        let history = rt
+            .call(
+                &rt.root_token,
+                reqwest::Method::GET,
+                &format!("/ticket/{id}/history?fields=Type,Creator"),
+                None,
+            )
+            .await
+            .ok()?;
+        history["items"].as_array()?.iter().find_map(|t| {
+            (t["Type"] == "Comment" && t["Creator"]["id"] == "switchboard").then(|| {
+                t["id"]
+                    .as_str()
+                    .map(String::from)
+                    .or(t["id"].as_u64().map(|i| i.to_string()))
+            })?
+        })
+    })
+    .await
+    .with_context(|| sb.log())?;
+    let parts = rt
+        .call(
+            &rt.root_token,
+            reqwest::Method::GET,
+            &format!("/transaction/{transaction}/attachments?fields=Filename"),
+            None,
+        )
+        .await?;
+    let attachment = parts["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["Filename"] == "version.txt")
+        .with_context(|| format!("version.txt in {parts}"))?;
+    let a = rt
+        .call(
+            &rt.root_token,
+            reqwest::Method::GET,
+            &format!(
+                "/attachment/{}",
+                attachment["id"].as_str().unwrap_or_default()
+            ),
+            None,
+        )
+        .await?;
+    let content: String = a["Content"]
+        .as_str()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(b64.decode(content)?, b"firmware 2.1\n");
+    Ok(())
+}

@@ -134,6 +134,22 @@ pub trait Matrix: Send + Sync {
         state_key: &str,
         content: Value,
     ) -> Result<String, Failure>;
+    /// Uploads a file for `room`: the content keys of an `m.file` event that point to it
+    /// (`url`, or `file` with its key when the room is encrypted).
+    async fn upload(
+        &self,
+        room: &str,
+        data: Vec<u8>,
+        content_type: &str,
+    ) -> Result<Value, Failure> {
+        let _ = (room, data, content_type);
+        Err(Failure::Permanent("no uploads here".into()))
+    }
+    /// The file an event's content points to (`url`, or `file`, decrypted).
+    async fn download(&self, content: &Value) -> Result<Vec<u8>, Failure> {
+        let _ = content;
+        Err(Failure::Permanent("no downloads here".into()))
+    }
     /// An OpenID token that proves the bot's identity to another server (an identity
     /// server): the homeserver's answer (`access_token`, `token_type`,
     /// `matrix_server_name`, `expires_in`).

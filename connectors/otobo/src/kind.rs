@@ -63,6 +63,7 @@ impl Kind for Otobo {
             "otobo_mode",
             "otobo_age",
             "otobo_invite",
+            "otobo_file",
         ]
     }
 

@@ -47,8 +47,7 @@ pub(crate) struct Transaction {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Message {
     pub text: String,
-    /// The files attached: name and size in bytes.
-    pub files: Vec<(String, u64)>,
+    pub files: Vec<switchboard_ticket_rooms::File>,
 }
 
 /// A REST2 time (`2026-12-03T13:15:33Z`) as TicketSQL compares times
@@ -242,8 +241,12 @@ impl Rt {
             let kind = text(&part["ContentType"]).to_ascii_lowercase();
             let name = text(&part["Filename"]);
             if !name.is_empty() {
-                let size = text(&part["ContentLength"]).parse().unwrap_or(0);
-                message.files.push((name, size));
+                message.files.push(switchboard_ticket_rooms::File {
+                    name,
+                    size: text(&part["ContentLength"]).parse().unwrap_or(0),
+                    content_type: kind,
+                    id: text(&part["id"]).parse().ok(),
+                });
             } else if kind == "text/plain" && message.text.is_empty() {
                 message.text = text(&part["Content"]);
             } else if kind == "text/html" && html.is_none() {
@@ -256,6 +259,19 @@ impl Rt {
             message.text = switchboard_ticket_rooms::text::html_to_text(&html);
         }
         Ok(message)
+    }
+
+    /// An attachment's content.
+    pub async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
+        use base64::Engine;
+        let a = self.get(&format!("/attachment/{id}")).await?;
+        let content: String = text(&a["Content"])
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(content)
+            .map_err(|e| Failure::Permanent(format!("RT's attachment {id} is not base64: {e}")))
     }
 
     /// An RT user by name (or numeric ID).
@@ -315,13 +331,28 @@ impl Rt {
         Ok(person.name)
     }
 
-    /// Writes a comment (`reply`: a reply to the requestors) on a ticket.
-    pub async fn write(&self, ticket: u64, reply: bool, content: &str) -> Result<(), Failure> {
+    /// Writes a comment (`reply`: a reply to the requestors) on a ticket, with a file.
+    pub async fn write(
+        &self,
+        ticket: u64,
+        reply: bool,
+        content: &str,
+        file: Option<&switchboard_ticket_rooms::room::Upload>,
+    ) -> Result<(), Failure> {
+        use base64::Engine;
         let what = if reply { "correspond" } else { "comment" };
+        let mut body = json!({"Content": content, "ContentType": "text/plain"});
+        if let Some(file) = file {
+            body["Attachments"] = json!([{
+                "FileName": file.name,
+                "FileType": file.content_type,
+                "FileContent": base64::engine::general_purpose::STANDARD.encode(&file.data),
+            }]);
+        }
         self.call(
             Method::POST,
             &format!("/ticket/{ticket}/{what}"),
-            Some(json!({"Content": content, "ContentType": "text/plain"})),
+            Some(body),
         )
         .await
         .map(drop)

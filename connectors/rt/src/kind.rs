@@ -63,6 +63,7 @@ impl Kind for RequestTracker {
             "rt_mode",
             "rt_age",
             "rt_invite",
+            "rt_file",
         ]
     }
 

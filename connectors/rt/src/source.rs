@@ -12,6 +12,7 @@ use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, EventKind, Failure, Host, Listener, Queued,
     TicketEvent, WebhookSource,
 };
+use switchboard_ticket_rooms::room::Upload;
 use switchboard_ticket_rooms::{Chat, MERGED, Seen, TicketRooms, TicketSystem, table};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
@@ -168,7 +169,8 @@ impl Source {
         chat: &Chat,
         reply: bool,
     ) -> Result<String, Failure> {
-        self.write_once(row, id, reply, &chat.text()).await?;
+        self.write_once(row, id, reply, &chat.text(), chat.file.as_ref())
+            .await?;
         Ok(if reply { "replied" } else { "commented" }.into())
     }
 
@@ -180,6 +182,7 @@ impl Source {
         id: u64,
         reply: bool,
         content: &str,
+        file: Option<&Upload>,
     ) -> Result<bool, Failure> {
         let user = self.user().await?.to_string();
         self.rooms
@@ -187,7 +190,7 @@ impl Source {
                 row.id,
                 async || self.rt.last_transaction(id).await,
                 async |before| self.rt.wrote(id, &user, before, content).await,
-                async || self.rt.write(id, reply, content).await,
+                async || self.rt.write(id, reply, content, file).await,
             )
             .await
     }
@@ -287,7 +290,11 @@ impl TicketSystem for Source {
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
-        self.write_once(row, ticket, false, text).await
+        self.write_once(row, ticket, false, text, None).await
+    }
+
+    async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
+        self.rt.attachment(id).await
     }
 }
 

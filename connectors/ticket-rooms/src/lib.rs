@@ -19,6 +19,8 @@ pub mod text;
 pub use config::{Comments, RoomConfig};
 pub use lookup::Lookup;
 pub use people::{Means, Member, PeopleConfig, Person};
-pub use plan::{Article, Change, MERGED, Said, Seen, Step, Ticket, changes_now, plan, plan_queued};
+pub use plan::{
+    Article, Change, File, MERGED, Said, Seen, Step, Ticket, changes_now, plan, plan_queued,
+};
 pub use room::{Chat, Command, TicketRooms, TicketSystem};
 pub use select::Select;

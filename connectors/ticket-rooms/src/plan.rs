@@ -47,6 +47,21 @@ pub struct Ticket {
     pub owner_invited: bool,
 }
 
+/// A file attached to a message of the ticket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct File {
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    pub content_type: String,
+    /// Its ID in the ticket system when the source can fetch it
+    /// (`TicketSystem::attachment`): it is then posted into the room.
+    pub id: Option<u64>,
+}
+
+/// The largest file posted into a room; larger ones are named only.
+pub const MAX_FILE: u64 = 50 * 1024 * 1024;
+
 /// How a message came into the ticket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Said {
@@ -65,8 +80,7 @@ pub enum Change {
         by: String,
         said: Said,
         text: String,
-        /// Files attached: name and size in bytes.
-        files: Vec<(String, u64)>,
+        files: Vec<File>,
     },
     Status {
         by: String,
@@ -128,13 +142,16 @@ pub enum Step {
     Age(u8),
     /// Invite someone into the room again (they were removed when it was emptied).
     Invite(String),
+    /// Post a file of the ticket into the room.
+    File(File),
 }
 
 impl Step {
     /// The step as an action in the ticket's lane: the service's own, or the source's
     /// `<prefix>_owner` (`promote`, `demote`, `former_power`), `<prefix>_transcript`
-    /// (`ticket`), `<prefix>_age` (`ticket`, `stage`) or `<prefix>_invite` (`ticket`,
-    /// `user`), the shapes the source's own action kinds read.
+    /// (`ticket`), `<prefix>_age` (`ticket`, `stage`), `<prefix>_invite` (`ticket`,
+    /// `user`) or `<prefix>_file` (`ticket`, `attachment`, `name`, `content_type`, `size`),
+    /// the shapes the source's own action kinds read.
     pub fn queued(self, prefix: &str, ticket: u64) -> Option<Queued> {
         let lane = ticket.to_string();
         let own = match self {
@@ -154,6 +171,9 @@ impl Step {
             Step::Invite(user) => {
                 json!({"type": format!("{prefix}_invite"), "ticket": ticket, "user": user})
             }
+            Step::File(file) => json!({"type": format!("{prefix}_file"), "ticket": ticket,
+                "attachment": file.id, "name": file.name, "content_type": file.content_type,
+                "size": file.size}),
         };
         Queued::own(lane, &own).ok()
     }
@@ -169,8 +189,7 @@ pub struct Article {
     /// Not for the customer.
     pub internal: bool,
     pub text: String,
-    /// Files attached: name and size in bytes.
-    pub files: Vec<(String, u64)>,
+    pub files: Vec<File>,
 }
 
 /// The changes of a ticket given as it is now: its new `articles` in order (the first of a
@@ -287,10 +306,19 @@ pub fn plan(
                     body.push_str(":\n");
                     body.push_str(text.trim_end());
                 }
-                for (file, size) in files {
-                    body.push_str(&format!("\n📎 {file} ({size} bytes, in the ticket)"));
+                let posted = |f: &File| f.id.is_some() && f.size <= MAX_FILE;
+                for file in files {
+                    let (name, size) = (&file.name, file.size);
+                    let place = if posted(file) {
+                        "below"
+                    } else {
+                        "in the ticket"
+                    };
+                    body.push_str(&format!("\n📎 {name} ({size} bytes, {place})"));
                 }
                 out.push(post(body, false));
+                let uploads = files.iter().filter(|f| posted(f));
+                out.extend(uploads.map(|f| Step::File(f.clone())));
             }
             Change::Status { by, old, new } => {
                 now.status = new.clone();

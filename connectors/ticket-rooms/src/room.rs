@@ -18,6 +18,16 @@ pub struct Chat {
     /// Their display name in the room (their Matrix ID when they have none).
     pub name: String,
     pub body: String,
+    /// The file they sent, when they sent one (fetched when the chat is written).
+    pub file: Option<Upload>,
+}
+
+/// A file sent in a room, to attach in the ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upload {
+    pub name: String,
+    pub content_type: String,
+    pub data: Vec<u8>,
 }
 
 impl Chat {
@@ -29,6 +39,7 @@ impl Chat {
             sender: sender.into(),
             name: chat["name"].as_str().unwrap_or(sender).into(),
             body: chat["body"].as_str()?.into(),
+            file: None,
         })
     }
 
@@ -36,6 +47,31 @@ impl Chat {
     pub fn text(&self) -> String {
         format!("{} ({}) in Matrix:\n{}", self.name, self.sender, self.body)
     }
+}
+
+/// The largest file of a room written into a ticket; a larger one is named only.
+const MAX_UPLOAD: u64 = 50 * 1024 * 1024;
+
+/// The file an `m.file` (`m.image`, ...) event's content points to, fetched (decrypted in
+/// an encrypted room); `None` when it is too large to attach (it is named only).
+async fn upload(cx: &ActionContext<'_>, content: &Value) -> Result<Option<Upload>, Failure> {
+    let size = content["info"]["size"].as_u64().unwrap_or(0);
+    if size > MAX_UPLOAD {
+        return Ok(None);
+    }
+    let data = cx.matrix.download(content).await?;
+    let content_type = content["info"]["mimetype"]
+        .as_str()
+        .unwrap_or("application/octet-stream");
+    Ok(Some(Upload {
+        name: content["filename"]
+            .as_str()
+            .or_else(|| content["body"].as_str())
+            .unwrap_or("file")
+            .to_string(),
+        content_type: content_type.to_string(),
+        data,
+    }))
 }
 
 /// A member's `!ticket ...` command in a ticket's room.
@@ -97,6 +133,13 @@ pub trait TicketSystem: Send + Sync {
     ) -> Result<String, Failure>;
     /// Writes the room's transcript into the ticket once; false: an earlier try had.
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure>;
+    /// The content of a file of the ticket (`File::id`), for posting it into the room.
+    async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
+        let _ = id;
+        Err(Failure::Permanent(
+            "this source does not fetch files".into(),
+        ))
+    }
 }
 
 /// The rooms of one source's tickets: which rooms it claims, what it hears there, and
@@ -148,7 +191,8 @@ impl TicketRooms {
         let command = &ev.payload["command"];
         let action = match Chat::of(ev) {
             Some(chat) => json!({"type": format!("{p}_write"), "ticket": ticket,
-                                 "sender": chat.sender, "name": chat.name, "body": chat.body}),
+                                 "sender": chat.sender, "name": chat.name, "body": chat.body,
+                                 "file": ev.payload["chat"]["file"]}),
             None if command.is_object() => json!({"type": format!("{p}_mode"), "ticket": ticket,
                 "sender": command["sender"], "name": command["name"], "args": command["args"]}),
             None if ev.payload["age"].is_u64() => {
@@ -179,9 +223,45 @@ impl TicketRooms {
                     return Err(Failure::Permanent(format!("{kind} without sender or body")));
                 };
                 let name = text("name").unwrap_or_else(|| sender.clone());
-                let chat = Chat { sender, name, body };
+                let file = match action["file"].is_object() {
+                    true => upload(cx, &action["file"]).await?,
+                    false => None,
+                };
+                let chat = Chat {
+                    sender,
+                    name,
+                    body,
+                    file,
+                };
                 let public = self.public(ticket, system).await?;
                 system.write(cx.row, ticket, &chat, public).await
+            }
+            Some("_file") if ticket > 0 => {
+                let Some(room) = self.room(cx).await? else {
+                    return Ok("skipped: the ticket has no room".into());
+                };
+                let (Some(id), Some(name)) = (action["attachment"].as_u64(), text("name")) else {
+                    return Err(Failure::Permanent(format!("{kind} without attachment")));
+                };
+                let content_type = text("content_type").unwrap_or_default();
+                let data = system.attachment(id).await?;
+                let size = data.len();
+                let msgtype = match content_type.split('/').next() {
+                    Some("image") => "m.image",
+                    Some("video") => "m.video",
+                    Some("audio") => "m.audio",
+                    _ => "m.file",
+                };
+                let at = cx.matrix.upload(&room, data, &content_type).await?;
+                let mut content = json!({"msgtype": msgtype, "body": name, "filename": name,
+                                         "info": {"mimetype": content_type, "size": size}});
+                if let (Some(content), Some(at)) = (content.as_object_mut(), at.as_object()) {
+                    content.extend(at.clone());
+                }
+                let txn = cx.row.txn_id("file");
+                cx.matrix
+                    .send(None, &room, "m.room.message", content, &txn)
+                    .await
             }
             Some("_mode") if ticket > 0 => {
                 let command = Command {
@@ -646,14 +726,19 @@ impl Listener for TicketRooms {
                 self.host.deliver(&self.source, event_id, &[event]).await?;
                 continue;
             }
-            let body = match content["msgtype"].as_str() {
-                Some("m.file" | "m.image" | "m.video" | "m.audio") => {
-                    format!("(sent a file in the room: {body})")
-                }
-                _ => body.to_string(),
+            let file = matches!(
+                content["msgtype"].as_str(),
+                Some("m.file" | "m.image" | "m.video" | "m.audio")
+            );
+            let body = match file {
+                true => format!("(sent a file in the room: {body})"),
+                false => body.to_string(),
             };
             event.payload = json!({"chat": {"event_id": event_id, "sender": sender,
                                             "name": name, "body": body}});
+            if file {
+                event.payload["chat"]["file"] = content.clone();
+            }
             self.host.deliver(&self.source, event_id, &[event]).await?;
         }
         Ok(true)

@@ -37,8 +37,7 @@ pub(crate) struct Article {
     pub created_by_id: u64,
     /// Plain text (HTML bodies are turned into text).
     pub text: String,
-    /// The files attached: name and size in bytes.
-    pub files: Vec<(String, u64)>,
+    pub files: Vec<switchboard_ticket_rooms::File>,
 }
 
 /// Zammad's REST API, with one token.
@@ -199,7 +198,12 @@ impl Api {
                         .map(Vec::as_slice)
                         .unwrap_or_default()
                         .iter()
-                        .map(|f| (text(&f["filename"]), number(&f["size"])))
+                        .map(|f| switchboard_ticket_rooms::File {
+                            name: text(&f["filename"]),
+                            size: number(&f["size"]),
+                            content_type: text(&f["preferences"]["Content-Type"]),
+                            id: None,
+                        })
                         .collect(),
                 }
             })

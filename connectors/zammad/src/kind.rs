@@ -64,6 +64,7 @@ impl Kind for Zammad {
             "zammad_mode",
             "zammad_age",
             "zammad_invite",
+            "zammad_file",
         ]
     }
 
