@@ -36,6 +36,8 @@ struct State {
     lose_answers: usize,
     /// The ticket's tags.
     tags: Vec<String>,
+    /// Attachments' contents by `<ticket>/<article>/<attachment>`.
+    files: HashMap<String, Vec<u8>>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -108,6 +110,16 @@ async fn zammad(state: Shared) -> Result<String> {
                         }
                         reply(StatusCode::OK, t)
                     }
+                    ("GET", p) if p.starts_with("ticket_attachment/") => {
+                        let key = p.trim_start_matches("ticket_attachment/");
+                        match s.files.get(key) {
+                            Some(data) => warp::http::Response::builder()
+                                .header("content-type", "application/octet-stream")
+                                .body(data.clone().into())
+                                .unwrap_or_default(),
+                            None => reply(StatusCode::NOT_FOUND, json!({"error": "Not Found"})),
+                        }
+                    }
                     ("GET", "tags") => {
                         let want = format!("object=Ticket&o_id={}", s.ticket["id"]);
                         if query != want {
@@ -146,10 +158,24 @@ async fn zammad(state: Shared) -> Result<String> {
                         };
                         let mut keys: Vec<&String> = note
                             .as_object()
-                            .map(|o| o.keys().collect())
+                            .map(|o| o.keys().filter(|k| *k != "attachments").collect())
                             .unwrap_or_default();
                         keys.sort();
-                        if keys != ["body", "content_type", "internal", "ticket_id", "type"]
+                        // Each attachment: a file name, its content in base64, its type.
+                        let attachments_ok = note["attachments"].as_array().is_none_or(|a| {
+                            a.iter().all(|f| {
+                                use base64::Engine;
+                                let data = f["data"].as_str().unwrap_or("!");
+                                f.as_object().map(|o| o.len()) == Some(3)
+                                    && f["filename"].is_string()
+                                    && f["mime-type"].is_string()
+                                    && base64::engine::general_purpose::STANDARD
+                                        .decode(data)
+                                        .is_ok()
+                            })
+                        });
+                        if !attachments_ok
+                            || keys != ["body", "content_type", "internal", "ticket_id", "type"]
                             || note["ticket_id"] != s.ticket["id"]
                             || note["type"] != "note"
                             || note["content_type"] != "text/plain"
@@ -260,6 +286,9 @@ fn ticket_of(body: &Value) -> Shared {
             "updated_by_id": t["updated_by_id"], "group_id": t["group_id"],
         });
         s.articles.push(body["article"].clone());
+        // The article's image: as many bytes as its size says.
+        let image: Vec<u8> = (0..35574u32).map(|i| (i % 251) as u8).collect();
+        s.files.insert("81/104/174".into(), image);
         for who in [&t["owner"], &t["customer"], &t["created_by"]] {
             s.users.insert(who["id"].as_u64().unwrap_or(0), who.clone());
         }
@@ -304,9 +333,18 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
     assert!(
         opened.iter().any(|m| m
             .starts_with("Christopher Miller opened the ticket:\nThis is a simple Webhook Test.")
-            && m.contains("📎 image1.jpeg (35574 bytes, in the ticket)")),
+            && m.contains("📎 image1.jpeg (35574 bytes, below)")),
         "{opened:?}"
     );
+    let image = wait_for("the image in the room", || async {
+        let t = bot.timeline(&room).await.ok()?;
+        t.into_iter().find(|e| e["content"]["msgtype"] == "m.image")
+    })
+    .await?;
+    assert_eq!(image["content"]["body"], "image1.jpeg");
+    let url = image["content"]["url"].as_str().context("url")?;
+    let want = lock(&state).files["81/104/174"].clone();
+    assert_eq!(bot.download(url).await?, want);
     let name = bot.state(&room, "m.room.name").await?.unwrap_or_default();
     assert_eq!(name["name"], "Zammad #10081: Webhook-Test");
     let power = bot
@@ -376,6 +414,26 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
         lock(&state).written.len(),
         1,
         "written once, although its answer was lost"
+    );
+    // A file Emily sends is attached to the note.
+    let mxc = emily
+        .upload(b"smoke detector log\n".to_vec(), "text/plain")
+        .await?;
+    emily
+        .send(
+            &room,
+            json!({"msgtype": "m.file", "body": "smoke.log", "url": mxc,
+                   "info": {"mimetype": "text/plain", "size": 19}}),
+        )
+        .await?;
+    let filed = wait_for("the note with the file", || async {
+        lock(&state).written.get(1).cloned()
+    })
+    .await?;
+    assert_eq!(
+        filed.0["attachments"],
+        json!([{"filename": "smoke.log", "data": "c21va2UgZGV0ZWN0b3IgbG9nCg==",
+                "mime-type": "text/plain"}])
     );
 
     // Closed by Emma, given to Chris: the room is told, renamed, Chris invited and

@@ -245,7 +245,7 @@ impl Rt {
                     name,
                     size: text(&part["ContentLength"]).parse().unwrap_or(0),
                     content_type: kind,
-                    id: text(&part["id"]).parse().ok(),
+                    id: Some(text(&part["id"])).filter(|id| !id.is_empty()),
                 });
             } else if kind == "text/plain" && message.text.is_empty() {
                 message.text = text(&part["Content"]);
@@ -262,7 +262,7 @@ impl Rt {
     }
 
     /// An attachment's content.
-    pub async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
+    pub async fn attachment(&self, id: &str) -> Result<Vec<u8>, Failure> {
         use base64::Engine;
         let a = self.get(&format!("/attachment/{id}")).await?;
         let content: String = text(&a["Content"])

@@ -293,7 +293,7 @@ impl TicketSystem for Source {
         self.write_once(row, ticket, false, text, None).await
     }
 
-    async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
+    async fn attachment(&self, _ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
         self.rt.attachment(id).await
     }
 }

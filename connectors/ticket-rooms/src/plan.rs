@@ -54,9 +54,9 @@ pub struct File {
     /// Its size in bytes.
     pub size: u64,
     pub content_type: String,
-    /// Its ID in the ticket system when the source can fetch it
-    /// (`TicketSystem::attachment`): it is then posted into the room.
-    pub id: Option<u64>,
+    /// What the source fetches it by (`TicketSystem::attachment`), when it can: it is then
+    /// posted into the room.
+    pub id: Option<String>,
 }
 
 /// The largest file posted into a room; larger ones are named only.

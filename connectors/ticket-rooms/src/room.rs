@@ -134,8 +134,8 @@ pub trait TicketSystem: Send + Sync {
     /// Writes the room's transcript into the ticket once; false: an earlier try had.
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure>;
     /// The content of a file of the ticket (`File::id`), for posting it into the room.
-    async fn attachment(&self, id: u64) -> Result<Vec<u8>, Failure> {
-        let _ = id;
+    async fn attachment(&self, ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
+        let _ = (ticket, id);
         Err(Failure::Permanent(
             "this source does not fetch files".into(),
         ))
@@ -240,11 +240,11 @@ impl TicketRooms {
                 let Some(room) = self.room(cx).await? else {
                     return Ok("skipped: the ticket has no room".into());
                 };
-                let (Some(id), Some(name)) = (action["attachment"].as_u64(), text("name")) else {
+                let (Some(id), Some(name)) = (text("attachment"), text("name")) else {
                     return Err(Failure::Permanent(format!("{kind} without attachment")));
                 };
                 let content_type = text("content_type").unwrap_or_default();
-                let data = system.attachment(id).await?;
+                let data = system.attachment(ticket, &id).await?;
                 let size = data.len();
                 let msgtype = match content_type.split('/').next() {
                     Some("image") => "m.image",

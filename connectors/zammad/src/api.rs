@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_connector::{Failure, Secret};
 use switchboard_ticket_rooms::Person;
+use switchboard_ticket_rooms::room::Upload;
 use tokio::sync::OnceCell;
 
 /// A ticket as the room needs it; people by user ID.
@@ -95,6 +96,22 @@ impl Api {
         body: Option<Value>,
         from: Option<&str>,
     ) -> Result<Value, Failure> {
+        let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
+        let response = self.send(method, path, body, from).await?;
+        response
+            .json()
+            .await
+            .map_err(|e| Failure::transient(format!("Zammad's answer to {what}: {e}")))
+    }
+
+    /// One request; its successful answer, failures sorted as `call` says.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        from: Option<&str>,
+    ) -> Result<reqwest::Response, Failure> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -116,10 +133,7 @@ impl Api {
             .map_err(|e| Failure::transient(format!("Zammad: {what}: {}", e.without_url())))?;
         let status = response.status();
         if status.is_success() {
-            return response
-                .json()
-                .await
-                .map_err(|e| Failure::transient(format!("Zammad's answer to {what}: {e}")));
+            return Ok(response);
         }
         let headers = response.headers().clone();
         let answer: Value = response.json().await.unwrap_or_default();
@@ -202,7 +216,7 @@ impl Api {
                             name: text(&f["filename"]),
                             size: number(&f["size"]),
                             content_type: text(&f["preferences"]["Content-Type"]),
-                            id: None,
+                            id: Some(format!("{}/{}", number(&a["id"]), number(&f["id"]))),
                         })
                         .collect(),
                 }
@@ -260,19 +274,32 @@ impl Api {
         body: &str,
         internal: bool,
         from: Option<&str>,
+        file: Option<&Upload>,
     ) -> Result<u64, Failure> {
+        use base64::Engine;
+        let mut note = json!({"ticket_id": ticket, "body": body, "content_type": "text/plain",
+                              "type": "note", "internal": internal});
+        if let Some(file) = file {
+            note["attachments"] = json!([{
+                "filename": file.name,
+                "data": base64::engine::general_purpose::STANDARD.encode(&file.data),
+                "mime-type": file.content_type,
+            }]);
+        }
         let article = self
-            .call(
-                Method::POST,
-                "/ticket_articles",
-                Some(
-                    json!({"ticket_id": ticket, "body": body, "content_type": "text/plain",
-                            "type": "note", "internal": internal}),
-                ),
-                from,
-            )
+            .call(Method::POST, "/ticket_articles", Some(note), from)
             .await?;
         Ok(number(&article["id"]))
+    }
+
+    /// An attachment's content; `id` is `<article>/<attachment>`.
+    pub async fn attachment(&self, ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
+        let path = format!("/ticket_attachment/{ticket}/{id}");
+        let response = self.send(Method::GET, &path, None, None).await?;
+        let bytes = response.bytes().await.map_err(|e| {
+            Failure::transient(format!("Zammad's attachment {id}: {}", e.without_url()))
+        })?;
+        Ok(bytes.to_vec())
     }
 
     /// The first article after `after` whose text is `body`: whether a write whose answer

@@ -11,6 +11,7 @@ use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Matrix, Queued,
     TicketEvent, WebhookSource,
 };
+use switchboard_ticket_rooms::room::Upload;
 use switchboard_ticket_rooms::{Article, Chat, Member, Person, TicketRooms, TicketSystem, table};
 use tracing::info;
 
@@ -170,6 +171,7 @@ impl Source {
         body: &str,
         internal: bool,
         from: Option<&str>,
+        file: Option<&Upload>,
     ) -> Result<bool, Failure> {
         self.rooms
             .write_noted_once(
@@ -177,7 +179,7 @@ impl Source {
                 ticket,
                 async || self.api.last_article(ticket).await,
                 async |before| self.api.wrote(ticket, before, body).await,
-                async || self.api.write(ticket, body, internal, from).await,
+                async || self.api.write(ticket, body, internal, from, file).await,
             )
             .await
     }
@@ -199,7 +201,14 @@ impl Source {
             .flatten();
         if let Some(login) = member {
             match self
-                .write_once(row, ticket, &chat.body, !public, Some(login))
+                .write_once(
+                    row,
+                    ticket,
+                    &chat.body,
+                    !public,
+                    Some(login),
+                    chat.file.as_ref(),
+                )
                 .await
             {
                 Ok(_) => return Ok(format!("noted as {login}")),
@@ -210,7 +219,7 @@ impl Source {
                 Err(e) => return Err(e),
             }
         }
-        self.write_once(row, ticket, &chat.text(), !public, None)
+        self.write_once(row, ticket, &chat.text(), !public, None, chat.file.as_ref())
             .await?;
         Ok("noted".into())
     }
@@ -254,6 +263,10 @@ impl TicketSystem for Source {
         !self.cfg.internal
     }
 
+    async fn attachment(&self, ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
+        self.api.attachment(ticket, id).await
+    }
+
     async fn write(
         &self,
         row: &ActionRow,
@@ -265,7 +278,7 @@ impl TicketSystem for Source {
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
-        self.write_once(row, ticket, text, self.cfg.internal, None)
+        self.write_once(row, ticket, text, self.cfg.internal, None, None)
             .await
     }
 }
