@@ -302,6 +302,8 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
     let emma = hs.user("emma").await?;
     let emily = hs.user("emily").await?;
     let chris = hs.user("chris").await?;
+    let dora = hs.user("dora").await?;
+    let fred = hs.user("fred").await?;
     let body = payload()?;
     let state = ticket_of(&body);
     let url = zammad(state.clone()).await?;
@@ -312,10 +314,12 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
          algorithm = \"sha1\"\n\n[sources.zammad.zammad]\nurl = \"{url}\"\n\
          token = \"{TOKEN}\"\ngroups = [\"Service Desk\"]\n\n\
          [sources.zammad.zammad.room]\nencrypted = false\n\n\
+         [sources.zammad.zammad.agents]\n\"Service Desk\" = [\"dora@chrispresso.com\"]\n\n\
          [sources.zammad.zammad.people.users]\n\
          \"emma@chrispresso.com\" = \"{}\"\n\"emily@example.com\" = \"{}\"\n\
-         \"chris@chrispresso.com\" = \"{}\"\n",
-        emma.user_id, emily.user_id, chris.user_id
+         \"chris@chrispresso.com\" = \"{}\"\n\"dora@chrispresso.com\" = \"{}\"\n\
+         \"fred@example.com\" = \"{}\"\n",
+        emma.user_id, emily.user_id, chris.user_id, dora.user_id, fred.user_id
     );
     let sb = start(db, &bot, &source).await?;
 
@@ -355,7 +359,8 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
         power["users"][&emma.user_id], 100,
         "the owner is admin: {power}"
     );
-    for user in [&emma, &emily] {
+    // The owner, the customer and the group's agent.
+    for user in [&emma, &emily, &dora] {
         wait_for("the invite", || async {
             (bot.membership(&room, &user.user_id)
                 .await
@@ -399,12 +404,23 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
         let n = s.articles.len() as u64;
         s.articles.push(json!({
             "id": 2000 + n, "ticket_id": 81, "type": "note", "sender": "Agent",
-            "internal": false, "content_type": "text/html",
+            "internal": false, "content_type": "text/html", "cc": "Fred <fred@example.com>",
             "body": "<p>We are on it.</p>", "created_by_id": 5, "attachments": [],
         }));
     }
     deliver(&sb, &body, "d2", &secret).await?;
     let said = wait_text(&bot, &room, "Emma Taylor replied:\nWe are on it.").await?;
+    // Fred, copied on the reply, is invited.
+    wait_for("Fred's invite", || async {
+        (bot.membership(&room, &fred.user_id)
+            .await
+            .ok()
+            .flatten()?
+            .as_str()
+            == "invite")
+            .then_some(())
+    })
+    .await?;
     assert_eq!(
         said.iter().filter(|m| m.contains("It still burns")).count(),
         1,

@@ -39,6 +39,8 @@ pub(crate) struct Article {
     /// Plain text (HTML bodies are turned into text).
     pub text: String,
     pub files: Vec<switchboard_ticket_rooms::File>,
+    /// The addresses an e-mail article was copied to.
+    pub cc: Vec<String>,
 }
 
 /// Zammad's REST API, with one token.
@@ -73,6 +75,20 @@ fn number(v: &Value) -> u64 {
         Value::String(s) => s.trim().parse().unwrap_or(0),
         _ => 0,
     }
+}
+
+/// The addresses of a header's list (`Ann <ann@example.org>, bob@example.org`).
+fn addresses(list: &str) -> Vec<String> {
+    list.split(',')
+        .filter_map(|part| {
+            let part = part.trim();
+            let address = match (part.rfind('<'), part.rfind('>')) {
+                (Some(open), Some(close)) if open < close => &part[open + 1..close],
+                _ => part,
+            };
+            address.contains('@').then(|| address.trim().to_lowercase())
+        })
+        .collect()
 }
 
 impl Api {
@@ -200,6 +216,7 @@ impl Api {
                 let html = text(&a["content_type"]).eq_ignore_ascii_case("text/html");
                 Article {
                     id: number(&a["id"]),
+                    cc: addresses(&text(&a["cc"])),
                     internal: a["internal"] == true,
                     created_by_id: number(&a["created_by_id"]),
                     text: if html {
@@ -316,5 +333,19 @@ impl Api {
     /// The last article of a ticket (0: none).
     pub async fn last_article(&self, ticket: u64) -> Result<u64, Failure> {
         Ok(self.articles(ticket, 0).await?.last().map_or(0, |a| a.id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_s_addresses_are_read() {
+        assert_eq!(
+            addresses("Ann Agent <Ann@Example.org>, bob@example.org,, not an address"),
+            ["ann@example.org", "bob@example.org"]
+        );
+        assert!(addresses("").is_empty());
     }
 }

@@ -135,7 +135,7 @@ mod tests {
             let key = format!("sources.zammad.zammad.{key}");
             assert!(problems.contains(&key), "{key} in {problems:?}");
         }
-        let unknown = json!({"url": "https://z", "token": "t", "people": {"invite": ["cc"]}});
+        let unknown = json!({"url": "https://z", "token": "t", "people": {"invite": ["admin_cc"]}});
         assert_eq!(
             check(unknown, true).err().unwrap_or_default(),
             ["sources.zammad.zammad.people.invite.0"],

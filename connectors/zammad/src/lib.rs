@@ -9,6 +9,8 @@ mod source;
 mod ticket;
 
 pub use kind::Zammad;
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::Deserialize;
 use switchboard_connector::SourceInfo;
@@ -42,9 +44,13 @@ pub struct ZammadConfig {
     #[serde(default)]
     pub room: RoomConfig,
     /// How Zammad's users (by login) become Matrix users; `invite` takes any of `owner`,
-    /// `customer` (default: both).
+    /// `customer`, `agents` and `cc` (default: all).
     #[serde(default)]
     pub people: PeopleConfig<ZammadRole>,
+    /// The agents invited into the rooms of a group's tickets, by group name: their Zammad
+    /// logins or e-mail addresses.
+    #[serde(default)]
+    pub agents: BTreeMap<String, Vec<String>>,
     /// Internal articles in the room: `mark` posts them marked as internal, `hide` leaves
     /// them out.
     #[serde(default)]
@@ -73,6 +79,10 @@ pub enum ZammadRole {
     #[default]
     Owner,
     Customer,
+    /// The group's agents (`agents`).
+    Agents,
+    /// Addresses e-mail articles were copied to.
+    Cc,
 }
 
 /// The ticket fields `select.fields` takes, besides the ticket's own attributes.

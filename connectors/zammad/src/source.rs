@@ -125,6 +125,7 @@ impl Source {
         let mut ours = self.rooms.ours(id).await?;
         read.last = articles.last().map_or(0, |a| a.id);
         for article in articles {
+            read.cc.extend(article.cc.iter().cloned());
             if article.created_by_id == me || ours.remove(&article.id) {
                 continue;
             }
@@ -137,6 +138,32 @@ impl Source {
                 text: article.text,
                 files: article.files,
             });
+        }
+        // The group's agents and the addresses copied: known by login or address only.
+        let others: Vec<String> = ticket::agents(&self.cfg, &read)
+            .iter()
+            .chain(&read.cc)
+            .cloned()
+            .collect();
+        for name in others {
+            if people.contains_key(&name) {
+                continue;
+            }
+            let email = if name.contains('@') {
+                name.clone()
+            } else {
+                String::new()
+            };
+            let person = Person {
+                name: name.clone(),
+                email,
+                ..Person::default()
+            };
+            let member = self
+                .rooms
+                .lookup
+                .member(&self.cfg.people, cx.matrix, person);
+            people.insert(name, member.await?);
         }
         // The former owner, for lowering their power: known by login only.
         if !seen.owner.is_empty() {

@@ -20,8 +20,19 @@ pub(crate) struct Read {
     pub customer: String,
     pub updated_by: String,
     pub articles: Vec<Article>,
+    /// The addresses the new e-mail articles were copied to.
+    pub cc: Vec<String>,
     /// The last article read, Switchboard's own included.
     pub last: u64,
+}
+
+/// The agents invited into a ticket's room: those configured for its group.
+pub(crate) fn agents<'a>(config: &'a ZammadConfig, read: &Read) -> &'a [String] {
+    config
+        .agents
+        .get(&read.ticket.group)
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// What templates see of a ticket.
@@ -54,10 +65,13 @@ pub(crate) fn plan(
     seen: &Seen,
 ) -> (Vec<Queued>, Seen) {
     let mut roles = Vec::new();
-    for (name, role) in [
+    let named = [
         (&read.owner, ZammadRole::Owner),
         (&read.customer, ZammadRole::Customer),
-    ] {
+    ];
+    let agents = agents(config, read).iter().map(|a| (a, ZammadRole::Agents));
+    let cc = read.cc.iter().map(|a| (a, ZammadRole::Cc));
+    for (name, role) in named.into_iter().chain(agents).chain(cc) {
         if !name.is_empty() {
             roles.push((name.clone(), config.people.invites(&role, true)));
         }
@@ -140,6 +154,7 @@ mod tests {
                     files: Vec::new(),
                 })
                 .collect(),
+            cc: Vec::new(),
             last: articles.last().map_or(0, |a| a.0),
         }
     }
