@@ -38,6 +38,8 @@ struct State {
     tags: Vec<String>,
     /// Attachments' contents by `<ticket>/<article>/<attachment>`.
     files: HashMap<String, Vec<u8>>,
+    /// The ticket's links, as `GET /links` gives them (`links` and `assets`).
+    links: Value,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -119,6 +121,18 @@ async fn zammad(state: Shared) -> Result<String> {
                                 .unwrap_or_default(),
                             None => reply(StatusCode::NOT_FOUND, json!({"error": "Not Found"})),
                         }
+                    }
+                    ("GET", "links") => {
+                        let want =
+                            format!("link_object=Ticket&link_object_value={}", s.ticket["id"]);
+                        if query != want {
+                            s.wrong.push(format!("GET links?{query}: not {want}"));
+                        }
+                        let links = match s.links.is_null() {
+                            true => json!({"links": [], "assets": {}}),
+                            false => s.links.clone(),
+                        };
+                        reply(StatusCode::OK, links)
                     }
                     ("GET", "tags") => {
                         let want = format!("object=Ticket&o_id={}", s.ticket["id"]);
@@ -538,6 +552,50 @@ async fn zammad_rooms_for_tagged_tickets() -> Result<()> {
     assert_eq!(status, 200);
     let room = sb.wait_room_in("zammad", "81").await?;
     wait_text(&bot, &room, "This is a simple Webhook Test.").await?;
+    let wrong = lock(&state).wrong.clone();
+    assert_eq!(wrong, Vec::<String>::new(), "requests Zammad would refuse");
+    Ok(())
+}
+
+/// A ticket merged into another: its room is closed with a notice that names the surviving
+/// ticket, found through the link Zammad makes between the two.
+#[tokio::test]
+async fn zammad_merged_ticket_points_to_the_surviving_one() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let body = payload()?;
+    let state = ticket_of(&body);
+    let url = zammad(state.clone()).await?;
+    let secret = format!("zammad-secret-{}", harness::suffix());
+    let source = format!(
+        "\n[sources.zammad]\nkind = \"zammad\"\n\n[sources.zammad.signature]\n\
+         secret = \"{secret}\"\nheader = \"X-Hub-Signature\"\nprefix = \"sha1=\"\n\
+         algorithm = \"sha1\"\n\n[sources.zammad.zammad]\nurl = \"{url}\"\n\
+         token = \"{TOKEN}\"\n\n[sources.zammad.zammad.room]\nencrypted = false\n",
+    );
+    let sb = start(Db::Sqlite, &bot, &source).await?;
+    deliver(&sb, &body, "m1", &secret).await?;
+    let room = sb.wait_room_in("zammad", "81").await?;
+    wait_text(&bot, &room, "opened the ticket").await?;
+    {
+        let mut s = lock(&state);
+        s.ticket["state"] = json!("merged");
+        s.links = json!({
+            "links": [{"link_type": "parent", "link_object": "Ticket", "link_object_value": 82}],
+            "assets": {"Ticket": {"82": {"id": 82, "number": "10082", "title": "Printers"}}},
+        });
+    }
+    deliver(&sb, &body, "m2", &secret).await?;
+    let said = wait_text(
+        &bot,
+        &room,
+        "The ticket was merged into Zammad #10082: the conversation goes on there.",
+    )
+    .await?;
+    assert!(
+        said.iter().all(|m| !m.contains("set the ticket to merged")),
+        "{said:?}"
+    );
     let wrong = lock(&state).wrong.clone();
     assert_eq!(wrong, Vec::<String>::new(), "requests Zammad would refuse");
     Ok(())

@@ -188,6 +188,29 @@ impl Api {
         })
     }
 
+    /// The ticket a merged ticket was merged into: its ID and number (Zammad links the two,
+    /// the surviving one as the merged one's parent).
+    pub async fn merged_into(&self, ticket: u64) -> Result<Option<(u64, String)>, Failure> {
+        let answer = self
+            .get(&format!(
+                "/links?link_object=Ticket&link_object_value={ticket}"
+            ))
+            .await?;
+        let parent = answer["links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["link_type"] == "parent" && l["link_object"] == "Ticket");
+        Ok(parent.map(|l| {
+            let id = number(&l["link_object_value"]);
+            let number = match text(&answer["assets"]["Ticket"][id.to_string()]["number"]) {
+                n if n.is_empty() => id.to_string(),
+                n => n,
+            };
+            (id, number)
+        }))
+    }
+
     /// A ticket's tags.
     pub async fn tags(&self, ticket: u64) -> Result<Vec<String>, Failure> {
         let answer = self

@@ -12,7 +12,9 @@ use switchboard_connector::{
     TicketEvent, WebhookSource,
 };
 use switchboard_ticket_rooms::room::Upload;
-use switchboard_ticket_rooms::{Article, Chat, Member, Person, TicketRooms, TicketSystem, table};
+use switchboard_ticket_rooms::{
+    Article, Chat, MERGED, Member, Person, TicketRooms, TicketSystem, table,
+};
 use tracing::info;
 
 use crate::ZammadConfig;
@@ -138,6 +140,18 @@ impl Source {
                 text: article.text,
                 files: article.files,
             });
+        }
+        // Merged: the room points to the surviving ticket's.
+        if seen.roomed
+            && read.ticket.state == MERGED
+            && seen.status != MERGED
+            && let Some((into, number)) = self.api.merged_into(id).await?
+        {
+            let room = self
+                .host
+                .room_of_ticket(&self.id, &into.to_string())
+                .await?;
+            read.merged_into = Some((number, room));
         }
         // The group's agents and the addresses copied: known by login or address only.
         let others: Vec<String> = ticket::agents(&self.cfg, &read)

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use switchboard_connector::Queued;
 use switchboard_ticket_rooms::plan::Policy;
-use switchboard_ticket_rooms::{Article, Member, Seen, changes_now, plan_queued};
+use switchboard_ticket_rooms::{Article, Change, MERGED, Member, Seen, changes_now, plan_queued};
 
 use crate::api::Ticket;
 use crate::{ZammadConfig, ZammadRole};
@@ -22,6 +22,8 @@ pub(crate) struct Read {
     pub articles: Vec<Article>,
     /// The addresses the new e-mail articles were copied to.
     pub cc: Vec<String>,
+    /// The ticket it was merged into (its number) and that ticket's room, once merged.
+    pub merged_into: Option<(String, Option<String>)>,
     /// The last article read, Switchboard's own included.
     pub last: u64,
 }
@@ -90,7 +92,15 @@ pub(crate) fn plan(
         transcript: config.transcript,
         closed: &config.closed_states,
     };
-    let changes = changes_now(seen, &read.articles, &view, &read.updated_by);
+    let mut changes = changes_now(seen, &read.articles, &view, &read.updated_by);
+    if let Some((into, room)) = &read.merged_into {
+        for change in &mut changes {
+            if matches!(change, Change::Status { new, .. } if new == MERGED) {
+                let (into, room) = (into.clone(), room.clone());
+                *change = Change::Merged { into, room };
+            }
+        }
+    }
     plan_queued(policy, &view, &changes, people, seen, read.last, "zammad")
 }
 
@@ -155,6 +165,7 @@ mod tests {
                 })
                 .collect(),
             cc: Vec::new(),
+            merged_into: None,
             last: articles.last().map_or(0, |a| a.0),
         }
     }
