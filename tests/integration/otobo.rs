@@ -31,6 +31,8 @@ struct State {
     made: usize,
     /// Articles written, as their `Article` came.
     written: Vec<Value>,
+    /// The `Attachment` lists that came with them.
+    attached: Vec<Value>,
     /// Requests that broke the web service's rules, with why.
     wrong: Vec<String>,
     /// Writes still to answer with a 503 after storing them (an answer lost on the way).
@@ -123,7 +125,28 @@ fn serve(
                     "GET {path}?{query}: AllArticles=1 is needed for articles"
                 ));
             }
-            reply(StatusCode::OK, json!({"Ticket": [s.ticket.clone()]}))
+            // Files only when asked for (`Attachments`), their contents only with
+            // `GetAttachmentContents` (1 unless given).
+            let mut ticket = s.ticket.clone();
+            let files = data["Attachments"] == "1";
+            let contents = data["GetAttachmentContents"] != "0";
+            for article in ticket["Article"].as_array_mut().into_iter().flatten() {
+                match (files, article.as_object_mut()) {
+                    (false, Some(a)) => drop(a.remove("Attachment")),
+                    (true, Some(a)) if !contents => {
+                        for f in a
+                            .get_mut("Attachment")
+                            .and_then(Value::as_array_mut)
+                            .into_iter()
+                            .flatten()
+                        {
+                            f.as_object_mut().map(|f| f.remove("Content"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            reply(StatusCode::OK, json!({"Ticket": [ticket]}))
         }
         "PATCH" => {
             let article = &data["Article"];
@@ -137,7 +160,20 @@ fn serve(
                 .map(|o| o.keys().collect())
                 .unwrap_or_default();
             article_keys.sort();
-            let fine = keys == ["Article", "SessionID"]
+            // Files beside the article: each with its content in base64, its type and name.
+            let attachments_fine = data["Attachment"].as_array().is_none_or(|list| {
+                list.iter().all(|f| {
+                    f.as_object().map(|o| o.len()) == Some(3)
+                        && f["Filename"].is_string()
+                        && f["ContentType"].is_string()
+                        && base64::engine::general_purpose::STANDARD
+                            .decode(f["Content"].as_str().unwrap_or("!"))
+                            .is_ok()
+                })
+            });
+            keys.retain(|k| *k != "Attachment");
+            let fine = attachments_fine
+                && keys == ["Article", "SessionID"]
                 && article_keys
                     == [
                         "Body",
@@ -173,6 +209,7 @@ fn serve(
                 list.push(stored);
             }
             s.written.push(article.clone());
+            s.attached.push(data["Attachment"].clone());
             if s.lose_answers > 0 {
                 s.lose_answers -= 1;
                 return reply(StatusCode::SERVICE_UNAVAILABLE, json!({}));
@@ -241,6 +278,15 @@ async fn otobo_ticket_rooms_both_ways(db: Db) -> Result<()> {
     let created = fixture("znuny-ticket-generic-ArticleCreate.json")?;
     let state: Shared = Arc::default();
     lock(&state).ticket = ticket_get(&created["Ticket"]);
+    // The first article has a file.
+    if let Some(first) = lock(&state).ticket["Article"][0].as_object_mut() {
+        first.insert(
+            "Attachment".into(),
+            json!([{"Filename": "vpn.log", "FilesizeRaw": "12", "FileID": "2",
+                    "ContentType": "text/plain; charset=\"utf-8\"",
+                    "Content": base64::engine::general_purpose::STANDARD.encode("tunnel reset")}]),
+        );
+    }
     let base = web_service(state.clone()).await?;
     let hook_password = format!("invoker-{}", harness::suffix());
     // Where agents' browsers reach Switchboard (here: the link's path is followed on the
@@ -297,6 +343,19 @@ async fn otobo_ticket_rooms_both_ways(db: Db) -> Result<()> {
         !said.iter().any(|m| m.contains("Not in Matrix")),
         "{said:?}"
     );
+    assert!(
+        said.iter()
+            .any(|m| m.contains("📎 vpn.log (12 bytes, below)")),
+        "{said:?}"
+    );
+    let file = wait_for("the file in the room", || async {
+        let t = bot.timeline(&room).await.ok()?;
+        t.into_iter()
+            .find(|e| e["content"]["msgtype"] == "m.file" && e["content"]["body"] == "vpn.log")
+    })
+    .await?;
+    let url = file["content"]["url"].as_str().unwrap_or_default();
+    assert_eq!(bot.download(url).await?, b"tunnel reset");
     let name = bot.state(&room, "m.room.name").await?.unwrap_or_default();
     assert_eq!(
         name["name"],
@@ -399,6 +458,22 @@ async fn otobo_ticket_rooms_both_ways(db: Db) -> Result<()> {
         lock(&state).written.len(),
         1,
         "written once, although its answer was lost"
+    );
+    // A file Carl sends goes with the article.
+    let mxc = carl.upload(b"ping log".to_vec(), "text/plain").await?;
+    carl.send(
+        &room,
+        json!({"msgtype": "m.file", "body": "ping.log", "url": mxc,
+               "info": {"mimetype": "text/plain", "size": 8}}),
+    )
+    .await?;
+    let attached = wait_for("the article with the file", || async {
+        lock(&state).attached.get(1).cloned()
+    })
+    .await?;
+    assert_eq!(
+        attached,
+        json!([{"Content": "cGluZyBsb2c=", "ContentType": "text/plain", "Filename": "ping.log"}])
     );
 
     // Closed: the room is told and renamed, the transcript written into the ticket.

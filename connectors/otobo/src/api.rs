@@ -3,10 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchboard_connector::{Failure, Secret};
 use switchboard_ticket_rooms::Article;
+use switchboard_ticket_rooms::room::Upload;
 
 /// A ticket as the room needs it; people by login.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -173,7 +175,8 @@ impl Api {
             .call(
                 Method::GET,
                 &format!("/Ticket/{id}"),
-                json!({"AllArticles": "1", "DynamicFields": "1"}),
+                json!({"AllArticles": "1", "DynamicFields": "1", "Attachments": "1",
+                       "GetAttachmentContents": "0"}),
             )
             .await?;
         let t = &answer["Ticket"][0];
@@ -182,6 +185,24 @@ impl Api {
                 "the web service has no ticket {id}"
             )));
         }
+        let files = |a: &Value| -> Vec<switchboard_ticket_rooms::File> {
+            let article = number(&a["ArticleID"]);
+            let list = a["Attachment"].as_array().map(Vec::as_slice);
+            list.unwrap_or_default()
+                .iter()
+                .map(|f| switchboard_ticket_rooms::File {
+                    name: text(&f["Filename"]),
+                    size: number(&f["FilesizeRaw"]),
+                    content_type: text(&f["ContentType"])
+                        .split(';')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string(),
+                    id: Some(format!("{article}/{}", number(&f["FileID"]))),
+                })
+                .collect()
+        };
         let mut articles: Vec<Article> = t["Article"]
             .as_array()
             .map(Vec::as_slice)
@@ -201,7 +222,7 @@ impl Api {
                     id: number(&a["ArticleID"]),
                     by: author,
                     internal: text(&a["IsVisibleForCustomer"]) == "0",
-                    files: Vec::new(),
+                    files: files(a),
                     text: if html {
                         switchboard_ticket_rooms::text::html_to_text(&body)
                     } else {
@@ -229,23 +250,64 @@ impl Api {
         })
     }
 
-    /// Writes an article into the ticket (internal channel, as the agent); its ID.
-    pub async fn write(&self, ticket: u64, body: &str, visible: bool) -> Result<u64, Failure> {
+    /// Writes an article into the ticket (internal channel, as the agent), with a file;
+    /// its ID.
+    pub async fn write(
+        &self,
+        ticket: u64,
+        body: &str,
+        visible: bool,
+        file: Option<&Upload>,
+    ) -> Result<u64, Failure> {
+        let mut update = json!({"Article": {
+            "CommunicationChannel": "Internal",
+            "IsVisibleForCustomer": u8::from(visible),
+            "SenderType": "agent",
+            "Subject": "Matrix",
+            "Body": body,
+            "ContentType": "text/plain; charset=utf8",
+        }});
+        if let Some(file) = file {
+            update["Attachment"] = json!([{
+                "Content": base64::engine::general_purpose::STANDARD.encode(&file.data),
+                "ContentType": file.content_type,
+                "Filename": file.name,
+            }]);
+        }
         let answer = self
-            .call(
-                Method::PATCH,
-                &format!("/Ticket/{ticket}"),
-                json!({"Article": {
-                    "CommunicationChannel": "Internal",
-                    "IsVisibleForCustomer": u8::from(visible),
-                    "SenderType": "agent",
-                    "Subject": "Matrix",
-                    "Body": body,
-                    "ContentType": "text/plain; charset=utf8",
-                }}),
-            )
+            .call(Method::PATCH, &format!("/Ticket/{ticket}"), update)
             .await?;
         Ok(number(&answer["ArticleID"]))
+    }
+
+    /// An attachment's content; `id` is `<article>/<file>`. The web service gives files
+    /// only with their ticket: the ticket is read with every file.
+    pub async fn attachment(&self, ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
+        let (article, file) = id.split_once('/').unwrap_or((id, ""));
+        let answer = self
+            .call(
+                Method::GET,
+                &format!("/Ticket/{ticket}"),
+                json!({"AllArticles": "1", "Attachments": "1", "GetAttachmentContents": "1"}),
+            )
+            .await?;
+        let articles = answer["Ticket"][0]["Article"].as_array().map(Vec::as_slice);
+        let content = articles
+            .unwrap_or_default()
+            .iter()
+            .filter(|a| text(&a["ArticleID"]) == article)
+            .flat_map(|a| {
+                a["Attachment"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+            })
+            .find(|f| text(&f["FileID"]) == file)
+            .map(|f| text(&f["Content"]))
+            .ok_or_else(|| Failure::Permanent(format!("the ticket has no file {id}")))?;
+        base64::engine::general_purpose::STANDARD
+            .decode(content.trim())
+            .map_err(|e| Failure::Permanent(format!("file {id} is not base64: {e}")))
     }
 }
 

@@ -11,6 +11,7 @@ use switchboard_connector::{
     ActionContext, ActionRow, Connector, DbError, Failure, Host, Listener, Queued, TicketEvent,
     WebhookSource,
 };
+use switchboard_ticket_rooms::room::Upload;
 use switchboard_ticket_rooms::{Chat, Person, TicketRooms, TicketSystem, table};
 
 use crate::OtoboConfig;
@@ -125,6 +126,7 @@ impl Source {
         ticket: u64,
         body: &str,
         visible: bool,
+        file: Option<&Upload>,
     ) -> Result<bool, Failure> {
         self.rooms
             .write_noted_once(
@@ -139,7 +141,7 @@ impl Source {
                     let found = t.articles.iter().find(|a| a.text.trim() == body.trim());
                     Ok(found.map(|a| a.id))
                 },
-                async || self.api.write(ticket, body, visible).await,
+                async || self.api.write(ticket, body, visible, file).await,
             )
             .await
     }
@@ -190,7 +192,8 @@ impl TicketSystem for Source {
         chat: &Chat,
         public: bool,
     ) -> Result<String, Failure> {
-        self.write_once(row, ticket, &chat.text(), public).await?;
+        self.write_once(row, ticket, &chat.text(), public, chat.file.as_ref())
+            .await?;
         Ok(if public {
             "written, visible"
         } else {
@@ -201,6 +204,10 @@ impl TicketSystem for Source {
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
         let visible = self.cfg.visible_for_customer;
-        self.write_once(row, ticket, text, visible).await
+        self.write_once(row, ticket, text, visible, None).await
+    }
+
+    async fn attachment(&self, ticket: u64, id: &str) -> Result<Vec<u8>, Failure> {
+        self.api.attachment(ticket, id).await
     }
 }
