@@ -15,7 +15,7 @@ use switchboard_ticket_rooms::room::Upload;
 use switchboard_ticket_rooms::{Chat, Person, TicketRooms, TicketSystem, table};
 
 use crate::OtoboConfig;
-use crate::api::{Api, Ticket};
+use crate::api::Api;
 use crate::hook::InvokerHook;
 use crate::ticket;
 
@@ -58,15 +58,6 @@ impl Source {
         }
     }
 
-    /// Why a ticket without a room does not get one; `asked`: the link asked for it.
-    fn skipped(&self, t: &Ticket, asked: bool) -> Option<String> {
-        if !self.cfg.queues.is_empty() && !self.cfg.queues.contains(&t.queue) {
-            return Some(format!("queue {} is not this source's", t.queue));
-        }
-        let cx = ticket::context(&self.cfg, t);
-        self.cfg.select.picks(&cx["ticket"], asked).err()
-    }
-
     /// Reads a ticket's state and its articles since last time and queues what its room
     /// needs.
     async fn read_ticket(
@@ -81,7 +72,10 @@ impl Source {
             return Ok("skipped: its room is made on demand only".into());
         }
         let mut t = self.api.ticket(id, seen.last).await?;
-        if let Some(why) = self.skipped(&t, asked).filter(|_| !seen.roomed) {
+        let shown = ticket::context(&self.cfg, &t);
+        let select = &self.cfg.select;
+        let skipped = select.skipped("queue", &self.cfg.queues, &shown["ticket"], asked);
+        if let Some(why) = skipped.filter(|_| !seen.roomed) {
             return Ok(format!("skipped: {why}"));
         }
         let last = t.articles.last().map_or(0, |a| a.id);

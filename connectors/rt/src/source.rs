@@ -67,15 +67,6 @@ impl Source {
             .map(String::as_str)
     }
 
-    /// Why a ticket without a room does not get one; `asked`: the link asked for it.
-    fn skipped(&self, ticket: &crate::api::Ticket, asked: bool) -> Option<String> {
-        if !self.cfg.queues.is_empty() && !self.cfg.queues.contains(&ticket.queue) {
-            return Some(format!("queue {} is not this source's", ticket.queue));
-        }
-        let cx = ticket::context(&self.cfg, ticket);
-        self.cfg.select.picks(&cx["ticket"], asked).err()
-    }
-
     /// Reads a ticket's history since last time and queues what its room needs.
     async fn read_ticket(
         &self,
@@ -93,7 +84,10 @@ impl Source {
         if ticket.effective != id {
             return self.merged(row, id, ticket.effective, &seen).await;
         }
-        if let Some(why) = self.skipped(&ticket, asked).filter(|_| !seen.roomed) {
+        let shown = ticket::context(&self.cfg, &ticket);
+        let select = &self.cfg.select;
+        let skipped = select.skipped("queue", &self.cfg.queues, &shown["ticket"], asked);
+        if let Some(why) = skipped.filter(|_| !seen.roomed) {
             return Ok(format!("skipped: {why}"));
         }
         let history = self.rt.history(id, seen.last).await?;
@@ -159,19 +153,6 @@ impl Source {
         let (actions, now) = ticket::merged(&self.cfg, id, into, room, seen);
         table::advance(&*self.host, TABLE, row, &now, &actions).await?;
         Ok(format!("merged into #{into}; {} actions", actions.len()))
-    }
-
-    /// Writes a room message into the ticket, as a reply or a comment.
-    async fn write(
-        &self,
-        row: &ActionRow,
-        id: u64,
-        chat: &Chat,
-        reply: bool,
-    ) -> Result<String, Failure> {
-        self.write_once(row, id, reply, &chat.text(), chat.file.as_ref())
-            .await?;
-        Ok(if reply { "replied" } else { "commented" }.into())
     }
 
     /// Writes `content` into the ticket once (a retry first looks in its history).
@@ -279,6 +260,7 @@ impl TicketSystem for Source {
         self.cfg.write_back == WriteBack::Reply
     }
 
+    /// Writes a room message into the ticket: `public`, as a reply; else a comment.
     async fn write(
         &self,
         row: &ActionRow,
@@ -286,7 +268,10 @@ impl TicketSystem for Source {
         chat: &Chat,
         public: bool,
     ) -> Result<String, Failure> {
-        self.write(row, ticket, chat, public).await
+        let file = chat.file.as_ref();
+        self.write_once(row, ticket, public, &chat.text(), file)
+            .await?;
+        Ok(if public { "replied" } else { "commented" }.into())
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {

@@ -190,9 +190,14 @@ impl TicketRooms {
         let p = &self.actions;
         let command = &ev.payload["command"];
         let action = match Chat::of(ev) {
-            Some(chat) => json!({"type": format!("{p}_write"), "ticket": ticket,
-                                 "sender": chat.sender, "name": chat.name, "body": chat.body,
-                                 "file": ev.payload["chat"]["file"]}),
+            Some(chat) => {
+                let mut write = json!({"type": format!("{p}_write"), "ticket": ticket,
+                    "sender": chat.sender, "name": chat.name, "body": chat.body});
+                if ev.payload["chat"]["file"].is_object() {
+                    write["file"] = ev.payload["chat"]["file"].clone();
+                }
+                write
+            }
             None if command.is_object() => json!({"type": format!("{p}_mode"), "ticket": ticket,
                 "sender": command["sender"], "name": command["name"], "args": command["args"]}),
             None if ev.payload["age"].is_u64() => {

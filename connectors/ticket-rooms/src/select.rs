@@ -61,6 +61,24 @@ impl Select {
         problems
     }
 
+    /// Why a ticket without a room does not get one (`None`: it does): it is not in the
+    /// source's `scope` (its queues or groups, called `what`; empty: all), or `picks` says
+    /// no. `ticket` is what templates see of it (`ticket.*`), `ticket.queue` its queue or
+    /// group.
+    pub fn skipped(
+        &self,
+        what: &str,
+        scope: &[String],
+        ticket: &Value,
+        asked: bool,
+    ) -> Option<String> {
+        let queue = ticket["queue"].as_str().unwrap_or_default();
+        if !scope.is_empty() && !scope.iter().any(|q| q == queue) {
+            return Some(format!("{what} {queue} is not this source's"));
+        }
+        self.picks(ticket, asked).err()
+    }
+
     /// Whether a ticket the room does not have yet gets one; `asked`: its room was asked
     /// for through the link. `Err` says why not.
     pub fn picks(&self, ticket: &Value, asked: bool) -> Result<(), String> {

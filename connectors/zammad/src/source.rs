@@ -224,46 +224,6 @@ impl Source {
             )
             .await
     }
-
-    /// Writes a room message into the ticket as a note, internal unless `public`: as the
-    /// member who said it when the table names their login (and Zammad lets
-    /// Switchboard's user write for them), else as Switchboard's user.
-    async fn write(
-        &self,
-        row: &ActionRow,
-        ticket: u64,
-        chat: &Chat,
-        public: bool,
-    ) -> Result<String, Failure> {
-        let member = self
-            .cfg
-            .as_member
-            .then(|| self.cfg.people.name_of(&chat.sender))
-            .flatten();
-        if let Some(login) = member {
-            match self
-                .write_once(
-                    row,
-                    ticket,
-                    &chat.body,
-                    !public,
-                    Some(login),
-                    chat.file.as_ref(),
-                )
-                .await
-            {
-                Ok(_) => return Ok(format!("noted as {login}")),
-                // Not allowed to write as them: written as Switchboard's user, named.
-                Err(Failure::Permanent(why)) => {
-                    info!(source = %self.id, %login, %why, "Zammad: cannot write as the room member");
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        self.write_once(row, ticket, &chat.text(), !public, None, chat.file.as_ref())
-            .await?;
-        Ok("noted".into())
-    }
 }
 
 #[async_trait]
@@ -308,6 +268,9 @@ impl TicketSystem for Source {
         self.api.attachment(ticket, id).await
     }
 
+    /// Writes a room message into the ticket as a note, internal unless `public`: as the
+    /// member who said it when the table names their login (and Zammad lets
+    /// Switchboard's user write for them), else as Switchboard's user.
     async fn write(
         &self,
         row: &ActionRow,
@@ -315,7 +278,34 @@ impl TicketSystem for Source {
         chat: &Chat,
         public: bool,
     ) -> Result<String, Failure> {
-        self.write(row, ticket, chat, public).await
+        let member = self
+            .cfg
+            .as_member
+            .then(|| self.cfg.people.name_of(&chat.sender))
+            .flatten();
+        if let Some(login) = member {
+            match self
+                .write_once(
+                    row,
+                    ticket,
+                    &chat.body,
+                    !public,
+                    Some(login),
+                    chat.file.as_ref(),
+                )
+                .await
+            {
+                Ok(_) => return Ok(format!("noted as {login}")),
+                // Not allowed to write as them: written as Switchboard's user, named.
+                Err(Failure::Permanent(why)) => {
+                    info!(source = %self.id, %login, %why, "Zammad: cannot write as the room member");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_once(row, ticket, &chat.text(), !public, None, chat.file.as_ref())
+            .await?;
+        Ok("noted".into())
     }
 
     async fn transcribe(&self, row: &ActionRow, ticket: u64, text: &str) -> Result<bool, Failure> {
