@@ -8,7 +8,11 @@ use serde_json::json;
 use crate::common::{start, wait_in_room};
 use crate::harness::{self, Db, synapse, wait_for};
 
-on_both_databases!(rt_ticket_rooms_both_ways);
+on_both_databases!(
+    rt_ticket_rooms_both_ways,
+    rt_merged_ticket_points_to_the_surviving_room,
+    rt_closed_rooms_turn_read_only_then_empty
+);
 
 /// The source `rt` for `queue`, with a table mapping `agent`, `agent2` and the customer.
 fn rt_source(queue: &str, secret: &str, people: &[(&str, &harness::User)]) -> String {
@@ -447,20 +451,14 @@ async fn rt_rooms_for_selected_tickets_and_on_demand() -> Result<()> {
 
 /// A ticket merged into another: its room is told, with a link to the surviving ticket's
 /// room, and hears nothing of it afterwards.
-#[tokio::test]
-async fn rt_merged_ticket_points_to_the_surviving_room() -> Result<()> {
+async fn rt_merged_ticket_points_to_the_surviving_room(db: Db) -> Result<()> {
     let hs = synapse();
     let rt = harness::rt();
     let bot = hs.user("bot").await?;
     let alice = hs.user("alice").await?;
     let queue = format!("q{}", harness::suffix());
     let secret = format!("rt-secret-{}", harness::suffix());
-    let sb = start(
-        Db::Sqlite,
-        &bot,
-        &rt_source(&queue, &secret, &[("agent", &alice)]),
-    )
-    .await?;
+    let sb = start(db, &bot, &rt_source(&queue, &secret, &[("agent", &alice)])).await?;
     rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
     let mut rooms = Vec::new();
     for subject in ["Mail bounces", "Mail bounces again"] {
@@ -600,8 +598,7 @@ async fn rt_people_found_by_field_homeserver_and_identity_server() -> Result<()>
 /// Some time after the close (seconds here, days in use), the room becomes read-only for all
 /// but its admins, then everyone leaves it; reopening the ticket makes it writable again
 /// and invites its people back.
-#[tokio::test]
-async fn rt_closed_rooms_turn_read_only_then_empty() -> Result<()> {
+async fn rt_closed_rooms_turn_read_only_then_empty(db: Db) -> Result<()> {
     let hs = synapse();
     let rt = harness::rt();
     let bot = hs.user("bot").await?;
@@ -615,7 +612,7 @@ async fn rt_closed_rooms_turn_read_only_then_empty() -> Result<()> {
         "[sources.rt.request_tracker.room]\nencrypted = false\n\
          read_only_after_days = 0.00005\nempty_after_days = 0.00015\n",
     );
-    let sb = start(Db::Sqlite, &bot, &config).await?;
+    let sb = start(db, &bot, &config).await?;
     rt.queue(&queue, &format!("{}/hooks/rt", sb.base), &secret)?;
     let id = rt
         .create(

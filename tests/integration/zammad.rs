@@ -16,7 +16,10 @@ use warp::http::StatusCode;
 use crate::common::{start, wait_in_room};
 use crate::harness::{self, Db, synapse, wait_for};
 
-on_both_databases!(zammad_ticket_rooms_both_ways);
+on_both_databases!(
+    zammad_ticket_rooms_both_ways,
+    zammad_merged_ticket_points_to_the_surviving_one
+);
 
 const TOKEN: &str = "zammad-test-token";
 /// Switchboard's own Zammad user.
@@ -559,8 +562,7 @@ async fn zammad_rooms_for_tagged_tickets() -> Result<()> {
 
 /// A ticket merged into another: its room is closed with a notice that names the surviving
 /// ticket, found through the link Zammad makes between the two.
-#[tokio::test]
-async fn zammad_merged_ticket_points_to_the_surviving_one() -> Result<()> {
+async fn zammad_merged_ticket_points_to_the_surviving_one(db: Db) -> Result<()> {
     let hs = synapse();
     let bot = hs.user("bot").await?;
     let body = payload()?;
@@ -573,7 +575,7 @@ async fn zammad_merged_ticket_points_to_the_surviving_one() -> Result<()> {
          algorithm = \"sha1\"\n\n[sources.zammad.zammad]\nurl = \"{url}\"\n\
          token = \"{TOKEN}\"\n\n[sources.zammad.zammad.room]\nencrypted = false\n",
     );
-    let sb = start(Db::Sqlite, &bot, &source).await?;
+    let sb = start(db, &bot, &source).await?;
     deliver(&sb, &body, "m1", &secret).await?;
     let room = sb.wait_room_in("zammad", "81").await?;
     wait_text(&bot, &room, "opened the ticket").await?;
