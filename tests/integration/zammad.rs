@@ -340,9 +340,18 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
     );
     let sb = start(db, &bot, &source).await?;
 
-    // A webhook signed with another secret is refused; the real one opens the room.
+    // A webhook signed with another secret is refused, one without a signature too; the
+    // real one opens the room.
     let (status, _) = deliver(&sb, &body, "d0", "not-the-secret").await?;
     assert_eq!(status, 401, "a bad signature");
+    let (status, _) = sb
+        .hook_raw(
+            "zammad",
+            body.to_string().into_bytes(),
+            &[("X-Zammad-Delivery", "d0".to_string())],
+        )
+        .await?;
+    assert_eq!(status, 401, "no signature");
     let (status, answer) = deliver(&sb, &body, "d1", &secret).await?;
     assert_eq!(
         (status, &answer["duplicate"]),
@@ -477,8 +486,18 @@ async fn zammad_ticket_rooms_both_ways(db: Db) -> Result<()> {
         s.ticket["owner_id"] = json!(3);
         s.ticket["updated_by_id"] = json!(5);
     }
+    // The first webhook once more, late and under another delivery ID (out of order): the
+    // ticket is read as it is now, and nothing is posted twice.
+    deliver(&sb, &body, "d1-late", &secret).await?;
     deliver(&sb, &body, "d3", &secret).await?;
-    wait_text(&bot, &room, "Emma Taylor set the ticket to closed").await?;
+    let said = wait_text(&bot, &room, "Emma Taylor set the ticket to closed").await?;
+    assert_eq!(
+        said.iter()
+            .filter(|m| m.contains("opened the ticket"))
+            .count(),
+        1,
+        "{said:?}"
+    );
     let transcript = wait_for("the transcript", || async {
         lock(&state)
             .written
