@@ -74,6 +74,37 @@ async fn upload(cx: &ActionContext<'_>, content: &Value) -> Result<Option<Upload
     }))
 }
 
+/// Posts a notice into `room` for the running action, `part` telling its sends apart.
+async fn notice(
+    cx: &ActionContext<'_>,
+    room: &str,
+    part: &str,
+    body: &str,
+) -> Result<String, Failure> {
+    let content = json!({"msgtype": "m.notice", "body": body});
+    let txn = cx.row.txn_id(part);
+    cx.matrix
+        .send(None, room, "m.room.message", content, &txn)
+        .await
+}
+
+/// Changes `room`'s power levels with `edit`, as the room has them now.
+async fn change_power(
+    cx: &ActionContext<'_>,
+    room: &str,
+    edit: impl FnOnce(&mut Value),
+) -> Result<String, Failure> {
+    let mut levels = cx
+        .matrix
+        .state(room, "m.room.power_levels", "")
+        .await?
+        .unwrap_or_else(|| json!({}));
+    edit(&mut levels);
+    cx.matrix
+        .set_state(None, room, "m.room.power_levels", "", levels)
+        .await
+}
+
 /// A member's `!ticket ...` command in a ticket's room.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -359,57 +390,35 @@ impl TicketRooms {
         let Some(room) = self.room(cx).await? else {
             return Ok("skipped: the ticket has no room".into());
         };
-        let notice = |body: &str| json!({"msgtype": "m.notice", "body": body});
         let room = room.as_str();
-        let write_power = |power: i64| async move {
-            let mut levels = cx
-                .matrix
-                .state(room, "m.room.power_levels", "")
-                .await?
-                .unwrap_or_else(|| json!({}));
-            levels["events_default"] = json!(power);
-            cx.matrix
-                .set_state(None, room, "m.room.power_levels", "", levels)
-                .await
-        };
+        let writers =
+            |power: i64| move |levels: &mut Value| levels["events_default"] = json!(power);
         let result = match stage {
             0 => {
-                write_power(0).await?;
+                change_power(cx, room, writers(0)).await?;
                 "writable again"
             }
             1 => {
                 let body = "The ticket was closed a while ago: only the room's admins can \
                             write here now.";
-                let txn = cx.row.txn_id("age");
-                cx.matrix
-                    .send(None, room, "m.room.message", notice(body), &txn)
-                    .await?;
-                write_power(100).await?;
+                notice(cx, room, "age", body).await?;
+                change_power(cx, room, writers(100)).await?;
                 "made read-only"
             }
             _ => {
                 let body = "The ticket was closed a while ago: everyone leaves this room now. \
                             If the ticket is opened again, its people are invited back.";
-                let txn = cx.row.txn_id("age");
-                cx.matrix
-                    .send(None, room, "m.room.message", notice(body), &txn)
-                    .await?;
+                notice(cx, room, "age", body).await?;
                 // Nobody keeps power they could stop the bot with (rooms before version 12
                 // give the bot 100, as the owner has).
                 let bot = cx.matrix.bot().to_string();
-                let mut levels = cx
-                    .matrix
-                    .state(room, "m.room.power_levels", "")
-                    .await?
-                    .unwrap_or_else(|| json!({}));
-                let bot_power = levels["users"][&bot].clone();
-                levels["users"] = match bot_power {
-                    Value::Null => json!({}),
-                    power => json!({ &bot: power }),
-                };
-                cx.matrix
-                    .set_state(None, room, "m.room.power_levels", "", levels)
-                    .await?;
+                change_power(cx, room, |levels| {
+                    levels["users"] = match levels["users"][&bot].clone() {
+                        Value::Null => json!({}),
+                        power => json!({ &bot: power }),
+                    };
+                })
+                .await?;
                 for member in cx.matrix.members(room).await? {
                     if member != bot {
                         cx.matrix
@@ -502,11 +511,7 @@ impl TicketRooms {
                 }
             }
         };
-        let content = json!({"msgtype": "m.notice", "body": notice});
-        let txn = cx.row.txn_id("mode");
-        cx.matrix
-            .send(None, &room, "m.room.message", content, &txn)
-            .await?;
+        self::notice(cx, &room, "mode", &notice).await?;
         Ok(result)
     }
 
@@ -585,22 +590,17 @@ impl TicketRooms {
         let Some(room) = self.room(cx).await? else {
             return Ok("skipped: the ticket has no room".into());
         };
-        let mut levels = cx
-            .matrix
-            .state(&room, "m.room.power_levels", "")
-            .await?
-            .unwrap_or_else(|| json!({}));
-        let mut users = levels["users"].as_object().cloned().unwrap_or_default();
-        if let Some(former) = demote.filter(|d| Some(*d) != promote) {
-            users.insert(former.to_string(), json!(former_power));
-        }
-        if let Some(owner) = promote {
-            users.insert(owner.to_string(), json!(100));
-        }
-        levels["users"] = Value::Object(users);
-        cx.matrix
-            .set_state(None, &room, "m.room.power_levels", "", levels)
-            .await
+        change_power(cx, &room, |levels| {
+            let mut users = levels["users"].as_object().cloned().unwrap_or_default();
+            if let Some(former) = demote.filter(|d| Some(*d) != promote) {
+                users.insert(former.to_string(), json!(former_power));
+            }
+            if let Some(owner) = promote {
+                users.insert(owner.to_string(), json!(100));
+            }
+            levels["users"] = Value::Object(users);
+        })
+        .await
     }
 
     async fn room(&self, cx: &ActionContext<'_>) -> Result<Option<String>, Failure> {
