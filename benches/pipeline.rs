@@ -139,6 +139,7 @@ async fn intake_only(db_url: &str) -> Result<String> {
         Arc::new(tokio::sync::Notify::new()),
         None,
         switchboard::metrics::Metrics::new(),
+        Default::default(),
     ));
     let info = switchboard_connector::SourceInfo {
         id: "bench".into(),
@@ -468,6 +469,7 @@ impl Desk {
             Arc::new(tokio::sync::Notify::new()),
             None,
             switchboard::metrics::Metrics::new(),
+            Default::default(),
         ));
         let requests = switchboard_matrix_dm::requests::Requests::new(host);
         for i in 1..open {

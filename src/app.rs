@@ -134,6 +134,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
             .as_ref()
             .map(|s| s.expose().to_string()),
         metrics.clone(),
+        loaded.connectors.followers(&loaded.config),
     ));
     let connectors = build_connectors(&loaded, &host)?;
     for (id, connector) in &connectors {

@@ -435,6 +435,27 @@ pub struct Loaded {
 #[derive(Default)]
 pub struct Connectors(pub BTreeMap<String, (SourceInfo, Checked)>);
 
+impl Connectors {
+    /// The sources that follow each source (`Kind::follows`).
+    pub fn followers(&self, config: &Config) -> BTreeMap<String, Vec<String>> {
+        let kinds = crate::registry::kinds();
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, (_, checked)) in &self.0 {
+            let Some(kind) = config
+                .sources
+                .get(id)
+                .and_then(|s| kinds.get(s.kind.as_str()))
+            else {
+                continue;
+            };
+            for (_, followed) in kind.follows(checked) {
+                out.entry(followed).or_default().push(id.clone());
+            }
+        }
+        out
+    }
+}
+
 impl fmt::Debug for Connectors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.0.keys()).finish()

@@ -2,6 +2,7 @@
 //! settings, cursors, inbox and outbox, the data secret's sealing, one HTTP client and the
 //! metrics registry.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct ServiceHost {
     data_secret: Option<String>,
     http: reqwest::Client,
     metrics: Metrics,
+    /// The sources that follow each source.
+    followers: BTreeMap<String, Vec<String>>,
 }
 
 impl ServiceHost {
@@ -33,6 +36,7 @@ impl ServiceHost {
         engine_wake: Arc<Notify>,
         data_secret: Option<String>,
         metrics: Metrics,
+        followers: BTreeMap<String, Vec<String>>,
     ) -> ServiceHost {
         let sealer = Sealer::new(data_secret.as_deref());
         let http = reqwest::Client::builder()
@@ -47,6 +51,7 @@ impl ServiceHost {
             data_secret,
             http,
             metrics,
+            followers,
         }
     }
 }
@@ -86,6 +91,9 @@ impl Host for ServiceHost {
             self.engine_wake.notify_one();
         }
         Ok(accepted)
+    }
+    fn followers(&self, source: &str) -> Vec<String> {
+        self.followers.get(source).cloned().unwrap_or_default()
     }
     async fn queue_after(
         &self,

@@ -75,6 +75,7 @@ pub(super) fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secret
         kind.check_together(&mine, &mut *err);
     }
     check_rooms(c, &kinds, &connectors, err);
+    check_follows(c, &kinds, &connectors, err);
     check_rules(c, err);
     (s, Connectors(connectors))
 }
@@ -291,6 +292,39 @@ fn check_rooms(
                 None => {
                     owners.insert(room, key);
                 }
+            }
+        }
+    }
+}
+
+/// A source follows sources that exist, other than itself, of a kind that publishes.
+fn check_follows(
+    c: &Config,
+    kinds: &BTreeMap<&'static str, Arc<dyn Kind>>,
+    connectors: &BTreeMap<String, (SourceInfo, Checked)>,
+    err: &mut dyn FnMut(&str, String),
+) {
+    for (id, (_, checked)) in connectors {
+        let kind = &kinds[c.sources[id].kind.as_str()];
+        for (key, followed) in kind.follows(checked) {
+            let key = format!("sources.{id}.{}.{key}", kind.name());
+            match c.sources.get(&followed) {
+                None => err(&key, format!("no source `{followed}` is configured")),
+                Some(_) if followed == *id => err(&key, "a source cannot follow itself".into()),
+                Some(other)
+                    if !kinds
+                        .get(other.kind.as_str())
+                        .is_some_and(|k| k.publishes()) =>
+                {
+                    err(
+                        &key,
+                        format!(
+                            "`{followed}` is a `{}` source, which has nothing to follow",
+                            other.kind
+                        ),
+                    )
+                }
+                Some(_) => {}
             }
         }
     }

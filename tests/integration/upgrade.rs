@@ -191,6 +191,7 @@ async fn a_database_of_the_release_before_opens_and_its_actions_run(db: Db) -> R
         std::sync::Arc::new(tokio::sync::Notify::new()),
         None,
         switchboard::metrics::Metrics::new(),
+        Default::default(),
     ));
     let kinds = switchboard::registry::kinds();
     let mut connectors = std::collections::HashMap::new();

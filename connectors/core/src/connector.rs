@@ -83,6 +83,15 @@ pub trait Kind: Send + Sync {
     fn rooms(&self, _checked: &Checked) -> Vec<(String, String)> {
         Vec::new()
     }
+    /// The sources a source with this config follows, each with its key (relative to the
+    /// section): each must exist and be of a kind that `publishes`.
+    fn follows(&self, _checked: &Checked) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Whether its sources tell followers about their tickets (`feed`).
+    fn publishes(&self) -> bool {
+        false
+    }
     /// A whole config made from environment variables when there is no config file (a
     /// drop-in for another program): `None` when none of its variables is set.
     fn env_config(

@@ -33,6 +33,23 @@ pub trait Host: Send + Sync {
         dedupe_key: &str,
         events: &[TicketEvent],
     ) -> Result<Accepted, DbError>;
+    /// The sources that follow `source` (`Kind::follows`), as configured.
+    fn followers(&self, source: &str) -> Vec<String>;
+    /// Delivers `events` (each with a `feed::Feed` payload) into the inbox of every source
+    /// that follows `source`, each keyed `<source>:<key>`: durable once this returns, and
+    /// the same key again delivers nothing twice.
+    async fn publish(
+        &self,
+        source: &str,
+        key: &str,
+        events: &[TicketEvent],
+    ) -> Result<(), DbError> {
+        for follower in self.followers(source) {
+            self.deliver(&follower, &format!("{source}:{key}"), events)
+                .await?;
+        }
+        Ok(())
+    }
     /// Queues actions that running `row` asked for, inside the caller's transaction, so
     /// they exist exactly when the connector's own changes made with them do. Each gets a
     /// transaction key derived from `row`'s: running `row` again queues the same sends.

@@ -9,6 +9,7 @@ pub mod connector;
 pub mod db;
 pub mod event;
 pub mod failure;
+pub mod feed;
 pub mod host;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -25,4 +26,5 @@ pub use event::{
     check_delivery, is_matrix_user_id, lookup,
 };
 pub use failure::Failure;
+pub use feed::{Feed, FeedFile, Side};
 pub use host::{ActAs, Host, Matrix};

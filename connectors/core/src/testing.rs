@@ -30,6 +30,8 @@ pub struct TestHost {
     pub queued: Mutex<Vec<Queued>>,
     /// Ticket rooms: room -> (source, ticket).
     pub links: Mutex<BTreeMap<String, (String, String)>>,
+    /// Followers by followed source.
+    pub followers: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,6 +100,7 @@ impl TestHost {
             inbox: Mutex::default(),
             queued: Mutex::default(),
             links: Mutex::default(),
+            followers: Mutex::default(),
         })
     }
 
@@ -173,6 +176,12 @@ impl Host for TestHost {
     ) -> Result<(), DbError> {
         lock(&self.queued).extend(actions.iter().cloned());
         Ok(())
+    }
+    fn followers(&self, source: &str) -> Vec<String> {
+        lock(&self.followers)
+            .get(source)
+            .cloned()
+            .unwrap_or_default()
     }
     async fn ticket_of_room(&self, room: &str) -> Result<Option<(String, String)>, DbError> {
         Ok(lock(&self.links).get(room).cloned())

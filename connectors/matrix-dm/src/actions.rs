@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchboard_connector::{Action, ActionContext, Failure, Queued, RoomSpec, now_ms};
+use switchboard_connector::{Action, ActionContext, Failure, Feed, Queued, RoomSpec, now_ms};
 use tracing::warn;
 
 use crate::desk::{Helpdesk, PENDING_DM};
@@ -62,10 +62,23 @@ pub enum HelpdeskAction {
         user: String,
         encrypted: bool,
     },
+    /// Tell the sources that follow the helpdesk about a request (keyed `key`): with its
+    /// title, its thread's link and its customer as they are when this runs.
+    Publish {
+        request: i64,
+        key: String,
+        feed: Feed,
+    },
 }
 
 /// The `type`s of `HelpdeskAction`.
-pub const KINDS: &[&str] = &["thread_open", "thread_post", "relay", "start_chat"];
+pub const KINDS: &[&str] = &[
+    "thread_open",
+    "thread_post",
+    "relay",
+    "start_chat",
+    "publish",
+];
 
 /// One step a delivery plans: one of the service's actions or one of the helpdesk's.
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +110,11 @@ impl Step {
 }
 
 const REDACTION: &str = "m.room.redaction";
+
+/// A link to a request's thread that opens in any Matrix client.
+pub fn thread_link(backoffice: &str, root: &str) -> String {
+    format!("https://matrix.to/#/{backoffice}/{root}")
+}
 
 impl Helpdesk {
     /// Runs one of the helpdesk's actions.
@@ -224,6 +242,19 @@ impl Helpdesk {
                     cx.matrix.invite(None, &room, &user).await?;
                 }
                 Ok(room)
+            }
+            HelpdeskAction::Publish { request, key, feed } => {
+                let Some(r) = self.store.request_by_id(request).await? else {
+                    return Ok("skipped: no such request".into());
+                };
+                let mut event = feed.event(&r.id.to_string());
+                event.title = Some(r.title);
+                event.url = r
+                    .thread_root
+                    .map(|root| thread_link(self.backoffice(), &root));
+                event.participants = vec![r.customer];
+                cx.host.publish(&self.source_id, &key, &[event]).await?;
+                Ok("published".into())
             }
         }
     }

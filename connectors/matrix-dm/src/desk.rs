@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use switchboard_connector::{Action, DbError, EventKind, Host, TicketEvent, now_ms};
+use switchboard_connector::{
+    Action, DbError, EventKind, Feed, FeedFile, Host, Side, TicketEvent, now_ms,
+};
 use tracing::{info, warn};
 
 use crate::access::server_of;
@@ -293,6 +295,9 @@ impl Helpdesk {
         store: &Store,
         event: &TicketEvent,
     ) -> Result<Vec<(String, Step)>> {
+        if let Some(feed) = Feed::of(event) {
+            return self.follower_said(store, event, feed).await;
+        }
         let heard: Heard = match serde_json::from_value(event.payload.clone()) {
             Ok(h) => h,
             Err(error) => {
@@ -400,6 +405,14 @@ impl Helpdesk {
         if let Some(edit) = self.retitle(&request, &request.title, true) {
             out.push((lane.clone(), edit.into()));
         }
+        let told = (chat && !self.flag("silent"))
+            .then(|| self.notice(text)["body"].as_str().map(String::from))
+            .flatten();
+        let closed = Feed::Closed {
+            text: told,
+            by: Some(by.to_string()),
+        };
+        out.extend(self.publish(&request, &format!("closed:{by}"), closed));
         if chat {
             out.push((
                 lane,
@@ -410,6 +423,122 @@ impl Helpdesk {
             ));
         }
         Ok(out)
+    }
+
+    /// The step that tells the helpdesk's followers about `request`, if it has any.
+    fn publish(&self, request: &Request, key: &str, feed: Feed) -> Option<(String, Step)> {
+        if self.store.host().followers(&self.source_id).is_empty() {
+            return None;
+        }
+        let step = HelpdeskAction::Publish {
+            request: request.id,
+            key: key.to_string(),
+            feed,
+        };
+        Some((lane(request.id), step.into()))
+    }
+
+    /// A message for the followers: its text without a reply's quote, and its file.
+    fn message_feed(&self, heard: &Heard, from: Side) -> Option<Feed> {
+        let msgtype = heard.content.get("msgtype").and_then(Value::as_str)?;
+        // Notices are the bots' and the helpdesk's own words.
+        if msgtype == "m.notice" {
+            return None;
+        }
+        let body = heard.content.get("body").and_then(Value::as_str)?;
+        let text = relay::strip_plain_fallback(body).to_string();
+        let media = matches!(msgtype, "m.file" | "m.image" | "m.video" | "m.audio");
+        let file = media
+            .then(|| {
+                let info = heard.content.get("info");
+                let field = |k: &str| info.and_then(|i| i.get(k));
+                (heard.content.contains_key("url") || heard.content.contains_key("file")).then(
+                    || FeedFile {
+                        name: heard
+                            .content
+                            .get("filename")
+                            .and_then(Value::as_str)
+                            .unwrap_or(&text)
+                            .to_string(),
+                        content_type: field("mimetype")
+                            .and_then(Value::as_str)
+                            .unwrap_or("application/octet-stream")
+                            .to_string(),
+                        size: field("size").and_then(Value::as_u64).unwrap_or_default(),
+                        content: Value::Object(heard.content.clone()),
+                    },
+                )
+            })
+            .flatten();
+        Some(Feed::Message {
+            from,
+            author: heard.sender.clone(),
+            name: heard.displayname.clone(),
+            text,
+            file,
+        })
+    }
+
+    /// What a follower tells about one of the helpdesk's requests: a note for the thread
+    /// (and the customer, when public), a notice, or the request closed there.
+    async fn follower_said(
+        &self,
+        store: &Store,
+        event: &TicketEvent,
+        feed: Feed,
+    ) -> Result<Vec<(String, Step)>> {
+        let Some(request) = match event.ticket.parse::<i64>() {
+            Ok(id) => store.request_by_id(id).await?,
+            Err(_) => None,
+        }
+        .filter(|r| r.source_id == self.source_id) else {
+            return Ok(Vec::new());
+        };
+        let lane = lane(request.id);
+        let thread = |body: String| {
+            let post = HelpdeskAction::ThreadPost {
+                request: request.id,
+                room: self.backoffice().to_string(),
+                content: json!({"msgtype": "m.notice", "body": body}),
+            };
+            (lane.clone(), Step::from(post))
+        };
+        match feed {
+            Feed::Note {
+                author,
+                place,
+                text,
+                public,
+            } => {
+                let to_customer =
+                    public && !request.closed && !request.dm_room.starts_with(PENDING_DM);
+                let heading = if public {
+                    format!("{author} in {place}:")
+                } else {
+                    format!("{author} in {place} (private note):")
+                };
+                let mut out = vec![thread(format!("{heading}\n\n{text}"))];
+                if to_customer {
+                    let send = Action::Send {
+                        room: request.dm_room.clone(),
+                        content: Value::Object(self.message(&text)),
+                    };
+                    out.push((lane.clone(), send.into()));
+                }
+                Ok(out)
+            }
+            Feed::Notice { text } => Ok(vec![thread(text)]),
+            Feed::Close { author, place, key } => {
+                if request.closed && request.closed_by.as_deref() != Some(key.as_str()) {
+                    return Ok(Vec::new());
+                }
+                let note = format!("Closed in {place} by {author}.");
+                self.close(store, request, &key, "text.done", Some(&note))
+                    .await
+            }
+            // What the helpdesk publishes itself.
+            Feed::Message { .. } | Feed::Closed { .. } => Ok(Vec::new()),
+        }
     }
 
     async fn customer_wrote(&self, store: &Store, heard: Heard) -> Result<Vec<(String, Step)>> {
@@ -469,6 +598,9 @@ impl Helpdesk {
                 }
                 .into(),
             ));
+        }
+        if let Some(feed) = self.message_feed(&heard, Side::Customer) {
+            out.extend(self.publish(&request, &heard.event_id, feed));
         }
         let content = relay::with_profile(relay::relayed_content(&heard.content), &profile(&heard));
         out.push((
@@ -530,7 +662,12 @@ impl Helpdesk {
             )]);
         }
         store.touch_request(request.id).await?;
-        Ok(vec![(
+        let mut out: Vec<_> = self
+            .message_feed(&heard, Side::Operator)
+            .and_then(|feed| self.publish(&request, &heard.event_id, feed))
+            .into_iter()
+            .collect();
+        out.push((
             lane(request.id),
             HelpdeskAction::Relay {
                 request: request.id,
@@ -544,7 +681,8 @@ impl Helpdesk {
                 apology: None,
             }
             .into(),
-        )])
+        ));
+        Ok(out)
     }
 
     /// Runs an operator's command; the answers go into the command's thread.

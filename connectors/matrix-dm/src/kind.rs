@@ -63,6 +63,11 @@ impl Kind for MatrixDm {
         KINDS
     }
 
+    /// Its requests' messages and closes, for a ticket system that keeps them too.
+    fn publishes(&self) -> bool {
+        true
+    }
+
     fn migrations(&self, dialect: Dialect) -> Option<&'static sqlx::migrate::Migrator> {
         Some(match dialect {
             Dialect::Sqlite => &crate::requests::SQLITE,
