@@ -51,9 +51,9 @@ ensure_packages() {
     if apt-get install -s --no-install-recommends $PKGS 2>/dev/null | grep -q '^Inst exim4'; then
       extra=msmtp-mta
     fi
-    apt-get install -y -q --no-install-recommends $PKGS $extra >&2 || {
-      apt-get update -qq >&2
-      apt-get install -y -q --no-install-recommends $PKGS $extra >&2
+    apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends $PKGS $extra >&2 || {
+      apt-get -o DPkg::Lock::Timeout=900 update -qq >&2
+      apt-get -o DPkg::Lock::Timeout=900 install -y -q --no-install-recommends $PKGS $extra >&2
     } || die "apt-get install failed"
   ) 9>"$CACHE/rt-install.lock"
 }

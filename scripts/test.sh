@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests, and the end-to-end suite against a real Synapse and a real
 # pretix (both installed from PyPI into ~/.cache/switchboard on first use), a real Request
-# Tracker (Debian's request-tracker5, installed with apt on first use) and the local
-# PostgreSQL.
+# Tracker and a real Redmine (Debian's request-tracker5 and redmine, installed with apt on
+# first use) and the local PostgreSQL.
 #   SWITCHBOARD_TEST_POSTGRES  server URL without a database (postgres://postgres@127.0.0.1:5432)
 #   SWITCHBOARD_TEST_THREADS   tests run at once (default 4)
 #   extra arguments go to `cargo test` (e.g. a test name filter)
@@ -30,12 +30,15 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 work=$(mktemp -d -t switchboard-test.XXXXXX)
 pretix_start=
 rt_start=
-# pretix and RT are stopped once their starts are over (they may still be installing).
+redmine_start=
+# pretix, RT and Redmine are stopped once their starts are over (they may still be installing).
 trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
       [ -z "$pretix_start" ] || wait "$pretix_start" 2>/dev/null || true
       scripts/pretix.sh stop "$work/pretix" >/dev/null 2>&1 || true
       [ -z "$rt_start" ] || wait "$rt_start" 2>/dev/null || true
-      scripts/rt.sh stop "$work/rt" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+      scripts/rt.sh stop "$work/rt" >/dev/null 2>&1 || true
+      [ -z "$redmine_start" ] || wait "$redmine_start" 2>/dev/null || true
+      scripts/redmine.sh stop "$work/redmine" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 # The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
 scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
@@ -57,6 +60,14 @@ mkdir -p "$work/rt"
     touch "$work/rt/failed" ) &
 rt_start=$!
 export SWITCHBOARD_TEST_RT_DIR=$work/rt
+
+# A throwaway Redmine (Debian's redmine, installed on first use), the same way.
+mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/redmine"
+( scripts/redmine.sh start "$work/redmine" "$mport" >/dev/null 2>"$work/redmine/start.log" ||
+    touch "$work/redmine/failed" ) &
+redmine_start=$!
+export SWITCHBOARD_TEST_REDMINE_DIR=$work/redmine
 
 # Benchmarks are not tests: scripts/bench.sh runs them.
 cargo test --workspace --lib --bins --tests "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

@@ -27,6 +27,7 @@ mod one_bot;
 mod operations;
 mod otobo;
 mod pretix;
+mod redmine;
 mod rt;
 mod upgrade;
 mod webhook;

@@ -1,0 +1,139 @@
+//! The `redmine` kind: its config section checked (the API key read), the helpdesk it
+//! follows, its table, its actions, and the running source it builds.
+
+use std::sync::Arc;
+
+use switchboard_connector::{Checked, Checker, Connector, Dialect, Host, Kind, Secret, SourceInfo};
+
+use crate::RedmineConfig;
+use crate::source::{KINDS, Source};
+
+/// The kind `redmine`.
+pub struct Redmine;
+
+/// A checked config with its API key read.
+struct Config {
+    config: RedmineConfig,
+    key: Secret,
+}
+
+static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Kind for Redmine {
+    fn name(&self) -> &'static str {
+        "redmine"
+    }
+
+    fn schema(&self, generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        generator.subschema_for::<RedmineConfig>()
+    }
+
+    fn check(
+        &self,
+        _source: &SourceInfo,
+        section: Option<&serde_json::Value>,
+        check: &mut Checker<'_>,
+    ) -> Option<Checked> {
+        let Some(section) = section else {
+            check.problem("", "required for kind = \"redmine\"");
+            return None;
+        };
+        let config: RedmineConfig = check.parse(section)?;
+        let mut ok = true;
+        for (key, problem) in config.problems() {
+            check.problem(&key, problem);
+            ok = false;
+        }
+        let key = match check.secret(
+            "api_key",
+            config.api_key.as_deref(),
+            config.api_key_file.as_deref(),
+        ) {
+            Ok(Some(key)) => Some(key),
+            Ok(None) => {
+                check.problem(
+                    "api_key",
+                    "an API key (`api_key` or `api_key_file`) is required",
+                );
+                None
+            }
+            Err(_) => None,
+        }?;
+        ok.then_some(Box::new(Config { config, key }) as Checked)
+    }
+
+    fn follows(&self, checked: &Checked) -> Vec<(String, String)> {
+        checked
+            .downcast_ref::<Config>()
+            .and_then(|c| c.config.helpdesk.clone())
+            .map(|h| vec![("helpdesk".to_string(), h)])
+            .unwrap_or_default()
+    }
+
+    fn action_kinds(&self) -> &'static [&'static str] {
+        KINDS
+    }
+
+    fn migrations(&self, dialect: Dialect) -> Option<&'static sqlx::migrate::Migrator> {
+        Some(match dialect {
+            Dialect::Sqlite => &SQLITE,
+            Dialect::Postgres => &POSTGRES,
+        })
+    }
+
+    fn build(
+        &self,
+        source: &SourceInfo,
+        checked: &Checked,
+        host: Arc<dyn Host>,
+    ) -> Result<Arc<dyn Connector>, String> {
+        let config = checked
+            .downcast_ref::<Config>()
+            .ok_or("not a checked redmine config")?;
+        Ok(Arc::new(Source::new(
+            &source.id,
+            config.config.clone(),
+            config.key.clone(),
+            host,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(section: serde_json::Value) -> Result<Checked, Vec<String>> {
+        let info = SourceInfo {
+            id: "redmine".into(),
+            bot: "@bot:example.org".into(),
+            ..Default::default()
+        };
+        let mut problems = Vec::new();
+        let mut report = |k: &str, _: String| problems.push(k.to_string());
+        let checked = Redmine.check(
+            &info,
+            Some(&section),
+            &mut Checker::new("redmine", "redmine", &mut report),
+        );
+        checked.ok_or(problems)
+    }
+
+    #[test]
+    fn sections_are_checked_with_their_keys() {
+        let ok = json!({"url": "https://redmine.example.org", "api_key": "abc",
+                        "project": "helpdesk", "helpdesk": "support"});
+        let checked = check(ok).expect("valid");
+        assert_eq!(
+            Redmine.follows(&checked),
+            [("helpdesk".to_string(), "support".to_string())]
+        );
+        let problems = check(json!({"url": "x", "project": "p"})).expect_err("invalid");
+        for key in ["url", "helpdesk", "api_key"] {
+            let key = format!("sources.redmine.redmine.{key}");
+            assert!(problems.contains(&key), "{key} in {problems:?}");
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! One Redmine source: the helpdesk's messages and closes planned as notes on the request's
+//! issue (created with the first), those actions run, and the poll that brings notes,
+//! status changes and closes written in Redmine back to the helpdesk.
+
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use prometheus::{IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_connector::{
+    ActionContext, Connector, DbError, Failure, Feed, FeedFile, Host, Queued, Secret, Side,
+    TicketEvent, now_ms,
+};
+use switchboard_ticket_rooms::text::render;
+use tracing::{info, warn};
+
+use crate::RedmineConfig;
+use crate::api::{Api, Status, Upload, redmine_time};
+use crate::issues::Issues;
+
+/// The source's actions, as stored in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+enum RedmineAction {
+    /// Make the request's issue, unless it has one.
+    #[serde(rename = "redmine_issue")]
+    Issue {
+        request: String,
+        subject: String,
+        description: String,
+    },
+    /// Write a note (with a status and a file) on the request's issue.
+    #[serde(rename = "redmine_note")]
+    Note {
+        request: String,
+        notes: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file: Option<FeedFile>,
+    },
+    /// Close the request's issue with a note, unless it is closed.
+    #[serde(rename = "redmine_close")]
+    Close { request: String, notes: String },
+}
+
+/// The `type`s of `RedmineAction`.
+pub(crate) const KINDS: &[&str] = &["redmine_issue", "redmine_note", "redmine_close"];
+
+/// How far back the first poll looks.
+const FIRST_LOOK_BACK_MS: i64 = 3_600_000;
+
+/// What the poll is at: Redmine's time of the newest change read.
+fn cursor_key(source: &str) -> String {
+    format!("redmine.{source}.updated_on")
+}
+
+pub(crate) struct Source {
+    id: String,
+    config: RedmineConfig,
+    helpdesk: String,
+    host: Arc<dyn Host>,
+    api: Api,
+    issues: Issues,
+    /// The API key's user, once asked.
+    me: OnceLock<i64>,
+    /// Redmine's statuses, as last asked.
+    statuses: RwLock<Vec<Status>>,
+}
+
+impl Source {
+    pub fn new(id: &str, config: RedmineConfig, key: Secret, host: Arc<dyn Host>) -> Source {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "redmine_requests_total",
+                "Requests made to Redmine by source and what for",
+            ),
+            &["source", "purpose"],
+        )
+        .expect("valid metric");
+        let _ = host.registry().register(Box::new(requests.clone()));
+        Source {
+            api: Api::new(&config.url, key, host.http().clone(), requests, id),
+            issues: Issues::new(id),
+            helpdesk: config.helpdesk.clone().unwrap_or_default(),
+            id: id.to_string(),
+            config,
+            host,
+            me: OnceLock::new(),
+            statuses: RwLock::new(Vec::new()),
+        }
+    }
+
+    /// The API key's user, asked once.
+    async fn me(&self) -> Result<i64, Failure> {
+        if let Some(me) = self.me.get() {
+            return Ok(*me);
+        }
+        let me = self.api.me().await?;
+        Ok(*self.me.get_or_init(|| me))
+    }
+
+    /// A status by its number, asking Redmine again for one not known yet.
+    async fn status(&self, id: i64) -> Result<Option<Status>, Failure> {
+        let known = |list: &Vec<Status>| list.iter().find(|s| s.id == id).cloned();
+        if let Some(s) = known(&self.statuses.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(Some(s));
+        }
+        let fresh = self.api.statuses().await?;
+        let found = known(&fresh);
+        *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(found)
+    }
+
+    /// The status `done` sets: the configured one, or Redmine's first closed status.
+    async fn done(&self) -> Result<Option<u64>, Failure> {
+        if let Some(done) = self.config.statuses.done {
+            return Ok(Some(done));
+        }
+        if self
+            .statuses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            let fresh = self.api.statuses().await?;
+            *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        }
+        let statuses = self.statuses.read().unwrap_or_else(|e| e.into_inner());
+        Ok(statuses.iter().find(|s| s.closed).map(|s| s.id as u64))
+    }
+
+    /// The issue of a request, or why there is none.
+    async fn issue_of(&self, request: &str) -> Result<i64, Failure> {
+        self.issues
+            .of_request(&*self.host, request)
+            .await?
+            .and_then(|i| i.issue_id)
+            .ok_or_else(|| {
+                Failure::Permanent(format!(
+                    "request {request} has no Redmine issue: making it failed (see its \
+                     redmine_issue action)"
+                ))
+            })
+    }
+
+    async fn plan_feed(&self, event: &TicketEvent, feed: Feed) -> Result<Vec<Queued>, DbError> {
+        let request = event.ticket.as_str();
+        let lane = format!("request:{request}");
+        let mut out = Vec::new();
+        match feed {
+            Feed::Message {
+                from,
+                author,
+                name,
+                text,
+                file,
+            } => {
+                let known = self.issues.of_request(&*self.host, request).await?;
+                if known.is_none() {
+                    self.issues.expect(&*self.host, request).await?;
+                }
+                // Queued again while the issue is still being made: the second finds it.
+                if known.and_then(|i| i.issue_id).is_none() {
+                    let context = json!({"request": {
+                        "id": request,
+                        "title": event.title,
+                        "customer": event.participants.first(),
+                        "link": event.url,
+                    }});
+                    let issue = RedmineAction::Issue {
+                        request: request.to_string(),
+                        subject: render(&self.config.templates.subject, &context),
+                        description: render(&self.config.templates.description, &context),
+                    };
+                    out.push(Queued::own(&lane, &issue)?);
+                }
+                let (side, status) = match from {
+                    Side::Customer => ("customer", self.config.statuses.customer_wrote),
+                    Side::Operator => ("operator", self.config.statuses.operator_wrote),
+                };
+                let name = match name {
+                    Some(n) if n != author => format!("{n} ({author})"),
+                    _ => author.clone(),
+                };
+                let context = json!({"author": author, "name": name, "side": side, "text": text});
+                let note = RedmineAction::Note {
+                    request: request.to_string(),
+                    notes: render(&self.config.templates.note, &context),
+                    status,
+                    file,
+                };
+                out.push(Queued::own(&lane, &note)?);
+            }
+            Feed::Closed { text, by } => {
+                if self
+                    .issues
+                    .of_request(&*self.host, request)
+                    .await?
+                    .is_none()
+                {
+                    return Ok(out);
+                }
+                // Closed from here: the issue is closed already.
+                if by.is_some_and(|b| b.starts_with(&format!("{}:", self.id))) {
+                    self.issues.set_closed(&*self.host, request).await?;
+                    return Ok(out);
+                }
+                let close = RedmineAction::Close {
+                    request: request.to_string(),
+                    notes: text.unwrap_or_else(|| "The request is done.".into()),
+                };
+                out.push(Queued::own(&lane, &close)?);
+            }
+            Feed::Note { .. } | Feed::Notice { .. } | Feed::Close { .. } => {}
+        }
+        Ok(out)
+    }
+
+    async fn run_action(
+        &self,
+        cx: &ActionContext<'_>,
+        action: RedmineAction,
+    ) -> Result<String, Failure> {
+        let project = &self.config.project;
+        match action {
+            RedmineAction::Issue {
+                request,
+                subject,
+                description,
+            } => {
+                let issues = &self.issues;
+                if let Some(id) = issues
+                    .of_request(cx.host, &request)
+                    .await?
+                    .and_then(|i| i.issue_id)
+                {
+                    return Ok(format!("skipped: issue #{id} exists"));
+                }
+                // An earlier try may have made it and failed before recording it.
+                let before = if cx.row.attempts > 1 {
+                    self.api.made_before(project, &subject).await?
+                } else {
+                    None
+                };
+                let id = match before {
+                    Some(id) => id,
+                    None => {
+                        let tracker = self.config.tracker_id;
+                        let status = self.config.statuses.new;
+                        self.api
+                            .create(project, tracker, status, &subject, &description)
+                            .await?
+                    }
+                };
+                issues.set_issue(cx.host, &request, id).await?;
+                Ok(format!("issue #{id}"))
+            }
+            RedmineAction::Note {
+                request,
+                notes,
+                status,
+                file,
+            } => {
+                let issue = self.issue_of(&request).await?;
+                let me = self.me().await?;
+                if cx.row.attempts > 1 && self.api.wrote(issue, me, &notes).await? {
+                    return Ok(format!("skipped: written on #{issue} before"));
+                }
+                let mut notes = notes;
+                let mut files = Vec::new();
+                if let Some(file) = file {
+                    match self.attach(cx, &file).await {
+                        Ok(upload) => files.push(upload),
+                        // The note is written all the same, saying what is missing.
+                        Err(Failure::Permanent(why)) => {
+                            notes.push_str(&format!("\n\n(file {} not attached: {why})", file.name))
+                        }
+                        Err(other) => return Err(other),
+                    }
+                }
+                self.api.note(issue, &notes, status, &files).await?;
+                Ok(format!("note on #{issue}"))
+            }
+            RedmineAction::Close { request, notes } => {
+                let issue = self.issue_of(&request).await?;
+                if self.api.is_closed(issue).await? {
+                    self.issues.set_closed(cx.host, &request).await?;
+                    return Ok(format!("skipped: #{issue} is closed"));
+                }
+                let done = self.done().await?;
+                self.api.note(issue, &notes, done, &[]).await?;
+                self.issues.set_closed(cx.host, &request).await?;
+                Ok(format!("closed #{issue}"))
+            }
+        }
+    }
+
+    /// A message's file, fetched from Matrix and uploaded to Redmine.
+    async fn attach(&self, cx: &ActionContext<'_>, file: &FeedFile) -> Result<Upload, Failure> {
+        let data = cx.matrix.download(&file.content).await?;
+        self.api.upload(&file.name, &file.content_type, data).await
+    }
+
+    /// One look at what changed in Redmine since the last: notes, status changes and closes
+    /// by others delivered to the helpdesk; how many.
+    async fn poll(&self) -> Result<usize, Failure> {
+        let me = self.me().await?;
+        let key = cursor_key(&self.id);
+        let Some(since) = self.host.cursor(&key).await? else {
+            // The first look starts an hour back (clocks differ): an issue is read only
+            // once a request has it, and then only its journals not read yet.
+            let start = redmine_time(now_ms() - FIRST_LOOK_BACK_MS);
+            self.host.set_cursor(&key, &start).await?;
+            return Ok(0);
+        };
+        let mut newest = since.clone();
+        let mut delivered = 0;
+        for changed in self.api.changed(&self.config.project, &since).await? {
+            if changed.updated_on > newest {
+                newest = changed.updated_on.clone();
+            }
+            let Some(issue) = self.issues.of_issue(&*self.host, changed.id).await? else {
+                continue;
+            };
+            if issue.closed {
+                continue;
+            }
+            let place = format!("Redmine issue #{}", changed.id);
+            for journal in self.api.journals(changed.id).await? {
+                if journal.id <= issue.last_journal {
+                    continue;
+                }
+                if journal.user_id != me {
+                    let key = format!("{}:journal:{}", self.id, journal.id);
+                    let mut events = Vec::new();
+                    if !journal.notes.trim().is_empty() {
+                        let note = Feed::Note {
+                            author: journal.user.clone(),
+                            place: place.clone(),
+                            text: journal.notes.clone(),
+                            public: !journal.private,
+                        };
+                        events.push(note.event(&issue.request));
+                    }
+                    if let Some(id) = journal.status {
+                        let status = self.status(id).await?;
+                        let feed = match status {
+                            Some(s) if s.closed => Feed::Close {
+                                author: journal.user.clone(),
+                                place: place.clone(),
+                                key: key.clone(),
+                            },
+                            _ => Feed::Notice {
+                                text: format!(
+                                    "{} set {place} to {}.",
+                                    journal.user,
+                                    status.map(|s| s.name).unwrap_or_else(|| id.to_string())
+                                ),
+                            },
+                        };
+                        events.push(feed.event(&issue.request));
+                    }
+                    if !events.is_empty() {
+                        self.host.deliver(&self.helpdesk, &key, &events).await?;
+                        delivered += 1;
+                    }
+                }
+                self.issues
+                    .set_read(&*self.host, changed.id, journal.id)
+                    .await?;
+            }
+        }
+        if newest != since {
+            self.host.set_cursor(&key, &newest).await?;
+        }
+        Ok(delivered)
+    }
+}
+
+#[async_trait]
+impl Connector for Source {
+    async fn plan(&self, event: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
+        let Some(feed) = Feed::of(event) else {
+            return Ok(Some(Vec::new()));
+        };
+        self.plan_feed(event, feed).await.map(Some)
+    }
+
+    async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
+        let action = RedmineAction::deserialize(action)
+            .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
+        self.run_action(cx, action).await
+    }
+
+    async fn run(self: Arc<Self>) {
+        let every = Duration::from_secs_f64(self.config.poll_seconds);
+        let mut failing = false;
+        loop {
+            match self.poll().await {
+                Ok(n) => {
+                    if failing {
+                        info!(source = %self.id, "Redmine answers again");
+                    }
+                    failing = false;
+                    if n > 0 {
+                        info!(source = %self.id, changes = n, "Redmine changes passed on");
+                    }
+                }
+                Err(error) => {
+                    if !failing {
+                        warn!(source = %self.id, error = %error.into_message(), "cannot read Redmine's changes; trying again");
+                    }
+                    failing = true;
+                }
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
