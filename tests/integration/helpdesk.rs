@@ -1579,3 +1579,39 @@ fn honoroit_config_problems_are_mapped_back() {
     let keys: Vec<&str> = err.errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["HONOROIT_ROOMID"], "{err}");
 }
+
+/// `HONOROIT_REDMINE_*` add a Redmine source that follows the helpdesk; its problems are
+/// named by their variables.
+#[test]
+fn honoroit_redmine_variables_make_a_redmine_source() {
+    let mut v = honoroit_vars(&[
+        ("HOMESERVER", "https://matrix.example.org"),
+        ("LOGIN", "honoroit"),
+        ("TOKEN", "t"),
+        ("ROOMID", "!backoffice:example.org"),
+        ("REDMINE_HOST", "https://redmine.example.org"),
+        ("REDMINE_APIKEY", "key"),
+        ("REDMINE_PROJECT", "helpdesk"),
+        ("REDMINE_TRACKERID", "3"),
+        ("REDMINE_NEWSTATUSID", "1"),
+        ("REDMINE_INPROGRESSSTATUSID", "2"),
+        ("REDMINE_DONESTATUSID", "5"),
+    ]);
+    let made = switchboard::env_config::load(&v)
+        .expect("the variables are read")
+        .expect("a valid config");
+    let redmine = &made.loaded.config.sources[switchboard_matrix_dm::honoroit::REDMINE_SOURCE_ID];
+    assert_eq!(redmine.kind, "redmine");
+    assert_eq!(redmine.sections["redmine"]["helpdesk"], "honoroit");
+    assert_eq!(redmine.sections["redmine"]["statuses"]["done"], 5);
+    let followers = made.loaded.connectors.followers(&made.loaded.config);
+    assert_eq!(followers["honoroit"], ["redmine"]);
+    assert!(made.warnings.is_empty(), "{:?}", made.warnings);
+
+    v.insert("HONOROIT_REDMINE_HOST".into(), "redmine.example.org".into());
+    let err = switchboard::env_config::load(&v)
+        .expect("the variables are read")
+        .expect_err("no scheme");
+    let keys: Vec<&str> = err.errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["HONOROIT_REDMINE_HOST"], "{err}");
+}

@@ -16,7 +16,8 @@ use crate::harness::{self, Db, Switchboard, free_port, repo, suffix, synapse, wa
 
 on_both_databases!(
     redmine_requests_as_issues_both_ways,
-    redmine_restart_and_outage
+    redmine_restart_and_outage,
+    honoroit_redmine_takeover,
 );
 
 /// A Redmine on loopback (`scripts/redmine.sh`): the API keys of `admin` (what Switchboard
@@ -622,4 +623,171 @@ fn a_redmine_source_follows_a_configured_helpdesk() {
             "{errs:?}"
         );
     }
+}
+
+/// A value sealed as Honoroit's later releases seal account data: `ENCv1[...]` around
+/// unpadded base64url of a random nonce and the AES-256-GCM ciphertext, keyed with the
+/// 32-byte data secret itself.
+fn honoroit_sealed_v1(secret: &str, plain: &str) -> String {
+    use aes_gcm::aead::{Aead, KeyInit};
+    use base64::Engine as _;
+    let nonce: [u8; 12] = rand::random();
+    let sealed = aes_gcm::Aes256Gcm::new_from_slice(secret.as_bytes())
+        .expect("a 32-byte secret")
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce), plain.as_bytes())
+        .expect("sealed");
+    let mut raw = nonce.to_vec();
+    raw.extend(sealed);
+    format!(
+        "ENCv1[{}]",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    )
+}
+
+/// Honoroit's variables with `HONOROIT_REDMINE_*` keep requests in Redmine, and the issue
+/// Honoroit kept for an open request (in the bot's account data, sealed) goes on: the
+/// customer's next message is a note on it, and of its notes only the one Honoroit had not
+/// passed on reaches the thread.
+async fn honoroit_redmine_takeover(db: Db) -> Result<()> {
+    let rm = redmine();
+    let project = rm.project().await?;
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let operator = hs.user("operator").await?;
+    let customer = hs.user("customer").await?;
+    let backoffice = operator
+        .create_room(json!({"preset": "private_chat", "invite": [bot.user_id]}))
+        .await?;
+    bot.join(&backoffice).await?;
+    let chat = customer
+        .create_room(json!({"preset": "trusted_private_chat", "is_direct": true,
+                            "invite": [bot.user_id]}))
+        .await?;
+    bot.join(&chat).await?;
+    let root = bot
+        .send(
+            &backoffice,
+            json!({"msgtype": "m.notice", "body": "[OPEN] 1st request from localhost (1st by customer)"}),
+        )
+        .await?;
+    // The issue Honoroit made, with a note it passed on and one it had not yet.
+    let made = rm
+        .call(
+            &rm.admin_key,
+            reqwest::Method::POST,
+            "/issues.json",
+            Some(
+                json!({"issue": {"project_id": project, "subject": "1st request from localhost",
+                                  "description": "Sender: customer"}}),
+            ),
+        )
+        .await?;
+    let id = made["issue"]["id"].as_u64().context("issue id")?;
+    rm.change(id, json!({"notes": "passed on before"})).await?;
+    rm.change(id, json!({"notes": "not passed on yet"})).await?;
+    let journals = rm.issue(id).await?["journals"].clone();
+    let passed = journals[0]["id"].as_u64().context("journal id")?;
+
+    let secret = "32 bytes of Honoroit data secret";
+    let sealed = |k: &str, v: &str| {
+        let mut content = serde_json::Map::new();
+        content.insert(
+            honoroit_sealed_v1(secret, k),
+            honoroit_sealed_v1(secret, v).into(),
+        );
+        Value::Object(content)
+    };
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.mapping.{chat}"),
+        sealed("id", &root),
+    )
+    .await?;
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.mapping.{root}"),
+        sealed("id", &chat),
+    )
+    .await?;
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.redmine.{root}"),
+        sealed("id", &id.to_string()),
+    )
+    .await?;
+    bot.set_account_data(
+        &format!("cc.etke.honoroit.redmine.note.{root}_{passed}"),
+        json!({"synced": "true"}),
+    )
+    .await?;
+
+    let localpart = bot.user_id[1..]
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let port = free_port();
+    let sqlite_file = std::env::temp_dir().join(format!("honoroit-{}.db", suffix()));
+    let (dialect, dsn) = match db {
+        Db::Sqlite => ("sqlite3", sqlite_file.display().to_string()),
+        _ => ("postgres", harness::postgres_db().await?),
+    };
+    let env: Vec<(String, String)> = [
+        ("HOMESERVER", hs.base_url.as_str()),
+        ("LOGIN", &localpart),
+        ("PASSWORD", &bot.password),
+        ("ROOMID", &backoffice),
+        ("PORT", &port.to_string()),
+        ("NOENCRYPTION", "1"),
+        ("DATA_SECRET", secret),
+        ("DB_DIALECT", dialect),
+        ("DB_DSN", &dsn),
+        ("REDMINE_HOST", &rm.url),
+        ("REDMINE_APIKEY", &rm.admin_key),
+        ("REDMINE_PROJECT", &project),
+        ("REDMINE_TRACKERID", &rm.tracker.to_string()),
+        ("REDMINE_NEWSTATUSID", &rm.status("New").to_string()),
+        (
+            "REDMINE_INPROGRESSSTATUSID",
+            &rm.status("In Progress").to_string(),
+        ),
+        ("REDMINE_DONESTATUSID", &rm.status("Closed").to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (format!("HONOROIT_{k}"), v.to_string()))
+    .collect();
+    let sb = Switchboard::start_env(env, port).await?;
+    wait_for("the takeover", || async {
+        sb.log()
+            .contains("took over Honoroit's Redmine issues")
+            .then_some(())
+    })
+    .await?;
+    customer
+        .send(&chat, json!({"msgtype": "m.text", "body": "back again"}))
+        .await?;
+    let (notes, _) = rm
+        .wait_notes(id, "the customer's note on the old issue", |n| n.len() >= 3)
+        .await?;
+    assert_eq!(
+        notes[2].1,
+        format!("_{} (🧑‍🦱customer)_\n\nback again", customer.user_id),
+        "Honoroit's note"
+    );
+    // Honoroit polls every minute, and so does its drop-in.
+    let posts = tokio::time::timeout(Duration::from_secs(150), async {
+        loop {
+            let posts = thread_posts(&operator, &backoffice, &bot.user_id, &root).await;
+            if posts.iter().any(|p| p.contains("not passed on yet")) {
+                return posts;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await
+    .context("the note Honoroit had not passed on")?;
+    assert!(
+        !posts.iter().any(|p| p.contains("passed on before")),
+        "{posts:?}"
+    );
+    assert_eq!(rm.issues(&project).await?.len(), 1, "no new issue");
+    let _ = std::fs::remove_file(&sqlite_file);
+    Ok(())
 }

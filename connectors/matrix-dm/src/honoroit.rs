@@ -15,6 +15,13 @@ const PREFIX: &str = "HONOROIT_";
 pub const SOURCE_ID: &str = "honoroit";
 
 /// Honoroit's database when `HONOROIT_DB_DSN` is not set.
+/// The Redmine source the `HONOROIT_REDMINE_*` variables make.
+pub const REDMINE_SOURCE_ID: &str = "redmine";
+
+/// Honoroit's notes: who wrote, and on which side.
+const REDMINE_NOTE: &str = "_{{ author }} ({% if side == 'customer' %}🧑‍🦱customer\
+                            {% else %}👩‍💼 operator{% endif %})_\n\n{{ text }}";
+
 const DEFAULT_SQLITE: &str = "/tmp/honoroit.db";
 
 /// What `EnvConfig::name` says in messages.
@@ -188,6 +195,8 @@ fn config_text(vars: &BTreeMap<String, String>) -> Result<EnvConfig, Vec<(String
         }
     };
 
+    let redmine = redmine_section(vars, &mut from, &mut errors, &mut warnings);
+
     for name in vars.keys().filter_map(|k| k.strip_prefix(PREFIX)) {
         if let Some(note) = unsupported(name) {
             warnings.push(format!("{PREFIX}{name}: {note}"));
@@ -200,7 +209,7 @@ fn config_text(vars: &BTreeMap<String, String>) -> Result<EnvConfig, Vec<(String
         "{top}\n[http]\n{http}\n\n[database]\n{database}\n\n[matrix]\n{matrix}\n\n\
          [metrics]\n{metrics}\n\n[log]\nlevel = {level}\n\n\
          [sources.{SOURCE_ID}]\nkind = \"matrix_dm\"\n\n\
-         [sources.{SOURCE_ID}.matrix_dm]\n{helpdesk}\n",
+         [sources.{SOURCE_ID}.matrix_dm]\n{helpdesk}\n{redmine}",
         top = top.join("\n"),
         matrix = matrix.join("\n"),
         metrics = metrics.join("\n"),
@@ -213,6 +222,92 @@ fn config_text(vars: &BTreeMap<String, String>) -> Result<EnvConfig, Vec<(String
         origin,
         warnings,
     })
+}
+
+const REDMINE_USED: &[&str] = &[
+    "REDMINE_HOST",
+    "REDMINE_APIKEY",
+    "REDMINE_PROJECT",
+    "REDMINE_TRACKERID",
+    "REDMINE_NEWSTATUSID",
+    "REDMINE_INPROGRESSSTATUSID",
+    "REDMINE_DONESTATUSID",
+];
+
+/// The Redmine source, as Honoroit has it: on when the host, the API key, the project and a
+/// tracker are given (Honoroit's own rule); its statuses where given (0 or unset: the
+/// issue's status is left as it is, as Honoroit's 0 does).
+fn redmine_section(
+    vars: &BTreeMap<String, String>,
+    from: &mut dyn FnMut(&str, &str),
+    errors: &mut Vec<(String, String)>,
+    warnings: &mut Vec<String>,
+) -> String {
+    let get = |name: &str| {
+        vars.get(&format!("{PREFIX}{name}"))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty())
+    };
+    let mut number = |name: &str| match get(name).map(str::parse::<u64>) {
+        None | Some(Ok(0)) => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            errors.push((format!("{PREFIX}{name}"), "must be a number".into()));
+            None
+        }
+    };
+    let tracker = number("REDMINE_TRACKERID");
+    let statuses = [
+        ("new", "REDMINE_NEWSTATUSID"),
+        ("customer_wrote", "REDMINE_NEWSTATUSID"),
+        ("operator_wrote", "REDMINE_INPROGRESSSTATUSID"),
+        ("done", "REDMINE_DONESTATUSID"),
+    ]
+    .map(|(key, var)| (key, var, number(var)));
+    let (Some(host), Some(key), Some(project), Some(tracker)) = (
+        get("REDMINE_HOST"),
+        get("REDMINE_APIKEY"),
+        get("REDMINE_PROJECT"),
+        tracker,
+    ) else {
+        if REDMINE_USED.iter().any(|v| get(v).is_some()) {
+            warnings.push(format!(
+                "{PREFIX}REDMINE_*: Redmine sync needs {PREFIX}REDMINE_HOST, _APIKEY,                  _PROJECT and _TRACKERID; off"
+            ));
+        }
+        return String::new();
+    };
+    let section = format!("sources.{REDMINE_SOURCE_ID}.redmine");
+    for (key, var) in [
+        ("url", "REDMINE_HOST"),
+        ("api_key", "REDMINE_APIKEY"),
+        ("project", "REDMINE_PROJECT"),
+        ("tracker_id", "REDMINE_TRACKERID"),
+    ] {
+        from(&format!("{section}.{key}"), var);
+    }
+    let mut lines = vec![
+        format!("url = {}", quote(host)),
+        format!("api_key = {}", secret(Some(key))),
+        format!("project = {}", quote(project)),
+        format!("tracker_id = {tracker}"),
+        format!("helpdesk = {}", quote(SOURCE_ID)),
+        format!("\n[{section}.statuses]"),
+    ];
+    for (key, var, id) in statuses {
+        if let Some(id) = id {
+            lines.push(format!("{key} = {id}"));
+            from(&format!("{section}.statuses.{key}"), var);
+        }
+    }
+    lines.push(format!(
+        "\n[{section}.templates]\nnote = {}",
+        quote(REDMINE_NOTE)
+    ));
+    format!(
+        "\n[sources.{REDMINE_SOURCE_ID}]\nkind = \"redmine\"\n\n[{section}]\n{}\n",
+        lines.join("\n")
+    )
 }
 
 /// Why a variable (without the prefix) is not used, if it is not.
@@ -245,7 +340,7 @@ fn unsupported(name: &str) -> Option<&'static str> {
     } else if name.starts_with("MONITORING_") {
         Some("not supported (error reporting and health pings); ignored")
     } else if name.starts_with("REDMINE_") {
-        Some("Redmine sync is not supported yet; ignored")
+        (!REDMINE_USED.contains(&name)).then_some("not a variable Switchboard knows; ignored")
     } else {
         Some("not a variable Switchboard knows; ignored")
     }
@@ -387,10 +482,65 @@ prefix = "!ho"
         assert_eq!(
             named,
             [
+                "HONOROIT_REDMINE_*",
                 "HONOROIT_CACHESIZE",
                 "HONOROIT_MONITORING_SENTRY_DSN",
-                "HONOROIT_REDMINE_HOST"
             ]
+        );
+    }
+
+    #[test]
+    fn honoroit_redmine_variables_make_a_redmine_source() {
+        let env = config(&with(&[
+            ("REDMINE_HOST", "https://redmine.example"),
+            ("REDMINE_APIKEY", "k${ey}"),
+            ("REDMINE_PROJECT", "helpdesk"),
+            ("REDMINE_TRACKERID", "3"),
+            ("REDMINE_NEWSTATUSID", "1"),
+            ("REDMINE_INPROGRESSSTATUSID", "2"),
+            ("REDMINE_DONESTATUSID", "0"),
+        ]));
+        let section = env
+            .text
+            .split_once("[sources.redmine]")
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        for line in [
+            "kind = \"redmine\"",
+            "url = \"https://redmine.example\"",
+            "api_key = \"k$${ey}\"",
+            "project = \"helpdesk\"",
+            "tracker_id = 3",
+            "helpdesk = \"honoroit\"",
+            "new = 1",
+            "customer_wrote = 1",
+            "operator_wrote = 2",
+        ] {
+            assert!(section.lines().any(|l| l == line), "{line} in {section}");
+        }
+        assert!(
+            !section.contains("done ="),
+            "0 leaves the status: {section}"
+        );
+        assert!(env.warnings.is_empty(), "{:?}", env.warnings);
+        assert_eq!(
+            env.origin
+                .get("sources.redmine.redmine.statuses.operator_wrote")
+                .map(String::as_str),
+            Some("HONOROIT_REDMINE_INPROGRESSSTATUSID")
+        );
+
+        // Without a tracker Honoroit keeps Redmine off, and so does this.
+        let off = config(&with(&[("REDMINE_HOST", "https://redmine.example")]));
+        assert!(!off.text.contains("redmine"), "{}", off.text);
+        assert_eq!(off.warnings.len(), 1, "{:?}", off.warnings);
+        let bad = problems(&with(&[("REDMINE_TRACKERID", "three")]));
+        assert_eq!(
+            bad,
+            [(
+                "HONOROIT_REDMINE_TRACKERID".to_string(),
+                "must be a number".to_string()
+            )]
         );
     }
 

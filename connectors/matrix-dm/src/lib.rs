@@ -18,7 +18,7 @@ pub mod metrics;
 pub mod relay;
 pub mod requests;
 pub mod settings;
-mod takeover;
+pub mod takeover;
 
 pub use kind::MatrixDm;
 

@@ -19,14 +19,23 @@ const HONOROIT_CONFIG: &str = "cc.etke.honoroit.config";
 type Aes192Gcm = aes_gcm::AesGcm<aes_gcm::aes::Aes192, aes_gcm::aead::consts::U12>;
 
 /// A value as Honoroit sealed its account data with the data secret: AES-GCM keyed with the
-/// secret's bytes themselves (16, 24 or 32 of them), stored as base64 of the nonce and the
-/// ciphertext. `None` when it does not open so (Honoroit kept values from before its secret
+/// secret's bytes themselves (16, 24 or 32 of them), the nonce before the ciphertext, stored
+/// as `ENCv1[<unpadded base64url>]` (its releases since mid-2026) or as padded base64 (those
+/// before). `None` when it does not open so (Honoroit kept values from before its secret
 /// was set in plain text).
 pub fn open_sealed(secret: Option<&str>, stored: &str) -> Option<String> {
     let key = secret?.as_bytes();
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(stored)
-        .ok()?;
+    let raw = match stored
+        .strip_prefix("ENCv1[")
+        .and_then(|s| s.strip_suffix(']'))
+    {
+        Some(v1) => base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v1)
+            .ok()?,
+        None => base64::engine::general_purpose::STANDARD
+            .decode(stored)
+            .ok()?,
+    };
     if raw.len() < 12 {
         return None;
     }
@@ -39,6 +48,18 @@ pub fn open_sealed(secret: Option<&str>, stored: &str) -> Option<String> {
         _ => return None,
     };
     String::from_utf8(plain.ok()?).ok()
+}
+
+/// The content of one of Honoroit's account data events, keys and values opened with the
+/// data secret (those it kept in plain text as they are).
+pub fn open_content(secret: Option<&str>, content: &serde_json::Value) -> BTreeMap<String, String> {
+    let open = |s: &str| open_sealed(secret, s).unwrap_or_else(|| s.to_string());
+    content
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| Some((open(k), open(v.as_str()?))))
+        .collect()
 }
 
 impl Helpdesk {
@@ -81,14 +102,7 @@ impl Helpdesk {
     /// Honoroit's account data (string keys and values), each opened with the data secret
     /// when it was sealed with it.
     fn open_honoroit(&self, content: &serde_json::Value) -> BTreeMap<String, String> {
-        let secret = self.store.host().data_secret();
-        let open = |s: &str| open_sealed(secret, s).unwrap_or_else(|| s.to_string());
-        content
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| Some((open(k), open(v.as_str()?))))
-            .collect()
+        open_content(self.store.host().data_secret(), content)
     }
 
     /// One Honoroit request: its customer (the chat's other member) and its title (the
@@ -183,6 +197,20 @@ mod tests {
             open_sealed(Some("0123456789abcdef"), "$root:example.org"),
             None,
             "a plain value is no sealed one"
+        );
+        // The format of Honoroit's later releases: unpadded base64url in `ENCv1[...]`.
+        let key = "0123456789abcdef0123456789abcdef";
+        let padded = honoroit_sealed(key, "$thread:example.org");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&padded)
+            .expect("base64");
+        let v1 = format!(
+            "ENCv1[{}]",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        assert_eq!(
+            open_sealed(Some(key), &v1).as_deref(),
+            Some("$thread:example.org")
         );
     }
 }

@@ -4,6 +4,9 @@
 use sqlx::Row;
 use switchboard_connector::{DbError, Host, now_ms};
 
+/// The `request` of an issue taken over whose request has not been heard of yet.
+pub(crate) const TAKEN: &str = "thread:";
+
 /// One request's issue.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Issue {
@@ -72,6 +75,42 @@ impl Issues {
         .bind(&self.source)
         .bind(request)
         .bind(now_ms())
+        .execute(host.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records an issue another program kept for the request of a thread (`thread:<root>`),
+    /// read up to `last_journal`, until the request is heard of (`adopt`); whether it is new.
+    pub async fn take(
+        &self,
+        host: &dyn Host,
+        thread: &str,
+        id: i64,
+        last_journal: i64,
+    ) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "INSERT INTO redmine_issues (source_id, request, issue_id, last_journal, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.source)
+        .bind(format!("{TAKEN}{thread}"))
+        .bind(id)
+        .bind(last_journal)
+        .bind(now_ms())
+        .execute(host.pool())
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The issue taken over for the thread `root`, now `request`'s; whether there was one.
+    pub async fn adopt(&self, host: &dyn Host, root: &str, request: &str) -> Result<bool, DbError> {
+        let done = sqlx::query(
+            "UPDATE redmine_issues SET request = $1 WHERE source_id = $2 AND request = $3",
+        )
+        .bind(request)
+        .bind(&self.source)
+        .bind(format!("{TAKEN}{root}"))
         .execute(host.pool())
         .await?;
         Ok(done.rows_affected() > 0)

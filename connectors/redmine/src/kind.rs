@@ -82,6 +82,11 @@ impl Kind for Redmine {
         })
     }
 
+    /// For the first sync only: what Honoroit kept in the account data.
+    fn listens(&self, _checked: &Checked) -> bool {
+        true
+    }
+
     fn build(
         &self,
         source: &SourceInfo,

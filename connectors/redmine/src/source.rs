@@ -6,19 +6,20 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_connector::{
-    ActionContext, Connector, DbError, Failure, Feed, FeedFile, Host, Queued, Secret, Side,
-    TicketEvent, now_ms,
+    ActionContext, Connector, DbError, Failure, Feed, FeedFile, FirstSync, Host, Listener, Queued,
+    Secret, Side, SyncRoom, TicketEvent, now_ms,
 };
+use switchboard_matrix_dm::takeover::open_content;
 use switchboard_ticket_rooms::text::render;
 use tracing::{info, warn};
 
 use crate::RedmineConfig;
 use crate::api::{Api, Status, Upload, redmine_time};
-use crate::issues::Issues;
+use crate::issues::{Issues, TAKEN};
 
 /// The source's actions, as stored in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +69,7 @@ pub(crate) struct Source {
     me: OnceLock<i64>,
     /// Redmine's statuses, as last asked.
     statuses: RwLock<Vec<Status>>,
+    polls: HistogramVec,
 }
 
 impl Source {
@@ -80,8 +82,21 @@ impl Source {
             &["source", "purpose"],
         )
         .expect("valid metric");
+        let polls = HistogramVec::new(
+            HistogramOpts::new(
+                "redmine_poll_seconds",
+                "How long each successful look at Redmine's changes took, by source",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["source"],
+        )
+        .expect("valid metric");
         let _ = host.registry().register(Box::new(requests.clone()));
+        let _ = host.registry().register(Box::new(polls.clone()));
         Source {
+            polls,
             api: Api::new(&config.url, key, host.http().clone(), requests, id),
             issues: Issues::new(id),
             helpdesk: config.helpdesk.clone().unwrap_or_default(),
@@ -158,7 +173,10 @@ impl Source {
                 text,
                 file,
             } => {
-                let known = self.issues.of_request(&*self.host, request).await?;
+                let mut known = self.issues.of_request(&*self.host, request).await?;
+                if known.is_none() && self.adopt(event, request).await? {
+                    known = self.issues.of_request(&*self.host, request).await?;
+                }
                 if known.is_none() {
                     self.issues.expect(&*self.host, request).await?;
                 }
@@ -217,6 +235,61 @@ impl Source {
             Feed::Note { .. } | Feed::Notice { .. } | Feed::Close { .. } => {}
         }
         Ok(out)
+    }
+
+    /// The issue taken over for the request's thread (named by the end of its link), if
+    /// there is one: the request's from now on.
+    async fn adopt(&self, event: &TicketEvent, request: &str) -> Result<bool, DbError> {
+        let Some(root) = event.url.as_deref().and_then(|u| u.rsplit('/').next()) else {
+            return Ok(false);
+        };
+        let adopted = self.issues.adopt(&*self.host, root, request).await?;
+        if adopted {
+            info!(source = %self.id, request, "a request goes on in the issue taken over");
+        }
+        Ok(adopted)
+    }
+
+    /// Honoroit's issues (`cc.etke.honoroit.redmine.<thread root>` -> `{"id": <issue>}`,
+    /// sealed with the data secret when it had one), each read up to the last journal it
+    /// passed on (`cc.etke.honoroit.redmine.note.<root>_<journal>`).
+    async fn take_over_honoroit(&self, sync: &dyn FirstSync) {
+        const PREFIX: &str = "cc.etke.honoroit.redmine.";
+        let secret = self.host.data_secret();
+        let mut issues = Vec::new();
+        let mut read: std::collections::HashMap<String, i64> = Default::default();
+        for (kind, content) in sync.account_data() {
+            let Some(rest) = kind.strip_prefix(PREFIX) else {
+                continue;
+            };
+            if let Some(note) = rest.strip_prefix("note.") {
+                if let Some((root, journal)) = note.rsplit_once('_')
+                    && let Ok(journal) = journal.parse::<i64>()
+                {
+                    let last = read.entry(root.to_string()).or_default();
+                    *last = (*last).max(journal);
+                }
+                continue;
+            }
+            let content = open_content(secret, &content);
+            if rest.starts_with('$')
+                && let Some(id) = content.get("id").and_then(|i| i.parse::<i64>().ok())
+            {
+                issues.push((rest.to_string(), id));
+            }
+        }
+        let mut taken = 0;
+        for (root, id) in issues {
+            let last = read.get(&root).copied().unwrap_or_default();
+            match self.issues.take(&*self.host, &root, id, last).await {
+                Ok(true) => taken += 1,
+                Ok(false) => {}
+                Err(error) => warn!(%error, issue = id, "cannot take over a Honoroit issue"),
+            }
+        }
+        if taken > 0 {
+            info!(source = %self.id, issues = taken, "took over Honoroit's Redmine issues");
+        }
     }
 
     async fn run_action(
@@ -325,7 +398,8 @@ impl Source {
             let Some(issue) = self.issues.of_issue(&*self.host, changed.id).await? else {
                 continue;
             };
-            if issue.closed {
+            // Taken over and not heard of since: read once its request is.
+            if issue.closed || issue.request.starts_with(TAKEN) {
                 continue;
             }
             let place = format!("Redmine issue #{}", changed.id);
@@ -395,12 +469,20 @@ impl Connector for Source {
         self.run_action(cx, action).await
     }
 
+    fn listener(&self) -> Option<&dyn Listener> {
+        Some(self)
+    }
+
     async fn run(self: Arc<Self>) {
         let every = Duration::from_secs_f64(self.config.poll_seconds);
         let mut failing = false;
         loop {
+            let began = std::time::Instant::now();
             match self.poll().await {
                 Ok(n) => {
+                    self.polls
+                        .with_label_values(&[&self.id])
+                        .observe(began.elapsed().as_secs_f64());
                     if failing {
                         info!(source = %self.id, "Redmine answers again");
                     }
@@ -418,5 +500,22 @@ impl Connector for Source {
             }
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+/// It hears nothing in Matrix: it listens only for the first sync, to take over what
+/// Honoroit kept in the bot's account data.
+#[async_trait]
+impl Listener for Source {
+    fn takes_invite(&self, _room: &str, _inviter: Option<&str>) -> bool {
+        false
+    }
+
+    async fn heard(&self, _room: &dyn SyncRoom, _events: &[Value]) -> Result<bool, DbError> {
+        Ok(true)
+    }
+
+    async fn first_sync(&self, sync: &dyn FirstSync) {
+        self.take_over_honoroit(sync).await;
     }
 }
