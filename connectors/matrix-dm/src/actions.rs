@@ -386,12 +386,23 @@ mod tests {
     /// Runs queued actions as the service would: the helpdesk's in the connector, the
     /// service's sends straight into the Matrix double.
     async fn run(desk: &Arc<dyn Connector>, host: &TestHost, matrix: &TestMatrix, q: &[Queued]) {
+        run_batch(desk, host, matrix, q, "1").await;
+    }
+
+    /// `run`, as the actions of delivery `batch` (their transaction IDs are its).
+    async fn run_batch(
+        desk: &Arc<dyn Connector>,
+        host: &TestHost,
+        matrix: &TestMatrix,
+        q: &[Queued],
+        batch: &str,
+    ) {
         for (i, queued) in q.iter().enumerate() {
             let row = ActionRow {
                 id: i as i64,
                 source_id: "help".into(),
                 lane: queued.lane.clone(),
-                txn_key: format!("1.{i}"),
+                txn_key: format!("{batch}.{i}"),
                 attempts: 1,
             };
             let cx = ActionContext {
@@ -481,5 +492,146 @@ mod tests {
         let kinds: Vec<&str> = actions.iter().map(Queued::kind).collect();
         assert_eq!(kinds, ["send", "leave"]);
         assert_eq!(actions[1].action["room"], "!group:test");
+    }
+
+    #[tokio::test]
+    async fn followers_hear_of_messages_and_closes_and_answer_into_the_thread() {
+        use switchboard_connector::{Feed, Side};
+        let (desk, host) = helpdesk().await;
+        host.followers
+            .lock()
+            .expect("followers")
+            .insert("help".into(), vec!["issues".into()]);
+        let matrix = TestMatrix::default();
+        let listener = desk.listener().expect("it listens");
+        let mut dm = TestRoom::new("!dm:test");
+        dm.joined = vec!["@alice:test".into(), TestMatrix::BOT.into()];
+        dm.profiles
+            .insert("@alice:test".into(), (Some("Alice".into()), None));
+        let hello = json!({"type": "m.room.message", "sender": "@alice:test",
+            "event_id": "$hello", "origin_server_ts": 1,
+            "content": {"msgtype": "m.text", "body": "My printer is on fire"}});
+        assert!(listener.heard(&dm, &[hello]).await.expect("heard"));
+        let actions = planned(&desk, &host).await;
+        let kinds: Vec<&str> = actions.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["thread_open", "send", "publish", "relay"]);
+        run(&desk, &host, &matrix, &actions).await;
+        let inbox = host.take_inbox();
+        let [(to, key, events)] = inbox.as_slice() else {
+            panic!("one delivery to the follower: {inbox:?}");
+        };
+        assert_eq!((to.as_str(), key.as_str()), ("issues", "help:$hello"));
+        let event = &events[0];
+        assert_eq!(
+            event.url.as_deref(),
+            Some("https://matrix.to/#/!ops:test/$event0")
+        );
+        assert_eq!(event.participants, ["@alice:test"]);
+        assert!(
+            event
+                .title
+                .as_deref()
+                .is_some_and(|t| t.contains("1st request"))
+        );
+        assert_eq!(
+            Feed::of(event),
+            Some(Feed::Message {
+                from: Side::Customer,
+                author: "@alice:test".into(),
+                name: Some("Alice".into()),
+                text: "My printer is on fire".into(),
+                file: None,
+            })
+        );
+
+        // The follower answers: a public note, a private one, then the close.
+        let request = event.ticket.clone();
+        let note = |text: &str, public| Feed::Note {
+            author: "Alice Agent".into(),
+            place: "Redmine issue #3".into(),
+            text: text.into(),
+            public,
+        };
+        let mut answers = Vec::new();
+        for feed in [note("On its way", true), note("The toner", false)] {
+            answers.extend(
+                desk.plan(&feed.event(&request))
+                    .await
+                    .expect("plan")
+                    .expect("own"),
+            );
+        }
+        let kinds: Vec<&str> = answers.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["thread_post", "send", "thread_post"]);
+        run_batch(&desk, &host, &matrix, &answers, "2").await;
+        assert_eq!(
+            matrix.bodies("!dm:test").last().map(String::as_str),
+            Some("On its way")
+        );
+        let thread = matrix.bodies("!ops:test");
+        assert!(thread.contains(&"Alice Agent in Redmine issue #3:\n\nOn its way".to_string()));
+        assert!(
+            thread.contains(
+                &"Alice Agent in Redmine issue #3 (private note):\n\nThe toner".to_string()
+            )
+        );
+        assert!(
+            !matrix
+                .bodies("!dm:test")
+                .iter()
+                .any(|b| b.contains("toner"))
+        );
+
+        let close = Feed::Close {
+            author: "Alice Agent".into(),
+            place: "Redmine issue #3".into(),
+            key: "issues:journal:9".into(),
+        };
+        let closing = desk
+            .plan(&close.event(&request))
+            .await
+            .expect("plan")
+            .expect("own");
+        let kinds: Vec<&str> = closing.iter().map(Queued::kind).collect();
+        assert!(
+            kinds.contains(&"publish") && kinds.contains(&"leave"),
+            "{kinds:?}"
+        );
+        run_batch(&desk, &host, &matrix, &closing, "3").await;
+        let inbox = host.take_inbox();
+        let closed = inbox
+            .iter()
+            .flat_map(|(_, _, e)| e)
+            .find_map(|e| match Feed::of(e) {
+                Some(Feed::Closed { by, .. }) => Some(by),
+                _ => None,
+            });
+        assert_eq!(
+            closed,
+            Some(Some("issues:journal:9".into())),
+            "the follower knows it closed it"
+        );
+        // The same close heard again closes nothing twice; another one nothing at all.
+        let again = desk
+            .plan(&close.event(&request))
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(
+            again.len(),
+            closing.len(),
+            "the same actions, the same transaction IDs"
+        );
+        let other = Feed::Close {
+            author: "Bob".into(),
+            place: "Redmine issue #3".into(),
+            key: "issues:journal:10".into(),
+        };
+        let none = desk
+            .plan(&other.event(&request))
+            .await
+            .expect("plan")
+            .expect("own");
+        assert!(none.is_empty(), "{none:?}");
     }
 }

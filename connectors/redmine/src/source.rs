@@ -519,3 +519,114 @@ impl Listener for Source {
         self.take_over_honoroit(sync).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchboard_connector::Kind;
+    use switchboard_connector::testing::TestHost;
+
+    async fn source() -> (Arc<dyn Connector>, Arc<TestHost>) {
+        let kind = crate::Redmine;
+        let host = Arc::new(
+            TestHost::new(kind.migrations(switchboard_connector::Dialect::Sqlite))
+                .await
+                .expect("host"),
+        );
+        let info = switchboard_connector::SourceInfo {
+            id: "issues".into(),
+            ..Default::default()
+        };
+        let mut report = |k: &str, m: String| panic!("{k}: {m}");
+        let section = json!({"url": "http://127.0.0.1:9", "api_key": "k", "project": "desk",
+                             "helpdesk": "help", "statuses": {"customer_wrote": 1, "operator_wrote": 2}});
+        let checked = kind
+            .check(
+                &info,
+                Some(&section),
+                &mut switchboard_connector::Checker::new("issues", "redmine", &mut report),
+            )
+            .expect("valid");
+        let built = kind.build(&info, &checked, host.clone()).expect("built");
+        (built, host)
+    }
+
+    fn message(from: Side, text: &str) -> TicketEvent {
+        let feed = Feed::Message {
+            from,
+            author: "@alice:example.org".into(),
+            name: Some("Alice".into()),
+            text: text.into(),
+            file: None,
+        };
+        let mut event = feed.event("7");
+        event.title = Some("1st request from example.org (1st by Alice)".into());
+        event.url = Some("https://matrix.to/#/!ops:example.org/$root".into());
+        event.participants = vec!["@alice:example.org".into()];
+        event
+    }
+
+    #[tokio::test]
+    async fn messages_and_closes_are_planned_as_writes_to_the_issue() {
+        let (source, _host) = source().await;
+        let planned = source
+            .plan(&message(Side::Customer, "Help"))
+            .await
+            .expect("plan")
+            .expect("own");
+        let kinds: Vec<&str> = planned.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["redmine_issue", "redmine_note"]);
+        assert!(planned.iter().all(|q| q.lane == "request:7"));
+        let issue = &planned[0].action;
+        assert_eq!(
+            issue["subject"],
+            "1st request from example.org (1st by Alice)"
+        );
+        assert_eq!(
+            issue["description"],
+            "Sender: `@alice:example.org` (Matrix)\n\nMatrix thread: \
+             [https://matrix.to/#/!ops:example.org/$root](https://matrix.to/#/!ops:example.org/$root)"
+        );
+        let note = &planned[1].action;
+        assert_eq!(
+            note["notes"],
+            "_Alice (@alice:example.org) (customer)_\n\nHelp"
+        );
+        assert_eq!(note["status"], 1);
+
+        // Until the issue exists, each message asks for it again (the first makes it).
+        let again = source
+            .plan(&message(Side::Operator, "On it"))
+            .await
+            .expect("plan")
+            .expect("own");
+        let kinds: Vec<&str> = again.iter().map(Queued::kind).collect();
+        assert_eq!(kinds, ["redmine_issue", "redmine_note"]);
+        assert_eq!(again[1].action["status"], 2);
+
+        let closed = |by: &str| Feed::Closed {
+            text: Some("Done.".into()),
+            by: Some(by.into()),
+        };
+        let by_command = source
+            .plan(&closed("$command").event("7"))
+            .await
+            .expect("plan")
+            .expect("own");
+        assert_eq!(by_command.len(), 1);
+        assert_eq!(by_command[0].action["type"], "redmine_close");
+        assert_eq!(by_command[0].action["notes"], "Done.");
+        let by_redmine = source
+            .plan(&closed("issues:journal:4").event("7"))
+            .await
+            .expect("plan")
+            .expect("own");
+        assert!(by_redmine.is_empty(), "closed in Redmine already");
+        let unknown = source
+            .plan(&closed("$command").event("8"))
+            .await
+            .expect("plan")
+            .expect("own");
+        assert!(unknown.is_empty(), "a request without an issue");
+    }
+}
