@@ -91,11 +91,11 @@ impl Worker {
         let mut unrecorded: Option<(i64, Outcome)> = None;
         loop {
             let Some(row) = run.pop_front() else {
-                // All leased actions ran: lease those queued meanwhile.
-                let (recorded, more) = tokio::join!(
-                    self.record(unrecorded.take()),
-                    self.store.lease_following(&last, RUN, LEASE)
-                );
+                // All leased actions ran: lease those queued meanwhile, and only then record
+                // the last outcome. Recorded first, the last action would no longer hold the
+                // ticket, and a claim could take its next action at the same time.
+                let more = self.store.lease_following(&last, RUN, LEASE).await;
+                let recorded = self.record(unrecorded.take()).await;
                 match more {
                     Ok(rows) if recorded && !rows.is_empty() => {
                         run.extend(rows);
