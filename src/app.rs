@@ -125,7 +125,7 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         source_id: String::new(),
         reason,
     })?;
-    let host: Arc<dyn Host> = Arc::new(ServiceHost::new(
+    let service_host = Arc::new(ServiceHost::new(
         store.clone(),
         engine_wake.clone(),
         loaded
@@ -136,7 +136,9 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         metrics.clone(),
         loaded.connectors.followers(&loaded.config),
     ));
+    let host: Arc<dyn Host> = service_host.clone();
     let connectors = build_connectors(&loaded, &host)?;
+    service_host.know_connectors(&connectors);
     for (id, connector) in &connectors {
         connector.prepare().await.map_err(|e| AppError::Connector {
             source_id: id.clone(),

@@ -2,12 +2,15 @@
 //! settings, cursors, inbox and outbox, the data secret's sealing, one HTTP client and the
 //! metrics registry.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use switchboard_connector::{Accepted, ActionRow, DbError, Dialect, Host, Queued, TicketEvent};
+use serde_json::Value;
+use switchboard_connector::{
+    Accepted, ActionRow, Connector, DbError, Dialect, Failure, Host, Queued, TicketEvent,
+};
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
@@ -28,6 +31,8 @@ pub struct ServiceHost {
     metrics: Metrics,
     /// The sources that follow each source.
     followers: BTreeMap<String, Vec<String>>,
+    /// Every source's connector, once built (for the files one lends another).
+    connectors: OnceLock<HashMap<String, Weak<dyn Connector>>>,
 }
 
 impl ServiceHost {
@@ -52,7 +57,17 @@ impl ServiceHost {
             http,
             metrics,
             followers,
+            connectors: OnceLock::new(),
         }
+    }
+
+    /// The connectors built with this host.
+    pub fn know_connectors(&self, built: &HashMap<String, Arc<dyn Connector>>) {
+        let weak = built
+            .iter()
+            .map(|(id, c)| (id.clone(), Arc::downgrade(c)))
+            .collect();
+        let _ = self.connectors.set(weak);
     }
 }
 
@@ -94,6 +109,15 @@ impl Host for ServiceHost {
     }
     fn followers(&self, source: &str) -> Vec<String> {
         self.followers.get(source).cloned().unwrap_or_default()
+    }
+    async fn fetch(&self, source: &str, reference: &Value) -> Result<(Vec<u8>, String), Failure> {
+        let connector = self
+            .connectors
+            .get()
+            .and_then(|all| all.get(source))
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| Failure::Permanent(format!("no source `{source}` is running")))?;
+        connector.file(reference).await
     }
     async fn queue_after(
         &self,

@@ -195,6 +195,23 @@ impl Redmine {
         Ok(())
     }
 
+    /// Uploads a file as the agent; the token that attaches it.
+    pub async fn upload(&self, data: &[u8], name: &str) -> Result<String> {
+        let response = self
+            .http
+            .post(format!("{}/uploads.json?filename={name}", self.url))
+            .header("X-Redmine-API-Key", &self.agent_key)
+            .header("Content-Type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await?;
+        let answer: Value = response.json().await?;
+        answer["upload"]["token"]
+            .as_str()
+            .map(String::from)
+            .context("an upload token")
+    }
+
     /// Waits until the project has `n` issues; them.
     async fn wait_issues(&self, project: &str, n: usize) -> Result<Vec<Value>> {
         wait_for(&format!("{n} issue(s) in {project}"), || async {
@@ -441,6 +458,31 @@ async fn redmine_requests_as_issues_both_ways(db: Db) -> Result<()> {
     })
     .await?;
 
+    // A file attached in Redmine reaches the thread and, with a public note, the customer.
+    let token = rm.upload(b"the invoice", "invoice.txt").await?;
+    rm.change(
+        id,
+        json!({"notes": "Here is the invoice", "uploads": [
+            {"token": token, "filename": "invoice.txt", "content_type": "text/plain"}]}),
+    )
+    .await?;
+    for (reader, room) in [(&operator, &backoffice), (&customer, &dm)] {
+        let file = wait_for("the invoice", || async {
+            reader.timeline(room).await.ok()?.into_iter().find(|e| {
+                e["content"]["msgtype"] == "m.file" && e["content"]["body"] == "invoice.txt"
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mxc = file["content"]["url"]
+            .as_str()
+            .context("an unencrypted file")?;
+        assert_eq!(reader.download(mxc).await?, b"the invoice");
+        if room == &backoffice {
+            assert_eq!(file["content"]["m.relates_to"]["event_id"], json!(root));
+        }
+    }
+
     // Closed in Redmine: the request closes, the customer is told and the bot leaves.
     rm.change(id, json!({"status_id": rm.status("Closed")}))
         .await?;
@@ -461,7 +503,7 @@ async fn redmine_requests_as_issues_both_ways(db: Db) -> Result<()> {
         .filter(|p| p.contains("(customer)") || p.contains("(operator)"));
     assert_eq!(echoes.count(), 0, "{posts:?}");
     let (notes, issue) = rm.wait_notes(id, "the notes", |_| true).await?;
-    assert_eq!(notes.len(), 5, "{notes:?}");
+    assert_eq!(notes.len(), 6, "{notes:?}");
     assert_eq!(
         issue["status"]["name"], "Closed",
         "the close wrote no status back"

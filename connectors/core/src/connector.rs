@@ -163,6 +163,12 @@ pub trait Connector: Send + Sync {
             action["type"].as_str().unwrap_or_default()
         )))
     }
+    /// A file of its far end that another source was told of (`feed::FeedFile::source`):
+    /// its bytes and content type, fetched by `reference`.
+    async fn file(&self, reference: &Value) -> Result<(Vec<u8>, String), Failure> {
+        let _ = reference;
+        Err(Failure::Permanent("this source lends no files".into()))
+    }
     /// What it does with the Matrix events the sync hears.
     fn listener(&self) -> Option<&dyn Listener> {
         None

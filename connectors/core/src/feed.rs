@@ -46,6 +46,9 @@ pub enum Feed {
         place: String,
         text: String,
         public: bool,
+        /// Files that came with it (each fetched through the follower: `FeedFile::source`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        files: Vec<FeedFile>,
     },
     /// From a follower: something for the people working on the ticket only (a status
     /// change).
@@ -69,7 +72,8 @@ pub enum Side {
     Operator,
 }
 
-/// A file in a published message: the Matrix content that `Matrix::download` takes.
+/// A file in a message or a note: the Matrix content that `Matrix::download` takes, or,
+/// with `source`, what that source's `Connector::file` takes (`Host::fetch`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FeedFile {
     pub name: String,
@@ -77,6 +81,8 @@ pub struct FeedFile {
     #[serde(default)]
     pub size: u64,
     pub content: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Feed {
@@ -109,6 +115,7 @@ mod tests {
             place: "Redmine issue #3".into(),
             text: "On its way".into(),
             public: true,
+            files: Vec::new(),
         };
         let event = note.event("12");
         assert_eq!(event.ticket, "12");

@@ -50,6 +50,13 @@ pub trait Host: Send + Sync {
         }
         Ok(())
     }
+    /// A file that source `source` lends (`Connector::file`), by its reference.
+    async fn fetch(&self, source: &str, reference: &Value) -> Result<(Vec<u8>, String), Failure> {
+        let _ = reference;
+        Err(Failure::Permanent(format!(
+            "source `{source}` lends no files here"
+        )))
+    }
     /// Queues actions that running `row` asked for, inside the caller's transaction, so
     /// they exist exactly when the connector's own changes made with them do. Each gets a
     /// transaction key derived from `row`'s: running `row` again queues the same sends.

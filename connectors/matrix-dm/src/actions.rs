@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use switchboard_connector::{Action, ActionContext, Failure, Feed, Queued, RoomSpec, now_ms};
+use switchboard_connector::{
+    Action, ActionContext, Failure, Feed, FeedFile, Queued, RoomSpec, now_ms,
+};
 use tracing::warn;
 
 use crate::desk::{Helpdesk, PENDING_DM};
@@ -62,6 +64,14 @@ pub enum HelpdeskAction {
         user: String,
         encrypted: bool,
     },
+    /// Post a file a follower told of (fetched through it, or from Matrix) into `room`: into
+    /// the request's thread when `in_thread`.
+    FilePost {
+        request: i64,
+        room: String,
+        in_thread: bool,
+        file: FeedFile,
+    },
     /// Tell the sources that follow the helpdesk about a request (keyed `key`): with its
     /// title, its thread's link and its customer as they are when this runs.
     Publish {
@@ -77,6 +87,7 @@ pub const KINDS: &[&str] = &[
     "thread_post",
     "relay",
     "start_chat",
+    "file_post",
     "publish",
 ];
 
@@ -242,6 +253,47 @@ impl Helpdesk {
                     cx.matrix.invite(None, &room, &user).await?;
                 }
                 Ok(room)
+            }
+            HelpdeskAction::FilePost {
+                request,
+                room,
+                in_thread,
+                file,
+            } => {
+                let (data, content_type) = match &file.source {
+                    Some(source) => cx.host.fetch(source, &file.content).await?,
+                    None => (
+                        cx.matrix.download(&file.content).await?,
+                        file.content_type.clone(),
+                    ),
+                };
+                let size = data.len();
+                let keys = cx.matrix.upload(&room, data, &content_type).await?;
+                let msgtype = if content_type.starts_with("image/") {
+                    "m.image"
+                } else {
+                    "m.file"
+                };
+                let mut content = json!({
+                    "msgtype": msgtype, "body": file.name, "filename": file.name,
+                    "info": {"mimetype": content_type, "size": size},
+                })
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
+                content.extend(keys.as_object().cloned().unwrap_or_default());
+                if in_thread {
+                    content = relay::in_thread(content, &self.thread_of(request).await?);
+                }
+                cx.matrix
+                    .send(
+                        None,
+                        &room,
+                        "m.room.message",
+                        Value::Object(content),
+                        &cx.txn(""),
+                    )
+                    .await
             }
             HelpdeskAction::Publish { request, key, feed } => {
                 let Some(r) = self.store.request_by_id(request).await? else {
@@ -551,6 +603,7 @@ mod tests {
             place: "Redmine issue #3".into(),
             text: text.into(),
             public,
+            files: Vec::new(),
         };
         let mut answers = Vec::new();
         for feed in [note("On its way", true), note("The toner", false)] {
@@ -633,5 +686,66 @@ mod tests {
             .expect("plan")
             .expect("own");
         assert!(none.is_empty(), "{none:?}");
+    }
+
+    #[test]
+    fn every_action_is_declared_as_the_helpdesk_s() {
+        use super::HelpdeskAction;
+        let file = switchboard_connector::FeedFile {
+            name: "f".into(),
+            content_type: "text/plain".into(),
+            size: 1,
+            content: json!({}),
+            source: None,
+        };
+        let all = [
+            HelpdeskAction::ThreadOpen {
+                request: 1,
+                room: "!r".into(),
+                content: json!({}),
+            },
+            HelpdeskAction::ThreadPost {
+                request: 1,
+                room: "!r".into(),
+                content: json!({}),
+            },
+            HelpdeskAction::Relay {
+                request: 1,
+                room: "!r".into(),
+                to_operators: true,
+                event_type: "m.room.message".into(),
+                content: json!({}),
+                origin: "$e".into(),
+                origin_ts: 0,
+                about: None,
+                apology: None,
+            },
+            HelpdeskAction::StartChat {
+                request: 1,
+                user: "@u:x".into(),
+                encrypted: false,
+            },
+            HelpdeskAction::FilePost {
+                request: 1,
+                room: "!r".into(),
+                in_thread: true,
+                file,
+            },
+            HelpdeskAction::Publish {
+                request: 1,
+                key: "k".into(),
+                feed: switchboard_connector::Feed::Notice { text: "t".into() },
+            },
+        ];
+        let kinds: Vec<String> = all
+            .iter()
+            .map(|a| {
+                serde_json::to_value(a).expect("json")["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(kinds, super::KINDS, "each kind is declared, in order");
     }
 }

@@ -466,6 +466,7 @@ impl Helpdesk {
                             .to_string(),
                         size: field("size").and_then(Value::as_u64).unwrap_or_default(),
                         content: Value::Object(heard.content.clone()),
+                        source: None,
                     },
                 )
             })
@@ -509,6 +510,7 @@ impl Helpdesk {
                 place,
                 text,
                 public,
+                files,
             } => {
                 let to_customer =
                     public && !request.closed && !request.dm_room.starts_with(PENDING_DM);
@@ -517,13 +519,31 @@ impl Helpdesk {
                 } else {
                     format!("{author} in {place} (private note):")
                 };
-                let mut out = vec![thread(format!("{heading}\n\n{text}"))];
-                if to_customer {
-                    let send = Action::Send {
-                        room: request.dm_room.clone(),
-                        content: Value::Object(self.message(&text)),
+                let body = if text.trim().is_empty() {
+                    heading.trim_end_matches(':').to_string()
+                } else {
+                    format!("{heading}\n\n{text}")
+                };
+                let mut out = vec![thread(body)];
+                let file_post = |room: &str, in_thread: bool, file: &FeedFile| {
+                    let post = HelpdeskAction::FilePost {
+                        request: request.id,
+                        room: room.to_string(),
+                        in_thread,
+                        file: file.clone(),
                     };
-                    out.push((lane.clone(), send.into()));
+                    (lane.clone(), Step::from(post))
+                };
+                out.extend(files.iter().map(|f| file_post(self.backoffice(), true, f)));
+                if to_customer {
+                    if !text.trim().is_empty() {
+                        let send = Action::Send {
+                            room: request.dm_room.clone(),
+                            content: Value::Object(self.message(&text)),
+                        };
+                        out.push((lane.clone(), send.into()));
+                    }
+                    out.extend(files.iter().map(|f| file_post(&request.dm_room, false, f)));
                 }
                 Ok(out)
             }

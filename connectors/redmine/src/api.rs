@@ -21,6 +21,8 @@ pub(crate) struct Journal {
     pub private: bool,
     /// The status it set, if it changed it.
     pub status: Option<i64>,
+    /// The files it added: (attachment ID, file name).
+    pub files: Vec<(i64, String)>,
 }
 
 /// An issue as a list shows it.
@@ -213,7 +215,18 @@ impl Api {
                         .find(|d| d["property"] == "attr" && d["name"] == "status_id")
                         .and_then(|d| d["new_value"].as_str()?.parse().ok())
                 });
+                let files = j["details"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| d["property"] == "attachment" && d["new_value"].is_string())
+                    .filter_map(|d| {
+                        let id = d["name"].as_str()?.parse().ok()?;
+                        Some((id, d["new_value"].as_str()?.to_string()))
+                    })
+                    .collect();
                 Some(Journal {
+                    files,
                     id: j["id"].as_i64()?,
                     user_id: j["user"]["id"].as_i64().unwrap_or_default(),
                     user: j["user"]["name"].as_str().unwrap_or("someone").to_string(),
@@ -318,6 +331,56 @@ impl Api {
             .await?
             .iter()
             .any(|j| j.user_id == me && j.notes.trim() == notes.trim()))
+    }
+
+    /// An attachment's bytes and content type; refused beyond `max` bytes.
+    pub async fn attachment(&self, id: i64, max: u64) -> Result<(Vec<u8>, String), Failure> {
+        let about = self
+            .call(
+                "file",
+                Method::GET,
+                &format!("/attachments/{id}.json"),
+                None,
+            )
+            .await?;
+        let about = &about["attachment"];
+        let size = about["filesize"].as_u64().unwrap_or_default();
+        if size > max {
+            return Err(Failure::Permanent(format!(
+                "attachment {id} has {size} bytes, more than {max}"
+            )));
+        }
+        let url = about["content_url"].as_str().ok_or_else(|| {
+            Failure::Refused(format!("Redmine gave no address for attachment {id}"))
+        })?;
+        let content_type = about["content_type"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .unwrap_or("application/octet-stream")
+            .to_string();
+        self.requests
+            .with_label_values(&[&self.source, "file"])
+            .inc();
+        let response = self
+            .http
+            .get(url)
+            .header("X-Redmine-API-Key", self.key.expose())
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::transient(format!("Redmine: attachment {id}: {}", e.without_url()))
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let headers = response.headers().clone();
+            let message = format!("Redmine answered {status} for attachment {id}");
+            return Err(Failure::from_answer(status, &headers, message));
+        }
+        let data = response
+            .bytes()
+            .await
+            .map_err(|e| Failure::transient(format!("Redmine: attachment {id}: {e}")))?;
+        Ok((data.to_vec(), content_type))
     }
 
     /// Uploads a file; the token that attaches it.

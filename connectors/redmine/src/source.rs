@@ -50,6 +50,9 @@ enum RedmineAction {
 /// The `type`s of `RedmineAction`.
 pub(crate) const KINDS: &[&str] = &["redmine_issue", "redmine_note", "redmine_close"];
 
+/// The largest attachment passed on into Matrix.
+const MAX_FILE: u64 = 50 * 1024 * 1024;
+
 /// How far back the first poll looks.
 const FIRST_LOOK_BACK_MS: i64 = 3_600_000;
 
@@ -69,6 +72,7 @@ pub(crate) struct Source {
     me: OnceLock<i64>,
     /// Redmine's statuses, as last asked.
     statuses: RwLock<Vec<Status>>,
+
     polls: HistogramVec,
 }
 
@@ -410,12 +414,24 @@ impl Source {
                 if journal.user_id != me {
                     let key = format!("{}:journal:{}", self.id, journal.id);
                     let mut events = Vec::new();
-                    if !journal.notes.trim().is_empty() {
+                    if !journal.notes.trim().is_empty() || !journal.files.is_empty() {
+                        let files = journal
+                            .files
+                            .iter()
+                            .map(|(id, name)| FeedFile {
+                                name: name.clone(),
+                                content_type: String::new(),
+                                size: 0,
+                                content: json!({ "attachment": id }),
+                                source: Some(self.id.clone()),
+                            })
+                            .collect();
                         let note = Feed::Note {
                             author: journal.user.clone(),
                             place: place.clone(),
                             text: journal.notes.clone(),
                             public: !journal.private,
+                            files,
                         };
                         events.push(note.event(&issue.request));
                     }
@@ -471,6 +487,14 @@ impl Connector for Source {
 
     fn listener(&self) -> Option<&dyn Listener> {
         Some(self)
+    }
+
+    /// An attachment of an issue (`{"attachment": <id>}`), for the helpdesk to post.
+    async fn file(&self, reference: &Value) -> Result<(Vec<u8>, String), Failure> {
+        let id = reference["attachment"]
+            .as_i64()
+            .ok_or_else(|| Failure::Permanent(format!("not an attachment: {reference}")))?;
+        self.api.attachment(id, MAX_FILE).await
     }
 
     async fn run(self: Arc<Self>) {
