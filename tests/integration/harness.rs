@@ -844,38 +844,66 @@ pub struct PretixEvent {
 /// here and left running for the next run.
 pub fn pretix() -> &'static Pretix {
     static P: OnceLock<Pretix> = OnceLock::new();
+    // Installing and migrating takes minutes on a fresh machine.
     P.get_or_init(|| {
-        let dir = match std::env::var("SWITCHBOARD_TEST_PRETIX_DIR") {
-            Ok(dir) => PathBuf::from(dir),
-            Err(_) => {
-                let dir = std::env::temp_dir().join("switchboard-test-pretix");
-                if Pretix::attach(&dir).is_none() {
-                    let ok = Command::new(repo().join("scripts/pretix.sh"))
-                        .arg("start")
-                        .arg(&dir)
-                        .arg(free_port().to_string())
-                        .stdout(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false);
-                    assert!(ok, "scripts/pretix.sh start failed");
-                }
-                dir
-            }
-        };
-        // Installing and migrating takes minutes on a fresh machine.
-        let deadline = Instant::now() + Duration::from_secs(20 * 60);
-        loop {
-            if let Some(p) = Pretix::attach(&dir) {
-                return p;
-            }
-            if dir.join("failed").exists() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
-                panic!("pretix did not start: {log}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        shared_peer(
+            "SWITCHBOARD_TEST_PRETIX_DIR",
+            "pretix",
+            false,
+            20,
+            Pretix::attach,
+        )
     })
+}
+
+/// A peer server the tests share: the one `scripts/test.sh` starts (its directory named by
+/// `env`; its first start may still be installing), or one started here with
+/// `scripts/<name>.sh start DIR PORT` (over a wiped directory if `wipe`) and left running
+/// for the next run; `attach` uses it once it answers, within `minutes`.
+pub fn shared_peer<T>(
+    env: &str,
+    name: &str,
+    wipe: bool,
+    minutes: u64,
+    attach: fn(&Path) -> Option<T>,
+) -> T {
+    let script = repo().join(format!("scripts/{name}.sh"));
+    let dir = match std::env::var(env) {
+        Ok(dir) => PathBuf::from(dir),
+        Err(_) => {
+            let dir = std::env::temp_dir().join(format!("switchboard-test-{name}"));
+            if attach(&dir).is_none() {
+                if wipe {
+                    let _ = Command::new(&script)
+                        .arg("stop")
+                        .arg(&dir)
+                        .arg("--wipe")
+                        .status();
+                }
+                let ok = Command::new(&script)
+                    .arg("start")
+                    .arg(&dir)
+                    .arg(free_port().to_string())
+                    .stdout(Stdio::null())
+                    .status()
+                    .map(|s| s.success())
+                    .unwrap_or(false);
+                assert!(ok, "scripts/{name}.sh start failed");
+            }
+            dir
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(minutes * 60);
+    loop {
+        if let Some(peer) = attach(&dir) {
+            return peer;
+        }
+        if dir.join("failed").exists() || Instant::now() > deadline {
+            let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
+            panic!("{name} did not start: {log}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 impl Pretix {
@@ -1126,42 +1154,7 @@ pub struct Rt {
 /// `SWITCHBOARD_TEST_RT_DIR`; it may still be installing), or one started here.
 pub fn rt() -> &'static Rt {
     static R: OnceLock<Rt> = OnceLock::new();
-    R.get_or_init(|| {
-        let dir = match std::env::var("SWITCHBOARD_TEST_RT_DIR") {
-            Ok(dir) => PathBuf::from(dir),
-            Err(_) => {
-                let dir = std::env::temp_dir().join("switchboard-test-rt");
-                if Rt::attach(&dir).is_none() {
-                    let _ = Command::new(repo().join("scripts/rt.sh"))
-                        .arg("stop")
-                        .arg(&dir)
-                        .arg("--wipe")
-                        .status();
-                    let ok = Command::new(repo().join("scripts/rt.sh"))
-                        .arg("start")
-                        .arg(&dir)
-                        .arg(free_port().to_string())
-                        .stdout(Stdio::null())
-                        .status()
-                        .map(|s| s.success())
-                        .unwrap_or(false);
-                    assert!(ok, "scripts/rt.sh start failed");
-                }
-                dir
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(15 * 60);
-        loop {
-            if let Some(rt) = Rt::attach(&dir) {
-                return rt;
-            }
-            if dir.join("failed").exists() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
-                panic!("RT did not start: {log}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    })
+    R.get_or_init(|| shared_peer("SWITCHBOARD_TEST_RT_DIR", "rt", true, 15, Rt::attach))
 }
 
 impl Rt {

@@ -6,13 +6,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::common::{start, wait_in_room};
-use crate::harness::{self, Db, Switchboard, free_port, repo, suffix, synapse, wait_for};
+use crate::harness::{
+    self, Db, Switchboard, free_port, repo, shared_peer, suffix, synapse, wait_for,
+};
 
 on_both_databases!(
     redmine_requests_as_issues_both_ways,
@@ -37,30 +39,13 @@ pub struct Redmine {
 pub fn redmine() -> &'static Redmine {
     static R: OnceLock<Redmine> = OnceLock::new();
     R.get_or_init(|| {
-        let dir = match std::env::var("SWITCHBOARD_TEST_REDMINE_DIR") {
-            Ok(dir) => PathBuf::from(dir),
-            Err(_) => {
-                let dir = std::env::temp_dir().join("switchboard-test-redmine");
-                if Redmine::attach(&dir).is_none() {
-                    Redmine::script(&["stop", &dir.to_string_lossy(), "--wipe"]);
-                    let port = free_port().to_string();
-                    let ok = Redmine::script(&["start", &dir.to_string_lossy(), &port]);
-                    assert!(ok, "scripts/redmine.sh start failed");
-                }
-                dir
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(15 * 60);
-        loop {
-            if let Some(r) = Redmine::attach(&dir) {
-                return r;
-            }
-            if dir.join("failed").exists() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(dir.join("start.log")).unwrap_or_default();
-                panic!("Redmine did not start: {log}");
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        shared_peer(
+            "SWITCHBOARD_TEST_REDMINE_DIR",
+            "redmine",
+            true,
+            15,
+            Redmine::attach,
+        )
     })
 }
 

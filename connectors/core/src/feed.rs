@@ -42,7 +42,7 @@ pub enum Feed {
     Note {
         /// Who wrote it, as the follower names them.
         author: String,
-        /// Where: "Redmine issue #12", for the heading.
+        /// Where it was written ("issue #12" of the far end), for the heading.
         place: String,
         text: String,
         public: bool,
@@ -112,7 +112,7 @@ mod tests {
     fn a_feed_goes_through_an_event_and_back() {
         let note = Feed::Note {
             author: "Alice Agent".into(),
-            place: "Redmine issue #3".into(),
+            place: "Tracker issue #3".into(),
             text: "On its way".into(),
             public: true,
             files: Vec::new(),
@@ -123,8 +123,8 @@ mod tests {
         assert_eq!(Feed::of(&event), Some(note));
         let close = Feed::Close {
             author: "Alice Agent".into(),
-            place: "Redmine issue #3".into(),
-            key: "redmine:7".into(),
+            place: "Tracker issue #3".into(),
+            key: "tracker:7".into(),
         };
         assert_eq!(close.event("12").kind, EventKind::Closed);
         let plain = TicketEvent::new("12", EventKind::Updated);
