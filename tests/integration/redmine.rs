@@ -571,6 +571,12 @@ async fn redmine_restart_and_outage(db: Db) -> Result<()> {
     customer
         .send(&dm, json!({"msgtype": "m.text", "body": "second"}))
         .await?;
+    // The operator answers what they read in the thread.
+    wait_for("the second message in the thread", || async {
+        let posts = thread_posts(&operator, &backoffice, &bot.user_id, &root).await;
+        posts.iter().any(|p| p.ends_with("second")).then_some(())
+    })
+    .await?;
     operator
         .send(&backoffice, in_thread(&root, "answer"))
         .await?;

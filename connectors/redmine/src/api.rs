@@ -55,6 +55,8 @@ pub(crate) struct Api {
     http: reqwest::Client,
     requests: IntCounterVec,
     source: String,
+    /// Redmine's clock as its last answer's `Date` gave it (ms), if it sends one.
+    clock: std::sync::Mutex<Option<i64>>,
 }
 
 impl Api {
@@ -71,6 +73,7 @@ impl Api {
             http,
             requests,
             source: source.to_string(),
+            clock: std::sync::Mutex::new(None),
         }
     }
 
@@ -104,6 +107,14 @@ impl Api {
             .await
             .map_err(|e| Failure::transient(format!("Redmine: {what}: {}", e.without_url())))?;
         let status = response.status();
+        if let Some(date) = response
+            .headers()
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .and_then(http_date_ms)
+        {
+            *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(date);
+        }
         if status.is_success() {
             let bytes = response
                 .bytes()
@@ -137,6 +148,15 @@ impl Api {
             _ => format!("Redmine answered {status} for {what}: {why}"),
         };
         Err(Failure::from_answer(status, &headers, message))
+    }
+
+    /// Redmine's time now, as its last answer's `Date` said (Switchboard's clock when it
+    /// sends none).
+    pub fn now_ms(&self) -> i64 {
+        self.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(switchboard_connector::now_ms)
     }
 
     /// The API key's user: its ID.
@@ -418,6 +438,31 @@ fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// An HTTP date (`Fri, 04 Dec 2026 20:34:50 GMT`) in Unix milliseconds.
+pub(crate) fn http_date_ms(date: &str) -> Option<i64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let parts: Vec<&str> = date.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let (y, d): (i64, i64) = (year.parse().ok()?, day.parse().ok()?);
+    let m = MONTHS.iter().position(|x| x == month)? as i64 + 1;
+    let hms: Vec<i64> = time.split(':').filter_map(|t| t.parse().ok()).collect();
+    let [h, mi, s] = hms.as_slice() else {
+        return None;
+    };
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400) + h * 3600 + mi * 60 + s) * 1000)
+}
+
 /// A Unix time in milliseconds as Redmine writes times (`2026-12-04T20:34:50Z`).
 pub(crate) fn redmine_time(ms: i64) -> String {
     let [y, mo, d, h, mi, s] = switchboard_connector::utc_fields(ms);
@@ -431,5 +476,16 @@ mod tests {
     #[test]
     fn times_are_written_as_redmine_writes_them() {
         assert_eq!(redmine_time(1_796_416_490_000), "2026-12-04T20:34:50Z");
+        assert_eq!(
+            http_date_ms("Fri, 04 Dec 2026 20:34:50 GMT"),
+            Some(1_796_416_490_000)
+        );
+        assert_eq!(
+            http_date_ms("Sun, 29 Feb 2032 00:00:01 GMT")
+                .map(redmine_time)
+                .as_deref(),
+            Some("2032-02-29T00:00:01Z")
+        );
+        assert_eq!(http_date_ms("yesterday"), None);
     }
 }

@@ -53,6 +53,9 @@ pub(crate) const KINDS: &[&str] = &["redmine_issue", "redmine_note", "redmine_cl
 /// The largest attachment passed on into Matrix.
 const MAX_FILE: u64 = 50 * 1024 * 1024;
 
+/// How long before a poll a change must have been made to be sure to be in its list.
+const SETTLE_MS: i64 = 10_000;
+
 /// How far back the first poll looks.
 const FIRST_LOOK_BACK_MS: i64 = 3_600_000;
 
@@ -393,12 +396,12 @@ impl Source {
             self.host.set_cursor(&key, &start).await?;
             return Ok(0);
         };
-        let mut newest = since.clone();
         let mut delivered = 0;
-        for changed in self.api.changed(&self.config.project, &since).await? {
-            if changed.updated_on > newest {
-                newest = changed.updated_on.clone();
-            }
+        let listed = self.api.changed(&self.config.project, &since).await?;
+        // Every change made before this is in the list (Redmine's times have whole seconds,
+        // and a change is written a moment after its time): the next poll starts there.
+        let settled = redmine_time(self.api.now_ms() - SETTLE_MS);
+        for changed in listed {
             let Some(issue) = self.issues.of_issue(&*self.host, changed.id).await? else {
                 continue;
             };
@@ -463,8 +466,8 @@ impl Source {
                     .await?;
             }
         }
-        if newest != since {
-            self.host.set_cursor(&key, &newest).await?;
+        if settled > since {
+            self.host.set_cursor(&key, &settled).await?;
         }
         Ok(delivered)
     }
