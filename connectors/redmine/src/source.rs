@@ -225,6 +225,7 @@ impl Source {
                     .of_request(&*self.host, request)
                     .await?
                     .is_none()
+                    && !self.adopt(event, request).await?
                 {
                     return Ok(out);
                 }
@@ -595,7 +596,7 @@ mod tests {
 
     #[tokio::test]
     async fn messages_and_closes_are_planned_as_writes_to_the_issue() {
-        let (source, _host) = source().await;
+        let (source, host) = source().await;
         let planned = source
             .plan(&message(Side::Customer, "Help"))
             .await
@@ -649,6 +650,14 @@ mod tests {
             .expect("plan")
             .expect("own");
         assert!(by_redmine.is_empty(), "closed in Redmine already");
+        // A request whose issue was taken over, closed before anything else was heard.
+        let issues = Issues::new("issues");
+        issues.take(&*host, "$old", 40, 0).await.expect("taken");
+        let mut close = closed("$command").event("9");
+        close.url = Some("https://matrix.to/#/!ops:example.org/$old".into());
+        let taken = source.plan(&close).await.expect("plan").expect("own");
+        assert_eq!(taken.len(), 1, "{taken:?}");
+        assert_eq!(taken[0].action["type"], "redmine_close");
         let unknown = source
             .plan(&closed("$command").event("8"))
             .await
