@@ -48,8 +48,10 @@ impl Kind for Otobo {
             check,
             OtoboConfig::problems,
             secret,
-            "the invoker's webhooks must be authenticated (they are not signed): give \
-                 `basic_auth` (the transport's BasicAuth) or `path_secret`",
+            Some(
+                "the invoker's webhooks must be authenticated (they are not signed): give \
+                     `basic_auth` (the transport's BasicAuth) or `path_secret`",
+            ),
         )?;
         Some(Box::new(Config { config, password }))
     }

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use switchboard_connector::{Checked, Checker, Connector, Dialect, Host, Kind, Secret, SourceInfo};
 
+use switchboard_ticket_rooms::kind::{SecretKey, check_section};
+
 use crate::RedmineConfig;
 use crate::source::{KINDS, Source};
 
@@ -31,36 +33,26 @@ impl Kind for Redmine {
 
     fn check(
         &self,
-        _source: &SourceInfo,
+        source: &SourceInfo,
         section: Option<&serde_json::Value>,
         check: &mut Checker<'_>,
     ) -> Option<Checked> {
-        let Some(section) = section else {
-            check.problem("", "required for kind = \"redmine\"");
-            return None;
+        let secret = SecretKey {
+            key: "api_key",
+            given: |c: &RedmineConfig| (c.api_key.as_deref(), c.api_key_file.as_deref()),
+            missing: "an API key (`api_key` or `api_key_file`) is required",
         };
-        let config: RedmineConfig = check.parse(section)?;
-        let mut ok = true;
-        for (key, problem) in config.problems() {
-            check.problem(&key, problem);
-            ok = false;
-        }
-        let key = match check.secret(
-            "api_key",
-            config.api_key.as_deref(),
-            config.api_key_file.as_deref(),
-        ) {
-            Ok(Some(key)) => Some(key),
-            Ok(None) => {
-                check.problem(
-                    "api_key",
-                    "an API key (`api_key` or `api_key_file`) is required",
-                );
-                None
-            }
-            Err(_) => None,
-        }?;
-        ok.then_some(Box::new(Config { config, key }) as Checked)
+        // No webhooks: Redmine is polled.
+        let (config, key) = check_section(
+            self.name(),
+            source,
+            section,
+            check,
+            |c: &RedmineConfig, _| c.problems(),
+            secret,
+            None,
+        )?;
+        Some(Box::new(Config { config, key }))
     }
 
     fn follows(&self, checked: &Checked) -> Vec<(String, String)> {

@@ -48,8 +48,10 @@ impl Kind for RequestTracker {
             check,
             RtConfig::problems,
             secret,
-            "RT's webhooks must be authenticated: give `signature` (the scrip's secret), \
-                 `path_secret` or `basic_auth`",
+            Some(
+                "RT's webhooks must be authenticated: give `signature` (the scrip's secret), \
+                     `path_secret` or `basic_auth`",
+            ),
         )?;
         Some(Box::new(Config { config, token }))
     }

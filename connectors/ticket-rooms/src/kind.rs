@@ -14,9 +14,9 @@ pub struct SecretKey<C> {
 }
 
 /// A ticket-system source's section checked: parsed, the config's own `problems` reported
-/// with their keys, its secret read, and its webhooks required to be authenticated
-/// (`unauthenticated`: the problem otherwise). `None` when anything is wrong, all of it
-/// reported.
+/// with their keys, its secret read, and, for a source with webhooks, those required to be
+/// authenticated (`unauthenticated`: the problem otherwise). `None` when anything is wrong,
+/// all of it reported.
 pub fn check_section<C: DeserializeOwned>(
     kind: &str,
     source: &SourceInfo,
@@ -24,7 +24,7 @@ pub fn check_section<C: DeserializeOwned>(
     check: &mut Checker<'_>,
     problems: fn(&C, &SourceInfo) -> Vec<(String, String)>,
     secret: SecretKey<C>,
-    unauthenticated: &str,
+    unauthenticated: Option<&str>,
 ) -> Option<(C, Secret)> {
     let Some(section) = section else {
         check.problem("", format!("required for kind = \"{kind}\""));
@@ -45,8 +45,10 @@ pub fn check_section<C: DeserializeOwned>(
         }
         Err(_) => None,
     };
-    if !source.authenticated {
-        check.source_problem("signature", unauthenticated);
+    if let Some(problem) = unauthenticated
+        && !source.authenticated
+    {
+        check.source_problem("signature", problem);
         ok = false;
     }
     let read = read?;

@@ -48,9 +48,11 @@ impl Kind for Zammad {
             check,
             ZammadConfig::problems,
             secret,
-            "Zammad's webhooks must be authenticated: give `signature` (the webhook's \
-                 HMAC-SHA1 token: header = \"X-Hub-Signature\", prefix = \"sha1=\", \
-                 algorithm = \"sha1\"), `path_secret` or `basic_auth`",
+            Some(
+                "Zammad's webhooks must be authenticated: give `signature` (the webhook's \
+                     HMAC-SHA1 token: header = \"X-Hub-Signature\", prefix = \"sha1=\", \
+                     algorithm = \"sha1\"), `path_secret` or `basic_auth`",
+            ),
         )?;
         Some(Box::new(Config { config, token }))
     }
