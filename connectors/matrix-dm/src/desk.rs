@@ -448,29 +448,11 @@ impl Helpdesk {
         let body = heard.content.get("body").and_then(Value::as_str)?;
         let text = relay::strip_plain_fallback(body).to_string();
         let media = matches!(msgtype, "m.file" | "m.image" | "m.video" | "m.audio");
-        let file = media
-            .then(|| {
-                let info = heard.content.get("info");
-                let field = |k: &str| info.and_then(|i| i.get(k));
-                (heard.content.contains_key("url") || heard.content.contains_key("file")).then(
-                    || FeedFile {
-                        name: heard
-                            .content
-                            .get("filename")
-                            .and_then(Value::as_str)
-                            .unwrap_or(&text)
-                            .to_string(),
-                        content_type: field("mimetype")
-                            .and_then(Value::as_str)
-                            .unwrap_or("application/octet-stream")
-                            .to_string(),
-                        size: field("size").and_then(Value::as_u64).unwrap_or_default(),
-                        content: Value::Object(heard.content.clone()),
-                        source: None,
-                    },
-                )
-            })
-            .flatten();
+        let file = if media {
+            feed_file(&heard.content, &text)
+        } else {
+            None
+        };
         Some(Feed::Message {
             from,
             author: heard.sender.clone(),
@@ -970,6 +952,28 @@ pub async fn close_idle(helpdesk: Arc<Helpdesk>) {
             info!(requests = queued, "closing idle requests");
         }
     }
+}
+
+/// The file a media message points to, for the followers; `None` without one.
+fn feed_file(content: &Map<String, Value>, body: &str) -> Option<FeedFile> {
+    if !content.contains_key("url") && !content.contains_key("file") {
+        return None;
+    }
+    let info = |k: &str| content.get("info").and_then(|i| i.get(k));
+    Some(FeedFile {
+        name: content
+            .get("filename")
+            .and_then(Value::as_str)
+            .unwrap_or(body)
+            .to_string(),
+        content_type: info("mimetype")
+            .and_then(Value::as_str)
+            .unwrap_or("application/octet-stream")
+            .to_string(),
+        size: info("size").and_then(Value::as_u64).unwrap_or_default(),
+        content: Value::Object(content.clone()),
+        source: None,
+    })
 }
 
 /// Idle requests closed per look; the rest wait for the next.

@@ -59,7 +59,7 @@ const SETTLE_MS: i64 = 10_000;
 /// How far back the first poll looks.
 const FIRST_LOOK_BACK_MS: i64 = 3_600_000;
 
-/// What the poll is at: Redmine's time of the newest change read.
+/// Where the next poll starts: a Redmine time, `SETTLE_MS` before the last poll.
 fn cursor_key(source: &str) -> String {
     format!("redmine.{source}.updated_on")
 }
@@ -75,7 +75,7 @@ pub(crate) struct Source {
     me: OnceLock<i64>,
     /// Redmine's statuses, as last asked.
     statuses: RwLock<Vec<Status>>,
-
+    /// How long each poll took.
     polls: HistogramVec,
 }
 
@@ -124,16 +124,20 @@ impl Source {
         Ok(*self.me.get_or_init(|| me))
     }
 
+    /// Redmine's statuses, asked again.
+    async fn fresh_statuses(&self) -> Result<Vec<Status>, Failure> {
+        let fresh = self.api.statuses().await?;
+        *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
     /// A status by its number, asking Redmine again for one not known yet.
     async fn status(&self, id: i64) -> Result<Option<Status>, Failure> {
-        let known = |list: &Vec<Status>| list.iter().find(|s| s.id == id).cloned();
+        let known = |list: &[Status]| list.iter().find(|s| s.id == id).cloned();
         if let Some(s) = known(&self.statuses.read().unwrap_or_else(|e| e.into_inner())) {
             return Ok(Some(s));
         }
-        let fresh = self.api.statuses().await?;
-        let found = known(&fresh);
-        *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = fresh;
-        Ok(found)
+        Ok(known(&self.fresh_statuses().await?))
     }
 
     /// The status `done` sets: the configured one, or Redmine's first closed status.
@@ -141,17 +145,11 @@ impl Source {
         if let Some(done) = self.config.statuses.done {
             return Ok(Some(done));
         }
-        if self
-            .statuses
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
-        {
-            let fresh = self.api.statuses().await?;
-            *self.statuses.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        let closed = |list: &[Status]| list.iter().find(|s| s.closed).map(|s| s.id as u64);
+        if let Some(id) = closed(&self.statuses.read().unwrap_or_else(|e| e.into_inner())) {
+            return Ok(Some(id));
         }
-        let statuses = self.statuses.read().unwrap_or_else(|e| e.into_inner());
-        Ok(statuses.iter().find(|s| s.closed).map(|s| s.id as u64))
+        Ok(closed(&self.fresh_statuses().await?))
     }
 
     /// The issue of a request, or why there is none.
