@@ -47,6 +47,15 @@ pub(crate) async fn wait_messages(
     .await
 }
 
+/// Waits until the bot has posted a message containing `text` in `room`; all its messages.
+pub(crate) async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<String>> {
+    wait_for(&format!("`{text}` in the room"), || async {
+        let m = bot.messages(room).await.ok()?;
+        m.iter().any(|b| b.contains(text)).then_some(m)
+    })
+    .await
+}
+
 /// Waits until `user` is in `room` (`inside`) or no longer is.
 pub(crate) async fn wait_in_room(user: &harness::User, room: &str, inside: bool) -> Result<()> {
     let what = format!(

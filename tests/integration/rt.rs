@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use serde_json::json;
 
-use crate::common::{start, wait_in_room};
+use crate::common::{start, wait_in_room, wait_text};
 use crate::harness::{self, Db, synapse, wait_for};
 
 on_both_databases!(
@@ -42,15 +42,6 @@ fn rt_source_as(
         url = rt.url,
         token = rt.switchboard_token,
     )
-}
-
-/// Waits until the bot has posted a message containing `text` in `room`; all its messages.
-async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<String>> {
-    wait_for(&format!("`{text}` in the room"), || async {
-        let m = bot.messages(room).await.ok()?;
-        m.iter().any(|b| b.contains(text)).then_some(m)
-    })
-    .await
 }
 
 /// A ticket created in RT gets a private room named after it, with its owner (admin), its

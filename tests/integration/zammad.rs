@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use warp::Filter;
 use warp::http::StatusCode;
 
-use crate::common::{start, wait_in_room};
+use crate::common::{start, wait_in_room, wait_text};
 use crate::harness::{self, Db, synapse, wait_for};
 
 on_both_databases!(
@@ -278,15 +278,6 @@ async fn deliver(
             ("User-Agent", "Zammad User Agent".to_string()),
         ],
     )
-    .await
-}
-
-/// Waits until the bot has posted a message containing `text` in `room`; all its messages.
-async fn wait_text(bot: &harness::User, room: &str, text: &str) -> Result<Vec<String>> {
-    wait_for(&format!("`{text}` in the room"), || async {
-        let m = bot.messages(room).await.ok()?;
-        m.iter().any(|b| b.contains(text)).then_some(m)
-    })
     .await
 }
 
