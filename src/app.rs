@@ -67,14 +67,14 @@ fn build_connectors(
     Ok(built)
 }
 
-/// Intake's view of the sources with a webhook.
+/// The HTTP side's view of the sources: their webhooks, and `/link` to their tickets' rooms
+/// (polled sources have rooms too).
 fn sources(
     loaded: &Loaded,
     connectors: &HashMap<String, Arc<dyn Connector>>,
 ) -> HashMap<String, Source> {
     connectors
         .iter()
-        .filter(|(_, c)| c.webhook().is_some())
         .map(|(id, connector)| {
             let cfg = &loaded.config.sources[id];
             let signature = cfg.signature.clone().and_then(|s| {

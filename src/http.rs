@@ -222,10 +222,14 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let Some(source) = state.sources.get(source_id) else {
+    let Some(source) = state
+        .sources
+        .get(source_id)
+        .filter(|s| s.connector.webhook().is_some())
+    else {
         return Err(Reject(
             StatusCode::NOT_FOUND,
-            format!("no source `{source_id}`"),
+            format!("no source `{source_id}` takes webhooks"),
         ));
     };
     let count = |outcome: &str| {
