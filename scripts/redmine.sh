@@ -8,8 +8,9 @@
 #   scripts/redmine.sh stop  DIR [--wipe]
 #   scripts/redmine.sh api   DIR METHOD PATH [JSON]   REST as the admin; PATH like /issues.json
 #
-# The database has REST enabled, the tracker `Support` with the statuses New, In Progress
-# and Closed (every move between them allowed), and two administrators with API keys:
+# The database has REST enabled, the trackers `Support` and `Bug` with the statuses New,
+# In Progress and Closed (every move between them allowed), the issue field `Chat` (yes or
+# no), the user field `Matrix ID`, and two administrators with API keys:
 # `admin` (what Switchboard writes as) and `agent` (Alice Agent, a person writing in
 # Redmine). Projects are made by the tests. Needs root (apt). Env: SWITCHBOARD_CACHE
 # (~/.cache/switchboard).
@@ -109,14 +110,20 @@ agent.api_key
 statuses = ["New", "In Progress", "Closed"].map do |name|
   IssueStatus.find_by(name: name) || IssueStatus.create!(name: name, is_closed: name == "Closed")
 end
-tracker = Tracker.find_by(name: "Support") || Tracker.create!(name: "Support",
-  default_status: statuses.first)
+trackers = ["Support", "Bug"].map do |name|
+  Tracker.find_by(name: name) || Tracker.create!(name: name, default_status: statuses.first)
+end
 Role.givable.each do |role|
-  statuses.permutation(2).each do |from, to|
+  trackers.product(statuses.permutation(2).to_a).each do |tracker, (from, to)|
     WorkflowTransition.find_or_create_by!(tracker_id: tracker.id, role_id: role.id,
       old_status_id: from.id, new_status_id: to.id, author: false, assignee: false)
   end
 end
+IssueCustomField.find_by(name: "Chat") || IssueCustomField.create!(name: "Chat",
+  field_format: "list", possible_values: ["yes", "no"], is_for_all: true,
+  trackers: trackers, visible: true)
+UserCustomField.find_by(name: "Matrix ID") || UserCustomField.create!(name: "Matrix ID",
+  field_format: "string", visible: true)
 '
 
 start() {
@@ -131,7 +138,7 @@ start() {
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && die "port $port is in use"
   version=$(dpkg-query -W -f='${Version}' redmine)
   # A new database takes ~30 s to migrate and fill: done once per version, then copied.
-  template=$CACHE/redmine-$version-template.sqlite3
+  template=$CACHE/redmine-$version-$(printf '%s' "$SETUP_RB" | sha256sum | cut -c1-12).sqlite3
   if [ ! -s "$dir/redmine.sqlite3" ]; then
     (
       flock -w 300 9 || die "timed out waiting for $template.lock"
@@ -166,18 +173,23 @@ start() {
     sleep 0.25
   done
   [ "$code" = 200 ] || { stop "$dir"; die "Redmine did not answer in 120 s (last HTTP $code)"; }
-  local ids
-  ids=$(curl -sf -H "X-Redmine-API-Key: $admin_key" "http://127.0.0.1:$port/trackers.json")
+  local get
+  get() { curl -sf -H "X-Redmine-API-Key: $admin_key" "http://127.0.0.1:$port$1"; }
   ruby -rjson -e '
-    port, dir, version, keys, trackers, statuses = ARGV
+    port, dir, version, keys, trackers, statuses, roles, fields, users = ARGV
     admin, agent = keys.split(" ")
-    t = JSON.parse(trackers)["trackers"].find { |x| x["name"] == "Support" } or abort "no tracker"
-    s = JSON.parse(statuses)["issue_statuses"].map { |x| [x["name"], x["id"]] }.to_h
+    by_name = ->(list) { list.map { |x| [x["name"], x["id"]] }.to_h }
+    t = by_name.(JSON.parse(trackers)["trackers"])
+    t["Support"] or abort "no tracker"
     puts JSON.pretty_generate(url: "http://127.0.0.1:#{port}", dir: dir, version: version,
       admin: { login: "admin", key: admin }, agent: { login: "agent", key: agent },
-      tracker_id: t["id"], statuses: s)' \
-    "$port" "$dir" "$version" "$keys" "$ids" \
-    "$(curl -sf -H "X-Redmine-API-Key: $admin_key" "http://127.0.0.1:$port/issue_statuses.json")" \
+      tracker_id: t["Support"], trackers: t,
+      statuses: by_name.(JSON.parse(statuses)["issue_statuses"]),
+      roles: by_name.(JSON.parse(roles)["roles"]),
+      custom_fields: by_name.(JSON.parse(fields)["custom_fields"]),
+      users: JSON.parse(users)["users"].map { |u| [u["login"], u["id"]] }.to_h)' \
+    "$port" "$dir" "$version" "$keys" "$(get /trackers.json)" "$(get /issue_statuses.json)" \
+    "$(get /roles.json)" "$(get /custom_fields.json)" "$(get /users.json)" \
     >"$dir/state.json"
   chmod 600 "$dir/state.json"
   cat "$dir/state.json"

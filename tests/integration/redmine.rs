@@ -1,7 +1,7 @@
 //! The Redmine connector against a real Redmine (`scripts/redmine.sh`) and a real Synapse:
 //! helpdesk requests kept as issues, notes both ways with statuses, private and public
 //! notes, files, closes from either side, and nothing lost or written twice across a
-//! Switchboard restart and a Redmine outage.
+//! Switchboard restart and a Redmine outage; issues with rooms of their own.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -11,13 +11,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::common::{start, wait_in_room};
+use crate::common::{start, wait_in_room, wait_text};
 use crate::harness::{
     self, Db, Switchboard, free_port, repo, shared_peer, suffix, synapse, wait_for,
 };
 
 on_both_databases!(
     redmine_requests_as_issues_both_ways,
+    redmine_issue_rooms_both_ways,
     redmine_restart_and_outage,
     honoroit_redmine_takeover,
 );
@@ -31,6 +32,9 @@ pub struct Redmine {
     pub agent_key: String,
     pub tracker: u64,
     pub statuses: Value,
+    /// What `state.json` says of the rest (`trackers`, `roles`, `custom_fields`, `users`),
+    /// by name.
+    state: Value,
     http: reqwest::Client,
 }
 
@@ -72,6 +76,7 @@ impl Redmine {
             agent_key: state["agent"]["key"].as_str()?.to_string(),
             tracker: state["tracker_id"].as_u64()?,
             statuses: state["statuses"].clone(),
+            state,
             http: reqwest::Client::new(),
         })
     }
@@ -101,6 +106,49 @@ impl Redmine {
 
     fn status(&self, name: &str) -> u64 {
         self.statuses[name].as_u64().unwrap_or_default()
+    }
+
+    /// The number of a tracker, role, custom field or user (`what`) by name (login).
+    fn id(&self, what: &str, name: &str) -> u64 {
+        self.state[what][name].as_u64().unwrap_or_default()
+    }
+
+    /// A new project with the `Support` and `Bug` trackers and the agent as its manager
+    /// (so that issues can be assigned to them); its identifier.
+    pub async fn project_with_agent(&self) -> Result<String> {
+        let id = self.project().await?;
+        let trackers = [self.id("trackers", "Support"), self.id("trackers", "Bug")];
+        self.call(
+            &self.admin_key,
+            reqwest::Method::PUT,
+            &format!("/projects/{id}.json"),
+            Some(json!({"project": {"tracker_ids": trackers}})),
+        )
+        .await?;
+        self.call(
+            &self.admin_key,
+            reqwest::Method::POST,
+            &format!("/projects/{id}/memberships.json"),
+            Some(json!({"membership": {"user_id": self.id("users", "agent"),
+                                       "role_ids": [self.id("roles", "Manager")]}})),
+        )
+        .await?;
+        Ok(id)
+    }
+
+    /// Creates an issue as the agent; its number.
+    pub async fn create(&self, issue: Value) -> Result<u64> {
+        let made = self
+            .call(
+                &self.agent_key,
+                reqwest::Method::POST,
+                "/issues.json",
+                Some(json!({ "issue": issue })),
+            )
+            .await?;
+        made["issue"]["id"]
+            .as_u64()
+            .context("the new issue's number")
     }
 
     /// One REST call with `key`; its JSON answer (`null` for none).
@@ -539,6 +587,210 @@ async fn redmine_requests_as_issues_both_ways(db: Db) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let posts = thread_posts(&operator, &backoffice, &bot.user_id, &root2).await;
     assert!(!posts.iter().any(|p| p.contains("Closed in")), "{posts:?}");
+    Ok(())
+}
+
+/// Issues chosen by tracker and a custom field get a room of their own, named after them,
+/// with their assignee (admin) invited: the description, the agent's public and private
+/// notes and files appear there; what a member says is a note (a private one after
+/// `!ticket comment`), with their file attached, and does not come back; closing the issue
+/// closes and renames the room and writes the transcript into the issue. Issues not chosen
+/// get no room.
+async fn redmine_issue_rooms_both_ways(db: Db) -> Result<()> {
+    let rm = redmine();
+    let project = rm.project_with_agent().await?;
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let sb = start(
+        db,
+        &bot,
+        &format!(
+            "\n[sources.tracker]\nkind = \"redmine\"\n\n[sources.tracker.redmine]\n\
+             url = \"{}\"\napi_key = \"{}\"\nproject = \"{project}\"\npoll_seconds = 1\n\n\
+             [sources.tracker.redmine.rooms.select.fields]\ntracker = [\"Support\"]\n\
+             \"fields.Chat\" = [\"yes\"]\n\n\
+             [sources.tracker.redmine.rooms.room]\nencrypted = false\n\n\
+             [sources.tracker.redmine.rooms.people.users]\nagent = \"{}\"\n",
+            rm.url, rm.admin_key, alice.user_id,
+        ),
+    )
+    .await?;
+    let (support, bug) = (rm.id("trackers", "Support"), rm.id("trackers", "Bug"));
+    let chat = |yes: &str| json!([{"id": rm.id("custom_fields", "Chat"), "value": yes}]);
+    let issue = |tracker: u64, subject: &str, yes: &str| {
+        json!({"project_id": project, "tracker_id": tracker, "subject": subject,
+               "description": "Since 9:00.", "custom_fields": chat(yes),
+               "assigned_to_id": rm.id("users", "agent")})
+    };
+    let not_chat = rm.create(issue(support, "No chat wanted", "no")).await?;
+    let a_bug = rm.create(issue(bug, "A bug", "yes")).await?;
+    let id = rm.create(issue(support, "Printer on fire", "yes")).await?;
+
+    let room = sb.wait_room_in("tracker", &id.to_string()).await?;
+    wait_text(&bot, &room, "Alice Agent opened the ticket:\nSince 9:00.").await?;
+    let name = bot.state(&room, "m.room.name").await?.unwrap_or_default();
+    assert_eq!(
+        name["name"],
+        json!(format!("Redmine #{id}: Printer on fire"))
+    );
+    let power = bot.state(&room, "m.room.power_levels").await?;
+    assert_eq!(power.unwrap_or_default()["users"][&alice.user_id], 100);
+    alice.join(&room).await?;
+    wait_in_room(&alice, &room, true).await?;
+
+    // Redmine -> room: a public note, a private one, a file.
+    rm.change(id, json!({"notes": "Toner is ordered"})).await?;
+    rm.change(
+        id,
+        json!({"notes": "It was the toner", "private_notes": true}),
+    )
+    .await?;
+    let token = rm.upload(b"the invoice", "invoice.txt").await?;
+    rm.change(
+        id,
+        json!({"notes": "The invoice", "uploads": [
+            {"token": token, "filename": "invoice.txt", "content_type": "text/plain"}]}),
+    )
+    .await?;
+    wait_text(&bot, &room, "Alice Agent replied:\nToner is ordered").await?;
+    wait_text(
+        &bot,
+        &room,
+        "Alice Agent commented (internal):\nIt was the toner",
+    )
+    .await?;
+    let file =
+        wait_for("the invoice in the room", || async {
+            bot.timeline(&room).await.ok()?.into_iter().find(|e| {
+                e["content"]["msgtype"] == "m.file" && e["content"]["body"] == "invoice.txt"
+            })
+        })
+        .await?;
+    let mxc = file["content"]["url"].as_str().context("a file")?;
+    assert_eq!(alice.download(mxc).await?, b"the invoice");
+
+    // Room -> Redmine: a note by Switchboard's user, with a file; after `!ticket comment`,
+    // a private note. Neither comes back.
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "Works now, thanks"}),
+        )
+        .await?;
+    let mxc = alice.upload(b"a photo".to_vec(), "text/plain").await?;
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.file", "body": "photo.txt", "url": mxc,
+                   "info": {"mimetype": "text/plain", "size": 7}}),
+        )
+        .await?;
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "!ticket comment"}),
+        )
+        .await?;
+    wait_text(
+        &bot,
+        &room,
+        "messages here now go to the ticket as internal comments",
+    )
+    .await?;
+    alice
+        .send(
+            &room,
+            json!({"msgtype": "m.text", "body": "The code is 1234"}),
+        )
+        .await?;
+    let (notes, issue) = rm
+        .wait_notes(id, "the room's notes", |n| {
+            n.iter()
+                .any(|(_, text, _)| text.contains("The code is 1234"))
+        })
+        .await?;
+    let by_switchboard = |text: &str| {
+        notes
+            .iter()
+            .filter(|(who, t, _)| who == "Redmine Admin" && t.contains(text))
+            .map(|(_, t, private)| (t.clone(), *private))
+            .collect::<Vec<_>>()
+    };
+    let works = by_switchboard("Works now, thanks");
+    assert_eq!(works.len(), 1, "written once: {notes:?}");
+    assert!(
+        works[0].0.starts_with("alice") && works[0].0.contains(&alice.user_id),
+        "{works:?}"
+    );
+    assert!(!works[0].1, "a public note");
+    assert!(by_switchboard("The code is 1234")[0].1, "a private note");
+    assert!(
+        notes.iter().all(|(_, t, _)| !t.contains("!ticket")),
+        "{notes:?}"
+    );
+    let attached: Vec<&Value> = issue["attachments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert!(
+        attached
+            .iter()
+            .any(|a| a["filename"] == "photo.txt" && a["filesize"] == 7),
+        "{attached:?}"
+    );
+
+    // Closed in Redmine: the room is closed and renamed, the transcript is a private note.
+    rm.change(id, json!({"status_id": rm.status("Closed")}))
+        .await?;
+    wait_text(&bot, &room, "it is closed").await?;
+    wait_for("the closed name", || async {
+        let n = bot.state(&room, "m.room.name").await.ok().flatten()?;
+        (n["name"] == json!(format!("[Closed] Redmine #{id}: Printer on fire"))).then_some(())
+    })
+    .await?;
+    let (notes, _) = rm
+        .wait_notes(id, "the transcript", |n| {
+            n.iter()
+                .any(|(_, t, _)| t.starts_with("Transcript of the ticket's Matrix room"))
+        })
+        .await?;
+    let transcript = notes
+        .iter()
+        .find(|(_, t, _)| t.starts_with("Transcript"))
+        .context("the transcript")?;
+    assert!(transcript.2, "a private note");
+    assert!(
+        transcript.1.contains("Works now, thanks"),
+        "{}",
+        transcript.1
+    );
+    let posted: Vec<String> = bot
+        .timeline(&room)
+        .await?
+        .into_iter()
+        .filter(|e| e["sender"] == json!(bot.user_id))
+        .filter_map(|e| e["content"]["body"].as_str().map(String::from))
+        .collect();
+    assert!(
+        posted.iter().all(|m| !m.contains("Works now")),
+        "a room message came back: {posted:?}"
+    );
+    assert!(
+        posted.iter().all(|m| !m.contains("Redmine Admin")),
+        "Switchboard's own user is nobody to invite: {posted:?}"
+    );
+    // Polled: no webhooks, but the rooms' links.
+    let hook = sb.http().post(format!("{}/hooks/tracker", sb.base)).send();
+    assert_eq!(hook.await?.status().as_u16(), 404);
+    for other in [not_chat, a_bug] {
+        assert_eq!(
+            sb.room_in("tracker", &other.to_string()).await?,
+            None,
+            "#{other}"
+        );
+    }
     Ok(())
 }
 

@@ -21,15 +21,77 @@ pub(crate) struct Journal {
     pub private: bool,
     /// The status it set, if it changed it.
     pub status: Option<i64>,
+    /// The status it changed from.
+    pub old_status: Option<i64>,
+    /// Whether it changed who the issue is assigned to.
+    pub assigned: bool,
+    /// The subject it gave the issue, if it changed it.
+    pub subject: Option<String>,
     /// The files it added: (attachment ID, file name).
     pub files: Vec<(i64, String)>,
 }
 
-/// An issue as a list shows it.
+impl Journal {
+    /// A journal as Redmine's JSON gives it.
+    fn of(j: &Value) -> Option<Journal> {
+        let details = j["details"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let attr = |name: &str| {
+            details
+                .iter()
+                .find(|d| d["property"] == "attr" && d["name"] == name)
+        };
+        let id_of = |v: &Value| v.as_str().and_then(|s| s.parse().ok());
+        let files = details
+            .iter()
+            .filter(|d| d["property"] == "attachment" && d["new_value"].is_string())
+            .filter_map(|d| {
+                let id = d["name"].as_str()?.parse().ok()?;
+                Some((id, d["new_value"].as_str()?.to_string()))
+            })
+            .collect();
+        Some(Journal {
+            files,
+            id: j["id"].as_i64()?,
+            user_id: j["user"]["id"].as_i64().unwrap_or_default(),
+            user: j["user"]["name"].as_str().unwrap_or("someone").to_string(),
+            notes: j["notes"].as_str().unwrap_or_default().to_string(),
+            private: j["private_notes"].as_bool().unwrap_or(false),
+            status: attr("status_id").and_then(|d| id_of(&d["new_value"])),
+            old_status: attr("status_id").and_then(|d| id_of(&d["old_value"])),
+            assigned: attr("assigned_to_id").is_some(),
+            subject: attr("subject").and_then(|d| d["new_value"].as_str().map(String::from)),
+        })
+    }
+}
+
+/// An issue with its journals, attachments and watchers, as its room needs it: `raw` is
+/// Redmine's JSON of it (what templates see is made from that).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Issue {
+    pub raw: Value,
+    /// Oldest first.
+    pub journals: Vec<Journal>,
+}
+
+/// A Redmine user, as far as finding their Matrix ID goes.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct User {
+    pub login: String,
+    pub name: String,
+    pub mail: String,
+    /// Their custom fields by name.
+    pub fields: Vec<(String, String)>,
+}
+
+/// An issue as a list shows it (`raw`: Redmine's JSON of it).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Changed {
     pub id: i64,
     pub updated_on: String,
+    pub raw: Value,
 }
 
 /// A status of Redmine's.
@@ -205,6 +267,7 @@ impl Api {
                 Some(Changed {
                     id: i["id"].as_i64()?,
                     updated_on: i["updated_on"].as_str()?.to_string(),
+                    raw: i.clone(),
                 })
             }));
             offset += issues.len() as u64;
@@ -225,39 +288,50 @@ impl Api {
                 None,
             )
             .await?;
-        let mut journals: Vec<Journal> = answer["issue"]["journals"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|j| {
-                let status = j["details"].as_array().and_then(|d| {
-                    d.iter()
-                        .find(|d| d["property"] == "attr" && d["name"] == "status_id")
-                        .and_then(|d| d["new_value"].as_str()?.parse().ok())
-                });
-                let files = j["details"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|d| d["property"] == "attachment" && d["new_value"].is_string())
-                    .filter_map(|d| {
-                        let id = d["name"].as_str()?.parse().ok()?;
-                        Some((id, d["new_value"].as_str()?.to_string()))
-                    })
-                    .collect();
-                Some(Journal {
-                    files,
-                    id: j["id"].as_i64()?,
-                    user_id: j["user"]["id"].as_i64().unwrap_or_default(),
-                    user: j["user"]["name"].as_str().unwrap_or("someone").to_string(),
-                    notes: j["notes"].as_str().unwrap_or_default().to_string(),
-                    private: j["private_notes"].as_bool().unwrap_or(false),
-                    status,
-                })
-            })
-            .collect();
-        journals.sort_by_key(|j| j.id);
-        Ok(journals)
+        Ok(journals_of(&answer["issue"]))
+    }
+
+    /// An issue with its journals, attachments and watchers.
+    pub async fn issue(&self, id: i64) -> Result<Issue, Failure> {
+        let answer = self
+            .call(
+                "issue",
+                Method::GET,
+                &format!("/issues/{id}.json?include=journals,attachments,watchers"),
+                None,
+            )
+            .await?;
+        Ok(Issue {
+            journals: journals_of(&answer["issue"]),
+            raw: answer["issue"].clone(),
+        })
+    }
+
+    /// A user (or a group, whose name is all Redmine gives of it to most).
+    pub async fn user(&self, id: i64) -> Result<Option<User>, Failure> {
+        let answer = match self
+            .call("user", Method::GET, &format!("/users/{id}.json"), None)
+            .await
+        {
+            Ok(answer) => answer,
+            Err(Failure::Permanent(_)) => return Ok(None),
+            Err(other) => return Err(other),
+        };
+        let u = &answer["user"];
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+        Ok(Some(User {
+            login: text(&u["login"]),
+            name: format!("{} {}", text(&u["firstname"]), text(&u["lastname"]))
+                .trim()
+                .to_string(),
+            mail: text(&u["mail"]),
+            fields: u["custom_fields"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| (text(&f["name"]), text(&f["value"])))
+                .collect(),
+        }))
     }
 
     /// An issue's status: whether Redmine counts it as closed.
@@ -316,15 +390,19 @@ impl Api {
             .ok_or_else(|| Failure::Refused("Redmine did not say which issue it made".into()))
     }
 
-    /// Writes a note (and a status, and files) on an issue.
+    /// Writes a note (and a status, and files) on an issue; `private`: a private note.
     pub async fn note(
         &self,
         issue: i64,
         notes: &str,
         status: Option<u64>,
         files: &[Upload],
+        private: bool,
     ) -> Result<(), Failure> {
         let mut change = json!({ "notes": notes });
+        if private {
+            change["private_notes"] = true.into();
+        }
         if let Some(s) = status {
             change["status_id"] = s.into();
         }
@@ -344,13 +422,26 @@ impl Api {
         Ok(())
     }
 
-    /// Whether the API key's user wrote exactly this note on the issue already.
-    pub async fn wrote(&self, issue: i64, me: i64, notes: &str) -> Result<bool, Failure> {
+    /// Whether the API key's user wrote exactly this note on the issue after the journal
+    /// `after` (0: ever).
+    pub async fn wrote(
+        &self,
+        issue: i64,
+        me: i64,
+        notes: &str,
+        after: i64,
+    ) -> Result<bool, Failure> {
         Ok(self
             .journals(issue)
             .await?
             .iter()
-            .any(|j| j.user_id == me && j.notes.trim() == notes.trim()))
+            .any(|j| j.id > after && j.user_id == me && j.notes.trim() == notes.trim()))
+    }
+
+    /// The issue's newest journal (0: none).
+    pub async fn last_journal(&self, issue: i64) -> Result<i64, Failure> {
+        let journals = self.journals(issue).await?;
+        Ok(journals.last().map_or(0, |j| j.id))
     }
 
     /// An attachment's bytes and content type; refused beyond `max` bytes.
@@ -427,6 +518,18 @@ impl Api {
             content_type: content_type.to_string(),
         })
     }
+}
+
+/// An issue's journals (its JSON's), oldest first.
+fn journals_of(issue: &Value) -> Vec<Journal> {
+    let mut journals: Vec<Journal> = issue["journals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Journal::of)
+        .collect();
+    journals.sort_by_key(|j| j.id);
+    journals
 }
 
 enum Body {

@@ -48,7 +48,7 @@ impl Kind for Redmine {
             source,
             section,
             check,
-            |c: &RedmineConfig, _| c.problems(),
+            RedmineConfig::problems,
             secret,
             None,
         )?;
@@ -74,7 +74,7 @@ impl Kind for Redmine {
         })
     }
 
-    /// For the first sync only: what Honoroit kept in the account data.
+    /// Its issues' rooms, and at the first sync what Honoroit kept in the account data.
     fn listens(&self, _checked: &Checked) -> bool {
         true
     }
@@ -93,6 +93,7 @@ impl Kind for Redmine {
             config.config.clone(),
             config.key.clone(),
             host,
+            &source.bot,
         )))
     }
 }

@@ -1,20 +1,24 @@
-//! Redmine source: the requests of a Matrix DM helpdesk kept as Redmine issues, both ways.
-//! The helpdesk tells its followers about each message and close (`feed`); this source
-//! writes them into the issue as notes, with a status. Redmine has no webhooks: one query
-//! per poll finds the issues changed since the last, and only their journals are read;
-//! notes and closes written there by anyone but Switchboard's own Redmine user go back to
-//! the helpdesk.
+//! Redmine source: the requests of a Matrix DM helpdesk kept as Redmine issues, both ways,
+//! and a Matrix room for each issue chosen, both ways. The helpdesk tells its followers
+//! about each message and close (`feed`); this source writes them into the issue as notes,
+//! with a status. Redmine has no webhooks: one query per poll finds the issues changed
+//! since the last, and only their journals are read; notes and closes written there by
+//! anyone but Switchboard's own Redmine user go back to the helpdesk, or into the issue's
+//! room (`rooms`, the ticket systems' rooms).
 
 mod api;
 mod issues;
 mod kind;
+mod rooms;
 mod source;
 
 pub use kind::Redmine;
 
 use schemars::JsonSchema;
 use serde::Deserialize;
+use switchboard_connector::SourceInfo;
 use switchboard_ticket_rooms::text::check_template;
+use switchboard_ticket_rooms::{Comments, PeopleConfig, RoomConfig, Select};
 
 /// Configuration of a Redmine source (`kind = "redmine"`).
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -43,7 +47,71 @@ pub struct RedmineConfig {
     /// How the issues and notes read.
     #[serde(default)]
     pub templates: Templates,
+    /// A Matrix room for each issue of the project chosen (not the helpdesk's), with notes
+    /// both ways. Off unless given.
+    pub rooms: Option<Rooms>,
 }
+
+/// Rooms per issue, as the ticket systems' rooms.
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rooms {
+    /// Which of the project's issues get a room: by `tracker`, `status`, `priority`,
+    /// `category`, `owner` (the assignee), `author` or a custom field (`"fields.<name>"`),
+    /// or only on demand through the "open chat" link. Default: all.
+    #[serde(default)]
+    pub select: Select,
+    /// The issue's room. Its templates see `system` (`Redmine`), `ticket.id` (also
+    /// `ticket.number`), `ticket.subject` (also `ticket.title`), `ticket.project` (also
+    /// `ticket.queue`), `ticket.tracker`, `ticket.status`, `ticket.priority`,
+    /// `ticket.category`, `ticket.owner` (the assignee), `ticket.author`, `ticket.fields`
+    /// (custom fields by name) and `ticket.url`.
+    #[serde(default)]
+    pub room: RoomConfig,
+    /// How Redmine's users (by login) become Matrix users (`field`: a user custom field);
+    /// `invite` takes any of `assignee`, `author`, `watchers` (default: all).
+    #[serde(default)]
+    pub people: PeopleConfig<Role>,
+    /// Private notes in the room: `mark` posts them marked as internal, `hide` leaves them
+    /// out.
+    #[serde(default)]
+    pub comments: Comments,
+    /// What members write in the room becomes in the issue: a `note`, or a `private_note`.
+    #[serde(default)]
+    pub write_back: WriteBack,
+    /// Whether closing the issue writes the room's conversation (since the last time) into
+    /// it, as one private note.
+    #[serde(default = "default_true")]
+    pub transcript: bool,
+}
+
+/// One of an issue's people.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    Assignee,
+    Author,
+    Watchers,
+}
+
+/// What a room message becomes in the issue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteBack {
+    #[default]
+    Note,
+    PrivateNote,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The issue fields `rooms.select.fields` takes, besides custom fields.
+const SELECTABLE: &[&str] = &[
+    "tracker", "status", "priority", "category", "owner", "author", "subject", "title",
+];
 
 /// Statuses by their numbers in Redmine (*Administration*, *Issue statuses*); unset: the
 /// issue's status is left as it is (`new`: Redmine's default for the tracker; `done`: the
@@ -91,7 +159,7 @@ fn default_poll_seconds() -> f64 {
 
 impl RedmineConfig {
     /// Problems a schema cannot express, each with its key.
-    pub fn problems(&self) -> Vec<(String, String)> {
+    pub fn problems(&self, source: &SourceInfo) -> Vec<(String, String)> {
         let mut problems = Vec::new();
         match url::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -100,11 +168,23 @@ impl RedmineConfig {
         if self.project.trim().is_empty() {
             problems.push(("project".into(), "must name a project".into()));
         }
-        if self.helpdesk.is_none() {
+        if self.helpdesk.is_none() && self.rooms.is_none() {
             problems.push((
                 "helpdesk".into(),
-                "required: the `matrix_dm` source whose requests become issues".into(),
+                "give `helpdesk` (the `matrix_dm` source whose requests become issues), \
+                 `rooms` (a room per issue), or both"
+                    .into(),
             ));
+        }
+        if let Some(rooms) = &self.rooms {
+            let own = rooms.room.problems().into_iter();
+            let people = rooms.people.problems().into_iter();
+            let select = rooms.select.problems(SELECTABLE, true, source.link_create);
+            problems.extend(
+                own.chain(people)
+                    .chain(select)
+                    .map(|(key, problem)| (format!("rooms.{key}"), problem)),
+            );
         }
         if !(self.poll_seconds.is_finite() && self.poll_seconds >= 1.0) {
             problems.push(("poll_seconds".into(), "must be 1 or more".into()));
@@ -132,7 +212,8 @@ mod tests {
             "url": "https://redmine.example.org", "project": "helpdesk", "helpdesk": "support",
         }))
         .expect("a valid config");
-        assert!(ok.problems().is_empty(), "{:?}", ok.problems());
+        let info = SourceInfo::default();
+        assert!(ok.problems(&info).is_empty(), "{:?}", ok.problems(&info));
         assert_eq!(ok.poll_seconds, 60.0);
         assert_eq!(ok.statuses.done, None);
         let bad: RedmineConfig = serde_json::from_value(serde_json::json!({
@@ -140,7 +221,7 @@ mod tests {
             "templates": {"note": "{{ text"},
         }))
         .expect("parses");
-        let keys: Vec<String> = bad.problems().into_iter().map(|(k, _)| k).collect();
+        let keys: Vec<String> = bad.problems(&info).into_iter().map(|(k, _)| k).collect();
         assert_eq!(
             keys,
             [
@@ -149,6 +230,24 @@ mod tests {
                 "helpdesk",
                 "poll_seconds",
                 "templates.note"
+            ]
+        );
+        // Rooms alone are enough; their tables' problems are named under `rooms`.
+        let rooms: RedmineConfig = serde_json::from_value(serde_json::json!({
+            "url": "https://redmine.example.org", "project": "support",
+            "rooms": {"select": {"fields": {"colour": ["red"], "fields.Chat": ["yes"]},
+                                 "on_demand": true},
+                      "room": {"name": "{{ ticket.id"}, "people": {"users": {"bob": "bob"}}},
+        }))
+        .expect("parses");
+        let keys: Vec<String> = rooms.problems(&info).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            [
+                "rooms.room.name",
+                "rooms.people.users.bob",
+                "rooms.select.on_demand",
+                "rooms.select.fields.colour"
             ]
         );
     }

@@ -1,25 +1,31 @@
 //! One Redmine source: the helpdesk's messages and closes planned as notes on the request's
 //! issue (created with the first), those actions run, and the poll that brings notes,
-//! status changes and closes written in Redmine back to the helpdesk.
+//! status changes and closes written in Redmine back to the helpdesk; other issues of the
+//! project chosen for rooms are read into their rooms (the ticket systems' rooms), and what
+//! members say there is written as notes.
 
-use std::sync::{Arc, OnceLock, RwLock};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_connector::{
-    ActionContext, Connector, DbError, Failure, Feed, FeedFile, FirstSync, Host, Listener, Queued,
-    Secret, Side, SyncRoom, TicketEvent, now_ms,
+    ActionContext, Connector, DbError, EventKind, Failure, Feed, FeedFile, FirstSync, Host,
+    Listener, Queued, Secret, Side, SyncRoom, TicketEvent, now_ms,
 };
 use switchboard_matrix_dm::takeover::open_content;
+use switchboard_ticket_rooms::TicketRooms;
 use switchboard_ticket_rooms::text::render;
 use tracing::{info, warn};
 
 use crate::RedmineConfig;
-use crate::api::{Api, Status, Upload, redmine_time};
+use crate::api::{Api, Status, Upload, User, redmine_time};
 use crate::issues::{Issues, TAKEN};
+
+mod issue_rooms;
 
 /// The source's actions, as stored in the outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,8 +53,30 @@ enum RedmineAction {
     Close { request: String, notes: String },
 }
 
-/// The `type`s of `RedmineAction`.
-pub(crate) const KINDS: &[&str] = &["redmine_issue", "redmine_note", "redmine_close"];
+/// The source's action kinds: `RedmineAction`'s, then its issue rooms'
+/// (`TicketRooms::execute`).
+pub(crate) const KINDS: &[&str] = &[
+    "redmine_issue",
+    "redmine_note",
+    "redmine_close",
+    "redmine_ticket",
+    "redmine_write",
+    "redmine_mode",
+    "redmine_owner",
+    "redmine_transcript",
+    "redmine_age",
+    "redmine_invite",
+    "redmine_file",
+];
+
+/// How many of `KINDS` are `RedmineAction`'s.
+const REQUEST_KINDS: usize = 3;
+
+/// The table of issues with rooms.
+const ROOMS: &str = "redmine_rooms";
+
+/// How long what Redmine said of a user is used before asking again.
+const USER_TTL: Duration = Duration::from_secs(600);
 
 /// The largest attachment passed on into Matrix.
 const MAX_FILE: u64 = 50 * 1024 * 1024;
@@ -77,10 +105,22 @@ pub(crate) struct Source {
     statuses: RwLock<Vec<Status>>,
     /// How long each poll took.
     polls: HistogramVec,
+    /// The issues' rooms, when the source has them.
+    rooms: Option<TicketRooms>,
+    /// Redmine's users as last asked, and when.
+    users: Mutex<HashMap<i64, (Instant, Option<User>)>>,
+    /// The last change of each issue with a room passed on (polls overlap).
+    passed_on: Mutex<HashMap<i64, String>>,
 }
 
 impl Source {
-    pub fn new(id: &str, config: RedmineConfig, key: Secret, host: Arc<dyn Host>) -> Source {
+    pub fn new(
+        id: &str,
+        config: RedmineConfig,
+        key: Secret,
+        host: Arc<dyn Host>,
+        bot: &str,
+    ) -> Source {
         let requests = IntCounterVec::new(
             Opts::new(
                 "redmine_requests_total",
@@ -102,8 +142,15 @@ impl Source {
         .expect("valid metric");
         let _ = host.registry().register(Box::new(requests.clone()));
         let _ = host.registry().register(Box::new(polls.clone()));
+        let rooms = config
+            .rooms
+            .as_ref()
+            .map(|_| TicketRooms::new("redmine", "redmine", ROOMS, id, host.clone(), bot));
         Source {
             polls,
+            rooms,
+            users: Mutex::new(HashMap::new()),
+            passed_on: Mutex::new(HashMap::new()),
             api: Api::new(&config.url, key, host.http().clone(), requests, id),
             issues: Issues::new(id),
             helpdesk: config.helpdesk.clone().unwrap_or_default(),
@@ -138,6 +185,19 @@ impl Source {
             return Ok(Some(s));
         }
         Ok(known(&self.fresh_statuses().await?))
+    }
+
+    /// Redmine's statuses, asked again when one of `needed` is not known.
+    async fn statuses(&self, needed: &[i64]) -> Result<Vec<Status>, Failure> {
+        let known = self
+            .statuses
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if !known.is_empty() && needed.iter().all(|id| known.iter().any(|s| s.id == *id)) {
+            return Ok(known);
+        }
+        self.fresh_statuses().await
     }
 
     /// The status `done` sets: the configured one, or Redmine's first closed status.
@@ -345,22 +405,19 @@ impl Source {
             } => {
                 let issue = self.issue_of(&request).await?;
                 let me = self.me().await?;
-                if cx.row.attempts > 1 && self.api.wrote(issue, me, &notes).await? {
+                if cx.row.attempts > 1 && self.api.wrote(issue, me, &notes, 0).await? {
                     return Ok(format!("skipped: written on #{issue} before"));
                 }
                 let mut notes = notes;
-                let mut files = Vec::new();
-                if let Some(file) = file {
-                    match self.attach(cx, &file).await {
-                        Ok(upload) => files.push(upload),
-                        // The note is written all the same, saying what is missing.
-                        Err(Failure::Permanent(why)) => {
-                            notes.push_str(&format!("\n\n(file {} not attached: {why})", file.name))
-                        }
-                        Err(other) => return Err(other),
+                let files = match file {
+                    Some(file) => {
+                        let data = cx.matrix.download(&file.content).await?;
+                        let (name, content_type) = (&file.name, &file.content_type);
+                        self.uploaded(name, content_type, data, &mut notes).await?
                     }
-                }
-                self.api.note(issue, &notes, status, &files).await?;
+                    None => Vec::new(),
+                };
+                self.api.note(issue, &notes, status, &files, false).await?;
                 Ok(format!("note on #{issue}"))
             }
             RedmineAction::Close { request, notes } => {
@@ -370,17 +427,30 @@ impl Source {
                     return Ok(format!("skipped: #{issue} is closed"));
                 }
                 let done = self.done().await?;
-                self.api.note(issue, &notes, done, &[]).await?;
+                self.api.note(issue, &notes, done, &[], false).await?;
                 self.issues.set_closed(cx.host, &request).await?;
                 Ok(format!("closed #{issue}"))
             }
         }
     }
 
-    /// A message's file, fetched from Matrix and uploaded to Redmine.
-    async fn attach(&self, cx: &ActionContext<'_>, file: &FeedFile) -> Result<Upload, Failure> {
-        let data = cx.matrix.download(&file.content).await?;
-        self.api.upload(&file.name, &file.content_type, data).await
+    /// A file uploaded to Redmine, to attach to the note `notes`; one Redmine refuses (over
+    /// its size limit, say) is named in the note instead, which is written all the same.
+    async fn uploaded(
+        &self,
+        name: &str,
+        content_type: &str,
+        data: Vec<u8>,
+        notes: &mut String,
+    ) -> Result<Vec<Upload>, Failure> {
+        match self.api.upload(name, content_type, data).await {
+            Ok(upload) => Ok(vec![upload]),
+            Err(Failure::Permanent(why)) => {
+                notes.push_str(&format!("\n\n(file {name} not attached: {why})"));
+                Ok(Vec::new())
+            }
+            Err(other) => Err(other),
+        }
     }
 
     /// One look at what changed in Redmine since the last: notes, status changes and closes
@@ -402,6 +472,19 @@ impl Source {
         let settled = redmine_time(self.api.now_ms() - SETTLE_MS);
         for changed in listed {
             let Some(issue) = self.issues.of_issue(&*self.host, changed.id).await? else {
+                let passed =
+                    |p: &HashMap<i64, String>| p.get(&changed.id) == Some(&changed.updated_on);
+                if passed(&self.passed_on.lock().unwrap_or_else(|e| e.into_inner())) {
+                    continue;
+                }
+                if self.wants_room(&changed, me).await? {
+                    let event = TicketEvent::new(changed.id.to_string(), EventKind::Updated);
+                    let key = format!("changed:{}:{}", changed.id, changed.updated_on);
+                    self.host.deliver(&self.id, &key, &[event]).await?;
+                    let mut passed_on = self.passed_on.lock().unwrap_or_else(|e| e.into_inner());
+                    passed_on.insert(changed.id, changed.updated_on.clone());
+                    delivered += 1;
+                }
                 continue;
             };
             // Taken over and not heard of since: read once its request is.
@@ -474,14 +557,20 @@ impl Source {
 
 #[async_trait]
 impl Connector for Source {
+    /// The helpdesk's messages and closes; anything else is of an issue's room.
     async fn plan(&self, event: &TicketEvent) -> Result<Option<Vec<Queued>>, DbError> {
-        let Some(feed) = Feed::of(event) else {
-            return Ok(Some(Vec::new()));
-        };
-        self.plan_feed(event, feed).await.map(Some)
+        match (Feed::of(event), &self.rooms) {
+            (Some(feed), _) => self.plan_feed(event, feed).await.map(Some),
+            (None, Some(rooms)) => rooms.plan(event),
+            (None, None) => Ok(Some(Vec::new())),
+        }
     }
 
     async fn execute(&self, cx: &ActionContext<'_>, action: &Value) -> Result<String, Failure> {
+        let kind = action["type"].as_str().unwrap_or_default();
+        if let (false, Some(rooms)) = (KINDS[..REQUEST_KINDS].contains(&kind), &self.rooms) {
+            return rooms.execute(self, cx, action).await;
+        }
         let action = RedmineAction::deserialize(action)
             .map_err(|e| Failure::Permanent(format!("stored action does not parse: {e}")))?;
         self.run_action(cx, action).await
@@ -500,10 +589,22 @@ impl Connector for Source {
     }
 
     async fn run(self: Arc<Self>) {
+        let age = async {
+            if let (Some(rooms), Some(config)) = (&self.rooms, &self.config.rooms) {
+                rooms.age_loop(&config.room).await;
+            }
+        };
+        tokio::join!(self.poll_loop(), age);
+    }
+}
+
+impl Source {
+    /// Polls Redmine every `poll_seconds`, for good.
+    async fn poll_loop(&self) {
         let every = Duration::from_secs_f64(self.config.poll_seconds);
         let mut failing = false;
         loop {
-            let began = std::time::Instant::now();
+            let began = Instant::now();
             match self.poll().await {
                 Ok(n) => {
                     self.polls
@@ -529,16 +630,32 @@ impl Connector for Source {
     }
 }
 
-/// It hears nothing in Matrix: it listens only for the first sync, to take over what
-/// Honoroit kept in the bot's account data.
+/// It hears what members say in its issues' rooms, and takes over what Honoroit kept in
+/// the bot's account data at the first sync.
 #[async_trait]
 impl Listener for Source {
     fn takes_invite(&self, _room: &str, _inviter: Option<&str>) -> bool {
         false
     }
 
-    async fn heard(&self, _room: &dyn SyncRoom, _events: &[Value]) -> Result<bool, DbError> {
-        Ok(true)
+    fn know_bot(&self, user_id: &str) {
+        if let Some(rooms) = &self.rooms {
+            rooms.know_bot(user_id);
+        }
+    }
+
+    async fn claims(&self, room: &dyn SyncRoom) -> Result<bool, DbError> {
+        match &self.rooms {
+            Some(rooms) => rooms.claims(room).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn heard(&self, room: &dyn SyncRoom, events: &[Value]) -> Result<bool, DbError> {
+        match &self.rooms {
+            Some(rooms) => rooms.heard(room, events).await,
+            None => Ok(true),
+        }
     }
 
     async fn first_sync(&self, sync: &dyn FirstSync) {
