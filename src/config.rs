@@ -609,12 +609,50 @@ kind = "webhook"
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = MINIMAL.replace("kind = \"webhook\"", "kind = \"webhook\"\nsecrett = \"x\"");
+        let text = MINIMAL.replace(
+            "kind = \"webhook\"",
+            "kind = \"webhook\"\npath_secrte = \"x\"",
+        );
         let errs = parse(&text).expect_err("invalid");
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert_eq!(errs[0].key, "sources.tickets");
-        assert!(errs[0].message.contains("secrett"), "{}", errs[0].message);
-        assert_eq!(errs[0].line, Some(7));
+        // The key itself, on its own line, with the near miss and what is allowed.
+        assert_eq!(errs[0].key, "sources.tickets.path_secrte");
+        assert_eq!(errs[0].line, Some(9));
+        let message = &errs[0].message;
+        assert!(
+            message.starts_with("unknown key; did you mean `path_secret`? Allowed here: "),
+            "{message}"
+        );
+        assert!(
+            message.contains("`path_secret`, `path_secret_file`"),
+            "{message}"
+        );
+        // Inside a connector's optional table too; far from every key, no guess.
+        let text = format!(
+            "{MINIMAL}\n[sources.issues]\nkind = \"redmine\"\n[sources.issues.redmine]\n\
+             url = \"https://r.example.org\"\napi_key = \"k\"\nproject = \"p\"\n\
+             [sources.issues.redmine.rooms.select]\nfeilds = {{}}\nzzzzzz = 1\n"
+        );
+        let errs = parse(&text).expect_err("invalid");
+        let found: Vec<_> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.line, e.message.split(" Allowed").next()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "sources.issues.redmine.rooms.select.feilds",
+                    Some(17),
+                    Some("unknown key; did you mean `fields`?")
+                ),
+                (
+                    "sources.issues.redmine.rooms.select.zzzzzz",
+                    Some(18),
+                    Some("unknown key.")
+                ),
+            ]
+        );
     }
 
     #[test]
@@ -660,7 +698,7 @@ homeserver = "http://127.0.0.1:8008"
         let errs = parse(&misplaced).expect_err("invalid");
         assert!(
             errs.iter()
-                .any(|e| e.key == "sources.other" && e.message.contains("nosuch")),
+                .any(|e| e.key == "sources.other.nosuch" && e.message.starts_with("unknown key")),
             "{errs:?}"
         );
         let l = parse(MINIMAL).expect("valid");

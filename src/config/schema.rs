@@ -36,17 +36,68 @@ pub fn json_schema() -> serde_json::Value {
 pub(super) fn schema_errors(doc: &Spanned<DeTable<'_>>, lines: &KeyLines) -> Vec<ConfigError> {
     let schema = json_schema();
     let instance = table_to_json(doc.get_ref());
+    let mut errors = Vec::new();
+    check(&schema, &schema, &instance, "", lines, &mut errors);
+    errors.sort_by_key(|e| e.line);
+    errors
+}
+
+/// The problems of `instance` (at `prefix`) against the schema `node` of `root`.
+fn check(
+    root: &serde_json::Value,
+    node: &serde_json::Value,
+    instance: &serde_json::Value,
+    prefix: &str,
+    lines: &KeyLines,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut schema = node.clone();
+    schema["$defs"] = root["$defs"].clone();
     let Ok(validator) = jsonschema::validator_for(&schema) else {
-        return Vec::new();
+        return;
     };
-    validator
-        .iter_errors(&instance)
-        .map(|e| {
-            let key = e
-                .instance_path()
-                .as_str()
-                .trim_start_matches('/')
-                .replace('/', ".");
+    for e in validator.iter_errors(instance) {
+        let path = e
+            .instance_path()
+            .as_str()
+            .trim_start_matches('/')
+            .replace('/', ".");
+        let key = match (prefix, path.as_str()) {
+            ("", path) => path.to_string(),
+            (prefix, "") => prefix.to_string(),
+            (prefix, path) => format!("{prefix}.{path}"),
+        };
+        let parts: Vec<&str> = key.split('.').filter(|p| !p.is_empty()).collect();
+        // An optional table that is there but wrong: what is wrong inside it.
+        if matches!(
+            e.kind(),
+            jsonschema::error::ValidationErrorKind::AnyOf { .. }
+        ) && e.instance().is_object()
+            && let Some(table) = node_at(root, &parts).filter(|t| t.get("properties").is_some())
+        {
+            check(root, table, e.instance(), &key, lines, errors);
+            continue;
+        }
+        // Each unknown key on its own line, with what is allowed there.
+        if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
+            e.kind()
+        {
+            let allowed = allowed_keys(root, &parts);
+            for name in unexpected {
+                let key = if key.is_empty() {
+                    name.clone()
+                } else {
+                    format!("{key}.{name}")
+                };
+                errors.push(ConfigError {
+                    line: lines.line(&key),
+                    key,
+                    message: unknown_key(name, &allowed),
+                });
+            }
+            continue;
+        }
+        errors.push({
             let message = match e.kind() {
                 // All the choices, not the validator's first two.
                 jsonschema::error::ValidationErrorKind::Enum { options } => {
@@ -65,8 +116,78 @@ pub(super) fn schema_errors(doc: &Spanned<DeTable<'_>>, lines: &KeyLines) -> Vec
                 key,
                 message,
             }
-        })
-        .collect()
+        });
+    }
+}
+
+/// What `check-config` says of an unknown key: the nearest allowed key when one is close
+/// (a typo), and every key allowed there.
+fn unknown_key(name: &str, allowed: &[String]) -> String {
+    let near = allowed
+        .iter()
+        .map(|a| (strsim::damerau_levenshtein(name, a), a))
+        .filter(|(d, a)| *d <= (a.len() / 3).max(1))
+        .min_by_key(|(d, _)| *d);
+    let mut message = match near {
+        Some((_, a)) => format!("unknown key; did you mean `{a}`?"),
+        None => "unknown key.".to_string(),
+    };
+    if !allowed.is_empty() {
+        let list: Vec<String> = allowed.iter().map(|a| format!("`{a}`")).collect();
+        message.push_str(&format!(" Allowed here: {}", list.join(", ")));
+    }
+    message
+}
+
+/// The keys the schema allows in the table at `path`.
+fn allowed_keys(schema: &serde_json::Value, path: &[&str]) -> Vec<String> {
+    node_at(schema, path)
+        .and_then(|node| node["properties"].as_object())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The schema of the value at `path` (keys and array indexes), following references,
+/// optional values and maps (a source's ID, say).
+fn node_at<'a>(schema: &'a serde_json::Value, path: &[&str]) -> Option<&'a serde_json::Value> {
+    let mut node = resolve(schema, schema);
+    for part in path {
+        let next = node["properties"]
+            .get(*part)
+            .or_else(|| node.get("additionalProperties").filter(|a| a.is_object()))
+            .or_else(|| node.get("items").filter(|_| part.parse::<usize>().is_ok()))?;
+        node = resolve(schema, next);
+    }
+    Some(node)
+}
+
+/// A schema node with its references followed, and of alternatives (an optional table's
+/// `anyOf` with `null`) the one that is a table.
+fn resolve<'a>(
+    root: &'a serde_json::Value,
+    mut node: &'a serde_json::Value,
+) -> &'a serde_json::Value {
+    // References cannot loop forever in a schema schemars made, but a bound costs nothing.
+    for _ in 0..32 {
+        if let Some(path) = node["$ref"].as_str().and_then(|r| r.strip_prefix("#/")) {
+            node = path.split('/').fold(root, |v, p| &v[p]);
+            continue;
+        }
+        let alternatives = ["anyOf", "oneOf", "allOf"]
+            .iter()
+            .find_map(|k| node[*k].as_array());
+        let table = alternatives.and_then(|alts| {
+            alts.iter().find(|a| {
+                let a = resolve(root, a);
+                a.get("properties").is_some() || a["additionalProperties"].is_object()
+            })
+        });
+        match table {
+            Some(table) => node = table,
+            None => break,
+        }
+    }
+    node
 }
 
 fn table_to_json(t: &DeTable<'_>) -> serde_json::Value {
