@@ -194,6 +194,29 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// What the Matrix client logs that is no operator's business: an `ERROR` for each answer
+/// it gets that is not a success (a 404 for account data never set, say; Switchboard
+/// reports the failures that matter itself), push rules it cannot compute, key backups
+/// that are not set up.
+const QUIET_MATRIX_CLIENT: &str = "matrix_sdk=error,matrix_sdk_base=error,\
+    matrix_sdk_crypto=error,matrix_sdk::http_client=off,matrix_sdk::room=off";
+
+impl LogConfig {
+    /// The tracing filter: `RUST_LOG` when it is set (`env`), else `level`, with the
+    /// Matrix client's expected noise left out unless the filter names the client
+    /// (`matrix_sdk...`) itself.
+    pub fn filter(&self, env: Option<&str>) -> String {
+        let chosen = env
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .unwrap_or(&self.level);
+        match chosen.contains("matrix_sdk") {
+            true => chosen.to_string(),
+            false => format!("{chosen},{QUIET_MATRIX_CLIENT}"),
+        }
+    }
+}
+
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
@@ -703,6 +726,22 @@ homeserver = "http://127.0.0.1:8008"
         );
         let l = parse(MINIMAL).expect("valid");
         assert!(l.connectors.0.contains_key("tickets"));
+    }
+
+    #[test]
+    fn the_log_leaves_out_the_matrix_clients_noise_unless_asked() {
+        let log = LogConfig::default();
+        let quiet = log.filter(None);
+        assert!(quiet.starts_with("info,"), "{quiet}");
+        assert!(quiet.contains("matrix_sdk::http_client=off"), "{quiet}");
+        assert!(log.filter(Some(" ")).starts_with("info,"));
+        let asked = "debug,matrix_sdk=debug";
+        assert_eq!(log.filter(Some(asked)), asked);
+        let env = log.filter(Some("switchboard=debug"));
+        assert!(
+            env.starts_with("switchboard=debug,matrix_sdk=error"),
+            "{env}"
+        );
     }
 
     #[test]

@@ -268,7 +268,8 @@ async fn shutdown_signal() {
 
 fn init_tracing(log: &config::LogConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&log.level));
+    let env = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = EnvFilter::new(log.filter(env.as_deref()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

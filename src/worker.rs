@@ -238,7 +238,8 @@ fn classify(
 ) -> Outcome {
     match outcome {
         Ok(result) => {
-            debug!(id = row.id, kind, "action done");
+            let (source, ticket) = (&row.source_id, &row.ticket_key);
+            debug!(id = row.id, source, ticket, kind, %result, "action done");
             metrics.actions.with_label_values(&[kind, "done"]).inc();
             if result.starts_with("skipped") {
                 return Outcome::Skipped(result);
@@ -246,13 +247,16 @@ fn classify(
             Outcome::Done(result)
         }
         Err(Failure::Permanent(message)) => {
-            warn!(id = row.id, kind, error = %message, "action failed permanently");
+            let (source, ticket) = (&row.source_id, &row.ticket_key);
+            warn!(id = row.id, source, ticket, kind, error = %message, "action failed permanently");
             metrics.actions.with_label_values(&[kind, "failed"]).inc();
             Outcome::Failed(message)
         }
         Err(Failure::Refused(message)) if row.errors + 1 >= MAX_REFUSED => {
             warn!(
                 id = row.id,
+                source = row.source_id,
+                ticket = row.ticket_key,
                 kind,
                 error = %message,
                 tries = row.errors + 1,
@@ -279,7 +283,8 @@ fn classify(
                 _ => backoff(row.attempts),
             };
             let message = failure.into_message();
-            debug!(id = row.id, kind, error = %message, ?delay, refused, "action will be retried");
+            let (source, ticket) = (&row.source_id, &row.ticket_key);
+            debug!(id = row.id, source, ticket, kind, error = %message, ?delay, refused, "action will be retried");
             metrics.actions.with_label_values(&[kind, "retry"]).inc();
             Outcome::Retry {
                 delay,

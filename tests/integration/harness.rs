@@ -628,7 +628,7 @@ impl Switchboard {
         let child = command
             .env_remove("SWITCHBOARD_CONFIG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .env("RUST_LOG", "switchboard=debug,matrix_sdk=warn,info")
+            .env("RUST_LOG", "switchboard=debug,info")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()?;

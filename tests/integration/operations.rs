@@ -167,3 +167,42 @@ async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
     assert_eq!(r.status().as_u16(), 403);
     Ok(())
 }
+
+/// A healthy start, a ticket's room and its first messages log nothing at `WARN` or
+/// `ERROR`: the Matrix client's expected 404s (account data never set, state a room does
+/// not have) are not an operator's business. An action's outcome names its source and
+/// ticket.
+#[tokio::test]
+async fn a_healthy_run_logs_no_warnings() -> Result<()> {
+    let hs = synapse();
+    let bot = hs.user("bot").await?;
+    let alice = hs.user("alice").await?;
+    let sb = start(Db::Sqlite, &bot, "").await?;
+    let (status, _) = sb
+        .hook(&ticket(
+            "QUIET-1",
+            "open",
+            Some("Hello"),
+            &[&alice.user_id],
+            "",
+        ))
+        .await?;
+    assert_eq!(status, 200);
+    let room = sb.wait_room("QUIET-1").await?;
+    wait_messages(&bot, &room, 1).await?;
+    let log = sb.log();
+    let loud: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+        .collect();
+    assert!(loud.is_empty(), "{loud:#?}");
+    let outcome = log
+        .lines()
+        .find(|l| l.contains("action done") && l.contains("open_room"))
+        .unwrap_or_default();
+    assert!(
+        outcome.contains("source") && outcome.contains("tickets") && outcome.contains("QUIET-1"),
+        "{outcome}"
+    );
+    Ok(())
+}
