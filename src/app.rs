@@ -186,7 +186,8 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         metrics.clone(),
     ));
 
-    tokio::spawn(watch_problems(store.clone(), metrics.clone()));
+    let ids = cfg.sources.keys().cloned().collect();
+    tokio::spawn(watch_queues(store.clone(), metrics.clone(), ids));
     if cfg.database.retention_days > 0 {
         let retention = Duration::from_secs(u64::from(cfg.database.retention_days) * 86_400);
         tokio::spawn(prune(store.clone(), retention));
@@ -245,14 +246,19 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
     })
 }
 
-/// Keeps the `waiting_for_operator` gauges current: at start, then every 15 s.
-async fn watch_problems(store: Store, metrics: Metrics) {
+/// Keeps the `waiting_for_operator`, `pending` and `oldest_pending_seconds` gauges of
+/// `sources` current: at start, then every 15 s.
+async fn watch_queues(store: Store, metrics: Metrics, sources: Vec<String>) {
     let mut ticks = tokio::time::interval(Duration::from_secs(15));
     loop {
         ticks.tick().await;
         match store.problem_counts().await {
             Ok(counts) => metrics.set_waiting(&counts),
             Err(error) => warn!(%error, "cannot count failed and set-aside items"),
+        }
+        match store.backlog().await {
+            Ok(backlog) => metrics.set_backlog(&sources, &backlog, crate::store::now_ms()),
+            Err(error) => warn!(%error, "cannot count pending items"),
         }
     }
 }

@@ -36,6 +36,14 @@ enum Command {
     },
     /// Print the config file's JSON Schema.
     Schema,
+    /// Per source: deliveries and actions waiting to be done, failed and set-aside items,
+    /// the oldest waiting item's age; and whether the database and the homeserver answer.
+    /// Works against a running or a stopped instance's database. Exits 1 when something
+    /// waits for an operator or does not answer.
+    Status {
+        #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// List what did not go through and waits for an operator: actions that failed for
     /// good or were set aside after failing again and again, and deliveries set aside.
     /// Works against a running or a stopped instance's database.
@@ -94,12 +102,19 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Status { config } => operate(config, |store, loaded| async move {
+            let healthy = status(&store, &loaded).await?;
+            if !healthy {
+                anyhow::bail!("something waits for an operator or does not answer");
+            }
+            Ok(())
+        }),
         Command::Failed {
             config,
             source,
             ticket,
             limit,
-        } => operate(config, |store| async move {
+        } => operate(config, |store, _| async move {
             let problems = store
                 .problems(source.as_deref(), ticket.as_deref(), limit)
                 .await?;
@@ -126,7 +141,7 @@ fn main() -> ExitCode {
             id,
             all_failed: _,
             source,
-        } => operate(config, |store| async move {
+        } => operate(config, |store, _| async move {
             use switchboard::store::Retry;
             let which = match id {
                 Some(id) => Retry::One(id),
@@ -174,7 +189,7 @@ fn main() -> ExitCode {
 /// Runs an operator's command against the configured database.
 fn operate<F, Fut>(config: Option<PathBuf>, job: F) -> ExitCode
 where
-    F: FnOnce(switchboard::store::Store) -> Fut,
+    F: FnOnce(switchboard::store::Store, config::Loaded) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let (loaded, _, _) = match load(config) {
@@ -197,7 +212,7 @@ where
             None => switchboard::store::Store::sqlite_url(&loaded.config.data_dir),
         };
         let store = switchboard::store::Store::connect(&url, None).await?;
-        job(store).await
+        job(store, loaded).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,6 +220,79 @@ where
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints the status of each source, the database's and the homeserver's; whether nothing
+/// waits for an operator and the homeserver answers.
+async fn status(
+    store: &switchboard::store::Store,
+    loaded: &config::Loaded,
+) -> anyhow::Result<bool> {
+    let backlog = store.backlog().await?;
+    let problems = store.problem_counts().await?;
+    println!("database: answers");
+    let homeserver = &loaded.config.matrix.homeserver;
+    let versions = homeserver.join("_matrix/client/versions")?;
+    let answer = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()?
+        .get(versions)
+        .send()
+        .await;
+    let homeserver_up = match answer {
+        Ok(r) if r.status().is_success() => {
+            println!("homeserver: {homeserver} answers");
+            true
+        }
+        Ok(r) => {
+            println!("homeserver: {homeserver} answered {}", r.status());
+            false
+        }
+        Err(e) => {
+            println!(
+                "homeserver: {homeserver} does not answer: {}",
+                e.without_url()
+            );
+            false
+        }
+    };
+    println!();
+    println!("source	kind	deliveries waiting	actions pending	failed	set aside	oldest waiting");
+    let now = switchboard::store::now_ms();
+    let mut waits = false;
+    for (id, source) in &loaded.config.sources {
+        let count = |map: &std::collections::HashMap<String, (i64, i64)>| {
+            map.get(id).map_or(0, |(n, _)| *n)
+        };
+        let state = |s: &str| problems.actions.get(&(id.clone(), s.to_string())).copied();
+        let failed = state("failed").unwrap_or(0);
+        let set_aside =
+            state("set_aside").unwrap_or(0) + problems.deliveries.get(id).copied().unwrap_or(0);
+        waits |= failed + set_aside > 0;
+        let oldest = backlog
+            .oldest(id)
+            .map_or("-".to_string(), |at| age((now - at).max(0) / 1000));
+        println!(
+            "{id}\t{}\t{}\t{}\t{failed}\t{set_aside}\t{oldest}",
+            source.kind,
+            count(&backlog.deliveries),
+            count(&backlog.actions),
+        );
+    }
+    if waits {
+        println!("\n`switchboard failed` lists what failed; `switchboard retry` tries it again.");
+    }
+    Ok(homeserver_up && !waits)
+}
+
+/// Seconds as the largest unit that fits: `42s`, `7m`, `3h`, `2d`.
+fn age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 7_200 => format!("{}m", s / 60),
+        s if s < 172_800 => format!("{}h", s / 3_600),
+        s => format!("{}d", s / 86_400),
     }
 }
 

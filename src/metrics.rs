@@ -2,8 +2,8 @@
 //! outcomes); never user IDs, room IDs or ticket keys.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -27,6 +27,12 @@ pub struct Metrics {
     /// Items that wait for an operator now, by source, item (`action`, `delivery`) and
     /// state (`failed`, `set_aside`); refreshed every 15 s.
     pub waiting: IntGaugeVec,
+    /// Items waiting to be done, by source and item (`delivery`, `action`); refreshed
+    /// every 15 s.
+    pub pending: IntGaugeVec,
+    /// The age of each source's oldest item waiting to be done (0: none); refreshed every
+    /// 15 s.
+    pub oldest_pending: GaugeVec,
 }
 
 impl Metrics {
@@ -77,7 +83,26 @@ impl Metrics {
             &["source", "item", "state"],
         )
         .expect("valid metric");
+        let pending = IntGaugeVec::new(
+            Opts::new(
+                "pending",
+                "Items waiting to be done (deliveries not planned yet, actions not run yet), \
+                 by source and item",
+            ),
+            &["source", "item"],
+        )
+        .expect("valid metric");
+        let oldest_pending = GaugeVec::new(
+            Opts::new(
+                "oldest_pending_seconds",
+                "Age of the source's oldest item waiting to be done (0: none)",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
         let _ = registry.register(Box::new(waiting.clone()));
+        let _ = registry.register(Box::new(pending.clone()));
+        let _ = registry.register(Box::new(oldest_pending.clone()));
         for c in [&set_aside, &webhooks, &actions_queued, &actions] {
             let _ = registry.register(Box::new(c.clone()));
         }
@@ -92,6 +117,26 @@ impl Metrics {
             homeserver_up,
             set_aside,
             waiting,
+            pending,
+            oldest_pending,
+        }
+    }
+
+    /// Sets the `pending` and `oldest_pending_seconds` gauges of `sources` from the
+    /// store's backlog at `now` (Unix ms).
+    pub fn set_backlog(&self, sources: &[String], backlog: &crate::store::Backlog, now: i64) {
+        for source in sources {
+            for (item, counts) in [
+                ("delivery", &backlog.deliveries),
+                ("action", &backlog.actions),
+            ] {
+                let n = counts.get(source).map_or(0, |(n, _)| *n);
+                self.pending.with_label_values(&[source, item]).set(n);
+            }
+            let age = backlog
+                .oldest(source)
+                .map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0);
+            self.oldest_pending.with_label_values(&[source]).set(age);
         }
     }
 
@@ -133,5 +178,30 @@ impl std::fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backlog_is_counted_by_source_and_aged() {
+        let metrics = Metrics::new();
+        let mut backlog = crate::store::Backlog::default();
+        backlog.actions.insert("a".into(), (3, 10_000));
+        backlog.deliveries.insert("a".into(), (1, 4_000));
+        let sources = ["a".to_string(), "b".to_string()];
+        metrics.set_backlog(&sources, &backlog, 64_000);
+        let text = metrics.render();
+        for line in [
+            "switchboard_pending{item=\"action\",source=\"a\"} 3",
+            "switchboard_pending{item=\"delivery\",source=\"a\"} 1",
+            "switchboard_pending{item=\"action\",source=\"b\"} 0",
+            "switchboard_oldest_pending_seconds{source=\"a\"} 60",
+            "switchboard_oldest_pending_seconds{source=\"b\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 }

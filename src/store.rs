@@ -20,7 +20,7 @@ mod undecrypted;
 
 use intake::{INTAKE_BATCH, IntakeRequest, intake_writer};
 pub use outbox::{InboxRow, NewAction, OutboxCounts, OutboxRow, queue_after};
-pub use problems::{Problem, ProblemCounts, Retry};
+pub use problems::{Backlog, Problem, ProblemCounts, Retry};
 pub use rooms::Link;
 pub use undecrypted::Undecrypted;
 

@@ -35,6 +35,25 @@ pub enum Retry {
     All { source: Option<String> },
 }
 
+/// What waits to be done, by source (`Store::backlog`): deliveries not turned into actions
+/// yet and actions not run yet, each as (how many, when the oldest came in, Unix ms).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub deliveries: HashMap<String, (i64, i64)>,
+    pub actions: HashMap<String, (i64, i64)>,
+}
+
+impl Backlog {
+    /// When the oldest item of a source came in (Unix ms), if it has any.
+    pub fn oldest(&self, source: &str) -> Option<i64> {
+        [self.deliveries.get(source), self.actions.get(source)]
+            .into_iter()
+            .flatten()
+            .map(|(_, at)| *at)
+            .min()
+    }
+}
+
 /// Counts of items waiting for an operator, by source (`Store::problem_counts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProblemCounts {
@@ -193,6 +212,28 @@ impl Store {
             .rows_affected();
         }
         Ok(n)
+    }
+
+    /// What waits to be done, by source (on the partial indexes of pending items).
+    pub async fn backlog(&self) -> Result<Backlog> {
+        let mut backlog = Backlog::default();
+        for (sql, into) in [
+            (
+                "SELECT source_id, COUNT(*), MIN(created_at) FROM inbox \
+                 WHERE processed_at IS NULL AND set_aside_at IS NULL GROUP BY source_id",
+                &mut backlog.deliveries,
+            ),
+            (
+                "SELECT source_id, COUNT(*), MIN(created_at) FROM outbox \
+                 WHERE state = 'pending' GROUP BY source_id",
+                &mut backlog.actions,
+            ),
+        ] {
+            for r in sqlx::query(sql).fetch_all(&self.pool).await? {
+                into.insert(r.try_get(0)?, (r.try_get(1)?, r.try_get(2)?));
+            }
+        }
+        Ok(backlog)
     }
 
     /// How many items wait for an operator, by source (index-only on both databases).

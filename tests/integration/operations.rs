@@ -190,6 +190,16 @@ async fn a_healthy_run_logs_no_warnings() -> Result<()> {
     assert_eq!(status, 200);
     let room = sb.wait_room("QUIET-1").await?;
     wait_messages(&bot, &room, 1).await?;
+    // `status`: the database and the homeserver answer, nothing waits.
+    let (code, status) = sb.cli(&["status"])?;
+    assert_eq!(code, 0, "{status}");
+    assert!(status.contains("database: answers"), "{status}");
+    assert!(
+        status.contains(&format!("homeserver: {}", hs.base_url)),
+        "{status}"
+    );
+    let line = status.lines().find(|l| l.starts_with("tickets\t"));
+    assert_eq!(line, Some("tickets\twebhook\t0\t0\t0\t0\t-"), "{status}");
     let log = sb.log();
     let loud: Vec<&str> = log
         .lines()

@@ -605,6 +605,15 @@ async fn one_room_per_ticket_whatever_the_homeserver_answers(db: Db) -> Result<(
         "{line}"
     );
     let id = line.split('\t').next().context("id")?;
+    // `status` counts it, and says so by its exit code.
+    let (code, status) = sb.cli(&["status"])?;
+    assert_eq!(code, 1, "{status}");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("tickets\twebhook\t0\t0\t1\t0\t")),
+        "{status}"
+    );
     let (code, out) = sb.cli(&["retry", id])?;
     assert_eq!((code, out.trim()), (0, "1 put back in line"));
     wait_for("the retried invite to fail again", || async {
