@@ -216,3 +216,46 @@ async fn a_healthy_run_logs_no_warnings() -> Result<()> {
     );
     Ok(())
 }
+
+/// The systemd unit in `examples/` is one systemd accepts, with the shipped binary, and its
+/// sandbox leaves little exposed (`systemd-analyze security`: 2.0 at most, "OK").
+#[test]
+fn the_systemd_unit_is_valid_and_sandboxed() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("switchboard-unit-{}", harness::suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let unit = std::fs::read_to_string(harness::repo().join("examples/switchboard.service"))?;
+    assert!(unit.contains("ExecStart=/usr/local/bin/switchboard run --config "));
+    let path = dir.join("switchboard.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/switchboard",
+            env!("CARGO_BIN_EXE_switchboard"),
+        ),
+    )?;
+    let analyze = |args: &[&str]| -> Result<(bool, String)> {
+        let out = std::process::Command::new("systemd-analyze")
+            .args(args)
+            .arg(&path)
+            .output()
+            .map_err(|e| anyhow::anyhow!("systemd-analyze (Debian's systemd): {e}"))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok((out.status.success(), text))
+    };
+    let (ok, text) = analyze(&["verify"])?;
+    let ours: Vec<&str> = text.lines().filter(|l| l.contains("switchboard")).collect();
+    assert!(ok && ours.is_empty(), "{text}");
+    let (ok, text) = analyze(&["security", "--offline=yes", "--threshold=20"])?;
+    assert!(ok, "{text}");
+    let level = text
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_default();
+    assert!(level.contains(" OK"), "{level}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
