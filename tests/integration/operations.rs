@@ -259,3 +259,84 @@ fn the_systemd_unit_is_valid_and_sandboxed() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The alert rules and the Grafana dashboard in `examples/monitoring` are valid PromQL
+/// (`promtool`, from Debian's `prometheus` package), the rules' own unit tests pass, and
+/// every metric they use is one Switchboard registers and documents.
+#[test]
+fn monitoring_examples_use_only_switchboards_metrics() -> Result<()> {
+    let repo = harness::repo();
+    let dir = repo.join("examples/monitoring");
+    let promtool = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new(repo.join("scripts/promtool.sh"))
+            .args(args)
+            .current_dir(&dir)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        anyhow::ensure!(out.status.success(), "promtool {args:?}: {text}");
+        Ok(text)
+    };
+    promtool(&["check", "rules", "switchboard-alerts.yml"])?;
+    promtool(&["test", "rules", "switchboard-alerts.test.yml"])?;
+    // Each panel's query, with Grafana's variables filled in, checked as a recording rule.
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+        dir.join("grafana-dashboard.json"),
+    )?)?;
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or_default();
+            exprs.push(
+                expr.replace("$instance", ".*")
+                    .replace("$__rate_interval", "5m"),
+            );
+        }
+    }
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"record": format!("dashboard:panel_{i}"), "expr": e}))
+        .collect();
+    let file = std::env::temp_dir().join(format!("dashboard-{}.yml", harness::suffix()));
+    // JSON is YAML.
+    let groups = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    std::fs::write(&file, groups.to_string())?;
+    promtool(&["check", "rules", &file.to_string_lossy()])?;
+    let _ = std::fs::remove_file(&file);
+    // The metrics used: registered in the code, and in the metrics table of the docs.
+    let alerts = std::fs::read_to_string(dir.join("switchboard-alerts.yml"))?;
+    let used: std::collections::BTreeSet<String> = exprs
+        .iter()
+        .map(String::as_str)
+        .chain([alerts.as_str()])
+        .flat_map(|text| {
+            text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("switchboard_"))
+                .map(|w| {
+                    let w = w.trim_end_matches("_bucket").trim_end_matches("_sum");
+                    w.trim_end_matches("_count").to_string()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(used.len() >= 7, "{used:?}");
+    let code = std::fs::read_to_string(repo.join("src/metrics.rs"))?;
+    let docs = std::fs::read_to_string(repo.join("docs/webhook.md"))?;
+    for metric in &used {
+        let name = metric.trim_start_matches("switchboard_");
+        assert!(
+            code.contains(&format!("\"{name}\"")),
+            "{metric} is not registered"
+        );
+        assert!(
+            docs.contains(&format!("`{metric}`")),
+            "{metric} is not documented"
+        );
+    }
+    Ok(())
+}
