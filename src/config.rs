@@ -650,32 +650,6 @@ kind = "webhook"
             message.contains("`path_secret`, `path_secret_file`"),
             "{message}"
         );
-        // Inside a connector's optional table too; far from every key, no guess.
-        let text = format!(
-            "{MINIMAL}\n[sources.issues]\nkind = \"redmine\"\n[sources.issues.redmine]\n\
-             url = \"https://r.example.org\"\napi_key = \"k\"\nproject = \"p\"\n\
-             [sources.issues.redmine.rooms.select]\nfeilds = {{}}\nzzzzzz = 1\n"
-        );
-        let errs = parse(&text).expect_err("invalid");
-        let found: Vec<_> = errs
-            .iter()
-            .map(|e| (e.key.as_str(), e.line, e.message.split(" Allowed").next()))
-            .collect();
-        assert_eq!(
-            found,
-            [
-                (
-                    "sources.issues.redmine.rooms.select.feilds",
-                    Some(17),
-                    Some("unknown key; did you mean `fields`?")
-                ),
-                (
-                    "sources.issues.redmine.rooms.select.zzzzzz",
-                    Some(18),
-                    Some("unknown key.")
-                ),
-            ]
-        );
     }
 
     #[test]

@@ -23,6 +23,36 @@ mod tests {
     use crate::registry::{action_owners, migrator};
     use switchboard_connector::Dialect;
 
+    /// A connector's optional table is checked inside: an unknown key there is named on its
+    /// own line, with a guess when one is close.
+    #[test]
+    fn unknown_keys_inside_connector_tables_are_named() {
+        let text = "[matrix]\nhomeserver = \"http://127.0.0.1:8008\"\nuser = \"@bot:localhost\"\n\
+             password = \"pw\"\n\n[sources.issues]\nkind = \"redmine\"\n[sources.issues.redmine]\n\
+             url = \"https://r.example.org\"\napi_key = \"k\"\nproject = \"p\"\n\
+             [sources.issues.redmine.rooms.select]\nfeilds = {}\nzzzzzz = 1\n";
+        let errs = crate::config::parse(text).expect_err("invalid");
+        let found: Vec<_> = errs
+            .iter()
+            .map(|e| (e.key.as_str(), e.line, e.message.split(" Allowed").next()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                (
+                    "sources.issues.redmine.rooms.select.feilds",
+                    Some(13),
+                    Some("unknown key; did you mean `fields`?")
+                ),
+                (
+                    "sources.issues.redmine.rooms.select.zzzzzz",
+                    Some(14),
+                    Some("unknown key.")
+                ),
+            ]
+        );
+    }
+
     #[test]
     fn registered_kinds_do_not_clash() {
         let owners = action_owners().expect("no clash");
