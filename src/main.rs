@@ -250,10 +250,15 @@ async fn status(
             false
         }
         Err(e) => {
-            println!(
-                "homeserver: {homeserver} does not answer: {}",
-                e.without_url()
-            );
+            // The cause (refused, no such host, a timeout) is in the error's sources.
+            let e = e.without_url();
+            let mut why = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                why = format!("{why}: {c}");
+                cause = c.source();
+            }
+            println!("homeserver: {homeserver} does not answer: {why}");
             false
         }
     };
