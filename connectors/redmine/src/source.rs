@@ -109,8 +109,6 @@ pub(crate) struct Source {
     rooms: Option<TicketRooms>,
     /// Redmine's users as last asked, and when.
     users: Mutex<HashMap<i64, (Instant, Option<User>)>>,
-    /// The last change of each issue with a room passed on (polls overlap).
-    passed_on: Mutex<HashMap<i64, String>>,
 }
 
 impl Source {
@@ -150,7 +148,6 @@ impl Source {
             polls,
             rooms,
             users: Mutex::new(HashMap::new()),
-            passed_on: Mutex::new(HashMap::new()),
             api: Api::new(&config.url, key, host.http().clone(), requests, id),
             issues: Issues::new(id),
             helpdesk: config.helpdesk.clone().unwrap_or_default(),
@@ -472,17 +469,13 @@ impl Source {
         let settled = redmine_time(self.api.now_ms() - SETTLE_MS);
         for changed in listed {
             let Some(issue) = self.issues.of_issue(&*self.host, changed.id).await? else {
-                let passed =
-                    |p: &HashMap<i64, String>| p.get(&changed.id) == Some(&changed.updated_on);
-                if passed(&self.passed_on.lock().unwrap_or_else(|e| e.into_inner())) {
-                    continue;
-                }
+                // Read again at each poll that lists it (the overlap): a second change in
+                // the same second as the last read one has the same `updated_on`. A read
+                // finds only journals it has not read.
                 if self.wants_room(&changed, me).await? {
                     let event = TicketEvent::new(changed.id.to_string(), EventKind::Updated);
-                    let key = format!("changed:{}:{}", changed.id, changed.updated_on);
+                    let key = format!("changed:{}:{}:{since}", changed.id, changed.updated_on);
                     self.host.deliver(&self.id, &key, &[event]).await?;
-                    let mut passed_on = self.passed_on.lock().unwrap_or_else(|e| e.into_inner());
-                    passed_on.insert(changed.id, changed.updated_on.clone());
                     delivered += 1;
                 }
                 continue;
