@@ -177,11 +177,8 @@ impl Source {
 
     /// A status by its number, asking Redmine again for one not known yet.
     async fn status(&self, id: i64) -> Result<Option<Status>, Failure> {
-        let known = |list: &[Status]| list.iter().find(|s| s.id == id).cloned();
-        if let Some(s) = known(&self.statuses.read().unwrap_or_else(|e| e.into_inner())) {
-            return Ok(Some(s));
-        }
-        Ok(known(&self.fresh_statuses().await?))
+        let list = self.statuses(&[id]).await?;
+        Ok(list.into_iter().find(|s| s.id == id))
     }
 
     /// Redmine's statuses, asked again when one of `needed` is not known.
