@@ -169,9 +169,8 @@ async fn intake_only(db_url: &str) -> Result<String> {
         body_limit: 1 << 20,
         link_base: String::new(),
         link_wait: Duration::from_secs(1),
-        metrics_enabled: false,
-        metrics_auth: None,
-        metrics_allow: Vec::new(),
+        metrics_guard: None,
+        status_page: None,
     });
     let (addr, server) = switchboard::http::serve(state, "127.0.0.1:0".parse()?).await?;
     tokio::spawn(server);

@@ -2,7 +2,8 @@
 # Runs every test: unit tests, and the end-to-end suite against a real Synapse and a real
 # pretix (both installed from PyPI into ~/.cache/switchboard on first use), a real Request
 # Tracker and a real Redmine (Debian's request-tracker5 and redmine, installed with apt on
-# first use) and the local PostgreSQL.
+# first use), the local PostgreSQL, and headless Chromium (Debian's, the same way) for the
+# status page.
 #   SWITCHBOARD_TEST_POSTGRES  server URL without a database (postgres://postgres@127.0.0.1:5432)
 #   SWITCHBOARD_TEST_THREADS   tests run at once (default 4)
 #   extra arguments go to `cargo test` (e.g. a test name filter)
@@ -31,6 +32,7 @@ work=$(mktemp -d -t switchboard-test.XXXXXX)
 pretix_start=
 rt_start=
 redmine_start=
+chromium_start=
 # pretix, RT and Redmine are stopped once their starts are over (they may still be installing).
 trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
       [ -z "$pretix_start" ] || wait "$pretix_start" 2>/dev/null || true
@@ -38,7 +40,9 @@ trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 
       [ -z "$rt_start" ] || wait "$rt_start" 2>/dev/null || true
       scripts/rt.sh stop "$work/rt" >/dev/null 2>&1 || true
       [ -z "$redmine_start" ] || wait "$redmine_start" 2>/dev/null || true
-      scripts/redmine.sh stop "$work/redmine" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+      scripts/redmine.sh stop "$work/redmine" >/dev/null 2>&1 || true
+      [ -z "$chromium_start" ] || wait "$chromium_start" 2>/dev/null || true
+      scripts/chromium.sh stop "$work/chromium" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 # The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
 scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
@@ -68,6 +72,15 @@ mkdir -p "$work/redmine"
     touch "$work/redmine/failed" ) &
 redmine_start=$!
 export SWITCHBOARD_TEST_REDMINE_DIR=$work/redmine
+
+# A headless Chromium behind ChromeDriver for the status page's browser test (Debian's
+# chromium and chromium-driver, installed on first use), the same way.
+cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p "$work/chromium"
+( scripts/chromium.sh start "$work/chromium" "$cport" >/dev/null 2>"$work/chromium/start.log" ||
+    touch "$work/chromium/failed" ) &
+chromium_start=$!
+export SWITCHBOARD_TEST_CHROMIUM_DIR=$work/chromium
 
 # Benchmarks are not tests: scripts/bench.sh runs them.
 cargo test --workspace --lib --bins --tests "$@" -- --test-threads "${SWITCHBOARD_TEST_THREADS:-4}"

@@ -13,7 +13,7 @@ use switchboard_connector::{Connector, Host};
 use crate::config::Loaded;
 use crate::engine::{self, Engine};
 use crate::host::ServiceHost;
-use crate::http::{self, HttpState, Source};
+use crate::http::{self, HttpState, Source, StatusPage};
 use crate::matrix::MatrixSink;
 use crate::metrics::Metrics;
 use crate::seal::Sealer;
@@ -160,13 +160,36 @@ pub async fn start(loaded: Loaded) -> Result<Running, AppError> {
         body_limit: cfg.http.body_limit,
         link_base: cfg.http.link_base.clone(),
         link_wait: Duration::from_secs(cfg.http.link_wait_seconds),
-        metrics_enabled: cfg.metrics.enabled,
-        metrics_auth: cfg
-            .metrics
-            .username
-            .clone()
-            .zip(loaded.secrets.metrics_password.clone()),
-        metrics_allow: cfg.metrics.allow_ips.clone(),
+        metrics_guard: cfg.metrics.enabled.then(|| http::Guard {
+            auth: cfg
+                .metrics
+                .username
+                .clone()
+                .zip(loaded.secrets.metrics_password.clone()),
+            allow: cfg.metrics.allow_ips.clone(),
+            realm: "metrics",
+        }),
+        status_page: cfg.status_page.enabled.then(|| {
+            let guard = http::Guard {
+                auth: cfg
+                    .status_page
+                    .username
+                    .clone()
+                    .zip(loaded.secrets.status_page_password.clone()),
+                allow: cfg.status_page.allow_ips.clone(),
+                realm: "Switchboard status",
+            };
+            let kinds = cfg
+                .sources
+                .iter()
+                .map(|(id, s)| (id.clone(), s.kind.clone()));
+            StatusPage::new(
+                guard,
+                kinds.collect(),
+                cfg.matrix.homeserver.to_string(),
+                outbox_wake.clone(),
+            )
+        }),
     });
     let (addr, server) = http::serve(state, cfg.http.listen)
         .await

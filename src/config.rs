@@ -41,6 +41,9 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The operator's page `/status`.
+    #[serde(default)]
+    pub status_page: StatusPageConfig,
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
@@ -182,6 +185,24 @@ impl Default for MetricsConfig {
             allow_ips: Vec::new(),
         }
     }
+}
+
+/// The operator's page `/status`: each source's queues, what failed or was set aside and
+/// why, with a button that tries it again; the homeserver's state. It can put items back in
+/// line, so it is off unless enabled, and needs `username` and `password`, `allow_ips`, or
+/// both.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct StatusPageConfig {
+    /// Serve `/status`.
+    pub enabled: bool,
+    /// Require HTTP basic auth with this user name (and `password`).
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    /// Only these client networks may use the page (e.g. `127.0.0.1/32`); empty = all.
+    #[schemars(with = "Vec<String>")]
+    pub allow_ips: Vec<ipnet::IpNet>,
 }
 
 /// Logging.
@@ -491,6 +512,7 @@ pub struct Secrets {
     pub database_url: Option<Secret>,
     pub matrix_login: Option<MatrixLogin>,
     pub metrics_password: Option<Secret>,
+    pub status_page_password: Option<Secret>,
     pub data_secret: Option<Secret>,
     /// Signature secret per source ID.
     pub signatures: BTreeMap<String, Secret>,
@@ -649,6 +671,27 @@ kind = "webhook"
         assert!(
             message.contains("`path_secret`, `path_secret_file`"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn an_enabled_status_page_needs_a_login_or_an_address_list() {
+        let page = |keys: &str| parse(&format!("{MINIMAL}\n[status_page]\n{keys}\n"));
+        assert!(!parse(MINIMAL).expect("valid").config.status_page.enabled);
+        let errs = page("enabled = true").expect_err("open to all");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].key, "status_page");
+        assert!(errs[0].message.contains("`allow_ips`"), "{errs:?}");
+        let errs = page("enabled = true\nusername = \"ops\"").expect_err("no password");
+        assert!(errs[0].message.contains("go together"), "{errs:?}");
+        let l = page("enabled = true\nallow_ips = [\"127.0.0.1/32\"]").expect("valid");
+        assert!(l.config.status_page.enabled);
+        let l = page("enabled = true\nusername = \"ops\"\npassword = \"pw\"").expect("valid");
+        assert_eq!(
+            l.secrets
+                .status_page_password
+                .map(|p| p.expose().to_string()),
+            Some("pw".into())
         );
     }
 

@@ -1,5 +1,7 @@
-//! The HTTP listener: webhook intake, `/link` redirects, metrics and health. A webhook is
-//! answered 2xx only after its delivery is in the store.
+//! The HTTP listener: webhook intake, `/link` redirects, metrics, the status page and
+//! health. A webhook is answered 2xx only after its delivery is in the store.
+
+mod status;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -23,6 +25,8 @@ use warp::{Filter, Reply};
 use crate::config::{Secret, SignatureAlgorithm, SignatureConfig};
 use crate::metrics::Metrics;
 use crate::store::Store;
+
+pub use status::StatusPage;
 
 /// One configured source as intake sees it.
 pub struct Source {
@@ -49,9 +53,74 @@ pub struct HttpState {
     pub body_limit: u64,
     pub link_base: String,
     pub link_wait: Duration,
-    pub metrics_enabled: bool,
-    pub metrics_auth: Option<(String, Secret)>,
-    pub metrics_allow: Vec<ipnet::IpNet>,
+    /// Who may read `/metrics`; None: nobody, it is off.
+    pub metrics_guard: Option<Guard>,
+    /// The operator's page `/status`, if enabled.
+    pub status_page: Option<StatusPage>,
+}
+
+/// Who may use a page: clients of these networks (any, if none), with this basic auth login
+/// (none needed, if none).
+pub struct Guard {
+    pub auth: Option<(String, Secret)>,
+    pub allow: Vec<ipnet::IpNet>,
+    /// The realm a browser shows when it asks for the login.
+    pub realm: &'static str,
+}
+
+impl Guard {
+    /// Lets the request through, or says why not: another network, no or a wrong login.
+    fn check(&self, remote: Option<SocketAddr>, authorization: Option<&str>) -> Result<(), Denied> {
+        if !self.allow.is_empty() {
+            let allowed = remote.is_some_and(|r| self.allow.iter().any(|n| n.contains(&r.ip())));
+            if !allowed {
+                return Err(Denied::Address);
+            }
+        }
+        if let Some((user, password)) = &self.auth {
+            let expected = base64::engine::general_purpose::STANDARD
+                .encode(format!("{user}:{}", password.expose()));
+            let given = authorization
+                .and_then(|a| a.strip_prefix("Basic "))
+                .unwrap_or("");
+            if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+                return Err(Denied::Login(self.realm));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a protected page turned a request away.
+enum Denied {
+    /// The page is off: why, in words.
+    Off(&'static str),
+    /// The client's address is not on the list.
+    Address,
+    /// No login, or a wrong one, for this realm.
+    Login(&'static str),
+}
+
+impl Denied {
+    /// 404 for a page that is off, 403 from another network, 401 asking for the login.
+    fn reply(self) -> Response {
+        match self {
+            Denied::Off(why) => Reject(StatusCode::NOT_FOUND, why.into()).reply(),
+            Denied::Address => Reject(
+                StatusCode::FORBIDDEN,
+                "not allowed from this address".into(),
+            )
+            .reply(),
+            Denied::Login(realm) => {
+                let mut resp =
+                    Reject(StatusCode::UNAUTHORIZED, "authentication required".into()).reply();
+                if let Ok(v) = http::HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+                    resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                resp
+            }
+        }
+    }
 }
 
 /// An error answer: a status and a reason for the caller, as JSON.
@@ -157,9 +226,10 @@ pub fn routes(
         .and(warp::header::optional::<String>("authorization"))
         .map(
             |state: Arc<HttpState>, remote: Option<SocketAddr>, auth: Option<String>| {
-                metrics(&state, remote, auth.as_deref()).unwrap_or_else(Reject::reply)
+                metrics(&state, remote, auth.as_deref())
             },
         );
+    let status_page = status::routes(state.clone());
     let health = warp::path!("health")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, json!({ "status": "ok" })));
@@ -181,6 +251,8 @@ pub fn routes(
         .or(own)
         .unify()
         .or(metrics)
+        .unify()
+        .or(status_page)
         .unify()
         .or(health)
         .unify()
@@ -529,44 +601,19 @@ fn redirect(base: &str, room_id: &str) -> Response {
     resp
 }
 
-fn metrics(
-    state: &HttpState,
-    remote: Option<SocketAddr>,
-    auth: Option<&str>,
-) -> Result<Response, Reject> {
-    if !state.metrics_enabled {
-        return Err(Reject(StatusCode::NOT_FOUND, "metrics are disabled".into()));
-    }
-    if !state.metrics_allow.is_empty() {
-        let allowed =
-            remote.is_some_and(|r| state.metrics_allow.iter().any(|n| n.contains(&r.ip())));
-        if !allowed {
-            return Err(Reject(
-                StatusCode::FORBIDDEN,
-                "not allowed from this address".into(),
-            ));
-        }
-    }
-    if let Some((user, password)) = &state.metrics_auth {
-        let expected = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:{}", password.expose()));
-        let given = auth.and_then(|a| a.strip_prefix("Basic ")).unwrap_or("");
-        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-            let mut resp =
-                Reject(StatusCode::UNAUTHORIZED, "authentication required".into()).reply();
-            resp.headers_mut().insert(
-                http::header::WWW_AUTHENTICATE,
-                http::HeaderValue::from_static("Basic realm=\"metrics\""),
-            );
-            return Ok(resp);
-        }
+fn metrics(state: &HttpState, remote: Option<SocketAddr>, auth: Option<&str>) -> Response {
+    let Some(guard) = &state.metrics_guard else {
+        return Denied::Off("metrics are disabled").reply();
+    };
+    if let Err(denied) = guard.check(remote, auth) {
+        return denied.reply();
     }
     let mut resp = warp::reply::with_status(state.metrics.render(), StatusCode::OK).into_response();
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    Ok(resp)
+    resp
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub mod host;
 pub mod http;
 pub mod matrix;
 pub mod metrics;
+pub mod operate;
 pub mod registry;
 pub mod seal;
 pub mod store;

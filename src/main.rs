@@ -125,7 +125,7 @@ fn main() -> ExitCode {
                 println!(
                     "{}\t{}\t{}\t{}\t{}\t{} tries\t{}\t{}",
                     p.id,
-                    rfc3339(p.updated_at),
+                    switchboard::operate::utc(p.updated_at),
                     p.source_id,
                     p.ticket_key.as_deref().unwrap_or("-"),
                     p.kind,
@@ -229,8 +229,6 @@ async fn status(
     store: &switchboard::store::Store,
     loaded: &config::Loaded,
 ) -> anyhow::Result<bool> {
-    let backlog = store.backlog().await?;
-    let problems = store.problem_counts().await?;
     println!("database: answers");
     let homeserver = &loaded.config.matrix.homeserver;
     let versions = homeserver.join("_matrix/client/versions")?;
@@ -263,48 +261,35 @@ async fn status(
         }
     };
     println!();
-    println!("source	kind	deliveries waiting	actions pending	failed	set aside	oldest waiting");
-    let now = switchboard::store::now_ms();
-    let mut waits = false;
-    for (id, source) in &loaded.config.sources {
-        let count = |map: &std::collections::HashMap<String, (i64, i64)>| {
-            map.get(id).map_or(0, |(n, _)| *n)
-        };
-        let state = |s: &str| problems.actions.get(&(id.clone(), s.to_string())).copied();
-        let failed = state("failed").unwrap_or(0);
-        let set_aside =
-            state("set_aside").unwrap_or(0) + problems.deliveries.get(id).copied().unwrap_or(0);
-        waits |= failed + set_aside > 0;
-        let oldest = backlog
-            .oldest(id)
-            .map_or("-".to_string(), |at| age((now - at).max(0) / 1000));
+    println!(
+        "source\tkind\tdeliveries waiting\tactions pending\tfailed\tset aside\toldest waiting"
+    );
+    let rows = switchboard::operate::sources(
+        store,
+        loaded
+            .config
+            .sources
+            .iter()
+            .map(|(id, s)| (id.as_str(), s.kind.as_str())),
+    )
+    .await?;
+    for s in &rows {
         println!(
-            "{id}\t{}\t{}\t{}\t{failed}\t{set_aside}\t{oldest}",
-            source.kind,
-            count(&backlog.deliveries),
-            count(&backlog.actions),
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            s.id,
+            s.kind,
+            s.deliveries,
+            s.actions,
+            s.failed,
+            s.set_aside,
+            s.oldest.as_deref().unwrap_or("-"),
         );
     }
+    let waits = rows.iter().any(|s| s.needs_operator());
     if waits {
         println!("\n`switchboard failed` lists what failed; `switchboard retry` tries it again.");
     }
     Ok(homeserver_up && !waits)
-}
-
-/// Seconds as the largest unit that fits: `42s`, `7m`, `3h`, `2d`.
-fn age(seconds: i64) -> String {
-    match seconds {
-        s if s < 120 => format!("{s}s"),
-        s if s < 7_200 => format!("{}m", s / 60),
-        s if s < 172_800 => format!("{}h", s / 3_600),
-        s => format!("{}d", s / 86_400),
-    }
-}
-
-/// A Unix time in milliseconds as UTC, to the second.
-fn rfc3339(ms: i64) -> String {
-    let [y, m, d, hour, min, sec] = switchboard_connector::utc_fields(ms);
-    format!("{y:04}-{m:02}-{d:02}T{hour:02}:{min:02}:{sec:02}Z")
 }
 
 /// The config: the file named, else `switchboard.toml` if it exists, else one a connector

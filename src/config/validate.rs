@@ -51,6 +51,28 @@ pub(super) fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secret
     if c.metrics.username.is_some() != s.metrics_password.is_some() {
         err("metrics", "`username` and `password` go together".into());
     }
+    s.status_page_password = secret_or_file(
+        "status_page.password",
+        c.status_page.password.as_ref(),
+        c.status_page.password_file.as_deref(),
+        err,
+    );
+    if c.status_page.username.is_some() != s.status_page_password.is_some() {
+        err(
+            "status_page",
+            "`username` and `password` go together".into(),
+        );
+    } else if c.status_page.enabled
+        && s.status_page_password.is_none()
+        && c.status_page.allow_ips.is_empty()
+    {
+        err(
+            "status_page",
+            "the page can retry failed actions: set `username` and `password`, \
+             `allow_ips`, or both"
+                .into(),
+        );
+    }
     if c.http.body_limit == 0 {
         err("http.body_limit", "must be more than 0".into());
     }

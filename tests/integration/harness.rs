@@ -302,7 +302,12 @@ impl User {
 
     /// Removes `user` from a room.
     pub async fn kick(&self, room: &str, user: &str) -> Result<()> {
-        let path = format!("/v3/rooms/{}/kick", enc(room));
+        self.moderate(room, "kick", user).await
+    }
+
+    /// Kicks (`kick`), bans (`ban`) or unbans (`unban`) `user` in a room.
+    pub async fn moderate(&self, room: &str, what: &str, user: &str) -> Result<()> {
+        let path = format!("/v3/rooms/{}/{what}", enc(room));
         self.send_json(reqwest::Method::POST, &path, &json!({"user_id": user}))
             .await?;
         Ok(())

@@ -1,8 +1,11 @@
 //! Running Switchboard as an operator does: `check-config`, the ways the bot logs in, the
-//! data secret that seals the stored session, and who may read `/metrics`.
+//! data secret that seals the stored session, who may read `/metrics`, and the status page.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
+use base64::Engine as _;
+use serde_json::json;
 
+use crate::browser::chromium;
 use crate::common::{start, ticket, wait_messages};
 use crate::harness::{self, Db, Setup, Switchboard, synapse, wait_for};
 
@@ -214,6 +217,137 @@ async fn a_healthy_run_logs_no_warnings() -> Result<()> {
         outcome.contains("source") && outcome.contains("tickets") && outcome.contains("QUIET-1"),
         "{outcome}"
     );
+    Ok(())
+}
+
+/// The status page, in a real browser: it is behind its login, lists a failed invite with
+/// the homeserver's reason; once the cause is mended (the user unbanned), its Retry button
+/// puts it back in line and the invite is done. A retry from another site, or without the
+/// page's token, is refused.
+#[tokio::test]
+async fn the_status_page_retries_in_a_browser() -> Result<()> {
+    let hs = synapse();
+    let (bot, alice, bob) = (
+        hs.user("bot").await?,
+        hs.user("alice").await?,
+        hs.user("bob").await?,
+    );
+    let extra = "\n[status_page]\nenabled = true\nusername = \"ops\"\npassword = \"mend-it\"\n\
+                 allow_ips = [\"127.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    let page = format!("{}/status", sb.base);
+    let r = sb.http().get(&page).send().await?;
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let get = || sb.http().get(&page).basic_auth("ops", Some("mend-it"));
+    let html = get().send().await?.text().await?;
+    assert!(html.contains("Nothing failed or was set aside."), "{html}");
+
+    // Bob is banned from the ticket's room, so inviting him fails for good.
+    let people = [alice.user_id.as_str()];
+    let (code, _) = sb
+        .hook(&ticket(
+            "ST-1",
+            "new",
+            Some("Hello"),
+            &people,
+            &alice.user_id,
+        ))
+        .await?;
+    assert_eq!(code, 200);
+    let room = sb.wait_room("ST-1").await?;
+    bot.moderate(&room, "ban", &bob.user_id).await?;
+    let people = [alice.user_id.as_str(), bob.user_id.as_str()];
+    let (code, _) = sb
+        .hook(&ticket(
+            "ST-1",
+            "open",
+            Some("Bob too"),
+            &people,
+            &alice.user_id,
+        ))
+        .await?;
+    assert_eq!(code, 200);
+    let html = wait_for("the failed invite on the page", || async {
+        let html = get().send().await.ok()?.text().await.ok()?;
+        html.contains("they are banned from the room")
+            .then_some(html)
+    })
+    .await
+    .with_context(|| sb.log())?;
+    assert!(
+        html.contains("<td>ST-1</td>") && html.contains("<td>invite</td>"),
+        "{html}"
+    );
+    // Another site's form, or one without the page's token, changes nothing.
+    let token = html
+        .split("name=\"token\" value=\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .context("the page's token")?;
+    let post = |site: &'static str, token: &str| {
+        sb.http()
+            .post(&page)
+            .basic_auth("ops", Some("mend-it"))
+            .header("sec-fetch-site", site)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&all=1"))
+            .send()
+    };
+    assert_eq!(post("cross-site", token).await?.status().as_u16(), 403);
+    assert_eq!(post("same-origin", "0123").await?.status().as_u16(), 403);
+    let r = sb
+        .http()
+        .post(&page)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&all=1"))
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 401);
+    let (_, listed) = sb.cli(&["failed"])?;
+    assert!(listed.contains("1 tries"), "still failed once: {listed}");
+
+    // The operator mends the cause, and presses Retry in the browser.
+    bot.moderate(&room, "unban", &bob.user_id).await?;
+    let browser = chromium().session().await?;
+    let login = base64::engine::general_purpose::STANDARD.encode("ops:mend-it");
+    browser
+        .headers(json!({"Authorization": format!("Basic {login}")}))
+        .await?;
+    browser.open(&page).await?;
+    let row = browser.text("tr[id^='action:']").await?;
+    assert!(row.contains("they are banned from the room"), "{row}");
+    if let Ok(dir) = std::env::var("SWITCHBOARD_TEST_SCREENSHOTS") {
+        std::fs::write(
+            std::path::Path::new(&dir).join("status-page.png"),
+            browser.screenshot().await?,
+        )?;
+    }
+    browser
+        .click("tr[id^='action:'] button[name='retry']")
+        .await?;
+    let notice = browser.text("p.notice").await?;
+    assert_eq!(
+        notice,
+        "1 item was put back in line and is being tried again."
+    );
+    // Unbanned, he has left; invited again, he is invited.
+    wait_for("bob's invite", || async {
+        let m = bot.membership(&room, &bob.user_id).await.ok().flatten();
+        (m.as_deref() == Some("invite")).then_some(())
+    })
+    .await
+    .with_context(|| sb.log())?;
+    let html = wait_for("the page to show nothing waiting", || async {
+        browser.open(&page).await.ok()?;
+        let html = browser.source().await.ok()?;
+        html.contains("Nothing failed or was set aside.")
+            .then_some(html)
+    })
+    .await?;
+    assert!(!html.contains("banned"), "{html}");
+    let (_, listed) = sb.cli(&["failed"])?;
+    assert_eq!(listed.trim(), "nothing failed or set aside");
     Ok(())
 }
 
