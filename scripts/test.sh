@@ -26,60 +26,43 @@ if ! pg_up && command -v pg_ctlcluster >/dev/null; then
 fi
 pg_up || { log "PostgreSQL is not reachable at 127.0.0.1:5432"; exit 1; }
 
-# A throwaway Synapse for this run.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 work=$(mktemp -d -t switchboard-test.XXXXXX)
-pretix_start=
-rt_start=
-redmine_start=
-chromium_start=
-# pretix, RT and Redmine are stopped once their starts are over (they may still be installing).
-trap 'scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
-      [ -z "$pretix_start" ] || wait "$pretix_start" 2>/dev/null || true
-      scripts/pretix.sh stop "$work/pretix" >/dev/null 2>&1 || true
-      [ -z "$rt_start" ] || wait "$rt_start" 2>/dev/null || true
-      scripts/rt.sh stop "$work/rt" >/dev/null 2>&1 || true
-      [ -z "$redmine_start" ] || wait "$redmine_start" 2>/dev/null || true
-      scripts/redmine.sh stop "$work/redmine" >/dev/null 2>&1 || true
-      [ -z "$chromium_start" ] || wait "$chromium_start" 2>/dev/null || true
-      scripts/chromium.sh stop "$work/chromium" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
-# The shared-secret login module is configured with the secret tests/integration/harness.rs uses.
-scripts/synapse.sh start --fresh --port "$port" --data-dir "$work/synapse" \
+peers=()  # started by start_peer
+starts=() # their starts, running in the background
+cleanup() {
+  scripts/synapse.sh stop --data-dir "$work/synapse" --wipe >/dev/null 2>&1 || true
+  local p
+  # A peer is stopped once its start is over (it may still be installing).
+  for p in ${starts[@]+"${starts[@]}"}; do wait "$p" 2>/dev/null || true; done
+  for p in ${peers[@]+"${peers[@]}"}; do "scripts/$p.sh" stop "$work/$p" >/dev/null 2>&1 || true; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# A throwaway Synapse for this run. The shared-secret login module is configured with the
+# secret tests/integration/harness.rs uses.
+scripts/synapse.sh start --fresh --port "$(free_port)" --data-dir "$work/synapse" \
   --shared-secret-auth switchboard-test-login-secret >/dev/null
 export SWITCHBOARD_TEST_SYNAPSE_DIR=$work/synapse
 
-# A throwaway pretix, started while the tests compile (its first start installs and migrates
-# for minutes); the tests that need it wait for it, or read why it failed.
-pport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/pretix"
-( scripts/pretix.sh start "$work/pretix" "$pport" >"$work/pretix/started.json" 2>"$work/pretix/start.log" ||
-    touch "$work/pretix/failed" ) &
-pretix_start=$!
+# start_peer NAME: a throwaway instance of scripts/NAME.sh in $work/NAME on a free port,
+# started in the background while the tests compile (a first start installs for minutes);
+# the tests that need it wait for it, or read why it failed (start.log).
+start_peer() {
+  mkdir -p "$work/$1"
+  ( "scripts/$1.sh" start "$work/$1" "$(free_port)" >"$work/$1/started.json" 2>"$work/$1/start.log" ||
+      touch "$work/$1/failed" ) &
+  starts+=($!)
+  peers+=("$1")
+}
+start_peer pretix   # PyPI's, installed and migrated on first use
 export SWITCHBOARD_TEST_PRETIX_DIR=$work/pretix
-
-# A throwaway Request Tracker, the same way (its first start installs packages).
-rport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/rt"
-( scripts/rt.sh start "$work/rt" "$rport" >/dev/null 2>"$work/rt/start.log" ||
-    touch "$work/rt/failed" ) &
-rt_start=$!
+start_peer rt       # Debian's request-tracker5, installed on first use
 export SWITCHBOARD_TEST_RT_DIR=$work/rt
-
-# A throwaway Redmine (Debian's redmine, installed on first use), the same way.
-mport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/redmine"
-( scripts/redmine.sh start "$work/redmine" "$mport" >/dev/null 2>"$work/redmine/start.log" ||
-    touch "$work/redmine/failed" ) &
-redmine_start=$!
+start_peer redmine  # Debian's redmine, installed on first use
 export SWITCHBOARD_TEST_REDMINE_DIR=$work/redmine
-
-# A headless Chromium behind ChromeDriver for the status page's browser test (Debian's
-# chromium and chromium-driver, installed on first use), the same way.
-cport=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-mkdir -p "$work/chromium"
-( scripts/chromium.sh start "$work/chromium" "$cport" >/dev/null 2>"$work/chromium/start.log" ||
-    touch "$work/chromium/failed" ) &
-chromium_start=$!
+start_peer chromium # Debian's chromium and chromium-driver, for the status page's browser test
 export SWITCHBOARD_TEST_CHROMIUM_DIR=$work/chromium
 
 # Benchmarks are not tests: scripts/bench.sh runs them.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use switchboard_connector::config::secret_or_file;
 use switchboard_connector::{Checked, Checker, Kind, SourceInfo};
 
-use super::{Config, Connectors, MatrixConfig, MatrixLogin, Secrets, SourceConfig};
+use super::{Config, Connectors, MatrixConfig, MatrixLogin, Secret, Secrets, SourceConfig};
 
 /// Checks what the schema cannot (cross-references, exclusive choices, files) and reads
 /// `*_file` secrets.
@@ -42,27 +42,21 @@ pub(super) fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secret
 
     s.matrix_login = check_matrix(&c.matrix, err);
 
-    s.metrics_password = secret_or_file(
-        "metrics.password",
+    s.metrics_password = check_login(
+        "metrics",
+        c.metrics.username.as_deref(),
         c.metrics.password.as_ref(),
         c.metrics.password_file.as_deref(),
         err,
     );
-    if c.metrics.username.is_some() != s.metrics_password.is_some() {
-        err("metrics", "`username` and `password` go together".into());
-    }
-    s.status_page_password = secret_or_file(
-        "status_page.password",
+    s.status_page_password = check_login(
+        "status_page",
+        c.status_page.username.as_deref(),
         c.status_page.password.as_ref(),
         c.status_page.password_file.as_deref(),
         err,
     );
-    if c.status_page.username.is_some() != s.status_page_password.is_some() {
-        err(
-            "status_page",
-            "`username` and `password` go together".into(),
-        );
-    } else if c.status_page.enabled
+    if c.status_page.enabled
         && s.status_page_password.is_none()
         && c.status_page.allow_ips.is_empty()
     {
@@ -103,6 +97,23 @@ pub(super) fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secret
 }
 
 /// The homeserver, the bot's user and exactly one way to log in.
+/// A page's basic auth login (`table.username`, `table.password` or `password_file`): its
+/// password, when both are given; an error when only one is.
+fn check_login(
+    table: &str,
+    username: Option<&str>,
+    password: Option<&Secret>,
+    password_file: Option<&std::path::Path>,
+    err: &mut dyn FnMut(&str, String),
+) -> Option<Secret> {
+    let secret = secret_or_file(&format!("{table}.password"), password, password_file, err);
+    if username.is_some() != secret.is_some() {
+        err(table, "`username` and `password` go together".into());
+        return None;
+    }
+    secret
+}
+
 fn check_matrix(m: &MatrixConfig, err: &mut dyn FnMut(&str, String)) -> Option<MatrixLogin> {
     if !matches!(m.homeserver.scheme(), "http" | "https") {
         err("matrix.homeserver", "must be an http or https URL".into());
