@@ -72,7 +72,11 @@ impl Guard {
     /// Lets the request through, or says why not: another network, no or a wrong login.
     fn check(&self, remote: Option<SocketAddr>, authorization: Option<&str>) -> Result<(), Denied> {
         if !self.allow.is_empty() {
-            let allowed = remote.is_some_and(|r| self.allow.iter().any(|n| n.contains(&r.ip())));
+            // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+            let allowed = remote.is_some_and(|r| {
+                let ip = r.ip().to_canonical();
+                self.allow.iter().any(|n| n.contains(&ip))
+            });
             if !allowed {
                 return Err(Denied::Address);
             }
@@ -81,8 +85,9 @@ impl Guard {
             let expected = base64::engine::general_purpose::STANDARD
                 .encode(format!("{user}:{}", password.expose()));
             let given = authorization
-                .and_then(|a| a.strip_prefix("Basic "))
-                .unwrap_or("");
+                .and_then(|a| a.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+                .map_or("", |(_, credentials)| credentials.trim());
             if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
                 return Err(Denied::Login(self.realm));
             }
@@ -99,6 +104,8 @@ enum Denied {
     Address,
     /// No login, or a wrong one, for this realm.
     Login(&'static str),
+    /// A page without a login asked for by a name, not an address.
+    Host,
 }
 
 impl Denied {
@@ -109,6 +116,11 @@ impl Denied {
             Denied::Address => Reject(
                 StatusCode::FORBIDDEN,
                 "not allowed from this address".into(),
+            )
+            .reply(),
+            Denied::Host => Reject(
+                StatusCode::FORBIDDEN,
+                "without a login the page answers only at an IP address or localhost".into(),
             )
             .reply(),
             Denied::Login(realm) => {

@@ -24,8 +24,8 @@ pub struct Metrics {
     /// Items set aside because they kept failing, by source and item (`delivery` or an
     /// action's kind).
     pub set_aside: IntCounterVec,
-    /// Items that wait for an operator now, by source, item (`action`, `delivery`) and
-    /// state (`failed`, `set_aside`); refreshed every 15 s.
+    /// Items that wait for an operator now, by source, item (`delivery` or the action's
+    /// kind) and state (`failed`, `set_aside`); refreshed every 15 s.
     pub waiting: IntGaugeVec,
     /// Items waiting to be done, by source and item (`delivery`, `action`); refreshed
     /// every 15 s.
@@ -144,9 +144,9 @@ impl Metrics {
     /// were all retried goes back to 0.
     pub fn set_waiting(&self, counts: &crate::store::ProblemCounts) {
         self.waiting.reset();
-        for ((source, state), n) in &counts.actions {
+        for ((source, kind, state), n) in &counts.actions {
             self.waiting
-                .with_label_values(&[source, "action", state])
+                .with_label_values(&[source, kind, state])
                 .set(*n);
         }
         for (source, n) in &counts.deliveries {

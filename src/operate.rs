@@ -46,9 +46,10 @@ pub async fn sources<'a>(
             let state = |s: &str| {
                 problems
                     .actions
-                    .get(&(id.to_string(), s.to_string()))
-                    .copied()
-                    .unwrap_or(0)
+                    .iter()
+                    .filter(|((source, _, state), _)| source == id && state == s)
+                    .map(|(_, n)| n)
+                    .sum::<i64>()
             };
             SourceStatus {
                 id: id.to_string(),

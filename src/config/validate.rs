@@ -96,7 +96,6 @@ pub(super) fn validate(c: &Config, err: &mut dyn FnMut(&str, String)) -> (Secret
     (s, Connectors(connectors))
 }
 
-/// The homeserver, the bot's user and exactly one way to log in.
 /// A page's basic auth login (`table.username`, `table.password` or `password_file`): its
 /// password, when both are given; an error when only one is.
 fn check_login(
@@ -111,9 +110,14 @@ fn check_login(
         err(table, "`username` and `password` go together".into());
         return None;
     }
+    if username == Some("") || secret.as_ref().is_some_and(|s| s.expose().is_empty()) {
+        err(table, "`username` and `password` must not be empty".into());
+        return None;
+    }
     secret
 }
 
+/// The homeserver, the bot's user and exactly one way to log in.
 fn check_matrix(m: &MatrixConfig, err: &mut dyn FnMut(&str, String)) -> Option<MatrixLogin> {
     if !matches!(m.homeserver.scheme(), "http" | "https") {
         err("matrix.homeserver", "must be an http or https URL".into());

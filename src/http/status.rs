@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde::Serialize;
@@ -92,21 +93,50 @@ struct Row<'a> {
     error: &'a str,
 }
 
+/// Who asks, as the page's guard sees it.
+struct Caller {
+    remote: Option<SocketAddr>,
+    authorization: Option<String>,
+    host: Option<String>,
+    path: warp::path::FullPath,
+}
+
+impl Caller {
+    /// The user name the request logs in with, if any (for the log).
+    fn user(&self) -> Option<String> {
+        use base64::Engine as _;
+        let (_, credentials) = self.authorization.as_deref()?.split_once(' ')?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .ok()?;
+        let text = String::from_utf8(decoded).ok()?;
+        Some(text.split_once(':')?.0.to_string())
+    }
+}
+
 /// `GET /status` and `POST /status` (a retry).
 pub(super) fn routes(
     state: Arc<HttpState>,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     let with_state = warp::any().map(move || state.clone());
-    let guarded = warp::path!("status")
-        .and(with_state)
-        .and(warp::addr::remote())
-        .and(warp::header::optional::<String>("authorization"));
+    let caller = warp::addr::remote()
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("host"))
+        .and(warp::path::full())
+        .map(|remote, authorization, host, path| Caller {
+            remote,
+            authorization,
+            host,
+            path,
+        });
+    let guarded = warp::path!("status").and(with_state).and(caller);
     let show = guarded.clone().and(warp::get()).and(warp::query()).then(
-        |state: Arc<HttpState>,
-         remote: Option<SocketAddr>,
-         auth: Option<String>,
-         query: HashMap<String, String>| async move {
-            match allowed(&state, remote, auth.as_deref()) {
+        |state: Arc<HttpState>, caller: Caller, query: HashMap<String, String>| async move {
+            if caller.path.as_str().ends_with('/') {
+                // The page's links are relative to `status`, without the slash.
+                return redirect(StatusCode::PERMANENT_REDIRECT, "../status");
+            }
+            match allowed(&state, &caller) {
                 Ok(page) => show(&state, page, &query).await,
                 Err(denied) => denied.reply(),
             }
@@ -119,34 +149,60 @@ pub(super) fn routes(
         .and(warp::body::form())
         .then(
             |state: Arc<HttpState>,
-             remote: Option<SocketAddr>,
-             auth: Option<String>,
+             caller: Caller,
              site: Option<String>,
              form: HashMap<String, String>| async move {
-                match allowed(&state, remote, auth.as_deref()) {
-                    Ok(page) => retry(&state, page, site.as_deref(), &form).await,
+                match allowed(&state, &caller) {
+                    Ok(page) => retry(&state, page, &caller, site.as_deref(), &form).await,
                     Err(denied) => denied.reply(),
                 }
             },
         );
-    show.or(retry).unify()
+    // Every answer of the page, refusals too, with the page's headers.
+    show.or(retry).unify().map(html_reply)
 }
 
-/// The page, if it is on and this client may use it.
-fn allowed<'a>(
-    state: &'a HttpState,
-    remote: Option<SocketAddr>,
-    auth: Option<&str>,
-) -> Result<&'a StatusPage, Denied> {
+/// The page, if it is on and this caller may use it. Without a login, only at an address
+/// (`127.0.0.1:8080`, `[::1]:8080`) or `localhost`: a site that points a name of its own at
+/// the page's address (DNS rebinding) would otherwise be the page's origin in a browser.
+fn allowed<'a>(state: &'a HttpState, caller: &Caller) -> Result<&'a StatusPage, Denied> {
     let Some(page) = &state.status_page else {
         return Err(Denied::Off("the status page is off"));
     };
-    page.guard.check(remote, auth)?;
+    page.guard
+        .check(caller.remote, caller.authorization.as_deref())?;
+    if page.guard.auth.is_none() && !caller.host.as_deref().is_some_and(is_address) {
+        return Err(Denied::Host);
+    }
     Ok(page)
+}
+
+/// Whether a `Host` header names an IP address or `localhost` (with or without a port).
+fn is_address(host: &str) -> bool {
+    let name = host
+        .rsplit_once(':')
+        .filter(|(_, port)| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(name, _)| name);
+    let bare = name.strip_prefix('[').and_then(|n| n.strip_suffix(']'));
+    bare.unwrap_or(name).parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+}
+
+fn redirect(status: StatusCode, location: &str) -> Response {
+    let mut resp = status.into_response();
+    if let Ok(v) = http::HeaderValue::from_str(location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    resp
 }
 
 async fn show(state: &HttpState, page: &StatusPage, query: &HashMap<String, String>) -> Response {
     let source = query.get("source").filter(|s| !s.is_empty());
+    if let Some(source) = source
+        && !page.sources.iter().any(|(id, _)| id == source)
+    {
+        return Reject(StatusCode::NOT_FOUND, format!("no source `{source}`")).reply();
+    }
     let ids = page.sources.iter().map(|(i, k)| (i.as_str(), k.as_str()));
     let read = async {
         let sources = operate::sources(&state.store, ids).await?;
@@ -156,20 +212,29 @@ async fn show(state: &HttpState, page: &StatusPage, query: &HashMap<String, Stri
             .await?;
         Ok::<_, crate::store::StoreError>((sources, problems))
     };
+    // A database that does not answer is said at once, not after the pool's timeout.
+    let read = tokio::time::timeout(Duration::from_secs(5), read);
     let (database, sources, problems) = match read.await {
-        Ok((sources, problems)) => (true, sources, problems),
-        Err(error) => {
+        Ok(Ok((sources, problems))) => (true, sources, problems),
+        Ok(Err(error)) => {
             warn!(%error, "the status page cannot read the database");
+            (false, Vec::new(), Vec::new())
+        }
+        Err(_) => {
+            warn!("the status page cannot read the database: no answer within 5 s");
             (false, Vec::new(), Vec::new())
         }
     };
     let more = problems.len() as i64 > LISTED;
     let rows: Vec<Row> = problems.iter().take(LISTED as usize).map(row).collect();
-    let notice = query.get("retried").map(|n| match n.as_str() {
-        "0" => "Nothing was put back in line: it is no longer waiting.".to_string(),
-        "1" => "1 item was put back in line and is being tried again.".to_string(),
-        n => format!("{n} items were put back in line and are being tried again."),
-    });
+    let notice = query
+        .get("retried")
+        .and_then(|n| n.parse::<u64>().ok())
+        .map(|n| match n {
+            0 => "Nothing was put back in line: it is no longer waiting.".to_string(),
+            1 => "1 item was put back in line and is being tried again.".to_string(),
+            n => format!("{n} items were put back in line and are being tried again."),
+        });
     let context = Page {
         now: operate::utc(crate::store::now_ms()),
         homeserver: &page.homeserver,
@@ -203,7 +268,7 @@ async fn show(state: &HttpState, page: &StatusPage, query: &HashMap<String, Stri
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    html_reply(warp::reply::with_status(warp::reply::html(html), status).into_response())
+    warp::reply::with_status(warp::reply::html(html), status).into_response()
 }
 
 fn row(p: &Problem) -> Row<'_> {
@@ -224,6 +289,7 @@ fn row(p: &Problem) -> Row<'_> {
 async fn retry(
     state: &HttpState,
     page: &StatusPage,
+    caller: &Caller,
     site: Option<&str>,
     form: &HashMap<String, String>,
 ) -> Response {
@@ -255,7 +321,7 @@ async fn retry(
     let n = match state.store.retry_problems(&which).await {
         Ok(n) => n,
         Err(crate::store::StoreError::ItemId(id)) => {
-            return Reject(StatusCode::BAD_REQUEST, format!("no such item: {id}")).reply();
+            return Reject(StatusCode::BAD_REQUEST, format!("no such item: {id:?}")).reply();
         }
         Err(error) => {
             warn!(%error, "cannot put items back in line");
@@ -266,15 +332,17 @@ async fn retry(
             .reply();
         }
     };
-    info!(?which, items = n, "put back in line from the status page");
+    info!(
+        ?which,
+        items = n,
+        client = ?caller.remote,
+        user = caller.user().as_deref().unwrap_or("-"),
+        "put back in line from the status page"
+    );
     state.engine_wake.notify_one();
     page.outbox_wake.notify_one();
     // Relative, so the page works behind a proxy under any path.
-    let mut resp = StatusCode::SEE_OTHER.into_response();
-    if let Ok(v) = http::HeaderValue::from_str(&format!("status?retried={n}")) {
-        resp.headers_mut().insert(http::header::LOCATION, v);
-    }
-    html_reply(resp)
+    redirect(StatusCode::SEE_OTHER, &format!("status?retried={n}"))
 }
 
 /// A page's answer, kept out of caches and frames, with nothing to load from elsewhere.
@@ -298,6 +366,31 @@ fn html_reply(mut resp: Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_are_addresses() {
+        for host in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "[::1]:8080",
+            "[::1]",
+            "localhost:8080",
+            "LOCALHOST",
+        ] {
+            assert!(is_address(host), "{host}");
+        }
+        for host in [
+            "evil.example",
+            "evil.example:8080",
+            "127.0.0.1.evil.example",
+            "localhost.evil.example:80",
+            "",
+            ":8080",
+            "::1",
+        ] {
+            assert!(!is_address(host), "{host}");
+        }
+    }
 
     /// What other systems answered (an error, a ticket key) is shown as text, never as
     /// markup.

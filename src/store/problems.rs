@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use sqlx::Row;
 
-use super::{Result, Store, StoreError, now_ms};
+use switchboard_connector::Action;
+
+use super::{Dialect, Result, Store, StoreError, now_ms};
 
 /// Something that did not go through and waits for an operator: an action that failed or
 /// was set aside, or a delivery that was set aside (`Store::problems`).
@@ -57,8 +59,8 @@ impl Backlog {
 /// Counts of items waiting for an operator, by source (`Store::problem_counts`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProblemCounts {
-    /// (source, state) -> actions failed or set aside.
-    pub actions: HashMap<(String, String), i64>,
+    /// (source, the action's kind, state) -> actions failed or set aside.
+    pub actions: HashMap<(String, String, String), i64>,
     /// source -> deliveries set aside.
     pub deliveries: HashMap<String, i64>,
 }
@@ -121,9 +123,9 @@ impl Store {
         let mut out = Vec::with_capacity(actions.len());
         for r in &actions {
             let action: String = r.try_get(3)?;
-            let kind = serde_json::from_str::<switchboard_connector::Action>(&action)
-                .map_or("unknown", |a| a.kind())
-                .to_string();
+            // A connector's own actions are not core `Action`s: their `type` is their kind.
+            let stored = serde_json::from_str::<serde_json::Value>(&action).unwrap_or_default();
+            let kind = Action::kind_of(stored["type"].as_str().unwrap_or("unknown")).to_string();
             out.push(Problem {
                 id: format!("action:{}", r.try_get::<i64, _>(0)?),
                 source_id: r.try_get(1)?,
@@ -236,18 +238,30 @@ impl Store {
         Ok(backlog)
     }
 
-    /// How many items wait for an operator, by source (index-only on both databases).
+    /// How many items wait for an operator, by source (and, for actions, kind: the stored
+    /// action's `type`). Reads only the rows that wait, by their partial indexes.
     pub async fn problem_counts(&self) -> Result<ProblemCounts> {
         let mut c = ProblemCounts::default();
-        let rows = sqlx::query(
-            "SELECT source_id, state, COUNT(*) FROM outbox \
-             WHERE state IN ('failed', 'set_aside') GROUP BY source_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = match self.dialect() {
+            Dialect::Postgres => {
+                "SELECT source_id, COALESCE(CAST(action AS JSON) ->> 'type', 'unknown'), state, \
+                 COUNT(*) FROM outbox WHERE state IN ('failed', 'set_aside') GROUP BY 1, 2, 3"
+            }
+            Dialect::Sqlite => {
+                "SELECT source_id, COALESCE(json_extract(action, '$.type'), 'unknown'), state, \
+                 COUNT(*) FROM outbox WHERE state IN ('failed', 'set_aside') GROUP BY 1, 2, 3"
+            }
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
         for r in rows {
-            c.actions
-                .insert((r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+            let type_: String = r.try_get(1)?;
+            *c.actions
+                .entry((
+                    r.try_get(0)?,
+                    Action::kind_of(&type_).to_string(),
+                    r.try_get(2)?,
+                ))
+                .or_default() += r.try_get::<i64, _>(3)?;
         }
         let rows = sqlx::query(
             "SELECT source_id, COUNT(*) FROM inbox WHERE set_aside_at IS NOT NULL \
@@ -259,5 +273,60 @@ impl Store {
             c.deliveries.insert(r.try_get(0)?, r.try_get(1)?);
         }
         Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::NewAction;
+    use crate::store::tests::stores;
+
+    /// What waits for an operator is counted by source, kind and state, a participant's
+    /// invite as an `invite` and a connector's own action by its type, on both databases;
+    /// the list names the same kinds.
+    #[tokio::test]
+    async fn waiting_items_are_counted_by_kind() {
+        for store in stores().await {
+            let id = store.accept("s", "d", "[]").await.expect("accept").id;
+            let new = |ticket: &str, action: &str| NewAction {
+                source_id: "s".into(),
+                ticket_key: ticket.into(),
+                action: action.into(),
+            };
+            let acts = vec![
+                new("A", r#"{"type":"participant","user":"@u:hs"}"#),
+                new("B", r#"{"type":"invite","room":"!r:hs","user":"@u:hs"}"#),
+                new("C", r#"{"type":"pretend_write","note":"x"}"#),
+            ];
+            store.commit_actions(&[(id, acts)]).await.expect("commit");
+            for row in store
+                .claim(10, Duration::from_secs(60))
+                .await
+                .expect("claim")
+            {
+                store.fail(row.id, "403").await.expect("fail");
+            }
+            let counts = store.problem_counts().await.expect("counts");
+            let get = |kind: &str| {
+                counts
+                    .actions
+                    .get(&("s".into(), kind.into(), "failed".into()))
+                    .copied()
+            };
+            assert_eq!(get("invite"), Some(2), "{counts:?}");
+            assert_eq!(get("pretend_write"), Some(1), "{counts:?}");
+            assert_eq!(counts.actions.len(), 2, "{counts:?}");
+            let mut kinds: Vec<String> = store
+                .problems(Some("s"), None, 10)
+                .await
+                .expect("problems")
+                .into_iter()
+                .map(|p| p.kind)
+                .collect();
+            kinds.sort();
+            assert_eq!(kinds, ["invite", "invite", "pretend_write"]);
+        }
     }
 }

@@ -161,6 +161,30 @@ async fn metrics_need_auth_and_an_allowed_address() -> Result<()> {
     let text = r.text().await?;
     assert!(text.contains("switchboard_homeserver_up"), "{text}");
     assert!(!text.contains(&bot.user_id), "no user IDs in metrics");
+    // The status page is off unless enabled.
+    assert_eq!(sb.status_of("/status").await, 404);
+    drop(sb);
+
+    // A status page guarded by its address list alone answers at an address, not at a
+    // name (another site's name pointed at it); `/status/` leads to `status`.
+    let extra = "\n[status_page]\nenabled = true\nallow_ips = [\"127.0.0.0/8\"]\n";
+    let sb = start(Db::Sqlite, &bot, extra).await?;
+    assert_eq!(sb.status_of("/status").await, 200);
+    let by_name = sb
+        .http()
+        .get(format!("{}/status", sb.base))
+        .header("host", "rebound.example:8080")
+        .send()
+        .await?;
+    assert_eq!(by_name.status().as_u16(), 403);
+    let slash = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?
+        .get(format!("{}/status/", sb.base))
+        .send()
+        .await?;
+    assert_eq!(slash.status().as_u16(), 308);
+    assert_eq!(slash.headers()["location"], "../status");
     drop(sb);
 
     // An allowlist that leaves loopback out.
@@ -279,6 +303,23 @@ async fn the_status_page_retries_in_a_browser() -> Result<()> {
         html.contains("<td>ST-1</td>") && html.contains("<td>invite</td>"),
         "{html}"
     );
+    // Metrics count it by source, kind and state (refreshed every 15 s).
+    let metrics = format!("{}/metrics", sb.base);
+    let counted =
+        "switchboard_waiting_for_operator{item=\"invite\",source=\"tickets\",state=\"failed\"} 1";
+    wait_for("the failed invite in the metrics", || async {
+        let text = sb
+            .http()
+            .get(&metrics)
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.contains(counted).then_some(())
+    })
+    .await?;
     // Another site's form, or one without the page's token, changes nothing.
     let token = html
         .split("name=\"token\" value=\"")
@@ -295,6 +336,7 @@ async fn the_status_page_retries_in_a_browser() -> Result<()> {
             .send()
     };
     assert_eq!(post("cross-site", token).await?.status().as_u16(), 403);
+    assert_eq!(post("same-site", token).await?.status().as_u16(), 403);
     assert_eq!(post("same-origin", "0123").await?.status().as_u16(), 403);
     let r = sb
         .http()

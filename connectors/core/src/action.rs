@@ -49,6 +49,15 @@ impl Action {
             Action::Kick { .. } => "kick",
         }
     }
+
+    /// The kind of a stored action by its `type`: a core action's `kind()` (a participant's
+    /// invite is an `invite`), a connector's own action's type as it is.
+    pub fn kind_of(type_: &str) -> &str {
+        match type_ {
+            "participant" => "invite",
+            other => other,
+        }
+    }
 }
 
 /// Everything needed to create a ticket's room in one request.
@@ -98,5 +107,57 @@ impl Queued {
     /// The action's kind (its `type`), for logs and metrics labels.
     pub fn kind(&self) -> &str {
         self.action["type"].as_str().unwrap_or("unknown")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored action's kind, read by its `type` alone, is the kind of the action itself.
+    #[test]
+    fn a_stored_actions_kind_is_its_actions_kind() {
+        let room = || "!r:hs".to_string();
+        let user = || "@u:hs".to_string();
+        let all = [
+            Action::OpenRoom(RoomSpec {
+                name: "n".into(),
+                topic: "t".into(),
+                preset: "private_chat".into(),
+                encrypted: false,
+                invite: Vec::new(),
+                admins: Vec::new(),
+                reopen_notice: None,
+            }),
+            Action::Post {
+                body: "b".into(),
+                notice: false,
+            },
+            Action::Close {
+                notice: None,
+                rename: None,
+            },
+            Action::Send {
+                room: room(),
+                content: serde_json::json!({}),
+            },
+            Action::Invite {
+                room: room(),
+                user: user(),
+            },
+            Action::Participant { user: user() },
+            Action::Leave { room: room() },
+            Action::Kick {
+                room: room(),
+                user: user(),
+                reason: String::new(),
+            },
+        ];
+        for action in all {
+            let stored = serde_json::to_value(&action).expect("serializes");
+            let type_ = stored["type"].as_str().expect("a type");
+            assert_eq!(Action::kind_of(type_), action.kind(), "{stored}");
+        }
+        assert_eq!(Action::kind_of("pretix_command"), "pretix_command");
     }
 }
