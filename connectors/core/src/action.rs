@@ -158,6 +158,6 @@ mod tests {
             let type_ = stored["type"].as_str().expect("a type");
             assert_eq!(Action::kind_of(type_), action.kind(), "{stored}");
         }
-        assert_eq!(Action::kind_of("pretix_command"), "pretix_command");
+        assert_eq!(Action::kind_of("own_command"), "own_command");
     }
 }
