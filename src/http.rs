@@ -84,16 +84,22 @@ impl Guard {
         if let Some((user, password)) = &self.auth {
             let expected = base64::engine::general_purpose::STANDARD
                 .encode(format!("{user}:{}", password.expose()));
-            let given = authorization
-                .and_then(|a| a.split_once(' '))
-                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
-                .map_or("", |(_, credentials)| credentials.trim());
+            let given = basic_credentials(authorization);
             if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
                 return Err(Denied::Login(self.realm));
             }
         }
         Ok(())
     }
+}
+
+/// The credentials of a `Basic` authorization header (its scheme in any case), base64 as
+/// sent; empty for any other header or none.
+fn basic_credentials(authorization: Option<&str>) -> &str {
+    authorization
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .map_or("", |(_, credentials)| credentials.trim())
 }
 
 /// Why a protected page turned a request away.

@@ -171,10 +171,7 @@ impl Worker {
                 Err(e) => return Outcome::Failed(format!("stored action does not parse: {e}")),
             }
         };
-        let kind = match &core {
-            Some(action) => action.kind().to_string(),
-            None => type_,
-        };
+        let kind = Action::kind_of(&type_).to_string();
         let started = Instant::now();
         // A panic in one action is that action's failure, not the worker's: it is counted
         // like an error the far end answered, so it is set aside in the end.

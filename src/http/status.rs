@@ -105,9 +105,9 @@ impl Caller {
     /// The user name the request logs in with, if any (for the log).
     fn user(&self) -> Option<String> {
         use base64::Engine as _;
-        let (_, credentials) = self.authorization.as_deref()?.split_once(' ')?;
+        let credentials = super::basic_credentials(self.authorization.as_deref());
         let decoded = base64::engine::general_purpose::STANDARD
-            .decode(credentials.trim())
+            .decode(credentials)
             .ok()?;
         let text = String::from_utf8(decoded).ok()?;
         Some(text.split_once(':')?.0.to_string())
