@@ -131,7 +131,7 @@ impl Browser {
         Ok(v.as_str().context("text")?.to_string())
     }
 
-    /// Clicks the first element `css` selects, and waits for the page it leads to.
+    /// Clicks the first element `css` selects. A page it leads to may not be there yet.
     pub async fn click(&self, css: &str) -> Result<()> {
         let id = self.find(css).await?;
         self.call(
